@@ -1,0 +1,2 @@
+//! The graph IR.
+pub mod weight;

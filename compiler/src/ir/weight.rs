@@ -1,0 +1,33 @@
+//! Weight declarations: what the graph needs from a weights file, resolved from
+//! the spec's `weights` blocks at lowering time. The runtime binds files to these.
+
+use moec_grammar::Span;
+use serde::Serialize;
+
+/// How a weight is stored in a file, when the spec insists (`weights ... as bf16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum StorageDType {
+    F32,
+    F16,
+    BF16,
+}
+
+/// One weight tensor of the graph, and where to find it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WeightDecl {
+    /// Canonical key, unique in the graph: e.g. `layers.0.y.experts.3.gate`.
+    pub key: String,
+    /// The tensor name in the safetensors file(s), templates already filled in.
+    pub tensor: String,
+    /// `Some(e)`: the file tensor holds all experts stacked `[E, ...]`; this weight is slice `e`.
+    pub expert_slice: Option<usize>,
+    /// The file stores the matrix `[in, out]`; the graph wants `[out, in]`.
+    pub transposed: bool,
+    /// The shape the graph wants after slicing and transposing.
+    pub shape: Vec<usize>,
+    /// The dtype the file must store, if the spec says.
+    pub storage: Option<StorageDType>,
+    /// Where in the spec this weight comes from (the binding, or else the layer that owns it).
+    #[serde(skip)]
+    pub span: Span,
+}

@@ -1,0 +1,297 @@
+//! The abstract syntax tree of a `.moe` spec. Every node that a diagnostic can
+//! point at carries a [`Span`] of byte offsets into the source.
+
+use std::fmt;
+
+/// A half-open byte range `start..end` in the source text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Self {
+        Span { start, end }
+    }
+    /// The smallest span covering both.
+    pub fn to(self, other: Span) -> Span {
+        Span::new(self.start.min(other.start), self.end.max(other.end))
+    }
+    pub fn len(self) -> usize {
+        self.end - self.start
+    }
+    pub fn is_empty(self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// A name as written, with where it was written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ident {
+    pub name: String,
+    pub span: Span,
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// A whole file: exactly one `model`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    pub name: Ident,
+    pub items: Vec<Item>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Param(Param),
+    Input(Input),
+    Expert(Expert),
+    Router(Router),
+    Weights(Weights),
+    Repeat(Repeat),
+    Stmt(Stmt),
+}
+
+/// `param NAME = EXPR`: a compile-time constant, overridable with `--set`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub name: Ident,
+    pub value: Expr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DTypeName {
+    F32,
+    F16,
+    BF16,
+}
+
+impl fmt::Display for DTypeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DTypeName::F32 => "f32",
+            DTypeName::F16 => "f16",
+            DTypeName::BF16 => "bf16",
+        })
+    }
+}
+
+/// `input NAME: DTYPE[DIMS]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    pub name: Ident,
+    pub dtype: DTypeName,
+    pub dtype_span: Span,
+    pub shape: Shape,
+}
+
+/// `[d0, d1, ...]`: each dim an expression over params, or a symbol such as `tokens`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shape {
+    pub dims: Vec<Expr>,
+    pub span: Span,
+}
+
+/// `(h: [n, hidden_size])`: the one tensor argument of an expert or router.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signature {
+    pub arg: Ident,
+    pub shape: Shape,
+}
+
+/// `expert NAME(h: [n, d]) -> [n, d] { let ...; return EXPR }`: a template
+/// instantiated once per expert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expert {
+    pub name: Ident,
+    pub signature: Signature,
+    pub result: Shape,
+    pub body: Vec<Let>,
+    pub result_expr: Expr,
+}
+
+/// `router NAME(h: [n, d]) { FIELD = EXPR ... }`: the gating network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Router {
+    pub name: Ident,
+    pub signature: Signature,
+    pub fields: Vec<Field>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Field {
+    pub name: Ident,
+    pub value: Expr,
+}
+
+/// `repeat VAR in COUNT { statements }`: the body once per layer; `{VAR}` in
+/// weight names is the layer index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Repeat {
+    pub var: Ident,
+    pub count: Expr,
+    pub body: Vec<Stmt>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Let {
+    pub name: Ident,
+    pub value: Expr,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// `let NAME = EXPR`: a new value.
+    Let(Let),
+    /// `NAME = EXPR`: rebinds a value declared outside a `repeat` body, carrying
+    /// it to the next layer.
+    Assign(Let),
+    /// `output NAME` or `output NAME = EXPR`.
+    Output { name: Ident, value: Option<Expr> },
+}
+
+/// `weights "prefix" as bf16 { key = "tensor.name" ... }`: binds the model's
+/// weights to names in safetensors files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights {
+    pub prefix: Option<StringLit>,
+    pub dtype: Option<(DTypeName, Span)>,
+    pub bindings: Vec<Binding>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StringLit {
+    pub value: String,
+    pub span: Span,
+}
+
+/// `experts[e].gate = "experts.{e}.w1.weight" [transposed]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Binding {
+    pub key: Key,
+    pub tensor: StringLit,
+    /// The tensor is stored `[in, out]` instead of the `[out, in]` of a Hugging Face `Linear`.
+    pub transposed: bool,
+}
+
+/// A dotted weight path such as `experts[e].gate` or `gate.logits`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Key {
+    pub segments: Vec<KeySegment>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeySegment {
+    pub name: Ident,
+    /// The index variable of `experts[e]`.
+    pub index: Option<Ident>,
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.segments.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            f.write_str(&s.name.name)?;
+            if let Some(ix) = &s.index {
+                write!(f, "[{}]", ix.name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+}
+
+impl fmt::Display for BinOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Rem => "%",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprKind {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// `name` or `name.field`.
+    Path(Vec<Ident>),
+    Call { func: Ident, args: Vec<Arg> },
+    List(Vec<Expr>),
+    Neg(Box<Expr>),
+    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
+}
+
+/// A call argument, positional or `name = value`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arg {
+    pub name: Option<Ident>,
+    pub value: Expr,
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ExprKind::Int(v) => write!(f, "{v}"),
+            ExprKind::Float(v) => write!(f, "{v:?}"),
+            ExprKind::Bool(v) => write!(f, "{v}"),
+            ExprKind::Path(parts) => {
+                let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+                f.write_str(&names.join("."))
+            }
+            ExprKind::Call { func, args } => {
+                write!(f, "{func}(")?;
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    if let Some(n) = &a.name {
+                        write!(f, "{n} = ")?;
+                    }
+                    write!(f, "{}", a.value)?;
+                }
+                f.write_str(")")
+            }
+            ExprKind::List(items) => {
+                f.write_str("[")?;
+                for (i, e) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                f.write_str("]")
+            }
+            ExprKind::Neg(e) => write!(f, "-{e}"),
+            ExprKind::Binary { op, lhs, rhs } => write!(f, "({lhs} {op} {rhs})"),
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Text to AST: runs the pest grammar and builds [`crate::ast`] nodes from its
+//! pairs. Binary operators get their precedence from a Pratt parser. A syntax
+//! error becomes a [`ParseError`] that says what was expected, in words.
+
+use crate::ast::*;
+use pest::error::{ErrorVariant, InputLocation};
+use pest::iterators::Pair;
+use pest::pratt_parser::{Assoc, Op, PrattParser};
+use pest::Parser;
+use std::sync::OnceLock;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "moe.pest"]
+struct MoeParser;
+
+/// A syntax error: where, and what the parser expected there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParseError {
+    pub span: Span,
+    pub message: String,
+    pub label: String,
+}
+
+/// Parses a whole `.moe` file.
+pub fn parse(source: &str) -> Result<Spec, ParseError> {
+    let mut pairs = MoeParser::parse(Rule::spec, source).map_err(|e| syntax_error(source, e))?;
+    let spec = pairs.next().expect("the spec rule always yields one pair");
+    let model = spec.into_inner().next().expect("a spec holds a model");
+    build_model(model)
+}
+
+fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
+    let (start, end) = match err.location {
+        InputLocation::Pos(p) => (p, p),
+        InputLocation::Span((s, e)) => (s, e),
+    };
+    // Point at the whole offending token when there is one, so the snippet underlines it.
+    let end = if end > start {
+        end
+    } else {
+        start + token_len(&source[start.min(source.len())..])
+    };
+    let found = describe_found(&source[start.min(source.len())..]);
+    let (message, label) = match err.variant {
+        ErrorVariant::ParsingError { positives, negatives } => {
+            let mut wanted: Vec<&str> = positives.iter().map(|r| rule_name(*r)).collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            if wanted.is_empty() && !negatives.is_empty() {
+                let not: Vec<&str> = negatives.iter().map(|r| rule_name(*r)).collect();
+                (
+                    format!("unexpected {}", not.join(" or ")),
+                    format!("{} is not allowed here", not.join(" or ")),
+                )
+            } else {
+                let list = join_or(&wanted);
+                (format!("expected {list}, found {found}"), format!("expected {list}"))
+            }
+        }
+        ErrorVariant::CustomError { message } => (message.clone(), message),
+    };
+    ParseError { span: Span::new(start, end), message, label }
+}
+
+fn token_len(rest: &str) -> usize {
+    let mut chars = rest.chars();
+    match chars.next() {
+        None => 0,
+        Some(c) if c.is_alphanumeric() || c == '_' => rest
+            .char_indices()
+            .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
+            .map_or(rest.len(), |(i, _)| i),
+        Some(c) => c.len_utf8(),
+    }
+}
+
+fn describe_found(rest: &str) -> String {
+    let n = token_len(rest);
+    if n == 0 {
+        "end of file".to_string()
+    } else {
+        format!("`{}`", &rest[..n])
+    }
+}
+
+fn join_or(items: &[&str]) -> String {
+    match items {
+        [] => "something else".to_string(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {}", init.join(", "), last),
+    }
+}
+
+/// The words a user sees for a grammar rule in "expected ..." messages.
+fn rule_name(rule: Rule) -> &'static str {
+    match rule {
+        Rule::EOI => "end of file",
+        Rule::ident => "a name",
+        Rule::keyword => "a keyword",
+        Rule::model => "`model NAME { ... }`",
+        Rule::param => "`param`",
+        Rule::input => "`input`",
+        Rule::expert => "`expert`",
+        Rule::router => "`router`",
+        Rule::weights => "`weights`",
+        Rule::repeat => "`repeat`",
+        Rule::let_stmt => "`let`",
+        Rule::assign => "an assignment",
+        Rule::output => "`output`",
+        Rule::return_stmt => "`return`",
+        Rule::dtype => "a dtype (f32, f16 or bf16)",
+        Rule::shape => "a shape like `[tokens, hidden_size]`",
+        Rule::signature => "`(NAME: [dims])`",
+        Rule::field => "a router field `name = value`",
+        Rule::binding => "a binding `key = \"tensor.name\"`",
+        Rule::key | Rule::key_segment => "a weight key",
+        Rule::string | Rule::string_body => "a string in double quotes",
+        Rule::transposed => "`transposed`",
+        Rule::expr | Rule::call | Rule::list | Rule::path | Rule::number | Rule::boolean => {
+            "an expression"
+        }
+        Rule::arg => "an argument",
+        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::rem => "an operator",
+        Rule::neg => "`-`",
+        Rule::item => "a declaration (param, input, expert, router, let, output, repeat or weights)",
+        Rule::statement => "a statement (let, output or an assignment)",
+        Rule::infix => "an operator",
+        Rule::prefix | Rule::primary => "an expression",
+        Rule::spec | Rule::WHITESPACE | Rule::COMMENT => "a model",
+    }
+}
+
+fn span_of(pair: &Pair<Rule>) -> Span {
+    let s = pair.as_span();
+    Span::new(s.start(), s.end())
+}
+
+fn ident(pair: Pair<Rule>) -> Ident {
+    debug_assert_eq!(pair.as_rule(), Rule::ident);
+    Ident { name: pair.as_str().to_string(), span: span_of(&pair) }
+}
+
+fn build_model(pair: Pair<Rule>) -> Result<Spec, ParseError> {
+    let mut inner = pair.into_inner();
+    let name = ident(inner.next().expect("model name"));
+    let mut items = Vec::new();
+    for p in inner {
+        items.push(match p.as_rule() {
+            Rule::param => Item::Param(build_param(p)?),
+            Rule::input => Item::Input(build_input(p)?),
+            Rule::expert => Item::Expert(build_expert(p)?),
+            Rule::router => Item::Router(build_router(p)?),
+            Rule::weights => Item::Weights(build_weights(p)),
+            Rule::repeat => Item::Repeat(build_repeat(p)?),
+            _ => Item::Stmt(build_stmt(p)?),
+        });
+    }
+    Ok(Spec { name, items })
+}
+
+fn build_param(pair: Pair<Rule>) -> Result<Param, ParseError> {
+    let mut inner = pair.into_inner();
+    let name = ident(inner.next().expect("param name"));
+    let value = build_expr(inner.next().expect("param value"))?;
+    Ok(Param { name, value })
+}
+
+fn dtype_name(pair: &Pair<Rule>) -> DTypeName {
+    match pair.as_str() {
+        "f32" => DTypeName::F32,
+        "f16" => DTypeName::F16,
+        _ => DTypeName::BF16,
+    }
+}
+
+fn build_input(pair: Pair<Rule>) -> Result<Input, ParseError> {
+    let mut inner = pair.into_inner();
+    let name = ident(inner.next().expect("input name"));
+    let d = inner.next().expect("input dtype");
+    let (dtype, dtype_span) = (dtype_name(&d), span_of(&d));
+    let shape = build_shape(inner.next().expect("input shape"))?;
+    Ok(Input { name, dtype, dtype_span, shape })
+}
+
+fn build_shape(pair: Pair<Rule>) -> Result<Shape, ParseError> {
+    let span = span_of(&pair);
+    let dims = pair.into_inner().map(build_expr).collect::<Result<_, _>>()?;
+    Ok(Shape { dims, span })
+}
+
+fn build_signature(pair: Pair<Rule>) -> Result<Signature, ParseError> {
+    let mut inner = pair.into_inner();
+    let arg = ident(inner.next().expect("signature arg"));
+    let shape = build_shape(inner.next().expect("signature shape"))?;
+    Ok(Signature { arg, shape })
+}
+
+fn build_let(pair: Pair<Rule>) -> Result<Let, ParseError> {
+    let mut inner = pair.into_inner();
+    let name = ident(inner.next().expect("let name"));
+    let value = build_expr(inner.next().expect("let value"))?;
+    Ok(Let { name, value })
+}
+
+fn build_expert(pair: Pair<Rule>) -> Result<Expert, ParseError> {
+    let mut inner = pair.into_inner();
+    let name = ident(inner.next().expect("expert name"));
+    let signature = build_signature(inner.next().expect("expert signature"))?;
+    let result = build_shape(inner.next().expect("expert result shape"))?;
+    let mut body = Vec::new();
+    let mut result_expr = None;
+    for p in inner {
+        match p.as_rule() {
+            Rule::let_stmt => body.push(build_let(p)?),
+            _ => result_expr = Some(build_expr(p.into_inner().next().expect("return value"))?),
+        }
+    }
+    let result_expr = result_expr.expect("the grammar requires a return");
+    Ok(Expert { name, signature, result, body, result_expr })
+}
+
+fn build_router(pair: Pair<Rule>) -> Result<Router, ParseError> {
+    let mut inner = pair.into_inner();
+    let name = ident(inner.next().expect("router name"));
+    let signature = build_signature(inner.next().expect("router signature"))?;
+    let fields = inner
+        .map(|f| {
+            let mut fi = f.into_inner();
+            let name = ident(fi.next().expect("field name"));
+            Ok(Field { name, value: build_expr(fi.next().expect("field value"))? })
+        })
+        .collect::<Result<_, ParseError>>()?;
+    Ok(Router { name, signature, fields })
+}
+
+fn build_repeat(pair: Pair<Rule>) -> Result<Repeat, ParseError> {
+    let span = span_of(&pair);
+    let mut inner = pair.into_inner();
+    let var = ident(inner.next().expect("repeat variable"));
+    let count = build_expr(inner.next().expect("repeat count"))?;
+    let body = inner.map(build_stmt).collect::<Result<_, _>>()?;
+    Ok(Repeat { var, count, body, span })
+}
+
+fn build_stmt(pair: Pair<Rule>) -> Result<Stmt, ParseError> {
+    Ok(match pair.as_rule() {
+        Rule::let_stmt => Stmt::Let(build_let(pair)?),
+        Rule::assign => Stmt::Assign(build_let(pair)?),
+        _ => {
+            let mut inner = pair.into_inner();
+            let name = ident(inner.next().expect("output name"));
+            let value = inner.next().map(build_expr).transpose()?;
+            Stmt::Output { name, value }
+        }
+    })
+}
+
+fn string_lit(pair: Pair<Rule>) -> StringLit {
+    let span = span_of(&pair);
+    let body = pair.into_inner().next().expect("string body");
+    StringLit { value: body.as_str().to_string(), span }
+}
+
+fn build_weights(pair: Pair<Rule>) -> Weights {
+    let span = span_of(&pair);
+    let mut w = Weights { prefix: None, dtype: None, bindings: Vec::new(), span };
+    for p in pair.into_inner() {
+        match p.as_rule() {
+            Rule::string => w.prefix = Some(string_lit(p)),
+            Rule::dtype => w.dtype = Some((dtype_name(&p), span_of(&p))),
+            _ => w.bindings.push(build_binding(p)),
+        }
+    }
+    w
+}
+
+fn build_binding(pair: Pair<Rule>) -> Binding {
+    let mut inner = pair.into_inner();
+    let key_pair = inner.next().expect("binding key");
+    let key_span = span_of(&key_pair);
+    let segments = key_pair
+        .into_inner()
+        .map(|seg| {
+            let mut si = seg.into_inner();
+            let name = ident(si.next().expect("key segment name"));
+            KeySegment { name, index: si.next().map(ident) }
+        })
+        .collect();
+    let tensor = string_lit(inner.next().expect("binding tensor"));
+    let transposed = inner.next().is_some();
+    Binding { key: Key { segments, span: key_span }, tensor, transposed }
+}
+
+fn pratt() -> &'static PrattParser<Rule> {
+    static PRATT: OnceLock<PrattParser<Rule>> = OnceLock::new();
+    PRATT.get_or_init(|| {
+        PrattParser::new()
+            .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
+            .op(Op::infix(Rule::mul, Assoc::Left)
+                | Op::infix(Rule::div, Assoc::Left)
+                | Op::infix(Rule::rem, Assoc::Left))
+            .op(Op::prefix(Rule::neg))
+    })
+}
+
+fn build_expr(pair: Pair<Rule>) -> Result<Expr, ParseError> {
+    debug_assert_eq!(pair.as_rule(), Rule::expr);
+    pratt()
+        .map_primary(build_primary)
+        .map_prefix(|op, rhs| {
+            let rhs = rhs?;
+            let span = span_of(&op).to(rhs.span);
+            Ok(Expr { kind: ExprKind::Neg(Box::new(rhs)), span })
+        })
+        .map_infix(|lhs, op, rhs| {
+            let (lhs, rhs) = (lhs?, rhs?);
+            let op = match op.as_rule() {
+                Rule::add => BinOp::Add,
+                Rule::sub => BinOp::Sub,
+                Rule::mul => BinOp::Mul,
+                Rule::div => BinOp::Div,
+                _ => BinOp::Rem,
+            };
+            let span = lhs.span.to(rhs.span);
+            Ok(Expr { kind: ExprKind::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs) }, span })
+        })
+        .parse(pair.into_inner())
+}
+
+fn build_primary(pair: Pair<Rule>) -> Result<Expr, ParseError> {
+    let span = span_of(&pair);
+    let kind = match pair.as_rule() {
+        Rule::expr => return build_expr(pair),
+        Rule::number => parse_number(pair.as_str(), span)?,
+        Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
+        Rule::path => ExprKind::Path(pair.into_inner().map(ident).collect()),
+        Rule::list => ExprKind::List(pair.into_inner().map(build_expr).collect::<Result<_, _>>()?),
+        Rule::call => {
+            let mut inner = pair.into_inner();
+            let func = ident(inner.next().expect("call name"));
+            let args = inner
+                .map(|a| {
+                    let mut ai = a.into_inner();
+                    let first = ai.next().expect("argument");
+                    Ok(match ai.next() {
+                        Some(value) => Arg { name: Some(ident(first)), value: build_expr(value)? },
+                        None => Arg { name: None, value: build_expr(first)? },
+                    })
+                })
+                .collect::<Result<_, ParseError>>()?;
+            ExprKind::Call { func, args }
+        }
+        other => unreachable!("not a primary: {other:?}"),
+    };
+    Ok(Expr { kind, span })
+}
+
+fn parse_number(text: &str, span: Span) -> Result<ExprKind, ParseError> {
+    let clean: String = text.chars().filter(|c| *c != '_').collect();
+    let is_float = clean.contains(['.', 'e', 'E']);
+    if is_float {
+        clean.parse::<f64>().map(ExprKind::Float).map_err(|_| ParseError {
+            span,
+            message: format!("`{text}` is not a valid number"),
+            label: "not a number".into(),
+        })
+    } else {
+        clean.parse::<i64>().map(ExprKind::Int).map_err(|_| ParseError {
+            span,
+            message: format!("the integer `{text}` does not fit in 64 bits"),
+            label: "too large".into(),
+        })
+    }
+}
