@@ -3,3 +3,8 @@
 
 pub mod ir;
 pub mod tensor;
+pub mod diagnostic;
+pub mod lower;
+pub mod print;
+pub mod verify;
+pub mod interp;

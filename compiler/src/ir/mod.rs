@@ -1,2 +1,16 @@
-//! The graph IR.
+//! The graph IR: typed values flowing between [`Op`]s in a petgraph `StableGraph`.
+//!
+//! A graph is built by `lower` from a spec, checked by `verify`, rewritten by
+//! passes, printed by `print` and executed by `interp`. Node indices survive
+//! deletion, so passes can hold on to them while they rewrite.
+
+mod graph;
+mod op;
+mod types;
 pub mod weight;
+
+pub use graph::{Edge, Graph, Node, Value};
+pub use op::{BinaryOp, CapacityLimit, DropPolicy, F32Bits, GroupScore, Op, UnaryOp};
+pub use petgraph::stable_graph::NodeIndex;
+pub use types::{DType, Dim, TensorType};
+pub use weight::{StorageDType, WeightDecl};

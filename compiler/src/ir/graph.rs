@@ -1,0 +1,126 @@
+//! The graph container: a `StableGraph` of [`Node`]s whose edges carry one
+//! operand each, plus the graph's inputs, outputs and weight table.
+
+use super::op::{F32Bits, Op};
+use super::types::TensorType;
+use super::weight::WeightDecl;
+use petgraph::stable_graph::{NodeIndex, StableGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+/// An operation and the types of the values it produces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub op: Op,
+    pub outputs: Vec<TensorType>,
+    /// The spec's name for this value, when it has one (for printing only).
+    pub label: Option<String>,
+}
+
+/// Data flows from the source node's output `port` into the target's operand `operand`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Edge {
+    pub port: u8,
+    pub operand: u8,
+}
+
+/// One value: an output port of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Value {
+    pub node: NodeIndex,
+    pub port: u8,
+}
+
+impl From<NodeIndex> for Value {
+    fn from(node: NodeIndex) -> Value {
+        Value { node, port: 0 }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub name: String,
+    pub g: StableGraph<Node, Edge>,
+    pub inputs: Vec<NodeIndex>,
+    pub outputs: Vec<(String, Value)>,
+    pub weights: Vec<WeightDecl>,
+}
+
+impl Graph {
+    pub fn new(name: impl Into<String>) -> Graph {
+        Graph { name: name.into(), ..Graph::default() }
+    }
+
+    /// Adds `op` applied to `operands`, typing it by the op's rule.
+    pub fn add(&mut self, op: Op, operands: &[Value], label: Option<String>) -> Result<NodeIndex, String> {
+        let types: Vec<&TensorType> = operands.iter().map(|v| self.value_type(*v)).collect();
+        let outputs = op.infer(&types)?;
+        let node = self.g.add_node(Node { op, outputs, label });
+        for (i, v) in operands.iter().enumerate() {
+            self.g.add_edge(v.node, node, Edge { port: v.port, operand: i as u8 });
+        }
+        Ok(node)
+    }
+
+    pub fn add_input(&mut self, name: &str, ty: TensorType) -> Value {
+        let node = self
+            .add(Op::Input { name: name.to_string(), ty }, &[], Some(name.to_string()))
+            .expect("inputs always type");
+        self.inputs.push(node);
+        node.into()
+    }
+
+    pub fn add_weight(&mut self, decl: WeightDecl) -> Value {
+        let shape = decl.shape.iter().map(|&d| super::types::Dim::fixed(d as u64)).collect();
+        let op = Op::Weight { id: self.weights.len(), storage: decl.storage };
+        let label = Some(decl.key.clone());
+        self.weights.push(decl);
+        self.g.add_node(Node { op, outputs: vec![TensorType::f32(shape)], label }).into()
+    }
+
+    pub fn add_constant(&mut self, v: f32) -> Value {
+        self.g
+            .add_node(Node { op: Op::Constant(F32Bits::new(v)), outputs: vec![TensorType::scalar()], label: None })
+            .into()
+    }
+
+    pub fn node(&self, n: NodeIndex) -> &Node {
+        &self.g[n]
+    }
+
+    pub fn value_type(&self, v: Value) -> &TensorType {
+        &self.g[v.node].outputs[v.port as usize]
+    }
+
+    /// The node's operands in operand order.
+    pub fn operands(&self, n: NodeIndex) -> Vec<Value> {
+        let mut edges: Vec<(u8, Value)> = self
+            .g
+            .edges_directed(n, Direction::Incoming)
+            .map(|e| (e.weight().operand, Value { node: e.source(), port: e.weight().port }))
+            .collect();
+        edges.sort_unstable_by_key(|(operand, _)| *operand);
+        edges.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Nodes in a deterministic topological order: operands before users, and
+    /// among ready nodes the one created first.
+    pub fn topo_order(&self) -> Vec<NodeIndex> {
+        use std::collections::{BTreeSet, HashMap};
+        let mut pending: HashMap<NodeIndex, usize> =
+            self.g.node_indices().map(|n| (n, self.g.edges_directed(n, Direction::Incoming).count())).collect();
+        let mut ready: BTreeSet<NodeIndex> = pending.iter().filter(|(_, c)| **c == 0).map(|(n, _)| *n).collect();
+        let mut order = Vec::with_capacity(pending.len());
+        while let Some(n) = ready.pop_first() {
+            order.push(n);
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let c = pending.get_mut(&e.target()).expect("every node counted");
+                *c -= 1;
+                if *c == 0 {
+                    ready.insert(e.target());
+                }
+            }
+        }
+        order
+    }
+}

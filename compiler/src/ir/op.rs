@@ -1,0 +1,394 @@
+//! The closed set of IR operations, each with its typing rule.
+//!
+//! Operands are numbered in the order their edges carry (`Edge::operand`).
+//! "Rows" means the leading dims of an operand; every op here computes along the
+//! last axis and keeps the leading dims. Routing ops work on `[T, E]` (tokens by
+//! experts) and `[T, k]` (tokens by selected slots) values; a slot's expert index
+//! is `-1` once capacity has dropped it.
+
+use super::types::{DType, Dim, TensorType};
+use super::weight::StorageDType;
+use serde::Serialize;
+use std::fmt;
+
+/// An f32 stored as its bits, so ops can derive `Eq` and `Hash`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct F32Bits(pub u32);
+
+impl F32Bits {
+    pub fn new(v: f32) -> Self {
+        F32Bits(v.to_bits())
+    }
+    pub fn get(self) -> f32 {
+        f32::from_bits(self.0)
+    }
+}
+
+impl fmt::Debug for F32Bits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.get())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum UnaryOp {
+    Silu,
+    /// Exact gelu: x·Φ(x).
+    Gelu,
+    /// The tanh approximation of gelu.
+    GeluTanh,
+    Relu,
+    Sigmoid,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// How a group of experts is scored for group-limited routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum GroupScore {
+    /// Sum of the group's two largest scores (DeepSeek-V3).
+    Top2Sum,
+    /// The group's largest score (DeepSeek-V2).
+    Max,
+}
+
+/// How many token slots one expert may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum CapacityLimit {
+    /// ⌈factor · tokens · k / experts⌉.
+    Factor(F32Bits),
+    /// A fixed count per expert.
+    Fixed(u64),
+}
+
+/// Which slots win when an expert is over capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum DropPolicy {
+    /// Slot-major arrival: every token's first choice in token order, then every second choice, ...
+    Arrival,
+    /// Highest routing weight first (ties: arrival order).
+    Score,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Op {
+    /// A run-time input. Typing: no operands; output: the declared type.
+    Input { name: String, ty: TensorType },
+    /// A weight tensor, index into `Graph::weights`. Typing: no operands; f32 of the declared shape.
+    Weight { id: usize, storage: Option<StorageDType> },
+    /// A scalar constant. Typing: no operands; f32 `[]`.
+    Constant(F32Bits),
+    /// `x · wᵀ (+ b)`. Typing: x f32 `[.., K]`, w `[N, K]`, optional b `[N]`; output `[.., N]`.
+    Linear { bias: bool },
+    /// Elementwise activation. Typing: f32 x; output like x.
+    Unary(UnaryOp),
+    /// Elementwise arithmetic with broadcasting of the right operand. Typing: a, b f32 where b's dims,
+    /// aligned to a's last dims, are each 1 or equal to a's; output like a.
+    Binary(BinaryOp),
+    /// Softmax along the last axis. Typing: f32 x; output like x.
+    Softmax,
+    /// Divide each row by its sum. Typing: f32 x; output like x.
+    NormalizeSum,
+    /// `x / rms(x) · w`. Typing: x f32 `[.., D]`, w `[D]`; output like x.
+    RmsNorm { eps: F32Bits },
+    /// `(x - mean) / std · w + b`. Typing: x f32 `[.., D]`, w `[D]`, b `[D]`; output like x.
+    LayerNorm { eps: F32Bits },
+    /// Keep the scores of each row's best `keep` groups of `experts / groups` consecutive experts;
+    /// the rest become -inf. Typing: f32 `[T, E]`, `groups` divides E; output like it.
+    GroupMask { groups: u64, keep: u64, score: GroupScore },
+    /// The k largest per row, in descending order (ties: lower index first).
+    /// Typing: f32 `[T, E]`; outputs: values f32 `[T, k]`, indices i32 `[T, k]`.
+    TopK { k: u64 },
+    /// Pick `src[t, idx[t, j]]`. Typing: src f32 `[T, E]`, idx i32 `[T, k]`; output f32 `[T, k]`.
+    Gather,
+    /// Drop slots over an expert's capacity by setting their index to -1.
+    /// Typing: idx i32 `[T, k]`, w f32 `[T, k]`; output i32 `[T, k]`.
+    Capacity { experts: u64, limit: CapacityLimit, policy: DropPolicy },
+    /// Dense gates: `g[t, e] = Σ_j w[t, j]·[idx[t, j] = e]`.
+    /// Typing: idx i32 `[T, k]`, w f32 `[T, k]`; output f32 `[T, experts]`.
+    ScatterGates { experts: u64 },
+    /// Expert-choice routing: each expert takes its ⌈T·factor/E⌉ best tokens (ties: lower token
+    /// first). Typing: scores f32 `[T, E]`; outputs: the scores f32 `[T, E]`, and slots i32 `[T, E]`
+    /// where slot `e` holds `e` if expert e took the token, else -1.
+    ExpertChoice { factor: F32Bits },
+    /// `Σ_e g[:, e] · out_e`. Typing: g f32 `[T, E]`, then E operands f32 `[T, D]`; output `[T, D]`.
+    DenseCombine,
+    /// The output of tokens whose only slot was dropped, under the pass-through rule:
+    /// `w[t, 0] · x[t]` where `idx[t, 0] = -1`, else 0. Typing: x f32 `[T, D]`, idx i32 `[T, 1]`,
+    /// w f32 `[T, 1]`; output like x.
+    PassThrough,
+    /// Token slots each expert received. Typing: idx i32 `[T, k]`; output i32 `[experts]`.
+    ExpertCounts { experts: u64 },
+    /// Load-balancing loss `E · Σ_e f_e · P_e`. Typing: logits f32 `[T, E]`, idx i32 `[T, k]`;
+    /// output f32 `[]`.
+    AuxLoss,
+    /// Router z-loss `mean_t logsumexp(logits_t)²`. Typing: f32 `[T, E]`; output f32 `[]`.
+    ZLoss,
+    /// Stack equal-typed operands along a new leading axis. Typing: n ≥ 1 operands of one type;
+    /// output `[n, ..]`.
+    Stack,
+}
+
+impl Op {
+    /// The op's typing rule: the output types for these operand types, or what is wrong.
+    pub fn infer(&self, operands: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+        use Op::*;
+        let arity = |n: usize| -> Result<(), String> {
+            if operands.len() == n {
+                Ok(())
+            } else {
+                Err(format!("{} takes {n} operands, found {}", self.name(), operands.len()))
+            }
+        };
+        match self {
+            Input { ty, .. } => {
+                arity(0)?;
+                Ok(vec![ty.clone()])
+            }
+            Weight { .. } | Constant(_) => unreachable!("leaf types are set when the node is made"),
+            Linear { bias } => {
+                arity(2 + usize::from(*bias))?;
+                let (x, w) = (operands[0], operands[1]);
+                expect_f32(x, "linear input")?;
+                if w.rank() != 2 {
+                    return Err(format!("linear weight must be 2-D [out, in], found {w}"));
+                }
+                let k = x.width();
+                if k.is_none() || w.shape[1].as_fixed() != k {
+                    return Err(format!(
+                        "linear input {x} has width {}, but the weight {w} expects {}",
+                        x.shape.last().map_or("none".into(), |d| d.to_string()),
+                        w.shape[1]
+                    ));
+                }
+                if *bias && operands[2].shape != [w.shape[0]] {
+                    return Err(format!("linear bias must be [{}], found {}", w.shape[0], operands[2]));
+                }
+                let mut shape = x.shape.clone();
+                *shape.last_mut().expect("width checked") = w.shape[0];
+                Ok(vec![TensorType::f32(shape)])
+            }
+            Unary(_) | Softmax | NormalizeSum => {
+                arity(1)?;
+                expect_f32(operands[0], self.name())?;
+                Ok(vec![operands[0].clone()])
+            }
+            Binary(_) => {
+                arity(2)?;
+                let (a, b) = (operands[0], operands[1]);
+                expect_f32(a, "left operand")?;
+                expect_f32(b, "right operand")?;
+                let fits = b.rank() <= a.rank()
+                    && b.shape.iter().rev().zip(a.shape.iter().rev()).all(|(bd, ad)| *bd == Dim::fixed(1) || bd == ad);
+                if !fits {
+                    return Err(format!("shapes {a} and {b} do not match"));
+                }
+                Ok(vec![a.clone()])
+            }
+            RmsNorm { .. } | LayerNorm { .. } => {
+                arity(if matches!(self, RmsNorm { .. }) { 2 } else { 3 })?;
+                let x = operands[0];
+                expect_f32(x, "norm input")?;
+                for w in &operands[1..] {
+                    if w.shape.as_slice() != [*x.shape.last().ok_or("norm input has no axis")?] {
+                        return Err(format!("norm weight {w} does not match the input {x}"));
+                    }
+                }
+                Ok(vec![x.clone()])
+            }
+            GroupMask { groups, keep, .. } => {
+                arity(1)?;
+                let e = routing_width(operands[0])?;
+                if *groups == 0 || e % groups != 0 {
+                    return Err(format!("{groups} groups do not divide {e} experts"));
+                }
+                if *keep == 0 || keep > groups {
+                    return Err(format!("cannot keep {keep} of {groups} groups"));
+                }
+                Ok(vec![operands[0].clone()])
+            }
+            TopK { k } => {
+                arity(1)?;
+                let e = routing_width(operands[0])?;
+                if *k == 0 || *k > e {
+                    return Err(format!("top-{k} of {e} experts"));
+                }
+                let rows = operands[0].shape[0];
+                Ok(vec![TensorType::f32(vec![rows, Dim::fixed(*k)]), TensorType::i32(vec![rows, Dim::fixed(*k)])])
+            }
+            Gather => {
+                arity(2)?;
+                routing_width(operands[0])?;
+                expect_slots(operands[1], operands[0].shape[0])?;
+                Ok(vec![TensorType::f32(operands[1].shape.clone())])
+            }
+            Capacity { .. } => {
+                arity(2)?;
+                expect_slots(operands[0], operands[0].shape.first().copied().unwrap_or(Dim::TOKENS))?;
+                if operands[1].shape != operands[0].shape || operands[1].dtype != DType::F32 {
+                    return Err(format!("capacity weights {} do not match indices {}", operands[1], operands[0]));
+                }
+                Ok(vec![operands[0].clone()])
+            }
+            ScatterGates { experts } => {
+                arity(2)?;
+                let rows = operands[0].shape.first().copied().unwrap_or(Dim::TOKENS);
+                expect_slots(operands[0], rows)?;
+                if operands[1].shape != operands[0].shape || operands[1].dtype != DType::F32 {
+                    return Err(format!("gate weights {} do not match indices {}", operands[1], operands[0]));
+                }
+                Ok(vec![TensorType::f32(vec![rows, Dim::fixed(*experts)])])
+            }
+            ExpertChoice { .. } => {
+                arity(1)?;
+                routing_width(operands[0])?;
+                Ok(vec![operands[0].clone(), TensorType::i32(operands[0].shape.clone())])
+            }
+            DenseCombine => {
+                let e = routing_width(operands.first().ok_or("combine needs gates")?)?;
+                if operands.len() as u64 != e + 1 {
+                    return Err(format!("combine of {e} experts has {} expert operands", operands.len() - 1));
+                }
+                let out = operands[1];
+                expect_f32(out, "expert output")?;
+                for o in &operands[2..] {
+                    if *o != out {
+                        return Err(format!("expert outputs differ: {out} and {o}"));
+                    }
+                }
+                if out.rank() != 2 || out.shape[0] != operands[0].shape[0] {
+                    return Err(format!("expert output {out} does not have the gates' rows {}", operands[0]));
+                }
+                Ok(vec![out.clone()])
+            }
+            PassThrough => {
+                arity(3)?;
+                let x = operands[0];
+                expect_f32(x, "pass-through input")?;
+                expect_slots(operands[1], x.shape[0])?;
+                if operands[1].shape[1] != Dim::fixed(1) || operands[2].shape != operands[1].shape {
+                    return Err("pass-through needs exactly one slot per token".into());
+                }
+                Ok(vec![x.clone()])
+            }
+            ExpertCounts { experts } => {
+                arity(1)?;
+                expect_slots(operands[0], operands[0].shape.first().copied().unwrap_or(Dim::TOKENS))?;
+                Ok(vec![TensorType::i32(vec![Dim::fixed(*experts)])])
+            }
+            AuxLoss => {
+                arity(2)?;
+                routing_width(operands[0])?;
+                expect_slots(operands[1], operands[0].shape[0])?;
+                Ok(vec![TensorType::scalar()])
+            }
+            ZLoss => {
+                arity(1)?;
+                routing_width(operands[0])?;
+                Ok(vec![TensorType::scalar()])
+            }
+            Stack => {
+                let first = operands.first().ok_or("stack needs at least one operand")?;
+                if operands.iter().any(|o| o != first) {
+                    return Err("stacked values differ in type".into());
+                }
+                let mut shape = vec![Dim::fixed(operands.len() as u64)];
+                shape.extend(first.shape.iter().copied());
+                Ok(vec![TensorType { dtype: first.dtype, shape }])
+            }
+        }
+    }
+
+    /// The op's name in printed IR.
+    pub fn name(&self) -> &'static str {
+        use Op::*;
+        match self {
+            Input { .. } => "input",
+            Weight { .. } => "weight",
+            Constant(_) => "const",
+            Linear { .. } => "linear",
+            Unary(UnaryOp::Silu) => "silu",
+            Unary(UnaryOp::Gelu) => "gelu",
+            Unary(UnaryOp::GeluTanh) => "gelu_tanh",
+            Unary(UnaryOp::Relu) => "relu",
+            Unary(UnaryOp::Sigmoid) => "sigmoid",
+            Binary(BinaryOp::Add) => "add",
+            Binary(BinaryOp::Sub) => "sub",
+            Binary(BinaryOp::Mul) => "mul",
+            Binary(BinaryOp::Div) => "div",
+            Softmax => "softmax",
+            NormalizeSum => "normalize_sum",
+            RmsNorm { .. } => "rmsnorm",
+            LayerNorm { .. } => "layernorm",
+            GroupMask { .. } => "group_mask",
+            TopK { .. } => "topk",
+            Gather => "gather",
+            Capacity { .. } => "capacity",
+            ScatterGates { .. } => "scatter_gates",
+            ExpertChoice { .. } => "expert_choice",
+            DenseCombine => "dense_combine",
+            PassThrough => "pass_through",
+            ExpertCounts { .. } => "expert_counts",
+            AuxLoss => "aux_loss",
+            ZLoss => "z_loss",
+            Stack => "stack",
+        }
+    }
+
+    /// Attributes for printing, `key=value` separated by spaces (empty when none).
+    pub fn attrs(&self) -> String {
+        use Op::*;
+        match self {
+            Input { name, .. } => format!("name={name}"),
+            Weight { id, storage } => match storage {
+                Some(s) => format!("id={id} storage={s:?}"),
+                None => format!("id={id}"),
+            },
+            Constant(v) => format!("value={v:?}"),
+            Linear { bias } => if *bias { "bias".into() } else { String::new() },
+            RmsNorm { eps } | LayerNorm { eps } => format!("eps={eps:?}"),
+            GroupMask { groups, keep, score } => format!("groups={groups} keep={keep} score={score:?}"),
+            TopK { k } => format!("k={k}"),
+            Capacity { experts, limit, policy } => {
+                let limit = match limit {
+                    CapacityLimit::Factor(f) => format!("factor={f:?}"),
+                    CapacityLimit::Fixed(n) => format!("fixed={n}"),
+                };
+                format!("experts={experts} {limit} policy={policy:?}")
+            }
+            ScatterGates { experts } | ExpertCounts { experts } => format!("experts={experts}"),
+            ExpertChoice { factor } => format!("factor={factor:?}"),
+            _ => String::new(),
+        }
+    }
+}
+
+fn expect_f32(t: &TensorType, what: &str) -> Result<(), String> {
+    if t.dtype == DType::F32 {
+        Ok(())
+    } else {
+        Err(format!("{what} must be f32, found {t}"))
+    }
+}
+
+/// A `[T, E]` routing value; returns E.
+fn routing_width(t: &TensorType) -> Result<u64, String> {
+    match (t.dtype, t.shape.as_slice()) {
+        (DType::F32, [_, e]) => e.as_fixed().ok_or_else(|| format!("expert axis of {t} must be fixed")),
+        _ => Err(format!("expected f32 [tokens, experts], found {t}")),
+    }
+}
+
+/// An i32 `[T, k]` slot-index value with the given rows.
+fn expect_slots(t: &TensorType, rows: Dim) -> Result<(), String> {
+    match (t.dtype, t.shape.as_slice()) {
+        (DType::I32, [r, k]) if *r == rows && k.as_fixed().is_some() => Ok(()),
+        _ => Err(format!("expected i32 [{rows}, k] expert indices, found {t}")),
+    }
+}

@@ -1,0 +1,252 @@
+//! Weight binding: matches each weight the graph needs against the spec's
+//! `weights { key = "name" }` blocks, fills `{e}`/`{layer}` templates, and
+//! reports bindings that match nothing or tensors bound twice.
+
+use crate::diagnostic::Diagnostic;
+use crate::ir::{StorageDType, WeightDecl};
+use moec_grammar::ast::{Binding, DTypeName, Weights};
+use moec_grammar::Span;
+use std::collections::HashMap;
+
+/// One segment of a weight's logical path: `experts[3]`, `gate`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seg {
+    pub name: String,
+    pub index: Option<usize>,
+}
+
+impl Seg {
+    pub fn name(name: &str) -> Seg {
+        Seg { name: name.to_string(), index: None }
+    }
+    pub fn indexed(name: &str, index: usize) -> Seg {
+        Seg { name: name.to_string(), index: Some(index) }
+    }
+}
+
+/// Where a weight sits in the model: the layer of a `repeat`, the `moe` binding it
+/// belongs to, and its path inside (`experts[3].gate`).
+#[derive(Clone, Debug)]
+pub struct WeightPath {
+    pub layer: Option<(String, usize)>,
+    pub moe: Option<String>,
+    pub segs: Vec<Seg>,
+}
+
+impl WeightPath {
+    pub fn child(&self, seg: Seg) -> WeightPath {
+        let mut p = self.clone();
+        p.segs.push(seg);
+        p
+    }
+
+    /// The canonical key: `layers.0.y.experts.3.gate`.
+    pub fn key(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some((_, i)) = &self.layer {
+            parts.push(format!("layers.{i}"));
+        }
+        parts.extend(self.moe.clone());
+        for s in &self.segs {
+            parts.push(s.name.clone());
+            parts.extend(s.index.map(|i| i.to_string()));
+        }
+        parts.join(".")
+    }
+
+    /// The key as a user would write it in a `weights` block: `experts[e].gate`.
+    fn pattern(&self) -> String {
+        self.segs
+            .iter()
+            .map(|s| if s.index.is_some() { format!("{}[e]", s.name) } else { s.name.clone() })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
+struct Block<'a> {
+    prefix: Option<&'a str>,
+    prefix_span: Span,
+    storage: Option<StorageDType>,
+    bindings: Vec<&'a Binding>,
+}
+
+/// The spec's weight bindings, and which of them have matched a weight.
+pub struct Binder<'a> {
+    blocks: Vec<Block<'a>>,
+    used: HashMap<(usize, usize), bool>,
+    patterns: Vec<String>,
+}
+
+impl<'a> Binder<'a> {
+    pub fn new(blocks: &[&'a Weights]) -> Binder<'a> {
+        let blocks = blocks
+            .iter()
+            .map(|w| Block {
+                prefix: w.prefix.as_ref().map(|p| p.value.as_str()),
+                prefix_span: w.prefix.as_ref().map_or(w.span, |p| p.span),
+                storage: w.dtype.map(|(d, _)| match d {
+                    DTypeName::F32 => StorageDType::F32,
+                    DTypeName::F16 => StorageDType::F16,
+                    DTypeName::BF16 => StorageDType::BF16,
+                }),
+                bindings: w.bindings.iter().collect(),
+            })
+            .collect();
+        Binder { blocks, used: HashMap::new(), patterns: Vec::new() }
+    }
+
+    /// Resolves a weight of `shape` at `path`; `owner` is the spec location that creates it.
+    pub fn resolve(&mut self, path: &WeightPath, shape: Vec<usize>, owner: Span) -> Result<WeightDecl, Diagnostic> {
+        let pattern = path.pattern();
+        if !self.patterns.contains(&pattern) {
+            self.patterns.push(pattern);
+        }
+        let key = path.key();
+        let mut found: Vec<(usize, usize, Option<usize>, Vec<(String, usize)>)> = Vec::new();
+        for (bi, block) in self.blocks.iter().enumerate() {
+            for (ki, b) in block.bindings.iter().enumerate() {
+                if let Some((slice, vars)) = match_key(b, path) {
+                    found.push((bi, ki, slice, vars));
+                }
+            }
+        }
+        // A key qualified with the moe's name beats an unqualified one.
+        let qualified = |(bi, ki, ..): &(usize, usize, Option<usize>, Vec<(String, usize)>)| {
+            let b = self.blocks[*bi].bindings[*ki];
+            path.moe.as_deref() == Some(b.key.segments[0].name.name.as_str()) && b.key.segments.len() > path.segs.len()
+        };
+        if found.iter().any(qualified) {
+            found.retain(qualified);
+        }
+        match found.as_slice() {
+            [] => Ok(WeightDecl {
+                key: key.clone(),
+                tensor: key,
+                expert_slice: None,
+                transposed: false,
+                shape,
+                storage: None,
+                span: owner,
+            }),
+            [(bi, ki, slice, vars)] => {
+                self.used.insert((*bi, *ki), true);
+                let block = &self.blocks[*bi];
+                let b = block.bindings[*ki];
+                let mut vars = vars.clone();
+                if let Some((name, i)) = &path.layer {
+                    vars.push((name.clone(), *i));
+                }
+                let name = fill(&b.tensor.value, &vars, b.tensor.span)?;
+                let tensor = match block.prefix {
+                    Some(p) if !p.is_empty() => format!("{}.{name}", fill(p, &vars, block.prefix_span)?),
+                    _ => name,
+                };
+                Ok(WeightDecl {
+                    key,
+                    tensor,
+                    expert_slice: *slice,
+                    transposed: b.transposed,
+                    shape,
+                    storage: block.storage,
+                    span: b.key.span,
+                })
+            }
+            [first, second, ..] => {
+                let b1 = self.blocks[first.0].bindings[first.1];
+                let b2 = self.blocks[second.0].bindings[second.1];
+                Err(Diagnostic::at(b2.key.span, format!("two bindings match the weight `{key}`"), "this one")
+                    .with_related(b1.key.span, "and this one")
+                    .with_help("qualify a key with its moe's name, e.g. `y.experts[e].gate`"))
+            }
+        }
+    }
+
+    /// Errors for bindings that matched no weight, and for tensors bound to two weights.
+    pub fn finish(&self, decls: &[WeightDecl]) -> Result<(), Diagnostic> {
+        for (bi, block) in self.blocks.iter().enumerate() {
+            for (ki, b) in block.bindings.iter().enumerate() {
+                if !self.used.contains_key(&(bi, ki)) {
+                    let mut patterns = self.patterns.clone();
+                    patterns.sort();
+                    return Err(Diagnostic::at(
+                        b.key.span,
+                        format!("the binding `{}` matches no weight of the model", b.key),
+                        "no weight has this key",
+                    )
+                    .with_help(format!("the model's weight keys are: {}", patterns.join(", "))));
+                }
+            }
+        }
+        let mut seen: HashMap<(&str, Option<usize>), &WeightDecl> = HashMap::new();
+        for d in decls {
+            if let Some(prev) = seen.insert((d.tensor.as_str(), d.expert_slice), d) {
+                return Err(Diagnostic::at(
+                    d.span,
+                    format!("the tensor \"{}\" is bound to both `{}` and `{}`", d.tensor, prev.key, d.key),
+                    "bound twice",
+                )
+                .with_help("inside `repeat`, put `{layer}` (the repeat variable) in the tensor name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Matches a binding key against a weight path. On success: the expert slice (for a
+/// fused `[E, ...]` tensor) and the index variables bound (`e` = 3).
+fn match_key(b: &Binding, path: &WeightPath) -> Option<(Option<usize>, Vec<(String, usize)>)> {
+    let mut segs = b.key.segments.as_slice();
+    if segs.len() == path.segs.len() + 1 {
+        let first = &segs[0];
+        if first.index.is_some() || path.moe.as_deref() != Some(first.name.name.as_str()) {
+            return None;
+        }
+        segs = &segs[1..];
+    }
+    if segs.len() != path.segs.len() {
+        return None;
+    }
+    let mut slice = None;
+    let mut vars = Vec::new();
+    for (k, p) in segs.iter().zip(&path.segs) {
+        if k.name.name != p.name {
+            return None;
+        }
+        match (&k.index, p.index) {
+            (None, None) => {}
+            (Some(var), Some(i)) => vars.push((var.name.clone(), i)),
+            (None, Some(i)) if slice.is_none() => slice = Some(i),
+            _ => return None,
+        }
+    }
+    Some((slice, vars))
+}
+
+/// Replaces `{var}` in a tensor-name template.
+fn fill(template: &str, vars: &[(String, usize)], span: Span) -> Result<String, Diagnostic> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').map(|c| open + c).ok_or_else(|| {
+            Diagnostic::at(span, format!("unclosed `{{` in \"{template}\""), "expected `}`")
+        })?;
+        let var = &rest[open + 1..close];
+        match vars.iter().find(|(n, _)| n == var) {
+            Some((_, i)) => out.push_str(&i.to_string()),
+            None => {
+                let known: Vec<String> = vars.iter().map(|(n, _)| format!("{{{n}}}")).collect();
+                return Err(Diagnostic::at(span, format!("unknown placeholder `{{{var}}}` in \"{template}\""), "here")
+                    .with_help(if known.is_empty() {
+                        "this binding has no index variables".to_string()
+                    } else {
+                        format!("this binding can use {}", known.join(", "))
+                    }));
+            }
+        }
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}

@@ -1,0 +1,621 @@
+//! AST to graph IR. Params are evaluated first (with `--set` overrides); then the
+//! dataflow statements are lowered in order, experts instantiated per expert,
+//! `repeat` bodies unrolled per layer, and every weight resolved against the
+//! spec's `weights` blocks. Shapes are checked here, with the spec's spans, so
+//! users see their own names in errors; the verifier re-checks the result.
+
+mod bind;
+mod consts;
+mod moe;
+
+use crate::diagnostic::Diagnostic;
+use crate::ir::{BinaryOp, Dim, F32Bits, Graph, Op, TensorType, UnaryOp, Value};
+use bind::{Binder, Seg, WeightPath};
+pub use consts::Const;
+use consts::{closest, eval_const};
+use moec_grammar::ast::{self, Arg, BinOp, DTypeName, Expr, ExprKind, Ident, Item, Spec, Stmt};
+use moec_grammar::Span;
+use std::collections::HashMap;
+
+/// A lowered spec: the graph, and notes worth telling the user (not errors).
+#[derive(Debug)]
+pub struct Lowered {
+    pub graph: Graph,
+    pub notes: Vec<Diagnostic>,
+    pub params: Vec<(String, Const)>,
+}
+
+/// Lowers a parsed spec with `--set name=value` overrides.
+pub fn lower(spec: &Spec, overrides: &[(String, String)]) -> Result<Lowered, Diagnostic> {
+    Lowerer::new(spec, overrides)?.run(spec)
+}
+
+/// What a name in a dataflow scope stands for.
+#[derive(Clone, Debug)]
+enum Val {
+    Tensor(Value),
+    /// A `moe(...)` result: the hidden states and its inspection outputs.
+    Moe(moe::MoeOutputs),
+}
+
+#[derive(Clone, Default)]
+struct Scope {
+    vars: HashMap<String, (Val, Span)>,
+}
+
+struct Lowerer<'a> {
+    params: HashMap<String, Const>,
+    param_order: Vec<String>,
+    experts: HashMap<String, &'a ast::Expert>,
+    routers: HashMap<String, &'a ast::Router>,
+    binder: Binder<'a>,
+    graph: Graph,
+    notes: Vec<Diagnostic>,
+    /// Spans of every top-level declaration, for duplicate-name errors.
+    declared: HashMap<String, Span>,
+}
+
+impl<'a> Lowerer<'a> {
+    fn new(spec: &'a Spec, overrides: &[(String, String)]) -> Result<Lowerer<'a>, Diagnostic> {
+        let mut declared: HashMap<String, Span> = HashMap::new();
+        let mut declare = |name: &Ident, what: &str| -> Result<(), Diagnostic> {
+            if let Some(prev) = declared.insert(name.name.clone(), name.span) {
+                return Err(Diagnostic::at(name.span, format!("`{name}` is defined twice"), format!("{what} redefined here"))
+                    .with_related(prev, "first defined here"));
+            }
+            Ok(())
+        };
+        let mut params = Vec::new();
+        let mut experts = HashMap::new();
+        let mut routers = HashMap::new();
+        let mut weights = Vec::new();
+        for item in &spec.items {
+            match item {
+                Item::Param(p) => {
+                    declare(&p.name, "param")?;
+                    params.push(p);
+                }
+                Item::Expert(e) => {
+                    declare(&e.name, "expert")?;
+                    experts.insert(e.name.name.clone(), e);
+                }
+                Item::Router(r) => {
+                    declare(&r.name, "router")?;
+                    routers.insert(r.name.name.clone(), r);
+                }
+                Item::Input(i) => declare(&i.name, "input")?,
+                Item::Weights(w) => weights.push(w),
+                Item::Repeat(_) | Item::Stmt(_) => {}
+            }
+        }
+        let values = consts::eval_params(&params, overrides)?;
+        Ok(Lowerer {
+            param_order: params.iter().map(|p| p.name.name.clone()).collect(),
+            params: values,
+            experts,
+            routers,
+            binder: Binder::new(&weights),
+            graph: Graph::new(spec.name.name.clone()),
+            notes: Vec::new(),
+            declared,
+        })
+    }
+
+    fn run(mut self, spec: &Spec) -> Result<Lowered, Diagnostic> {
+        let mut scope = Scope::default();
+        let mut outputs: Vec<(Ident, Value)> = Vec::new();
+        for item in &spec.items {
+            match item {
+                Item::Input(i) => {
+                    let ty = self.input_type(i)?;
+                    let v = self.graph.add_input(&i.name.name, ty);
+                    scope.vars.insert(i.name.name.clone(), (Val::Tensor(v), i.name.span));
+                }
+                Item::Stmt(stmt) => self.stmt(stmt, &mut scope, None, &mut outputs)?,
+                Item::Repeat(r) => self.repeat(r, &mut scope, &mut outputs)?,
+                Item::Param(_) | Item::Expert(_) | Item::Router(_) | Item::Weights(_) => {}
+            }
+        }
+        if outputs.is_empty() {
+            return Err(Diagnostic::at(spec.name.span, format!("model `{}` has no outputs", spec.name), "no `output`")
+                .with_help("add `output y` for a value `y`"));
+        }
+        for (name, v) in outputs {
+            self.graph.outputs.push((name.name, v));
+        }
+        self.binder.finish(&self.graph.weights)?;
+        let params = self.param_order.iter().map(|n| (n.clone(), self.params[n])).collect();
+        Ok(Lowered { graph: self.graph, notes: self.notes, params })
+    }
+
+    fn input_type(&self, input: &ast::Input) -> Result<TensorType, Diagnostic> {
+        if input.dtype != DTypeName::F32 {
+            return Err(Diagnostic::at(input.dtype_span, format!("input `{}` must be f32", input.name), "not supported")
+                .with_help("f16 and bf16 are storage types for weights; inputs are f32"));
+        }
+        let mut shape = Vec::new();
+        for (i, d) in input.shape.dims.iter().enumerate() {
+            match &d.kind {
+                ExprKind::Path(p) if p.len() == 1 && p[0].name == "tokens" => {
+                    if i != 0 {
+                        return Err(Diagnostic::at(d.span, "`tokens` must be the first dim", "here"));
+                    }
+                    shape.push(Dim::TOKENS);
+                }
+                _ => shape.push(Dim::fixed(self.dim(d)?)),
+            }
+        }
+        if shape.len() != 2 || shape[0] != Dim::TOKENS {
+            return Err(Diagnostic::at(
+                input.shape.span,
+                format!("input `{}` must have shape [tokens, width]", input.name),
+                "found this shape",
+            ));
+        }
+        Ok(TensorType::f32(shape))
+    }
+
+    /// A positive dimension given by a constant expression.
+    fn dim(&self, e: &Expr) -> Result<u64, Diagnostic> {
+        match eval_const(e, &self.params)? {
+            Const::Int(v) if v > 0 => Ok(v as u64),
+            Const::Int(v) => Err(Diagnostic::at(
+                e.span,
+                format!("dimension `{e}` is {v}; dimensions must be positive"),
+                format!("evaluates to {v}"),
+            )),
+            other => Err(Diagnostic::at(e.span, format!("dimension `{e}` must be an integer"), format!("is {}", other.kind()))),
+        }
+    }
+
+    fn int(&self, e: &Expr, what: &str) -> Result<u64, Diagnostic> {
+        match eval_const(e, &self.params)? {
+            Const::Int(v) if v > 0 => Ok(v as u64),
+            other => Err(Diagnostic::at(
+                e.span,
+                format!("{what} must be a positive integer, `{e}` is {other}"),
+                "expected a positive integer",
+            )),
+        }
+    }
+
+    fn float(&self, e: &Expr, what: &str) -> Result<f64, Diagnostic> {
+        eval_const(e, &self.params)?
+            .as_f64()
+            .ok_or_else(|| Diagnostic::at(e.span, format!("{what} must be a number"), "a bool"))
+    }
+
+    fn bool(&self, e: &Expr, what: &str) -> Result<bool, Diagnostic> {
+        match eval_const(e, &self.params)? {
+            Const::Bool(b) => Ok(b),
+            other => Err(Diagnostic::at(e.span, format!("{what} must be true or false"), format!("is {}", other.kind()))),
+        }
+    }
+
+    fn repeat(&mut self, r: &ast::Repeat, scope: &mut Scope, outputs: &mut Vec<(Ident, Value)>) -> Result<(), Diagnostic> {
+        let count = self.int(&r.count, "the repeat count")?;
+        let mut stacked: Vec<(Ident, Vec<Value>)> = Vec::new();
+        for layer in 0..count as usize {
+            let mut inner = scope.clone();
+            let mut layer_outputs = Vec::new();
+            for stmt in &r.body {
+                if let Stmt::Let(l) = stmt {
+                    if scope.vars.contains_key(&l.name.name) {
+                        return Err(Diagnostic::at(
+                            l.name.span,
+                            format!("`{}` is already defined outside this repeat", l.name),
+                            "shadows an outer value",
+                        )
+                        .with_help(format!("write `{} = ...` to carry it to the next layer", l.name)));
+                    }
+                }
+                let path = WeightPath { layer: Some((r.var.name.clone(), layer)), moe: None, segs: Vec::new() };
+                self.stmt(stmt, &mut inner, Some(&path), &mut layer_outputs)?;
+            }
+            for (name, _) in scope.vars.clone() {
+                let carried = inner.vars[&name].clone();
+                scope.vars.insert(name, carried);
+            }
+            for (i, (name, v)) in layer_outputs.into_iter().enumerate() {
+                if layer == 0 {
+                    stacked.push((name, vec![v]));
+                } else {
+                    stacked[i].1.push(v);
+                }
+            }
+        }
+        for (name, values) in stacked {
+            let node = self.graph.add(Op::Stack, &values, Some(name.name.clone())).map_err(|m| {
+                Diagnostic::at(name.span, format!("cannot stack `{name}` over layers: {m}"), "this output")
+            })?;
+            self.add_output(outputs, name, node.into())?;
+        }
+        Ok(())
+    }
+
+    fn add_output(&mut self, outputs: &mut Vec<(Ident, Value)>, name: Ident, v: Value) -> Result<(), Diagnostic> {
+        if let Some((prev, _)) = outputs.iter().find(|(n, _)| n.name == name.name) {
+            return Err(Diagnostic::at(name.span, format!("output `{name}` is defined twice"), "again here")
+                .with_related(prev.span, "first here"));
+        }
+        outputs.push((name, v));
+        Ok(())
+    }
+
+    fn stmt(
+        &mut self,
+        stmt: &Stmt,
+        scope: &mut Scope,
+        layer: Option<&WeightPath>,
+        outputs: &mut Vec<(Ident, Value)>,
+    ) -> Result<(), Diagnostic> {
+        let root = layer.cloned().unwrap_or(WeightPath { layer: None, moe: None, segs: Vec::new() });
+        match stmt {
+            Stmt::Let(l) => {
+                if let Some((_, prev)) = scope.vars.get(&l.name.name) {
+                    return Err(Diagnostic::at(l.name.span, format!("`{}` is defined twice", l.name), "redefined here")
+                        .with_related(*prev, "first defined here"));
+                }
+                if let Some(prev) = self.declared.get(&l.name.name) {
+                    return Err(Diagnostic::at(l.name.span, format!("`{}` is already a declaration", l.name), "redefined here")
+                        .with_related(*prev, "declared here"));
+                }
+                let v = self.let_value(&l.name, &l.value, scope, &root)?;
+                scope.vars.insert(l.name.name.clone(), (v, l.name.span));
+            }
+            Stmt::Assign(l) => {
+                if layer.is_none() {
+                    return Err(Diagnostic::at(l.name.span, format!("cannot assign to `{}` here", l.name), "assignment")
+                        .with_help(format!("use `let {} = ...`; assignments carry values between layers inside `repeat`", l.name)));
+                }
+                let Some((old, _)) = scope.vars.get(&l.name.name).cloned() else {
+                    return Err(Diagnostic::at(l.name.span, format!("unknown value `{}`", l.name), "not defined before the repeat"));
+                };
+                let v = self.let_value(&l.name, &l.value, scope, &root)?;
+                let (Val::Tensor(old), Val::Tensor(new)) = (&old, &v) else {
+                    return Err(Diagnostic::at(l.value.span, "only tensors can be carried between layers", "not a tensor"));
+                };
+                let (ot, nt) = (self.graph.value_type(*old), self.graph.value_type(*new));
+                if ot != nt {
+                    return Err(Diagnostic::at(
+                        l.value.span,
+                        format!("`{}` changes type between layers: {ot} becomes {nt}", l.name),
+                        format!("this is {nt}"),
+                    ));
+                }
+                scope.vars.insert(l.name.name.clone(), (v, l.name.span));
+            }
+            Stmt::Output { name, value } => {
+                let v = match value {
+                    Some(e) => self.tensor(e, scope, &root)?,
+                    None => self.tensor(
+                        &Expr { kind: ExprKind::Path(vec![name.clone()]), span: name.span },
+                        scope,
+                        &root,
+                    )?,
+                };
+                self.add_output(outputs, name.clone(), v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The right-hand side of a `let`: where `linear`, norms and `moe` may appear,
+    /// because the `let`'s name names their weights.
+    fn let_value(&mut self, name: &Ident, e: &Expr, scope: &Scope, path: &WeightPath) -> Result<Val, Diagnostic> {
+        if let ExprKind::Call { func, args } = &e.kind {
+            let label = Some(name.name.clone());
+            match func.name.as_str() {
+                "linear" => {
+                    return self.linear(e, args, scope, &path.child(Seg::name(&name.name)), label).map(Val::Tensor)
+                }
+                "rmsnorm" | "layernorm" => {
+                    return self.norm(e, func, args, scope, &path.child(Seg::name(&name.name)), label).map(Val::Tensor)
+                }
+                "moe" => {
+                    let mut p = path.clone();
+                    p.moe = Some(name.name.clone());
+                    return self.moe(e, args, scope, &p, &name.name).map(Val::Moe);
+                }
+                _ => {}
+            }
+        }
+        let v = self.tensor(e, scope, path)?;
+        if self.graph.node(v.node).label.is_none() {
+            self.graph.g[v.node].label = Some(name.name.clone());
+        }
+        Ok(Val::Tensor(v))
+    }
+
+    /// `linear(x, out)` or `linear(x, out, bias = true)`.
+    fn linear(
+        &mut self,
+        e: &Expr,
+        args: &[Arg],
+        scope: &Scope,
+        path: &WeightPath,
+        label: Option<String>,
+    ) -> Result<Value, Diagnostic> {
+        let a = Args::new(e, "linear", args, &["bias"])?;
+        let [x, out] = a.positional::<2>("linear(x, out)")?;
+        let x = self.tensor(x, scope, path)?;
+        let out = self.dim(out)?;
+        let bias = a.named("bias").map(|b| self.bool(b, "bias")).transpose()?.unwrap_or(false);
+        let width = self.width(x, e.span)?;
+        let w = self.weight(path, vec![out as usize, width as usize], e.span)?;
+        let mut operands = vec![x, w];
+        if bias {
+            operands.push(self.weight(&path.child(Seg::name("bias")), vec![out as usize], e.span)?);
+        }
+        self.node(Op::Linear { bias }, &operands, label, e.span)
+    }
+
+    fn norm(
+        &mut self,
+        e: &Expr,
+        func: &Ident,
+        args: &[Arg],
+        scope: &Scope,
+        path: &WeightPath,
+        label: Option<String>,
+    ) -> Result<Value, Diagnostic> {
+        let a = Args::new(e, &func.name, args, &["eps"])?;
+        let [x] = a.positional::<1>(&format!("{func}(x, eps = ...)"))?;
+        let x = self.tensor(x, scope, path)?;
+        let layer_norm = func.name == "layernorm";
+        let eps = match a.named("eps") {
+            Some(v) => self.float(v, "eps")?,
+            None if layer_norm => 1e-5,
+            None => 1e-6,
+        };
+        if eps <= 0.0 {
+            return Err(Diagnostic::at(e.span, format!("eps must be positive, found {eps}"), "here"));
+        }
+        let d = self.width(x, e.span)? as usize;
+        let eps = F32Bits::new(eps as f32);
+        let mut operands = vec![x, self.weight(path, vec![d], e.span)?];
+        let op = if layer_norm {
+            operands.push(self.weight(&path.child(Seg::name("bias")), vec![d], e.span)?);
+            Op::LayerNorm { eps }
+        } else {
+            Op::RmsNorm { eps }
+        };
+        self.node(op, &operands, label, e.span)
+    }
+
+    fn width(&self, v: Value, span: Span) -> Result<u64, Diagnostic> {
+        let t = self.graph.value_type(v);
+        t.width().ok_or_else(|| Diagnostic::at(span, format!("expected a [rows, width] tensor, found {t}"), "here"))
+    }
+
+    fn weight(&mut self, path: &WeightPath, shape: Vec<usize>, owner: Span) -> Result<Value, Diagnostic> {
+        let decl = self.binder.resolve(path, shape, owner)?;
+        Ok(self.graph.add_weight(decl))
+    }
+
+    fn node(&mut self, op: Op, operands: &[Value], label: Option<String>, span: Span) -> Result<Value, Diagnostic> {
+        self.graph
+            .add(op, operands, label)
+            .map(Value::from)
+            .map_err(|m| Diagnostic::at(span, m, "in this expression"))
+    }
+
+    /// An expression that must be a tensor.
+    fn tensor(&mut self, e: &Expr, scope: &Scope, path: &WeightPath) -> Result<Value, Diagnostic> {
+        match self.expr(e, scope, path)? {
+            Operand::Tensor(v) => Ok(v),
+            Operand::Const(c) => Err(Diagnostic::at(e.span, format!("expected a tensor, `{e}` is the constant {c}"), "a constant")),
+        }
+    }
+
+    fn expr(&mut self, e: &Expr, scope: &Scope, path: &WeightPath) -> Result<Operand, Diagnostic> {
+        match &e.kind {
+            ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) => Ok(Operand::Const(eval_const(e, &self.params)?)),
+            ExprKind::Path(parts) => self.path(e, parts, scope),
+            ExprKind::Neg(inner) => match self.expr(inner, scope, path)? {
+                Operand::Const(_) => Ok(Operand::Const(eval_const(e, &self.params)?)),
+                Operand::Tensor(v) => {
+                    let c = self.graph.add_constant(-1.0);
+                    self.node(Op::Binary(BinaryOp::Mul), &[v, c], None, e.span).map(Operand::Tensor)
+                }
+            },
+            ExprKind::Binary { op, lhs, rhs } => {
+                let (l, r) = (self.expr(lhs, scope, path)?, self.expr(rhs, scope, path)?);
+                self.binary(e, *op, l, r, lhs, rhs)
+            }
+            ExprKind::Call { func, args } => self.call(e, func, args, scope, path),
+            ExprKind::List(_) => Err(Diagnostic::at(e.span, "a list is only allowed as `experts = [...]` of a moe", "unexpected list")),
+        }
+    }
+
+    fn path(&mut self, e: &Expr, parts: &[Ident], scope: &Scope) -> Result<Operand, Diagnostic> {
+        let head = &parts[0];
+        if let Some((val, _)) = scope.vars.get(&head.name) {
+            return match (val, parts) {
+                (Val::Tensor(v), [_]) => Ok(Operand::Tensor(*v)),
+                (Val::Moe(m), [_]) => Ok(Operand::Tensor(m.y)),
+                (Val::Moe(m), [_, field]) => m.field(&field.name).map(Operand::Tensor).ok_or_else(|| {
+                    Diagnostic::at(field.span, format!("a moe has no output `{field}`"), "unknown field")
+                        .with_help("moe outputs: router_logits, expert_counts, aux_loss, z_loss")
+                }),
+                _ => Err(Diagnostic::at(e.span, format!("`{head}` has no fields"), "not a moe")),
+            };
+        }
+        if parts.len() == 1 && self.params.contains_key(&head.name) {
+            return Ok(Operand::Const(self.params[&head.name]));
+        }
+        let what = if self.experts.contains_key(&head.name) {
+            " (an expert template: use it in `experts = N * name`)"
+        } else if self.routers.contains_key(&head.name) {
+            " (a router: use it as `router = name`)"
+        } else {
+            ""
+        };
+        let mut known: Vec<&str> = scope.vars.keys().map(String::as_str).collect();
+        known.extend(self.params.keys().map(String::as_str));
+        let d = Diagnostic::at(head.span, format!("unknown value `{head}`{what}"), "not defined here");
+        Err(match closest(&head.name, &known) {
+            Some(c) if what.is_empty() => d.with_help(format!("did you mean `{c}`?")),
+            _ => d,
+        })
+    }
+
+    fn binary(&mut self, e: &Expr, op: BinOp, l: Operand, r: Operand, le: &Expr, re: &Expr) -> Result<Operand, Diagnostic> {
+        let bop = match op {
+            BinOp::Add => BinaryOp::Add,
+            BinOp::Sub => BinaryOp::Sub,
+            BinOp::Mul => BinaryOp::Mul,
+            BinOp::Div => BinaryOp::Div,
+            BinOp::Rem => return Err(Diagnostic::at(e.span, "`%` only applies to constants", "on a tensor")),
+        };
+        let scalar = |this: &Self, c: Const, ce: &Expr| -> Result<f32, Diagnostic> {
+            Ok(this.float(ce, "a scalar operand").map_err(|_| {
+                Diagnostic::at(ce.span, format!("cannot combine a tensor with {}", c.kind()), "here")
+            })? as f32)
+        };
+        match (l, r) {
+            (Operand::Const(_), Operand::Const(_)) => Ok(Operand::Const(eval_const(e, &self.params)?)),
+            (Operand::Tensor(a), Operand::Tensor(b)) => {
+                let (ta, tb) = (self.graph.value_type(a).clone(), self.graph.value_type(b).clone());
+                if ta != tb {
+                    return Err(Diagnostic::at(e.span, format!("shape mismatch in `{op}`: {ta} and {tb}"), "these differ")
+                        .with_related(le.span, format!("this is {ta}"))
+                        .with_related(re.span, format!("this is {tb}")));
+                }
+                self.node(Op::Binary(bop), &[a, b], None, e.span).map(Operand::Tensor)
+            }
+            (Operand::Tensor(a), Operand::Const(c)) => {
+                let c = self.graph.add_constant(scalar(self, c, re)?);
+                self.node(Op::Binary(bop), &[a, c], None, e.span).map(Operand::Tensor)
+            }
+            (Operand::Const(c), Operand::Tensor(b)) => {
+                let v = scalar(self, c, le)?;
+                match bop {
+                    BinaryOp::Add | BinaryOp::Mul => {
+                        let c = self.graph.add_constant(v);
+                        self.node(Op::Binary(bop), &[b, c], None, e.span).map(Operand::Tensor)
+                    }
+                    BinaryOp::Sub => {
+                        let neg = self.graph.add_constant(-1.0);
+                        let nb = self.node(Op::Binary(BinaryOp::Mul), &[b, neg], None, e.span)?;
+                        let c = self.graph.add_constant(v);
+                        self.node(Op::Binary(BinaryOp::Add), &[nb, c], None, e.span).map(Operand::Tensor)
+                    }
+                    BinaryOp::Div => Err(Diagnostic::at(e.span, "cannot divide a constant by a tensor", "here")),
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, e: &Expr, func: &Ident, args: &[Arg], scope: &Scope, path: &WeightPath) -> Result<Operand, Diagnostic> {
+        let unary = match func.name.as_str() {
+            "silu" => Some(Some(UnaryOp::Silu)),
+            "gelu" => Some(Some(UnaryOp::Gelu)),
+            "gelu_tanh" => Some(Some(UnaryOp::GeluTanh)),
+            "relu" => Some(Some(UnaryOp::Relu)),
+            "sigmoid" => Some(Some(UnaryOp::Sigmoid)),
+            "identity" => Some(None),
+            _ => None,
+        };
+        if let Some(unary) = unary {
+            let a = Args::new(e, &func.name, args, &[])?;
+            let [x] = a.positional::<1>(&format!("{func}(x)"))?;
+            let x = self.tensor(x, scope, path)?;
+            return match unary {
+                Some(u) => self.node(Op::Unary(u), &[x], None, e.span).map(Operand::Tensor),
+                None => Ok(Operand::Tensor(x)),
+            };
+        }
+        match func.name.as_str() {
+            "softmax" => {
+                let a = Args::new(e, "softmax", args, &[])?;
+                let [x] = a.positional::<1>("softmax(x)")?;
+                let x = self.tensor(x, scope, path)?;
+                self.node(Op::Softmax, &[x], None, e.span).map(Operand::Tensor)
+            }
+            "ceil" | "floor" | "min" | "max" => Ok(Operand::Const(eval_const(e, &self.params)?)),
+            "linear" | "rmsnorm" | "layernorm" | "moe" => Err(Diagnostic::at(
+                e.span,
+                format!("`{func}` must be the whole right-hand side of a `let`"),
+                "inside an expression",
+            )
+            .with_help(format!("the `let`'s name names its weights: `let name = {func}(...)`"))),
+            _ => {
+                const KNOWN: &[&str] = &[
+                    "linear", "silu", "gelu", "gelu_tanh", "relu", "sigmoid", "identity", "softmax", "rmsnorm",
+                    "layernorm", "moe", "ceil", "floor", "min", "max",
+                ];
+                let d = Diagnostic::at(func.span, format!("unknown function `{func}`"), "not a function");
+                Err(match closest(&func.name, KNOWN) {
+                    Some(c) => d.with_help(format!("did you mean `{c}`?")),
+                    None => d.with_help(format!("functions: {}", KNOWN.join(", "))),
+                })
+            }
+        }
+    }
+}
+
+/// An evaluated operand: a graph value or a compile-time constant.
+enum Operand {
+    Tensor(Value),
+    Const(Const),
+}
+
+/// A call's arguments, split into positional and checked named ones.
+struct Args<'e> {
+    call: &'e Expr,
+    func: String,
+    positional: Vec<&'e Expr>,
+    named: Vec<(&'e Ident, &'e Expr)>,
+}
+
+impl<'e> Args<'e> {
+    fn new(call: &'e Expr, func: &str, args: &'e [Arg], allowed: &[&str]) -> Result<Args<'e>, Diagnostic> {
+        let mut a = Args { call, func: func.to_string(), positional: Vec::new(), named: Vec::new() };
+        for arg in args {
+            match &arg.name {
+                None if !a.named.is_empty() => {
+                    return Err(Diagnostic::at(arg.value.span, "positional argument after a named one", "move it before"))
+                }
+                None => a.positional.push(&arg.value),
+                Some(n) => {
+                    if !allowed.contains(&n.name.as_str()) {
+                        let d = Diagnostic::at(n.span, format!("`{func}` has no argument `{n}`"), "unknown argument");
+                        return Err(if allowed.is_empty() {
+                            d.with_help(format!("`{func}` takes no named arguments"))
+                        } else {
+                            d.with_help(format!("`{func}` takes: {}", allowed.join(", ")))
+                        });
+                    }
+                    if let Some((prev, _)) = a.named.iter().find(|(p, _)| p.name == n.name) {
+                        return Err(Diagnostic::at(n.span, format!("argument `{n}` given twice"), "again")
+                            .with_related(prev.span, "first here"));
+                    }
+                    a.named.push((n, &arg.value));
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    fn positional<const N: usize>(&self, usage: &str) -> Result<[&'e Expr; N], Diagnostic> {
+        <[&Expr; N]>::try_from(self.positional.as_slice()).map_err(|_| {
+            Diagnostic::at(
+                self.call.span,
+                format!("`{}` takes {N} positional argument(s), found {}", self.func, self.positional.len()),
+                "wrong number of arguments",
+            )
+            .with_help(format!("usage: {usage}"))
+        })
+    }
+
+    fn named(&self, name: &str) -> Option<&'e Expr> {
+        self.named.iter().find(|(n, _)| n.name == name).map(|(_, e)| *e)
+    }
+}
+
+/// Lowers source text, with parse errors as diagnostics too.
+pub fn lower_source(source: &str, overrides: &[(String, String)]) -> Result<Lowered, Diagnostic> {
+    let spec = moec_grammar::parse(source)?;
+    lower(&spec, overrides)
+}

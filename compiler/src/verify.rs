@@ -1,0 +1,62 @@
+//! The IR verifier: the invariants every graph must satisfy between passes.
+//!
+//! Checks: operands numbered 0..n with no gaps, each edge's port exists on its
+//! source, each node's stored output types equal its op's typing rule applied to
+//! its operands, weight ids in range with matching shapes, outputs that exist,
+//! and no cycles. It reports the first violation, naming the node.
+
+use crate::ir::{Graph, Op, TensorType};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+/// Verifies `g`; the error names the node and says what is wrong.
+pub fn verify(g: &Graph) -> Result<(), String> {
+    for n in g.g.node_indices() {
+        let node = &g.g[n];
+        let at = || format!("node {} ({})", n.index(), node.op.name());
+        let mut operands: Vec<u8> = g.g.edges_directed(n, Direction::Incoming).map(|e| e.weight().operand).collect();
+        operands.sort_unstable();
+        if operands.iter().enumerate().any(|(i, o)| *o as usize != i) {
+            return Err(format!("{}: operands are not numbered 0..{}: {operands:?}", at(), operands.len()));
+        }
+        for e in g.g.edges_directed(n, Direction::Incoming) {
+            let src = &g.g[e.source()];
+            if e.weight().port as usize >= src.outputs.len() {
+                return Err(format!("{}: reads port {} of a node with {} outputs", at(), e.weight().port, src.outputs.len()));
+            }
+        }
+        match &node.op {
+            Op::Weight { id, .. } => {
+                let decl = g.weights.get(*id).ok_or_else(|| format!("{}: weight id {id} out of range", at()))?;
+                let shape: Vec<u64> = node.outputs[0].shape.iter().map(|d| d.as_fixed().unwrap_or(u64::MAX)).collect();
+                let want: Vec<u64> = decl.shape.iter().map(|d| *d as u64).collect();
+                if shape != want {
+                    return Err(format!("{}: weight `{}` typed {:?}, declared {:?}", at(), decl.key, shape, want));
+                }
+            }
+            Op::Constant(_) => {
+                if node.outputs != [TensorType::scalar()] {
+                    return Err(format!("{}: a constant must be a scalar", at()));
+                }
+            }
+            op => {
+                let vals = g.operands(n);
+                let types: Vec<&TensorType> = vals.iter().map(|v| g.value_type(*v)).collect();
+                let inferred = op.infer(&types).map_err(|m| format!("{}: {m}", at()))?;
+                if inferred != node.outputs {
+                    return Err(format!("{}: stored types {:?} differ from inferred {:?}", at(), node.outputs, inferred));
+                }
+            }
+        }
+    }
+    for (name, v) in &g.outputs {
+        let node = g.g.node_weight(v.node).ok_or_else(|| format!("output `{name}` refers to a removed node"))?;
+        if v.port as usize >= node.outputs.len() {
+            return Err(format!("output `{name}` reads a missing port"));
+        }
+    }
+    if g.topo_order().len() != g.g.node_count() {
+        return Err("the graph has a cycle".into());
+    }
+    Ok(())
+}

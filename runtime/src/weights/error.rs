@@ -1,0 +1,138 @@
+//! Weight errors: plain data naming the file, the tensor and the decl's key, with what was
+//! expected and what was found. `bind` returns all of them at once as `WeightErrors`.
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use moec_compiler::ir::weight::StorageDType;
+use moec_compiler::tensor::ShapeDisplay;
+
+use crate::file::OpenError;
+
+/// One problem with a checkpoint, in `file`.
+#[derive(Debug)]
+pub struct WeightError {
+    pub file: PathBuf,
+    pub kind: WeightErrorKind,
+}
+
+#[derive(Debug)]
+pub enum WeightErrorKind {
+    /// The file could not be opened or mapped.
+    Io(io::Error),
+    /// A directory holds neither `model.safetensors` nor `model.safetensors.index.json`.
+    NoCheckpoint,
+    /// `file` is a shard that `index` names, and it does not exist.
+    MissingShard { index: PathBuf },
+    /// The file is not valid safetensors (bad header length, bad JSON, offsets out of range).
+    Corrupt(String),
+    /// The index JSON is malformed.
+    BadIndex(String),
+    /// No tensor `tensor`; `suggestions` are the closest existing names, best first.
+    MissingTensor { tensor: String, key: String, suggestions: Vec<String> },
+    /// The file's shape is not the one the decl implies. `expected` is in file layout
+    /// (transposed back if the decl says so); for `expert: Some(e)` it is one expert's shape
+    /// and the file should hold `[E, ..expected]` with `E > e`.
+    Shape {
+        tensor: String,
+        key: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+        expert: Option<usize>,
+        transposed: bool,
+    },
+    /// The spec requires a storage dtype (`as bf16`) and the file stores another.
+    DType { tensor: String, key: String, found: String, expected: StorageDType },
+    /// A dtype weights cannot have (only F32, F16 and BF16 are read).
+    UnsupportedDType { tensor: String, key: String, found: String },
+}
+
+impl WeightError {
+    pub(crate) fn new(file: &Path, kind: WeightErrorKind) -> WeightError {
+        WeightError { file: file.to_path_buf(), kind }
+    }
+
+    pub(crate) fn open(file: &Path, error: OpenError) -> WeightError {
+        let kind = match error {
+            OpenError::Io(e) => WeightErrorKind::Io(e),
+            OpenError::Corrupt(why) => WeightErrorKind::Corrupt(why),
+        };
+        WeightError::new(file, kind)
+    }
+}
+
+impl fmt::Display for WeightError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        match &self.kind {
+            WeightErrorKind::Io(e) => write!(f, "cannot read: {e}"),
+            WeightErrorKind::NoCheckpoint => {
+                write!(f, "directory holds neither model.safetensors nor model.safetensors.index.json")
+            }
+            WeightErrorKind::MissingShard { index } => {
+                write!(f, "shard does not exist (it is named by {})", index.display())
+            }
+            WeightErrorKind::Corrupt(why) => write!(f, "not a valid safetensors file: {why}"),
+            WeightErrorKind::BadIndex(why) => write!(f, "not a valid safetensors index: {why}"),
+            WeightErrorKind::MissingTensor { tensor, key, suggestions } => {
+                write!(f, "no tensor \"{tensor}\" ({key})")?;
+                for (i, name) in suggestions.iter().enumerate() {
+                    let lead = if i == 0 { "; did you mean" } else { " or" };
+                    write!(f, "{lead} \"{name}\"")?;
+                }
+                Ok(())
+            }
+            WeightErrorKind::Shape { tensor, key, found, expected, expert, transposed } => {
+                write!(f, "tensor \"{tensor}\" has shape {}, expected ", ShapeDisplay(found))?;
+                match expert {
+                    Some(e) => {
+                        let dims: Vec<String> = expected.iter().map(usize::to_string).collect();
+                        write!(f, "[E, {}] with E > {e}", dims.join(", "))?;
+                    }
+                    None => write!(f, "{}", ShapeDisplay(expected))?,
+                }
+                write!(f, " ({key}")?;
+                if *transposed {
+                    f.write_str(", stored transposed")?;
+                }
+                f.write_str(")")
+            }
+            WeightErrorKind::DType { tensor, key, found, expected } => {
+                write!(f, "tensor \"{tensor}\" is stored as {found}, expected {expected:?} ({key})")
+            }
+            WeightErrorKind::UnsupportedDType { tensor, key, found } => write!(
+                f,
+                "tensor \"{tensor}\" has dtype {found}; weights must be F32, F16 or BF16 ({key})"
+            ),
+        }
+    }
+}
+
+impl Error for WeightError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.kind {
+            WeightErrorKind::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Every problem `bind` found, in decl order. Never empty.
+#[derive(Debug)]
+pub struct WeightErrors(pub Vec<WeightError>);
+
+impl fmt::Display for WeightErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Error for WeightErrors {}
