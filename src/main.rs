@@ -1,1 +1,42 @@
-fn main(){}
+//! `moec`, the command line: check, graph and run `.moe` specs.
+//!
+//! Every failure is reported as a message on stderr and exit status 1; spec
+//! errors carry file:line:col and a source snippet.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "moec", version, about = "A compiler for Mixture-of-Experts layers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check a spec (and, with --weights, a weights file against it).
+    Check(cmd::check::Args),
+    /// Print the graph IR of a spec.
+    Graph(cmd::graph::Args),
+    /// Run a spec on weights and inputs.
+    Run(cmd::run::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(a) => cmd::check::main(a),
+        Command::Graph(a) => cmd::graph::main(a),
+        Command::Run(a) => cmd::run::main(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{}", message.trim_end());
+            ExitCode::FAILURE
+        }
+    }
+}

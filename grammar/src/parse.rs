@@ -119,7 +119,7 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::expr | Rule::call | Rule::list | Rule::path | Rule::number | Rule::boolean => {
             "an expression"
         }
-        Rule::arg => "an argument",
+        Rule::arg | Rule::arg_name => "an argument",
         Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::rem => "an operator",
         Rule::neg => "`-`",
         Rule::item => "a declaration (param, input, expert, router, let, output, repeat or weights)",
@@ -136,7 +136,7 @@ fn span_of(pair: &Pair<Rule>) -> Span {
 }
 
 fn ident(pair: Pair<Rule>) -> Ident {
-    debug_assert_eq!(pair.as_rule(), Rule::ident);
+    debug_assert!(matches!(pair.as_rule(), Rule::ident | Rule::arg_name));
     Ident { name: pair.as_str().to_string(), span: span_of(&pair) }
 }
 

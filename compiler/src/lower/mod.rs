@@ -436,7 +436,7 @@ impl<'a> Lowerer<'a> {
                 (Val::Moe(m), [_]) => Ok(Operand::Tensor(m.y)),
                 (Val::Moe(m), [_, field]) => m.field(&field.name).map(Operand::Tensor).ok_or_else(|| {
                     Diagnostic::at(field.span, format!("a moe has no output `{field}`"), "unknown field")
-                        .with_help("moe outputs: router_logits, expert_counts, aux_loss, z_loss")
+                        .with_help("moe outputs: router_logits, selected_experts, expert_counts, aux_loss, z_loss")
                 }),
                 _ => Err(Diagnostic::at(e.span, format!("`{head}` has no fields"), "not a moe")),
             };

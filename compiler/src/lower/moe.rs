@@ -15,6 +15,7 @@ use moec_grammar::Span;
 pub struct MoeOutputs {
     pub y: Value,
     pub router_logits: Value,
+    pub selected_experts: Value,
     pub expert_counts: Value,
     pub aux_loss: Value,
     pub z_loss: Value,
@@ -24,6 +25,7 @@ impl MoeOutputs {
     pub fn field(&self, name: &str) -> Option<Value> {
         match name {
             "router_logits" => Some(self.router_logits),
+            "selected_experts" => Some(self.selected_experts),
             "expert_counts" => Some(self.expert_counts),
             "aux_loss" => Some(self.aux_loss),
             "z_loss" => Some(self.z_loss),
@@ -229,7 +231,8 @@ impl<'a> Lowerer<'a> {
         let counts = self.node(Op::ExpertCounts { experts: total }, &[kept], Some(format!("{name}.expert_counts")), sp)?;
         let aux = self.node(Op::AuxLoss, &[logits, idx], Some(format!("{name}.aux_loss")), sp)?;
         let z = self.node(Op::ZLoss, &[logits], Some(format!("{name}.z_loss")), sp)?;
-        Ok(MoeOutputs { y, router_logits: logits, expert_counts: counts, aux_loss: aux, z_loss: z })
+        self.graph.g[idx.node].label = Some(format!("{name}.selected_experts"));
+        Ok(MoeOutputs { y, router_logits: logits, selected_experts: idx, expert_counts: counts, aux_loss: aux, z_loss: z })
     }
 
     /// Instantiates an expert template on `x`.

@@ -1,0 +1,283 @@
+//! The reference interpreter against small cases computed independently here,
+//! with plain arithmetic written out in each test (2–6 experts, 3–5 tokens).
+
+use moec_compiler::interp;
+use moec_compiler::lower::lower_source;
+use moec_compiler::tensor::Tensor;
+use std::collections::{BTreeMap, HashMap};
+
+/// Lowers `spec`, binds weights by tensor name, runs on `x` ([tokens, width]).
+fn run(spec: &str, weights: &[(&str, Vec<f32>)], x: &[Vec<f32>]) -> BTreeMap<String, Tensor> {
+    let g = lower_source(spec, &[]).unwrap_or_else(|d| panic!("{}", d.render("test.moe", spec))).graph;
+    let by_name: HashMap<&str, &Vec<f32>> = weights.iter().map(|(n, v)| (*n, v)).collect();
+    let bound = g
+        .weights
+        .iter()
+        .map(|d| {
+            let data = by_name.get(d.tensor.as_str()).unwrap_or_else(|| panic!("no test weight {}", d.tensor));
+            Tensor::f32(d.shape.clone(), (*data).clone())
+        })
+        .collect::<Vec<_>>();
+    let width = x[0].len();
+    let input = Tensor::f32(vec![x.len(), width], x.concat());
+    interp::run(&g, &bound, &BTreeMap::from([("x".to_string(), input)])).unwrap()
+}
+
+fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {
+    w.chunks(x.len()).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+}
+
+fn softmax(v: &[f32]) -> Vec<f32> {
+    let m = v.iter().cloned().fold(f32::MIN, f32::max);
+    let e: Vec<f32> = v.iter().map(|x| (x - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+fn assert_close(got: &Tensor, want: &[Vec<f32>]) {
+    let flat = want.concat();
+    assert_eq!(got.as_f32().len(), flat.len());
+    for (i, (g, w)) in got.as_f32().iter().zip(&flat).enumerate() {
+        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "element {i}: got {g}, want {w}\n{got:?}");
+    }
+}
+
+/// Experts are single linears `W_e · h` so a test can write them out.
+const LINEAR_EXPERT: &str = "expert lin(h: [n, 2]) -> [n, 2] { let w = linear(h, 2) return w }";
+
+fn expert_weights(n: usize) -> Vec<(String, Vec<f32>)> {
+    (0..n).map(|e| (format!("e{e}"), vec![1.0 + e as f32, 0.5, -0.25 * e as f32, 1.0 - 0.3 * e as f32])).collect()
+}
+
+fn tokens() -> Vec<Vec<f32>> {
+    vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 1.0], vec![-1.0, 0.5], vec![0.5, -2.0]]
+}
+
+fn weights_of<'a>(experts: &'a [(String, Vec<f32>)], extra: &[(&'a str, Vec<f32>)]) -> Vec<(&'a str, Vec<f32>)> {
+    let mut all: Vec<(&str, Vec<f32>)> = experts.iter().map(|(n, w)| (n.as_str(), w.clone())).collect();
+    all.extend(extra.iter().cloned());
+    all
+}
+
+#[test]
+fn top1_with_fixed_capacity_drops_late_tokens() {
+    let spec = format!(
+        "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+          router r(h: [n, 2]) {{ logits = linear(h, 3) select = topk(scores, 1) }}
+          let y = moe(x, experts = 3 * lin, router = r, capacity = fixed(1))
+          output y  output counts = y.expert_counts
+          weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" }} }}"
+    );
+    let router = vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.5];
+    let ew = expert_weights(3);
+    let xs = tokens();
+    let out = run(&spec, &weights_of(&ew, &[("router", router.clone())]), &xs);
+    // By hand: each expert keeps only the first token routed to it.
+    let mut taken = [false; 3];
+    let want: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let p = softmax(&matvec(&router, x));
+            let e = (0..3).fold(0, |b, i| if p[i] > p[b] { i } else { b });
+            if std::mem::replace(&mut taken[e], true) {
+                vec![0.0, 0.0]
+            } else {
+                matvec(&ew[e].1, x).iter().map(|v| v * p[e]).collect()
+            }
+        })
+        .collect();
+    assert_close(&out["y"], &want);
+    assert!(want.iter().filter(|r| r == &&vec![0.0, 0.0]).count() >= 2, "the case must drop tokens");
+    let want_counts: Vec<i32> = taken.iter().map(|t| i32::from(*t)).collect();
+    assert_eq!(out["counts"].as_i32(), want_counts.as_slice());
+}
+
+#[test]
+fn top1_passthrough_rule_scales_the_input() {
+    let spec = format!(
+        "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+          router r(h: [n, 2]) {{ logits = linear(h, 2) select = topk(scores, 1) }}
+          let y = moe(x, experts = 2 * lin, router = r, capacity = fixed(1, dropped = passthrough))
+          output y
+          weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" }} }}"
+    );
+    let router = vec![1.0, 0.0, 0.0, 0.0];
+    let ew = expert_weights(2);
+    let xs = vec![vec![1.0, 2.0], vec![2.0, 1.0], vec![-1.0, 1.0]];
+    let out = run(&spec, &weights_of(&ew, &[("router", router.clone())]), &xs);
+    // Tokens 0 and 1 pick expert 0 (logit 1, 2 > 0); token 1 is dropped and passes through as p·x.
+    let p: Vec<Vec<f32>> = xs.iter().map(|x| softmax(&matvec(&router, x))).collect();
+    let want = vec![
+        matvec(&ew[0].1, &xs[0]).iter().map(|v| v * p[0][0]).collect(),
+        xs[1].iter().map(|v| v * p[1][0]).collect(),
+        matvec(&ew[1].1, &xs[2]).iter().map(|v| v * p[2][1]).collect::<Vec<f32>>(),
+    ];
+    assert_close(&out["y"], &want);
+}
+
+#[test]
+fn top2_renormalized() {
+    let spec = format!(
+        "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+          router r(h: [n, 2]) {{ logits = linear(h, 4) scores = softmax(logits) select = topk(scores, 2) normalize = true }}
+          let y = moe(x, experts = 4 * lin, router = r)
+          output y
+          weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" }} }}"
+    );
+    let router = vec![1.0, -1.0, 0.3, 0.8, -0.5, 0.2, 0.0, 1.5];
+    let ew = expert_weights(4);
+    let xs = tokens();
+    let out = run(&spec, &weights_of(&ew, &[("router", router.clone())]), &xs);
+    let want: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let p = softmax(&matvec(&router, x));
+            let mut order: Vec<usize> = (0..4).collect();
+            order.sort_by(|a, b| p[*b].partial_cmp(&p[*a]).unwrap());
+            let (a, b) = (order[0], order[1]);
+            let (wa, wb) = (p[a] / (p[a] + p[b]), p[b] / (p[a] + p[b]));
+            let (ya, yb) = (matvec(&ew[a].1, x), matvec(&ew[b].1, x));
+            vec![wa * ya[0] + wb * yb[0], wa * ya[1] + wb * yb[1]]
+        })
+        .collect();
+    assert_close(&out["y"], &want);
+}
+
+#[test]
+fn sigmoid_bias_and_groups_with_negative_bias() {
+    // 6 experts in 3 groups of 2; keep 2 groups; top-2; weights from the unbiased scores,
+    // normalized, scaled by 2.5. The bias on experts 0 and 1 is strongly negative.
+    let spec = format!(
+        "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+          router r(h: [n, 2]) {{
+            logits = linear(h, 6) scores = sigmoid(logits)
+            select = topk(scores, 2, groups = 3, topk_groups = 2, selection_bias = true)
+            normalize = true scale = 2.5 }}
+          let y = moe(x, experts = 6 * lin, router = r)
+          output y
+          weights {{ r.logits = \"router\" r.selection_bias = \"bias\" experts[e].w = \"e{{e}}\" }} }}"
+    );
+    let router = vec![2.0, 0.0, 1.5, 0.5, 0.1, 0.1, -0.2, 0.3, 0.4, -0.4, 0.0, 0.2];
+    let bias = vec![-1.0, -0.8, 0.0, 0.05, 0.1, 0.0];
+    let ew = expert_weights(6);
+    let xs = tokens();
+    let out = run(&spec, &weights_of(&ew, &[("router", router.clone()), ("bias", bias.clone())]), &xs);
+    let mut chose_biased_away = false;
+    let want: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let s: Vec<f32> = matvec(&router, x).into_iter().map(sigmoid).collect();
+            let c: Vec<f32> = s.iter().zip(&bias).map(|(a, b)| a + b).collect();
+            let group_score = |g: usize| c[2 * g] + c[2 * g + 1];
+            let mut groups = [0, 1, 2];
+            groups.sort_by(|a, b| group_score(*b).partial_cmp(&group_score(*a)).unwrap());
+            let mut cands: Vec<usize> = groups[..2].iter().flat_map(|g| [2 * g, 2 * g + 1]).collect();
+            cands.sort_by(|a, b| c[*b].partial_cmp(&c[*a]).unwrap());
+            let (a, b) = (cands[0], cands[1]);
+            let best_unbiased = (0..6).fold(0, |m, i| if s[i] > s[m] { i } else { m });
+            chose_biased_away |= best_unbiased != a && best_unbiased != b;
+            let total = s[a] + s[b];
+            let (wa, wb) = (2.5 * s[a] / total, 2.5 * s[b] / total);
+            let (ya, yb) = (matvec(&ew[a].1, x), matvec(&ew[b].1, x));
+            vec![wa * ya[0] + wb * yb[0], wa * ya[1] + wb * yb[1]]
+        })
+        .collect();
+    assert!(chose_biased_away, "the negative bias must change a selection in this case");
+    assert_close(&out["y"], &want);
+}
+
+#[test]
+fn expert_choice_each_expert_takes_its_best_tokens() {
+    let spec = format!(
+        "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+          router r(h: [n, 2]) {{ logits = linear(h, 3) select = expert_choice(scores, 1.5) }}
+          let y = moe(x, experts = 3 * lin, router = r)
+          output y  output counts = y.expert_counts
+          weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" }} }}"
+    );
+    let router = vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.5];
+    let ew = expert_weights(3);
+    let xs = tokens()[..4].to_vec();
+    let out = run(&spec, &weights_of(&ew, &[("router", router.clone())]), &xs);
+    // Capacity ceil(4 · 1.5 / 3) = 2 tokens per expert.
+    let p: Vec<Vec<f32>> = xs.iter().map(|x| softmax(&matvec(&router, x))).collect();
+    let mut want = vec![vec![0.0f32; 2]; 4];
+    for e in 0..3 {
+        let mut toks: Vec<usize> = (0..4).collect();
+        toks.sort_by(|a, b| p[*b][e].partial_cmp(&p[*a][e]).unwrap());
+        for &t in &toks[..2] {
+            let y = matvec(&ew[e].1, &xs[t]);
+            want[t][0] += p[t][e] * y[0];
+            want[t][1] += p[t][e] * y[1];
+        }
+    }
+    assert_close(&out["y"], &want);
+    assert_eq!(out["counts"].as_i32(), &[2, 2, 2]);
+}
+
+#[test]
+fn shared_expert_with_sigmoid_gate() {
+    let spec = format!(
+        "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+          router r(h: [n, 2]) {{ logits = linear(h, 2) select = topk(scores, 1) }}
+          let y = moe(x, experts = 2 * lin, router = r, shared = lin, shared_gate = true)
+          output y
+          weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" shared.w = \"s\" shared_gate = \"g\" }} }}"
+    );
+    let router = vec![0.5, -1.0, -0.5, 1.0];
+    let (shared, gate) = (vec![0.3, -0.6, 0.9, 0.1], vec![0.7, -0.2]);
+    let ew = expert_weights(2);
+    let xs = tokens()[..3].to_vec();
+    let out = run(&spec, &weights_of(&ew, &[("router", router.clone()), ("s", shared.clone()), ("g", gate.clone())]), &xs);
+    let want: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let p = softmax(&matvec(&router, x));
+            let e = if p[1] > p[0] { 1 } else { 0 };
+            let routed = matvec(&ew[e].1, x);
+            let g = sigmoid(matvec(&gate, x)[0]);
+            let s = matvec(&shared, x);
+            vec![p[e] * routed[0] + g * s[0], p[e] * routed[1] + g * s[1]]
+        })
+        .collect();
+    assert_close(&out["y"], &want);
+}
+
+#[test]
+fn rmsnorm() {
+    let spec = "model m { param eps = 0.001 input x: f32[tokens, 3]
+        let n = rmsnorm(x, eps = eps) output n weights { n = \"norm\" } }";
+    let w = vec![1.0, 2.0, 0.5];
+    let xs = vec![vec![1.0, 2.0, 3.0], vec![-1.0, 0.0, 4.0], vec![0.1, 0.1, 0.1]];
+    let out = run(spec, &[("norm", w.clone())], &xs);
+    let want: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let ms = x.iter().map(|v| v * v).sum::<f32>() / 3.0;
+            let r = 1.0 / (ms + 0.001).sqrt();
+            x.iter().zip(&w).map(|(v, w)| v * r * w).collect()
+        })
+        .collect();
+    assert_close(&out["n"], &want);
+}
+
+#[test]
+fn zero_tokens_give_empty_outputs() {
+    let spec = format!(
+        "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+          router r(h: [n, 2]) {{ logits = linear(h, 2) select = topk(scores, 1) }}
+          let y = moe(x, experts = 2 * lin, router = r, capacity = factor(1.0))
+          output y  output aux = y.aux_loss  output z = y.z_loss
+          weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" }} }}"
+    );
+    let g = lower_source(&spec, &[]).unwrap().graph;
+    let weights: Vec<Tensor> = g.weights.iter().map(|d| Tensor::zeros(d.shape.clone())).collect();
+    let x = Tensor::f32(vec![0, 2], vec![]);
+    let out = interp::run(&g, &weights, &BTreeMap::from([("x".to_string(), x)])).unwrap();
+    assert_eq!(out["y"].shape, vec![0, 2]);
+    assert_eq!(out["aux"].as_f32(), &[0.0]);
+}

@@ -1,0 +1,108 @@
+//! `moec run SPEC`: binds weights (a file, or `--random-weights SEED`), reads the
+//! inputs (a file, or `--tokens N` random ones), runs, and writes the outputs.
+
+use super::SpecArgs;
+use clap::ValueEnum;
+use moec_compiler::ir::Op;
+use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
+use moec_runtime::io::{read_tensors, write_tensors};
+use moec_runtime::random::random_weights;
+use moec_runtime::weights::{bind, WeightSource};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Backend {
+    /// The reference interpreter.
+    Interp,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Weights: a safetensors file, a sharded `model.safetensors.index.json`, or a directory.
+    #[arg(long, conflicts_with = "random_weights")]
+    weights: Option<PathBuf>,
+    /// Use deterministic random weights from this seed instead of a file.
+    #[arg(long, value_name = "SEED")]
+    random_weights: Option<u64>,
+    /// Inputs: a safetensors file with one tensor per spec input.
+    #[arg(long, conflicts_with = "tokens")]
+    input: Option<PathBuf>,
+    /// Without --input: random inputs with this many tokens.
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Where to write the outputs (safetensors).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "interp")]
+    backend: Backend,
+}
+
+pub fn main(args: Args) -> Result<(), String> {
+    let g = super::load(&args.spec)?.graph;
+    let weights = match (&args.weights, args.random_weights) {
+        (Some(path), _) => {
+            let source = WeightSource::open(path).map_err(|e| e.to_string())?;
+            bind(&g.weights, &source).map_err(|e| e.to_string())?
+        }
+        (None, Some(seed)) => random_weights(&g.weights, seed),
+        (None, None) => return Err("no weights: give --weights FILE or --random-weights SEED".into()),
+    };
+    let inputs = match (&args.input, args.tokens) {
+        (Some(path), _) => read_tensors(path).map_err(|e| e.to_string())?,
+        (None, Some(tokens)) => random_inputs(&g, tokens, args.random_weights.unwrap_or(0)),
+        (None, None) => return Err("no inputs: give --input FILE or --tokens N".into()),
+    };
+    let outputs = match args.backend {
+        Backend::Interp => moec_compiler::interp::run(&g, &weights, &inputs),
+    }
+    .map_err(|e| match &args.input {
+        Some(p) => format!("{}: {e}", p.display()),
+        None => e,
+    })?;
+    for (name, t) in &outputs {
+        println!("{name}: {} {}{}", t.dtype_name(), ShapeDisplay(&t.shape), summary(t));
+    }
+    if let Some(path) = &args.output {
+        write_tensors(path, &outputs).map_err(|e| e.to_string())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn summary(t: &Tensor) -> String {
+    match &t.data {
+        TensorData::F32(v) if !v.is_empty() => {
+            let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let mean = v.iter().map(|x| x.abs() as f64).sum::<f64>() / v.len() as f64;
+            format!("  mean|x|={mean:.4} max|x|={max:.4}")
+        }
+        TensorData::I32(v) => format!("  {v:?}").chars().take(80).collect(),
+        _ => String::new(),
+    }
+}
+
+/// Inputs drawn uniformly from [-1, 1) with a fixed generator, for trying a spec without data.
+fn random_inputs(g: &moec_compiler::ir::Graph, tokens: usize, seed: u64) -> BTreeMap<String, Tensor> {
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    g.inputs
+        .iter()
+        .filter_map(|&n| match &g.node(n).op {
+            Op::Input { name, ty } => {
+                let shape = ty.concrete_shape(tokens);
+                let data = (0..shape.iter().product()).map(|_| next()).collect();
+                Some((name.clone(), Tensor::f32(shape, data)))
+            }
+            _ => None,
+        })
+        .collect()
+}
