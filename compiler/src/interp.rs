@@ -5,7 +5,7 @@
 //! Ties are broken towards the lower index everywhere (top-k, groups, expert
 //! choice), and capacity drops follow `DropPolicy`.
 
-use crate::ir::{BinaryOp, CapacityLimit, DropPolicy, Graph, GroupScore, Op, UnaryOp, Value};
+use crate::ir::{BinaryOp, CapacityLimit, DropPolicy, Epilogue, Graph, GroupScore, Op, RouterAttrs, Score, UnaryOp, Value};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
 use std::collections::{BTreeMap, HashMap};
 
@@ -123,28 +123,10 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
             *shape.last_mut().expect("linear input has a width") = n;
             one(Tensor::f32(shape, out))
         }
-        Unary(u) => {
-            let f: fn(f32) -> f32 = match u {
-                UnaryOp::Silu => |v| (v as f64 / (1.0 + (-v as f64).exp())) as f32,
-                UnaryOp::Gelu => |v| (0.5 * v as f64 * (1.0 + libm::erf(v as f64 / std::f64::consts::SQRT_2))) as f32,
-                UnaryOp::GeluTanh => |v| {
-                    let v = v as f64;
-                    let c = (2.0 / std::f64::consts::PI).sqrt();
-                    (0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())) as f32
-                },
-                UnaryOp::Relu => |v| v.max(0.0),
-                UnaryOp::Sigmoid => |v| (1.0 / (1.0 + (-v as f64).exp())) as f32,
-            };
-            one(Tensor::f32(a[0].shape.clone(), a[0].as_f32().iter().map(|v| f(*v)).collect()))
-        }
+        Unary(u) => one(unary(*u, a[0])),
         Binary(b) => one(binary(*b, a[0], a[1])),
         Softmax => one(map_rows(a[0], softmax_row)),
-        NormalizeSum => one(map_rows(a[0], |s, o| {
-            let sum: f64 = s.iter().map(|v| *v as f64).sum();
-            for (o, v) in o.iter_mut().zip(s) {
-                *o = (*v as f64 / sum) as f32;
-            }
-        })),
+        NormalizeSum => one(normalize_sum(a[0])),
         RmsNorm { eps } => {
             let w = a[1].as_f32();
             one(map_rows(a[0], |s, o| {
@@ -167,44 +149,12 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
                 }
             }))
         }
-        GroupMask { groups, keep, score } => {
-            let g = *groups as usize;
-            one(map_rows(a[0], |s, o| {
-                let size = s.len() / g;
-                let group_scores: Vec<f32> = s
-                    .chunks(size)
-                    .map(|grp| {
-                        let r = ranked(grp);
-                        match score {
-                            GroupScore::Max => grp[r[0]],
-                            GroupScore::Top2Sum => grp[r[0]] + grp[r[1]],
-                        }
-                    })
-                    .collect();
-                let kept = &ranked(&group_scores)[..*keep as usize];
-                for (i, o) in o.iter_mut().enumerate() {
-                    *o = if kept.contains(&(i / size)) { s[i] } else { f32::NEG_INFINITY };
-                }
-            }))
-        }
+        GroupMask { groups, keep, score } => one(group_mask(a[0], *groups, *keep, *score)),
         TopK { k } => {
-            let k = *k as usize;
-            let (r, _) = rows(a[0]);
-            let (mut vals, mut idx) = (Vec::with_capacity(r * k), Vec::with_capacity(r * k));
-            for row in a[0].as_f32().chunks(a[0].shape[1].max(1)).take(r) {
-                for &i in &ranked(row)[..k] {
-                    vals.push(row[i]);
-                    idx.push(i as i32);
-                }
-            }
-            vec![Tensor::f32(vec![r, k], vals), Tensor::i32(vec![r, k], idx)]
+            let (vals, idx) = topk(a[0], *k as usize);
+            vec![vals, idx]
         }
-        Gather => {
-            let (src, idx) = (a[0].as_f32(), a[1].as_i32());
-            let (e, k) = (a[0].shape[1], a[1].shape[1]);
-            let out = idx.iter().enumerate().map(|(s, &i)| src[(s / k) * e + i as usize]).collect();
-            one(Tensor::f32(a[1].shape.clone(), out))
-        }
+        Gather => one(gather(a[0], a[1])),
         Capacity { experts, limit, policy } => {
             let (idx, w) = (a[0].as_i32(), a[1].as_f32());
             let (t, k) = (a[0].shape[0], a[0].shape[1]);
@@ -316,6 +266,137 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
                 .sum();
             one(Tensor::f32(vec![], vec![if t == 0 { 0.0 } else { (sum / t as f64) as f32 }]))
         }
+        Router(r) => {
+            let (w, idx) = router(r, a[0], a.get(1).copied());
+            vec![w, idx]
+        }
+        ConcatRows => {
+            let rank = a[0].shape.len();
+            let outer: usize = a[0].shape[..rank - 2].iter().product();
+            let k = a[0].shape[rank - 1];
+            let mut data = Vec::new();
+            for o in 0..outer {
+                for t in a {
+                    let block = t.shape[rank - 2] * k;
+                    data.extend_from_slice(&t.as_f32()[o * block..(o + 1) * block]);
+                }
+            }
+            let mut shape = a[0].shape.clone();
+            shape[rank - 2] = a.iter().map(|t| t.shape[rank - 2]).sum();
+            one(Tensor::f32(shape, data))
+        }
+        SliceCols { start, len } => {
+            let (t, e) = (a[0].shape[0], a[0].shape[1]);
+            let (s, l) = (*start as usize, *len as usize);
+            let data = (0..t).flat_map(|i| a[0].as_f32()[i * e + s..i * e + s + l].to_vec()).collect();
+            one(Tensor::f32(vec![t, l], data))
+        }
+        ExpertLinear { epilogue, bias, weighted } => {
+            let (x, w) = (a[0], a[1]);
+            let e = w.shape[0];
+            let per_expert_input = x.shape.len() == 3;
+            let t = if per_expert_input { x.shape[1] } else { x.shape[0] };
+            let k = w.shape[2];
+            let b = bias.then(|| a[2]);
+            let gates = weighted.then(|| a[2 + usize::from(*bias)]);
+            let mut data = Vec::new();
+            let mut width = 0;
+            for ex in 0..e {
+                for tok in 0..t {
+                    let row = if per_expert_input { (ex * t + tok) * k } else { tok * k };
+                    let mut y = expert_row(&x.as_f32()[row..row + k], w, b, ex, *epilogue);
+                    if let Some(g) = gates {
+                        let gate = g.as_f32()[tok * e + ex];
+                        y.iter_mut().for_each(|v| *v *= gate);
+                    }
+                    width = y.len();
+                    data.extend(y);
+                }
+            }
+            if data.is_empty() {
+                width = match epilogue {
+                    Epilogue::Glu(_) => w.shape[1] / 2,
+                    _ => w.shape[1],
+                };
+            }
+            one(Tensor::f32(vec![e, t, width], data))
+        }
+        ExpertSum => {
+            let (e, t, d) = (a[0].shape[0], a[0].shape[1], a[0].shape[2]);
+            let x = a[0].as_f32();
+            let data = (0..t * d).map(|p| (0..e).map(|ex| x[ex * t * d + p] as f64).sum::<f64>() as f32).collect();
+            one(Tensor::f32(vec![t, d], data))
+        }
+        Dispatch { experts } => {
+            let idx = a[0].as_i32();
+            let e = *experts as usize;
+            let mut order: Vec<i32> = Vec::with_capacity(idx.len());
+            let mut offsets = vec![0i32; e + 1];
+            for ex in 0..e {
+                order.extend((0..idx.len()).filter(|s| idx[*s] == ex as i32).map(|s| s as i32));
+                offsets[ex + 1] = order.len() as i32;
+            }
+            order.resize(idx.len(), -1);
+            vec![Tensor::i32(vec![idx.len()], order), Tensor::i32(vec![e + 1], offsets)]
+        }
+        GatherRows { k } => {
+            let d = a[0].shape[1];
+            let x = a[0].as_f32();
+            let order = a[1].as_i32();
+            let data = order
+                .iter()
+                .flat_map(|&s| {
+                    if s < 0 {
+                        vec![0.0; d]
+                    } else {
+                        let t = s as usize / *k as usize;
+                        x[t * d..(t + 1) * d].to_vec()
+                    }
+                })
+                .collect();
+            one(Tensor::f32(vec![order.len(), d], data))
+        }
+        GatherSlots => {
+            let (w, order) = (a[0].as_f32(), a[1].as_i32());
+            one(Tensor::f32(vec![order.len(), 1], order.iter().map(|&s| if s < 0 { 0.0 } else { w[s as usize] }).collect()))
+        }
+        GroupedLinear { epilogue, bias, weighted } => {
+            let (x, w, offsets) = (a[0], a[1], a[2].as_i32());
+            let (r, k) = (x.shape[0], x.shape[1]);
+            let width = match epilogue {
+                Epilogue::Glu(_) => w.shape[1] / 2,
+                _ => w.shape[1],
+            };
+            let b = bias.then(|| a[3]);
+            let rw = weighted.then(|| a[3 + usize::from(*bias)].as_f32());
+            let mut out = vec![0.0f32; r * width];
+            for ex in 0..w.shape[0] {
+                // Only experts holding rows do work.
+                for row in offsets[ex] as usize..offsets[ex + 1] as usize {
+                    let mut y = expert_row(&x.as_f32()[row * k..(row + 1) * k], w, b, ex, *epilogue);
+                    if let Some(rw) = rw {
+                        y.iter_mut().for_each(|v| *v *= rw[row]);
+                    }
+                    out[row * width..(row + 1) * width].copy_from_slice(&y);
+                }
+            }
+            one(Tensor::f32(vec![r, width], out))
+        }
+        ScatterAdd { k } => {
+            let (x, order) = (a[0].as_f32(), a[1].as_i32());
+            let d = a[0].shape[1];
+            let t = order.len() / *k as usize;
+            let mut acc = vec![0.0f64; t * d];
+            for (row, &s) in order.iter().enumerate() {
+                if s >= 0 {
+                    let tok = s as usize / *k as usize;
+                    for j in 0..d {
+                        acc[tok * d + j] += x[row * d + j] as f64;
+                    }
+                }
+            }
+            one(Tensor::f32(vec![t, d], acc.into_iter().map(|v| v as f32).collect()))
+        }
         Stack => {
             let mut shape = vec![a.len()];
             shape.extend(&a[0].shape);
@@ -323,6 +404,122 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
                 TensorData::F32(_) => Tensor::f32(shape, a.iter().flat_map(|t| t.as_f32().iter().copied()).collect()),
                 TensorData::I32(_) => Tensor::i32(shape, a.iter().flat_map(|t| t.as_i32().iter().copied()).collect()),
             })
+        }
+    }
+}
+
+fn unary(u: UnaryOp, x: &Tensor) -> Tensor {
+    Tensor::f32(x.shape.clone(), x.as_f32().iter().map(|v| activation(u, *v)).collect())
+}
+
+fn activation(u: UnaryOp, v: f32) -> f32 {
+    let x = v as f64;
+    let y = match u {
+        UnaryOp::Silu => x / (1.0 + (-x).exp()),
+        UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        UnaryOp::GeluTanh => {
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+        }
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+    };
+    y as f32
+}
+
+fn normalize_sum(x: &Tensor) -> Tensor {
+    map_rows(x, |s, o| {
+        let sum: f64 = s.iter().map(|v| *v as f64).sum();
+        for (o, v) in o.iter_mut().zip(s) {
+            *o = (*v as f64 / sum) as f32;
+        }
+    })
+}
+
+fn group_mask(x: &Tensor, groups: u64, keep: u64, score: GroupScore) -> Tensor {
+    let g = groups as usize;
+    map_rows(x, |s, o| {
+        let size = s.len() / g;
+        let group_scores: Vec<f32> = s
+            .chunks(size)
+            .map(|grp| {
+                let r = ranked(grp);
+                match score {
+                    GroupScore::Max => grp[r[0]],
+                    GroupScore::Top2Sum => grp[r[0]] + grp[r[1]],
+                }
+            })
+            .collect();
+        let kept = &ranked(&group_scores)[..keep as usize];
+        for (i, o) in o.iter_mut().enumerate() {
+            *o = if kept.contains(&(i / size)) { s[i] } else { f32::NEG_INFINITY };
+        }
+    })
+}
+
+/// The k largest per row: (values, indices).
+fn topk(x: &Tensor, k: usize) -> (Tensor, Tensor) {
+    let (r, w) = rows(x);
+    let (mut vals, mut idx) = (Vec::with_capacity(r * k), Vec::with_capacity(r * k));
+    for row in x.as_f32().chunks(w.max(1)).take(r) {
+        for &i in &ranked(row)[..k] {
+            vals.push(row[i]);
+            idx.push(i as i32);
+        }
+    }
+    (Tensor::f32(vec![r, k], vals), Tensor::i32(vec![r, k], idx))
+}
+
+fn gather(src: &Tensor, idx: &Tensor) -> Tensor {
+    let (s, i) = (src.as_f32(), idx.as_i32());
+    let (e, k) = (src.shape[1], idx.shape[1]);
+    Tensor::f32(idx.shape.clone(), i.iter().enumerate().map(|(p, &x)| s[(p / k) * e + x as usize]).collect())
+}
+
+/// The fused router: the same steps as the unfused chain `lower` emits, in order.
+fn router(r: &RouterAttrs, logits: &Tensor, bias: Option<&Tensor>) -> (Tensor, Tensor) {
+    let score = |t: &Tensor| match r.score {
+        Score::Softmax => map_rows(t, softmax_row),
+        Score::Sigmoid => unary(UnaryOp::Sigmoid, t),
+    };
+    let scores = if r.after_topk { logits.clone() } else { score(logits) };
+    let mut choose = match bias {
+        Some(b) => binary(BinaryOp::Add, &scores, b),
+        None => scores.clone(),
+    };
+    if let Some((groups, keep, gs)) = r.groups {
+        choose = group_mask(&choose, groups, keep, gs);
+    }
+    let (_, idx) = topk(&choose, r.k as usize);
+    let mut w = gather(&scores, &idx);
+    if r.after_topk {
+        w = score(&w);
+    }
+    if r.normalize {
+        w = normalize_sum(&w);
+    }
+    if r.scale.get() != 1.0 {
+        w = binary(BinaryOp::Mul, &w, &Tensor::f32(vec![], vec![r.scale.get()]));
+    }
+    (w, idx)
+}
+
+/// `epi(x · w[e]ᵀ + b[e])` for one row.
+fn expert_row(x: &[f32], w: &Tensor, b: Option<&Tensor>, e: usize, epilogue: Epilogue) -> Vec<f32> {
+    let (n, k) = (w.shape[1], w.shape[2]);
+    let ws = &w.as_f32()[e * n * k..(e + 1) * n * k];
+    let h: Vec<f32> = (0..n)
+        .map(|j| {
+            let bias = b.map_or(0.0, |b| b.as_f32()[e * n + j] as f64);
+            (bias + x.iter().zip(&ws[j * k..(j + 1) * k]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()) as f32
+        })
+        .collect();
+    match epilogue {
+        Epilogue::None => h,
+        Epilogue::Act(u) => h.iter().map(|v| activation(u, *v)).collect(),
+        Epilogue::Glu(u) => {
+            let half = n / 2;
+            (0..half).map(|j| activation(u, h[j]) * h[half + j]).collect()
         }
     }
 }

@@ -8,3 +8,4 @@ pub mod lower;
 pub mod print;
 pub mod verify;
 pub mod interp;
+pub mod passes;

@@ -76,6 +76,38 @@ pub enum DropPolicy {
     Score,
 }
 
+/// What a stacked or grouped matmul applies to its result before storing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Epilogue {
+    None,
+    /// `act(h)`.
+    Act(UnaryOp),
+    /// Gated linear unit over a fused `[gate; up]` projection: `act(h[..N/2]) · h[N/2..]`.
+    Glu(UnaryOp),
+}
+
+/// The router's score function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Score {
+    Softmax,
+    Sigmoid,
+}
+
+/// Every step of a router after its logits, as one op (see `Op::Router`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct RouterAttrs {
+    pub score: Score,
+    /// Select on the logits and score only the k selected (softmax over k).
+    pub after_topk: bool,
+    /// A selection-only bias operand is present.
+    pub selection_bias: bool,
+    /// Group-limited selection: (groups, groups kept, group score).
+    pub groups: Option<(u64, u64, GroupScore)>,
+    pub k: u64,
+    pub normalize: bool,
+    pub scale: F32Bits,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Op {
     /// A run-time input. Typing: no operands; output: the declared type.
@@ -133,6 +165,44 @@ pub enum Op {
     /// Stack equal-typed operands along a new leading axis. Typing: n ≥ 1 operands of one type;
     /// output `[n, ..]`.
     Stack,
+
+    // ---- Fused forms, made by the expert-fusion passes ----
+    /// The fused router: score, selection bias, group mask, top-k, gather, normalize and scale.
+    /// Typing: logits f32 `[T, E]`, and with `selection_bias` a bias `[E]`; outputs: weights f32
+    /// `[T, k]`, indices i32 `[T, k]` (the same values the unfused chain computes).
+    Router(RouterAttrs),
+    /// Concatenate along the second-to-last axis. Typing: operands `[.., N_i, K]` equal but in N;
+    /// output `[.., ΣN_i, K]`.
+    ConcatRows,
+    /// Columns `start..start+len` of a `[T, E]` value. Typing: f32 `[T, E]`; output `[T, len]`.
+    SliceCols { start: u64, len: u64 },
+    /// Stacked experts' linear layer on every token: `out[e, t] = epi(x_e[t] · w[e]ᵀ + b[e]) · g[t, e]`.
+    /// Typing: x f32 `[T, K]` (one input for all experts) or `[E, T, K]`, w `[E, N, K]`, then b
+    /// `[E, N]` if `bias`, then gates `[T, E]` if `weighted`; output `[E, T, N']` with N' = N/2 for a
+    /// GLU epilogue, else N.
+    ExpertLinear { epilogue: Epilogue, bias: bool, weighted: bool },
+    /// Sum over the expert axis. Typing: f32 `[E, T, D]`; output `[T, D]`.
+    ExpertSum,
+
+    // ---- Scheduled forms, made by sparsity-aware scheduling ----
+    /// Groups token slots by expert. Typing: idx i32 `[T, k]` (-1 = dropped); outputs: order i32
+    /// `[k·T]` (slot ids `t·k + j` sorted by expert, token order within an expert, then -1 for the
+    /// dropped), offsets i32 `[experts + 1]` (expert e's rows are `offsets[e]..offsets[e+1]`).
+    Dispatch { experts: u64 },
+    /// Rows in dispatch order. Typing: x f32 `[T, D]`, order i32 `[k·T]` of a `[T, k]` routing;
+    /// output `[k·T, D]`; a row whose slot is -1 is zero.
+    GatherRows { k: u64 },
+    /// Per-row routing weights in dispatch order. Typing: w f32 `[T, k]`, order i32 `[k·T]`;
+    /// output f32 `[k·T, 1]`, zero for dropped slots.
+    GatherSlots,
+    /// The grouped matmul: row r in expert e's segment becomes `epi(x[r] · w[e]ᵀ + b[e]) · rw[r]`.
+    /// Only (expert, row-tile) pairs holding rows do work; rows past `offsets[E]` are zero.
+    /// Typing: x f32 `[R, K]`, w `[E, N, K]`, offsets i32 `[E + 1]`, then b `[E, N]` if `bias`,
+    /// then rw `[R, 1]` if `weighted`; output `[R, N']`.
+    GroupedLinear { epilogue: Epilogue, bias: bool, weighted: bool },
+    /// Adds rows back to their tokens: `y[order[r] / k] += x[r]`. Typing: x f32 `[k·T, D]`, order
+    /// i32 `[k·T]`; output `[T, D]`.
+    ScatterAdd { k: u64 },
 }
 
 impl Op {
@@ -302,6 +372,150 @@ impl Op {
                 shape.extend(first.shape.iter().copied());
                 Ok(vec![TensorType { dtype: first.dtype, shape }])
             }
+            Router(r) => {
+                arity(1 + usize::from(r.selection_bias))?;
+                let e = routing_width(operands[0])?;
+                if r.k == 0 || r.k > e {
+                    return Err(format!("top-{} of {e} experts", r.k));
+                }
+                if r.selection_bias && operands[1].shape != [Dim::fixed(e)] {
+                    return Err(format!("selection bias must be [{e}], found {}", operands[1]));
+                }
+                if let Some((g, keep, _)) = r.groups {
+                    if g == 0 || e % g != 0 || keep == 0 || keep > g {
+                        return Err(format!("bad groups: keep {keep} of {g} over {e} experts"));
+                    }
+                }
+                let rows = operands[0].shape[0];
+                let k = Dim::fixed(r.k);
+                Ok(vec![TensorType::f32(vec![rows, k]), TensorType::i32(vec![rows, k])])
+            }
+            ConcatRows => {
+                let first = operands.first().ok_or("concat needs operands")?;
+                if first.rank() < 2 {
+                    return Err(format!("concat operands must have rank ≥ 2, found {first}"));
+                }
+                let axis = first.rank() - 2;
+                let mut rows = 0;
+                for o in operands {
+                    let mut a = o.shape.clone();
+                    let mut b = first.shape.clone();
+                    a[axis] = Dim::fixed(0);
+                    b[axis] = Dim::fixed(0);
+                    if a != b || o.dtype != first.dtype {
+                        return Err(format!("cannot concatenate {first} and {o}"));
+                    }
+                    rows += o.shape[axis].as_fixed().ok_or("concat rows must be fixed")?;
+                }
+                let mut shape = first.shape.clone();
+                shape[axis] = Dim::fixed(rows);
+                Ok(vec![TensorType { dtype: first.dtype, shape }])
+            }
+            SliceCols { start, len } => {
+                arity(1)?;
+                let e = routing_width(operands[0])?;
+                if *len == 0 || start + len > e {
+                    return Err(format!("columns {start}..{} of {e}", start + len));
+                }
+                Ok(vec![TensorType::f32(vec![operands[0].shape[0], Dim::fixed(*len)])])
+            }
+            ExpertLinear { epilogue, bias, weighted } => {
+                arity(2 + usize::from(*bias) + usize::from(*weighted))?;
+                let (x, w) = (operands[0], operands[1]);
+                let (e, n, k) = stacked_weight(w)?;
+                expect_f32(x, "expert input")?;
+                let rows = match x.shape.as_slice() {
+                    [t, kk] if kk.as_fixed() == Some(k) => *t,
+                    [ee, t, kk] if ee.as_fixed() == Some(e) && kk.as_fixed() == Some(k) => *t,
+                    _ => return Err(format!("expert input {x} does not fit the weights {w}")),
+                };
+                let mut next = 2;
+                if *bias {
+                    if operands[next].shape != [Dim::fixed(e), Dim::fixed(n)] {
+                        return Err(format!("expert bias must be [{e}, {n}], found {}", operands[next]));
+                    }
+                    next += 1;
+                }
+                if *weighted && operands[next].shape != [rows, Dim::fixed(e)] {
+                    return Err(format!("expert gates must be [{rows}, {e}], found {}", operands[next]));
+                }
+                let out = epilogue_width(*epilogue, n)?;
+                Ok(vec![TensorType::f32(vec![Dim::fixed(e), rows, Dim::fixed(out)])])
+            }
+            ExpertSum => {
+                arity(1)?;
+                match operands[0].shape.as_slice() {
+                    [_, t, d] if operands[0].dtype == DType::F32 => Ok(vec![TensorType::f32(vec![*t, *d])]),
+                    _ => Err(format!("expected f32 [experts, tokens, width], found {}", operands[0])),
+                }
+            }
+            Dispatch { experts } => {
+                arity(1)?;
+                let idx = operands[0];
+                let (rows, k) = match (idx.dtype, idx.shape.as_slice()) {
+                    (DType::I32, [r, k]) => (*r, k.as_fixed().ok_or("slot count must be fixed")?),
+                    _ => return Err(format!("expected i32 [tokens, k] indices, found {idx}")),
+                };
+                let slots = scale_dim(rows, k);
+                Ok(vec![TensorType::i32(vec![slots]), TensorType::i32(vec![Dim::fixed(experts + 1)])])
+            }
+            GatherRows { k } => {
+                arity(2)?;
+                let (x, order) = (operands[0], operands[1]);
+                expect_f32(x, "gathered rows")?;
+                let slots = scale_dim(x.shape[0], *k);
+                if x.rank() != 2 || order.shape != [slots] || order.dtype != DType::I32 {
+                    return Err(format!("gather rows of {x} by {order}: expected order i32 [{slots}]"));
+                }
+                Ok(vec![TensorType::f32(vec![slots, x.shape[1]])])
+            }
+            GatherSlots => {
+                arity(2)?;
+                let (w, order) = (operands[0], operands[1]);
+                let slots = match w.shape.as_slice() {
+                    [t, k] => scale_dim(*t, k.as_fixed().ok_or("slot count must be fixed")?),
+                    _ => return Err(format!("expected f32 [tokens, k] weights, found {w}")),
+                };
+                if order.shape != [slots] || order.dtype != DType::I32 || w.dtype != DType::F32 {
+                    return Err(format!("gather slots of {w} by {order}"));
+                }
+                Ok(vec![TensorType::f32(vec![slots, Dim::fixed(1)])])
+            }
+            GroupedLinear { epilogue, bias, weighted } => {
+                arity(3 + usize::from(*bias) + usize::from(*weighted))?;
+                let (x, w, offsets) = (operands[0], operands[1], operands[2]);
+                let (e, n, k) = stacked_weight(w)?;
+                expect_f32(x, "grouped input")?;
+                if x.rank() != 2 || x.shape[1].as_fixed() != Some(k) {
+                    return Err(format!("grouped input {x} does not fit the weights {w}"));
+                }
+                if offsets.dtype != DType::I32 || offsets.shape != [Dim::fixed(e + 1)] {
+                    return Err(format!("offsets must be i32 [{}], found {offsets}", e + 1));
+                }
+                let mut next = 3;
+                if *bias {
+                    if operands[next].shape != [Dim::fixed(e), Dim::fixed(n)] {
+                        return Err(format!("expert bias must be [{e}, {n}], found {}", operands[next]));
+                    }
+                    next += 1;
+                }
+                if *weighted && operands[next].shape != [x.shape[0], Dim::fixed(1)] {
+                    return Err(format!("row weights must be [{}, 1], found {}", x.shape[0], operands[next]));
+                }
+                let out = epilogue_width(*epilogue, n)?;
+                Ok(vec![TensorType::f32(vec![x.shape[0], Dim::fixed(out)])])
+            }
+            ScatterAdd { k } => {
+                arity(2)?;
+                let (x, order) = (operands[0], operands[1]);
+                expect_f32(x, "scattered rows")?;
+                let s = x.shape.first().copied().ok_or("scatter needs rows")?;
+                if s.per_token % k != 0 || s.fixed % k != 0 || order.shape != [s] || x.rank() != 2 {
+                    return Err(format!("scatter of {x} by {order} with k = {k}"));
+                }
+                let rows = Dim { per_token: s.per_token / k, fixed: s.fixed / k };
+                Ok(vec![TensorType::f32(vec![rows, x.shape[1]])])
+            }
         }
     }
 
@@ -338,6 +552,16 @@ impl Op {
             AuxLoss => "aux_loss",
             ZLoss => "z_loss",
             Stack => "stack",
+            Router(_) => "router",
+            ConcatRows => "concat_rows",
+            SliceCols { .. } => "slice_cols",
+            ExpertLinear { .. } => "expert_linear",
+            ExpertSum => "expert_sum",
+            Dispatch { .. } => "dispatch",
+            GatherRows { .. } => "gather_rows",
+            GatherSlots => "gather_slots",
+            GroupedLinear { .. } => "grouped_linear",
+            ScatterAdd { .. } => "scatter_add",
         }
     }
 
@@ -364,9 +588,71 @@ impl Op {
             }
             ScatterGates { experts } | ExpertCounts { experts } => format!("experts={experts}"),
             ExpertChoice { factor } => format!("factor={factor:?}"),
+            Router(r) => {
+                let mut a = format!("score={:?} k={}", r.score, r.k);
+                if r.after_topk {
+                    a.push_str(" after_topk");
+                }
+                if r.selection_bias {
+                    a.push_str(" selection_bias");
+                }
+                if let Some((g, keep, score)) = r.groups {
+                    a.push_str(&format!(" groups={g} keep={keep} group_score={score:?}"));
+                }
+                if r.normalize {
+                    a.push_str(" normalize");
+                }
+                if r.scale.get() != 1.0 {
+                    a.push_str(&format!(" scale={:?}", r.scale));
+                }
+                a
+            }
+            SliceCols { start, len } => format!("start={start} len={len}"),
+            ExpertLinear { epilogue, bias, weighted } | GroupedLinear { epilogue, bias, weighted } => {
+                let mut a = match epilogue {
+                    Epilogue::None => String::new(),
+                    Epilogue::Act(u) => format!("act={u:?}"),
+                    Epilogue::Glu(u) => format!("glu={u:?}"),
+                };
+                for (on, word) in [(*bias, "bias"), (*weighted, "weighted")] {
+                    if on {
+                        if !a.is_empty() {
+                            a.push(' ');
+                        }
+                        a.push_str(word);
+                    }
+                }
+                a
+            }
+            Dispatch { experts } => format!("experts={experts}"),
+            GatherRows { k } | ScatterAdd { k } => format!("k={k}"),
             _ => String::new(),
         }
     }
+}
+
+/// A stacked weight `[E, N, K]`; returns (E, N, K).
+fn stacked_weight(w: &TensorType) -> Result<(u64, u64, u64), String> {
+    match w.shape.as_slice() {
+        [e, n, k] if w.dtype == DType::F32 => match (e.as_fixed(), n.as_fixed(), k.as_fixed()) {
+            (Some(e), Some(n), Some(k)) => Ok((e, n, k)),
+            _ => Err(format!("stacked weights must have fixed dims, found {w}")),
+        },
+        _ => Err(format!("expected stacked weights f32 [experts, out, in], found {w}")),
+    }
+}
+
+fn epilogue_width(epilogue: Epilogue, n: u64) -> Result<u64, String> {
+    match epilogue {
+        Epilogue::Glu(_) if n % 2 != 0 => Err(format!("a GLU epilogue needs an even width, found {n}")),
+        Epilogue::Glu(_) => Ok(n / 2),
+        _ => Ok(n),
+    }
+}
+
+/// `k` slots per row of `rows`.
+fn scale_dim(rows: Dim, k: u64) -> Dim {
+    Dim { per_token: rows.per_token * k, fixed: rows.fixed * k }
 }
 
 fn expect_f32(t: &TensorType, what: &str) -> Result<(), String> {
