@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "moec", version, about = "A compiler for Mixture-of-Experts layers")]
+#[command(
+    name = "moec",
+    version,
+    about = "A compiler for Mixture-of-Experts layers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -9,7 +9,7 @@ use moec_compiler::lower::lower_source;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::io::read_tensors;
 use moec_runtime::weights::{bind, WeightSource};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -19,7 +19,11 @@ fn root() -> PathBuf {
 /// The example a fixture names, lowered with the fixture's config values for the
 /// params the example declares.
 fn lower_for_case(case: &serde_json::Value) -> Graph {
-    let example = root().join("examples").join(case["example"].as_str().expect("case.json names its example"));
+    let example = root().join("examples").join(
+        case["example"]
+            .as_str()
+            .expect("case.json names its example"),
+    );
     let source = std::fs::read_to_string(&example).unwrap();
     let spec = moec_grammar::parse(&source).unwrap();
     let params: BTreeSet<String> = spec
@@ -37,11 +41,24 @@ fn lower_for_case(case: &serde_json::Value) -> Graph {
         .filter(|(k, _)| params.contains(*k))
         .map(|(k, v)| (k.clone(), v.to_string().trim_matches('"').to_string()))
         .collect();
-    let mut g = lower_source(&source, &sets).unwrap_or_else(|d| panic!("{}", d.render(&example.display().to_string(), &source))).graph;
+    let mut g = lower_source(&source, &sets)
+        .unwrap_or_else(|d| panic!("{}", d.render(&example.display().to_string(), &source)))
+        .graph;
     // Expose the selection for comparison with transformers' choice.
-    let selected = g.g.node_indices().find(|n| g.g[*n].label.as_deref().is_some_and(|l| l.ends_with(".selected_experts")));
+    let selected = g.g.node_indices().find(|n| {
+        g.g[*n]
+            .label
+            .as_deref()
+            .is_some_and(|l| l.ends_with(".selected_experts"))
+    });
     let selected = selected.expect("the example has a router");
-    g.outputs.push(("selected_experts".into(), moec_compiler::ir::Value { node: selected, port: 1 }));
+    g.outputs.push((
+        "selected_experts".into(),
+        moec_compiler::ir::Value {
+            node: selected,
+            port: 1,
+        },
+    ));
     g
 }
 
@@ -52,7 +69,11 @@ fn max_abs(t: &Tensor) -> f32 {
 /// Max abs error relative to the largest expected magnitude.
 fn rel_error(got: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(got.shape, want.shape);
-    let err = got.as_f32().iter().zip(want.as_f32()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let err = got
+        .as_f32()
+        .iter()
+        .zip(want.as_f32())
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     err / max_abs(want).max(f32::MIN_POSITIVE)
 }
 
@@ -62,7 +83,8 @@ struct Outcome {
 }
 
 fn check_case(dir: &Path) -> Outcome {
-    let case: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let g = lower_for_case(&case);
     let source = WeightSource::open(&dir.join("weights.safetensors")).unwrap();
     let weights = bind(&g.weights, &source).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
@@ -77,9 +99,17 @@ fn check_case(dir: &Path) -> Outcome {
     for t in 0..tokens {
         let g: BTreeSet<i32> = got.as_i32()[t * k..(t + 1) * k].iter().copied().collect();
         let w: BTreeSet<i32> = want.as_i32()[t * k..(t + 1) * k].iter().copied().collect();
-        assert_eq!(g, w, "{}: token {t} selects different experts", dir.display());
+        assert_eq!(
+            g,
+            w,
+            "{}: token {t} selects different experts",
+            dir.display()
+        );
     }
-    Outcome { y_error: rel_error(&out["y"], &expected["y"]), logits_error: rel_error(&out["router_logits"], &expected["router_logits"]) }
+    Outcome {
+        y_error: rel_error(&out["y"], &expected["y"]),
+        logits_error: rel_error(&out["router_logits"], &expected["router_logits"]),
+    }
 }
 
 fn fixture_dirs() -> Vec<PathBuf> {
@@ -96,12 +126,16 @@ fn fixture_dirs() -> Vec<PathBuf> {
 fn interpreter_matches_transformers_on_every_fixture() {
     let dirs = fixture_dirs();
     assert!(dirs.len() >= 9, "fixtures missing: {dirs:?}");
-    let mut table = String::from("| case | max rel. error y | max rel. error router_logits |\n|---|---|---|\n");
+    let mut table =
+        String::from("| case | max rel. error y | max rel. error router_logits |\n|---|---|---|\n");
     let mut failures = Vec::new();
     for dir in &dirs {
         let o = check_case(dir);
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        table.push_str(&format!("| {name} | {:.1e} | {:.1e} |\n", o.y_error, o.logits_error));
+        table.push_str(&format!(
+            "| {name} | {:.1e} | {:.1e} |\n",
+            o.y_error, o.logits_error
+        ));
         if o.y_error > 1e-5 || o.logits_error > 1e-5 {
             failures.push(name);
         }
@@ -122,20 +156,31 @@ fn sharded_checkpoint_gives_the_same_output() {
     let mut weight_map = serde_json::Map::new();
     for (i, chunk) in names.chunks(names.len().div_ceil(3)).enumerate() {
         let file = format!("model-0000{}-of-00003.safetensors", i + 1);
-        let views: Vec<(String, safetensors::tensor::TensorView)> =
-            chunk.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = chunk
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
         safetensors::serialize_to_file(views, None, &tmp.path().join(&file)).unwrap();
         for n in chunk {
             weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
         }
     }
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
-    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
 
-    let case: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let g = lower_for_case(&case);
     let inputs = read_tensors(&dir.join("input.safetensors")).unwrap();
-    let one = bind(&g.weights, &WeightSource::open(&dir.join("weights.safetensors")).unwrap()).unwrap();
+    let one = bind(
+        &g.weights,
+        &WeightSource::open(&dir.join("weights.safetensors")).unwrap(),
+    )
+    .unwrap();
     let sharded = bind(&g.weights, &WeightSource::open(tmp.path()).unwrap()).unwrap();
     assert_eq!(one, sharded);
     let a = interp::run(&g, &one, &inputs).unwrap();

@@ -4,7 +4,9 @@
 //! rendered (by miette, without colour, so tests can compare the text) only at
 //! the API boundary.
 
-use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource, Report};
+use miette::{
+    GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource, Report,
+};
 use moec_grammar::{ParseError, Span};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -19,10 +21,18 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(message: impl Into<String>) -> Diagnostic {
-        Diagnostic { message: message.into(), span: None, related: Vec::new(), help: None }
+        Diagnostic {
+            message: message.into(),
+            span: None,
+            related: Vec::new(),
+            help: None,
+        }
     }
     pub fn at(span: Span, message: impl Into<String>, label: impl Into<String>) -> Diagnostic {
-        Diagnostic { span: Some((span, label.into())), ..Diagnostic::error(message) }
+        Diagnostic {
+            span: Some((span, label.into())),
+            ..Diagnostic::error(message)
+        }
     }
     pub fn with_related(mut self, span: Span, label: impl Into<String>) -> Diagnostic {
         self.related.push((span, label.into()));
@@ -38,10 +48,16 @@ impl Diagnostic {
         let mut diag = MietteDiagnostic::new(self.message.clone());
         let mut labels = Vec::new();
         if let Some((span, label)) = &self.span {
-            labels.push(LabeledSpan::new_primary_with_span(Some(label.clone()), to_miette(*span, source)));
+            labels.push(LabeledSpan::new_primary_with_span(
+                Some(label.clone()),
+                to_miette(*span, source),
+            ));
         }
         for (span, label) in &self.related {
-            labels.push(LabeledSpan::new_with_span(Some(label.clone()), to_miette(*span, source)));
+            labels.push(LabeledSpan::new_with_span(
+                Some(label.clone()),
+                to_miette(*span, source),
+            ));
         }
         diag = diag.with_labels(labels);
         if let Some(help) = &self.help {
@@ -49,7 +65,8 @@ impl Diagnostic {
         }
         let report = Report::new(diag).with_source_code(NamedSource::new(file, source.to_string()));
         let mut out = String::new();
-        let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
+        let handler =
+            GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
         if handler.render_report(&mut out, report.as_ref()).is_err() {
             out = format!("error: {}", self.message);
         }

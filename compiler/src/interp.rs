@@ -5,7 +5,10 @@
 //! Ties are broken towards the lower index everywhere (top-k, groups, expert
 //! choice), and capacity drops follow `DropPolicy`.
 
-use crate::ir::{BinaryOp, CapacityLimit, DropPolicy, Epilogue, Graph, GroupScore, Op, RouterAttrs, Score, UnaryOp, Value};
+use crate::ir::{
+    BinaryOp, CapacityLimit, DropPolicy, Epilogue, Graph, GroupScore, Op, RouterAttrs, Score,
+    UnaryOp, Value,
+};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,17 +25,39 @@ pub fn run(
         let args: Vec<&Tensor> = g.operands(n).iter().map(|v| &values[v]).collect();
         let outs = eval(&node.op, &args, weights, inputs);
         for (port, t) in outs.into_iter().enumerate() {
-            debug_assert_eq!(t.shape, node.outputs[port].concrete_shape(tokens), "{} output shape", node.op.name());
-            values.insert(Value { node: n, port: port as u8 }, t);
+            debug_assert_eq!(
+                t.shape,
+                node.outputs[port].concrete_shape(tokens),
+                "{} output shape",
+                node.op.name()
+            );
+            values.insert(
+                Value {
+                    node: n,
+                    port: port as u8,
+                },
+                t,
+            );
         }
     }
-    Ok(g.outputs.iter().map(|(name, v)| (name.clone(), values[v].clone())).collect())
+    Ok(g.outputs
+        .iter()
+        .map(|(name, v)| (name.clone(), values[v].clone()))
+        .collect())
 }
 
 /// Checks inputs and weights against the graph; returns the token count.
-pub fn check_inputs(g: &Graph, weights: &[Tensor], inputs: &BTreeMap<String, Tensor>) -> Result<usize, String> {
+pub fn check_inputs(
+    g: &Graph,
+    weights: &[Tensor],
+    inputs: &BTreeMap<String, Tensor>,
+) -> Result<usize, String> {
     if weights.len() != g.weights.len() {
-        return Err(format!("{} weights bound, the graph needs {}", weights.len(), g.weights.len()));
+        return Err(format!(
+            "{} weights bound, the graph needs {}",
+            weights.len(),
+            g.weights.len()
+        ));
     }
     for (w, d) in weights.iter().zip(&g.weights) {
         if w.shape != d.shape || !matches!(w.data, TensorData::F32(_)) {
@@ -47,15 +72,25 @@ pub fn check_inputs(g: &Graph, weights: &[Tensor], inputs: &BTreeMap<String, Ten
     }
     let mut tokens = None;
     for &n in &g.inputs {
-        let Op::Input { name, ty } = &g.node(n).op else { continue };
-        let t = inputs.get(name).ok_or_else(|| format!("missing input `{name}` ({ty})"))?;
+        let Op::Input { name, ty } = &g.node(n).op else {
+            continue;
+        };
+        let t = inputs
+            .get(name)
+            .ok_or_else(|| format!("missing input `{name}` ({ty})"))?;
         let count = *t.shape.first().unwrap_or(&0);
         let want = ty.concrete_shape(count);
         if t.shape != want || !matches!(t.data, TensorData::F32(_)) {
-            return Err(format!("input `{name}` is {} {}, expected {ty}", t.dtype_name(), ShapeDisplay(&t.shape)));
+            return Err(format!(
+                "input `{name}` is {} {}, expected {ty}",
+                t.dtype_name(),
+                ShapeDisplay(&t.shape)
+            ));
         }
         if let Some(prev) = tokens.filter(|p| *p != count) {
-            return Err(format!("inputs disagree on the token count: {prev} and {count} (`{name}`)"));
+            return Err(format!(
+                "inputs disagree on the token count: {prev} and {count} (`{name}`)"
+            ));
         }
         tokens = Some(count);
     }
@@ -83,7 +118,12 @@ fn map_rows(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Tensor {
 fn ranked(row: &[f32]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..row.len()).collect();
     let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
-    idx.sort_by(|&a, &b| key(row[b]).partial_cmp(&key(row[a])).expect("no NaN keys").then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        key(row[b])
+            .partial_cmp(&key(row[a]))
+            .expect("no NaN keys")
+            .then(a.cmp(&b))
+    });
     idx
 }
 
@@ -96,7 +136,12 @@ fn softmax_row(s: &[f32], o: &mut [f32]) {
     }
 }
 
-fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Tensor>) -> Vec<Tensor> {
+fn eval(
+    op: &Op,
+    a: &[&Tensor],
+    weights: &[Tensor],
+    inputs: &BTreeMap<String, Tensor>,
+) -> Vec<Tensor> {
     use Op::*;
     let one = |t: Tensor| vec![t];
     match op {
@@ -149,23 +194,36 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
                 }
             }))
         }
-        GroupMask { groups, keep, score } => one(group_mask(a[0], *groups, *keep, *score)),
+        GroupMask {
+            groups,
+            keep,
+            score,
+        } => one(group_mask(a[0], *groups, *keep, *score)),
         TopK { k } => {
             let (vals, idx) = topk(a[0], *k as usize);
             vec![vals, idx]
         }
         Gather => one(gather(a[0], a[1])),
-        Capacity { experts, limit, policy } => {
+        Capacity {
+            experts,
+            limit,
+            policy,
+        } => {
             let (idx, w) = (a[0].as_i32(), a[1].as_f32());
             let (t, k) = (a[0].shape[0], a[0].shape[1]);
             let cap = match limit {
                 CapacityLimit::Fixed(n) => *n as usize,
-                CapacityLimit::Factor(f) => (f.get() as f64 * t as f64 * k as f64 / *experts as f64).ceil() as usize,
+                CapacityLimit::Factor(f) => {
+                    (f.get() as f64 * t as f64 * k as f64 / *experts as f64).ceil() as usize
+                }
             };
             // Slot-major arrival order: all first choices by token, then second choices...
-            let mut order: Vec<usize> = (0..k).flat_map(|j| (0..t).map(move |i| i * k + j)).collect();
+            let mut order: Vec<usize> = (0..k)
+                .flat_map(|j| (0..t).map(move |i| i * k + j))
+                .collect();
             if *policy == DropPolicy::Score {
-                order.sort_by(|&x, &y| w[y].partial_cmp(&w[x]).unwrap_or(std::cmp::Ordering::Equal));
+                order
+                    .sort_by(|&x, &y| w[y].partial_cmp(&w[x]).unwrap_or(std::cmp::Ordering::Equal));
             }
             let mut used = vec![0usize; *experts as usize];
             let mut out = idx.to_vec();
@@ -212,7 +270,9 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
             let mut out = vec![0.0f32; t * d];
             for i in 0..t {
                 for j in 0..d {
-                    let acc: f64 = (0..e).map(|x| g[i * e + x] as f64 * a[1 + x].as_f32()[i * d + j] as f64).sum();
+                    let acc: f64 = (0..e)
+                        .map(|x| g[i * e + x] as f64 * a[1 + x].as_f32()[i * d + j] as f64)
+                        .sum();
                     out[i * d + j] = acc as f32;
                 }
             }
@@ -224,7 +284,13 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
             let out = x
                 .iter()
                 .enumerate()
-                .map(|(p, v)| if idx[p / d] < 0 { (w[p / d] as f64 * *v as f64) as f32 } else { 0.0 })
+                .map(|(p, v)| {
+                    if idx[p / d] < 0 {
+                        (w[p / d] as f64 * *v as f64) as f32
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             one(Tensor::f32(a[0].shape.clone(), out))
         }
@@ -250,7 +316,9 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
                     f[i as usize] += 1.0 / t as f64;
                 }
             }
-            let loss: f64 = (0..e).map(|x| f[x] * (0..t).map(|i| p[i * e + x] as f64).sum::<f64>() / t as f64).sum();
+            let loss: f64 = (0..e)
+                .map(|x| f[x] * (0..t).map(|i| p[i * e + x] as f64).sum::<f64>() / t as f64)
+                .sum();
             one(Tensor::f32(vec![], vec![(loss * e as f64) as f32]))
         }
         ZLoss => {
@@ -264,38 +332,52 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
                     lse * lse
                 })
                 .sum();
-            one(Tensor::f32(vec![], vec![if t == 0 { 0.0 } else { (sum / t as f64) as f32 }]))
+            one(Tensor::f32(
+                vec![],
+                vec![if t == 0 { 0.0 } else { (sum / t as f64) as f32 }],
+            ))
         }
         Router(r) => {
             let (w, idx) = router(r, a[0], a.get(1).copied());
             vec![w, idx]
         }
         ConcatRows => {
-            let rank = a[0].shape.len();
-            let outer: usize = a[0].shape[..rank - 2].iter().product();
-            let k = a[0].shape[rank - 1];
+            // The second-to-last axis, or the only one of vectors.
+            let axis = a[0].shape.len().saturating_sub(2);
+            let outer: usize = a[0].shape[..axis].iter().product();
+            let inner: usize = a[0].shape[axis + 1..].iter().product();
             let mut data = Vec::new();
             for o in 0..outer {
                 for t in a {
-                    let block = t.shape[rank - 2] * k;
+                    let block = t.shape[axis] * inner;
                     data.extend_from_slice(&t.as_f32()[o * block..(o + 1) * block]);
                 }
             }
             let mut shape = a[0].shape.clone();
-            shape[rank - 2] = a.iter().map(|t| t.shape[rank - 2]).sum();
+            shape[axis] = a.iter().map(|t| t.shape[axis]).sum();
             one(Tensor::f32(shape, data))
         }
         SliceCols { start, len } => {
             let (t, e) = (a[0].shape[0], a[0].shape[1]);
             let (s, l) = (*start as usize, *len as usize);
-            let data = (0..t).flat_map(|i| a[0].as_f32()[i * e + s..i * e + s + l].to_vec()).collect();
+            let data = (0..t)
+                .flat_map(|i| a[0].as_f32()[i * e + s..i * e + s + l].to_vec())
+                .collect();
             one(Tensor::f32(vec![t, l], data))
         }
-        ExpertLinear { epilogue, bias, weighted } => {
+        ExpertLinear {
+            epilogue,
+            bias,
+            weighted,
+        } => {
             let (x, w) = (a[0], a[1]);
             let e = w.shape[0];
             let per_expert_input = x.shape.len() == 3;
-            let t = if per_expert_input { x.shape[1] } else { x.shape[0] };
+            let t = if per_expert_input {
+                x.shape[1]
+            } else {
+                x.shape[0]
+            };
             let k = w.shape[2];
             let b = bias.then(|| a[2]);
             let gates = weighted.then(|| a[2 + usize::from(*bias)]);
@@ -303,7 +385,11 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
             let mut width = 0;
             for ex in 0..e {
                 for tok in 0..t {
-                    let row = if per_expert_input { (ex * t + tok) * k } else { tok * k };
+                    let row = if per_expert_input {
+                        (ex * t + tok) * k
+                    } else {
+                        tok * k
+                    };
                     let mut y = expert_row(&x.as_f32()[row..row + k], w, b, ex, *epilogue);
                     if let Some(g) = gates {
                         let gate = g.as_f32()[tok * e + ex];
@@ -324,7 +410,9 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
         ExpertSum => {
             let (e, t, d) = (a[0].shape[0], a[0].shape[1], a[0].shape[2]);
             let x = a[0].as_f32();
-            let data = (0..t * d).map(|p| (0..e).map(|ex| x[ex * t * d + p] as f64).sum::<f64>() as f32).collect();
+            let data = (0..t * d)
+                .map(|p| (0..e).map(|ex| x[ex * t * d + p] as f64).sum::<f64>() as f32)
+                .collect();
             one(Tensor::f32(vec![t, d], data))
         }
         Dispatch { experts } => {
@@ -333,11 +421,18 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
             let mut order: Vec<i32> = Vec::with_capacity(idx.len());
             let mut offsets = vec![0i32; e + 1];
             for ex in 0..e {
-                order.extend((0..idx.len()).filter(|s| idx[*s] == ex as i32).map(|s| s as i32));
+                order.extend(
+                    (0..idx.len())
+                        .filter(|s| idx[*s] == ex as i32)
+                        .map(|s| s as i32),
+                );
                 offsets[ex + 1] = order.len() as i32;
             }
             order.resize(idx.len(), -1);
-            vec![Tensor::i32(vec![idx.len()], order), Tensor::i32(vec![e + 1], offsets)]
+            vec![
+                Tensor::i32(vec![idx.len()], order),
+                Tensor::i32(vec![e + 1], offsets),
+            ]
         }
         GatherRows { k } => {
             let d = a[0].shape[1];
@@ -358,9 +453,19 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
         }
         GatherSlots => {
             let (w, order) = (a[0].as_f32(), a[1].as_i32());
-            one(Tensor::f32(vec![order.len(), 1], order.iter().map(|&s| if s < 0 { 0.0 } else { w[s as usize] }).collect()))
+            one(Tensor::f32(
+                vec![order.len(), 1],
+                order
+                    .iter()
+                    .map(|&s| if s < 0 { 0.0 } else { w[s as usize] })
+                    .collect(),
+            ))
         }
-        GroupedLinear { epilogue, bias, weighted } => {
+        GroupedLinear {
+            epilogue,
+            bias,
+            weighted,
+        } => {
             let (x, w, offsets) = (a[0], a[1], a[2].as_i32());
             let (r, k) = (x.shape[0], x.shape[1]);
             let width = match epilogue {
@@ -373,7 +478,8 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
             for ex in 0..w.shape[0] {
                 // Only experts holding rows do work.
                 for row in offsets[ex] as usize..offsets[ex + 1] as usize {
-                    let mut y = expert_row(&x.as_f32()[row * k..(row + 1) * k], w, b, ex, *epilogue);
+                    let mut y =
+                        expert_row(&x.as_f32()[row * k..(row + 1) * k], w, b, ex, *epilogue);
                     if let Some(rw) = rw {
                         y.iter_mut().for_each(|v| *v *= rw[row]);
                     }
@@ -395,21 +501,33 @@ fn eval(op: &Op, a: &[&Tensor], weights: &[Tensor], inputs: &BTreeMap<String, Te
                     }
                 }
             }
-            one(Tensor::f32(vec![t, d], acc.into_iter().map(|v| v as f32).collect()))
+            one(Tensor::f32(
+                vec![t, d],
+                acc.into_iter().map(|v| v as f32).collect(),
+            ))
         }
         Stack => {
             let mut shape = vec![a.len()];
             shape.extend(&a[0].shape);
             one(match a[0].data {
-                TensorData::F32(_) => Tensor::f32(shape, a.iter().flat_map(|t| t.as_f32().iter().copied()).collect()),
-                TensorData::I32(_) => Tensor::i32(shape, a.iter().flat_map(|t| t.as_i32().iter().copied()).collect()),
+                TensorData::F32(_) => Tensor::f32(
+                    shape,
+                    a.iter().flat_map(|t| t.as_f32().iter().copied()).collect(),
+                ),
+                TensorData::I32(_) => Tensor::i32(
+                    shape,
+                    a.iter().flat_map(|t| t.as_i32().iter().copied()).collect(),
+                ),
             })
         }
     }
 }
 
 fn unary(u: UnaryOp, x: &Tensor) -> Tensor {
-    Tensor::f32(x.shape.clone(), x.as_f32().iter().map(|v| activation(u, *v)).collect())
+    Tensor::f32(
+        x.shape.clone(),
+        x.as_f32().iter().map(|v| activation(u, *v)).collect(),
+    )
 }
 
 fn activation(u: UnaryOp, v: f32) -> f32 {
@@ -452,7 +570,11 @@ fn group_mask(x: &Tensor, groups: u64, keep: u64, score: GroupScore) -> Tensor {
             .collect();
         let kept = &ranked(&group_scores)[..keep as usize];
         for (i, o) in o.iter_mut().enumerate() {
-            *o = if kept.contains(&(i / size)) { s[i] } else { f32::NEG_INFINITY };
+            *o = if kept.contains(&(i / size)) {
+                s[i]
+            } else {
+                f32::NEG_INFINITY
+            };
         }
     })
 }
@@ -473,7 +595,13 @@ fn topk(x: &Tensor, k: usize) -> (Tensor, Tensor) {
 fn gather(src: &Tensor, idx: &Tensor) -> Tensor {
     let (s, i) = (src.as_f32(), idx.as_i32());
     let (e, k) = (src.shape[1], idx.shape[1]);
-    Tensor::f32(idx.shape.clone(), i.iter().enumerate().map(|(p, &x)| s[(p / k) * e + x as usize]).collect())
+    Tensor::f32(
+        idx.shape.clone(),
+        i.iter()
+            .enumerate()
+            .map(|(p, &x)| s[(p / k) * e + x as usize])
+            .collect(),
+    )
 }
 
 /// The fused router: the same steps as the unfused chain `lower` emits, in order.
@@ -482,7 +610,11 @@ fn router(r: &RouterAttrs, logits: &Tensor, bias: Option<&Tensor>) -> (Tensor, T
         Score::Softmax => map_rows(t, softmax_row),
         Score::Sigmoid => unary(UnaryOp::Sigmoid, t),
     };
-    let scores = if r.after_topk { logits.clone() } else { score(logits) };
+    let scores = if r.after_topk {
+        logits.clone()
+    } else {
+        score(logits)
+    };
     let mut choose = match bias {
         Some(b) => binary(BinaryOp::Add, &scores, b),
         None => scores.clone(),
@@ -511,7 +643,11 @@ fn expert_row(x: &[f32], w: &Tensor, b: Option<&Tensor>, e: usize, epilogue: Epi
     let h: Vec<f32> = (0..n)
         .map(|j| {
             let bias = b.map_or(0.0, |b| b.as_f32()[e * n + j] as f64);
-            (bias + x.iter().zip(&ws[j * k..(j + 1) * k]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()) as f32
+            (bias
+                + x.iter()
+                    .zip(&ws[j * k..(j + 1) * k])
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()) as f32
         })
         .collect();
     match epilogue {
@@ -519,7 +655,9 @@ fn expert_row(x: &[f32], w: &Tensor, b: Option<&Tensor>, e: usize, epilogue: Epi
         Epilogue::Act(u) => h.iter().map(|v| activation(u, *v)).collect(),
         Epilogue::Glu(u) => {
             let half = n / 2;
-            (0..half).map(|j| activation(u, h[j]) * h[half + j]).collect()
+            (0..half)
+                .map(|j| activation(u, h[j]) * h[half + j])
+                .collect()
         }
     }
 }

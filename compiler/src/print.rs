@@ -35,11 +35,21 @@ pub fn text(g: &Graph) -> String {
         if w.transposed {
             extra.push_str(" transposed");
         }
-        let _ = writeln!(out, "  w{i} {} = \"{}\"{extra} [{}]", w.key, w.tensor, shape.join(", "));
+        let _ = writeln!(
+            out,
+            "  w{i} {} = \"{}\"{extra} [{}]",
+            w.key,
+            w.tensor,
+            shape.join(", ")
+        );
     }
     for n in &order {
         let node = g.node(*n);
-        let operands: Vec<String> = g.operands(*n).iter().map(|v| value_name(&ids, g, *v)).collect();
+        let operands: Vec<String> = g
+            .operands(*n)
+            .iter()
+            .map(|v| value_name(&ids, g, *v))
+            .collect();
         let types: Vec<String> = node.outputs.iter().map(|t| t.to_string()).collect();
         let attrs = node.op.attrs();
         let _ = write!(out, "  %{} = {}", ids[n], node.op.name());
@@ -66,7 +76,11 @@ pub fn text(g: &Graph) -> String {
 pub fn dot(g: &Graph) -> String {
     let (order, ids) = numbering(g);
     let mut out = String::new();
-    let _ = writeln!(out, "digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=monospace];", g.name);
+    let _ = writeln!(
+        out,
+        "digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=monospace];",
+        g.name
+    );
     for n in &order {
         let node = g.node(*n);
         let mut label = format!("%{} {}", ids[n], node.op.name());
@@ -77,16 +91,29 @@ pub fn dot(g: &Graph) -> String {
         if let Some(l) = &node.label {
             let _ = write!(label, "\\n{l}");
         }
-        let _ = writeln!(out, "  n{} [label=\"{}\"];", ids[n], label.replace('"', "'"));
+        let _ = writeln!(
+            out,
+            "  n{} [label=\"{}\"];",
+            ids[n],
+            label.replace('"', "'")
+        );
     }
     for n in &order {
         for (i, v) in g.operands(*n).iter().enumerate() {
             let ty = g.value_type(*v);
-            let _ = writeln!(out, "  n{} -> n{} [label=\"{i}: {ty}\"];", ids[&v.node], ids[n]);
+            let _ = writeln!(
+                out,
+                "  n{} -> n{} [label=\"{i}: {ty}\"];",
+                ids[&v.node], ids[n]
+            );
         }
     }
     for (name, v) in &g.outputs {
-        let _ = writeln!(out, "  \"out_{name}\" [shape=oval, label=\"{name}\"];\n  n{} -> \"out_{name}\";", ids[&v.node]);
+        let _ = writeln!(
+            out,
+            "  \"out_{name}\" [shape=oval, label=\"{name}\"];\n  n{} -> \"out_{name}\";",
+            ids[&v.node]
+        );
     }
     out.push_str("}\n");
     out
@@ -119,13 +146,26 @@ pub fn json(g: &Graph) -> String {
             JsonNode {
                 id: ids[n],
                 op: &node.op,
-                operands: g.operands(*n).iter().map(|v| value_name(&ids, g, *v)).collect(),
+                operands: g
+                    .operands(*n)
+                    .iter()
+                    .map(|v| value_name(&ids, g, *v))
+                    .collect(),
                 outputs: &node.outputs,
                 label: node.label.as_deref(),
             }
         })
         .collect();
-    let outputs = g.outputs.iter().map(|(n, v)| (n.clone(), value_name(&ids, g, *v))).collect();
-    let doc = JsonGraph { name: &g.name, weights: &g.weights, nodes, outputs };
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|(n, v)| (n.clone(), value_name(&ids, g, *v)))
+        .collect();
+    let doc = JsonGraph {
+        name: &g.name,
+        weights: &g.weights,
+        nodes,
+        outputs,
+    };
     serde_json::to_string_pretty(&doc).expect("graphs serialize")
 }

@@ -17,12 +17,26 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor data does not fill its shape");
-        Tensor { shape, data: TensorData::F32(data) }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "tensor data does not fill its shape"
+        );
+        Tensor {
+            shape,
+            data: TensorData::F32(data),
+        }
     }
     pub fn i32(shape: Vec<usize>, data: Vec<i32>) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor data does not fill its shape");
-        Tensor { shape, data: TensorData::I32(data) }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "tensor data does not fill its shape"
+        );
+        Tensor {
+            shape,
+            data: TensorData::I32(data),
+        }
     }
     pub fn zeros(shape: Vec<usize>) -> Tensor {
         let n = shape.iter().product();

@@ -14,24 +14,49 @@ pub fn verify(g: &Graph) -> Result<(), String> {
     for n in g.g.node_indices() {
         let node = &g.g[n];
         let at = || format!("node {} ({})", n.index(), node.op.name());
-        let mut operands: Vec<u8> = g.g.edges_directed(n, Direction::Incoming).map(|e| e.weight().operand).collect();
+        let mut operands: Vec<u32> =
+            g.g.edges_directed(n, Direction::Incoming)
+                .map(|e| e.weight().operand)
+                .collect();
         operands.sort_unstable();
         if operands.iter().enumerate().any(|(i, o)| *o as usize != i) {
-            return Err(format!("{}: operands are not numbered 0..{}: {operands:?}", at(), operands.len()));
+            return Err(format!(
+                "{}: operands are not numbered 0..{}: {operands:?}",
+                at(),
+                operands.len()
+            ));
         }
         for e in g.g.edges_directed(n, Direction::Incoming) {
             let src = &g.g[e.source()];
             if e.weight().port as usize >= src.outputs.len() {
-                return Err(format!("{}: reads port {} of a node with {} outputs", at(), e.weight().port, src.outputs.len()));
+                return Err(format!(
+                    "{}: reads port {} of a node with {} outputs",
+                    at(),
+                    e.weight().port,
+                    src.outputs.len()
+                ));
             }
         }
         match &node.op {
             Op::Weight { id, .. } => {
-                let decl = g.weights.get(*id).ok_or_else(|| format!("{}: weight id {id} out of range", at()))?;
-                let shape: Vec<u64> = node.outputs[0].shape.iter().map(|d| d.as_fixed().unwrap_or(u64::MAX)).collect();
+                let decl = g
+                    .weights
+                    .get(*id)
+                    .ok_or_else(|| format!("{}: weight id {id} out of range", at()))?;
+                let shape: Vec<u64> = node.outputs[0]
+                    .shape
+                    .iter()
+                    .map(|d| d.as_fixed().unwrap_or(u64::MAX))
+                    .collect();
                 let want: Vec<u64> = decl.shape.iter().map(|d| *d as u64).collect();
                 if shape != want {
-                    return Err(format!("{}: weight `{}` typed {:?}, declared {:?}", at(), decl.key, shape, want));
+                    return Err(format!(
+                        "{}: weight `{}` typed {:?}, declared {:?}",
+                        at(),
+                        decl.key,
+                        shape,
+                        want
+                    ));
                 }
             }
             Op::Constant(_) => {
@@ -44,13 +69,20 @@ pub fn verify(g: &Graph) -> Result<(), String> {
                 let types: Vec<&TensorType> = vals.iter().map(|v| g.value_type(*v)).collect();
                 let inferred = op.infer(&types).map_err(|m| format!("{}: {m}", at()))?;
                 if inferred != node.outputs {
-                    return Err(format!("{}: stored types {:?} differ from inferred {:?}", at(), node.outputs, inferred));
+                    return Err(format!(
+                        "{}: stored types {:?} differ from inferred {:?}",
+                        at(),
+                        node.outputs,
+                        inferred
+                    ));
                 }
             }
         }
     }
     for (name, v) in &g.outputs {
-        let node = g.g.node_weight(v.node).ok_or_else(|| format!("output `{name}` refers to a removed node"))?;
+        let node =
+            g.g.node_weight(v.node)
+                .ok_or_else(|| format!("output `{name}` refers to a removed node"))?;
         if v.port as usize >= node.outputs.len() {
             return Err(format!("output `{name}` reads a missing port"));
         }

@@ -1,5 +1,8 @@
 //! Every bundled example lowers, verifies, and its IR text matches the snapshot.
 
+mod common;
+
+use common::small_dims;
 use moec_compiler::lower::lower_source;
 use moec_compiler::{print, verify};
 
@@ -12,22 +15,4 @@ fn examples_lower_to_verified_ir() {
         verify::verify(&lowered.graph).unwrap();
         insta::assert_snapshot!(print::text(&lowered.graph));
     });
-}
-
-/// Overrides that shrink the real models' dims so snapshots stay readable: every
-/// example keeps its structure, only the widths shrink.
-fn small_dims(source: &str) -> Vec<(String, String)> {
-    [
-        ("hidden_size", "8"),
-        ("d_model", "8"),
-        ("intermediate_size", "16"),
-        ("moe_intermediate_size", "16"),
-        ("shared_expert_intermediate_size", "16"),
-        ("d_ff", "16"),
-        ("num_hidden_layers", "2"),
-    ]
-    .iter()
-    .filter(|(k, _)| source.contains(&format!("param {k} ")))
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
 }

@@ -8,13 +8,17 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Lowers `spec`, binds weights by tensor name, runs on `x` ([tokens, width]).
 fn run(spec: &str, weights: &[(&str, Vec<f32>)], x: &[Vec<f32>]) -> BTreeMap<String, Tensor> {
-    let g = lower_source(spec, &[]).unwrap_or_else(|d| panic!("{}", d.render("test.moe", spec))).graph;
+    let g = lower_source(spec, &[])
+        .unwrap_or_else(|d| panic!("{}", d.render("test.moe", spec)))
+        .graph;
     let by_name: HashMap<&str, &Vec<f32>> = weights.iter().map(|(n, v)| (*n, v)).collect();
     let bound = g
         .weights
         .iter()
         .map(|d| {
-            let data = by_name.get(d.tensor.as_str()).unwrap_or_else(|| panic!("no test weight {}", d.tensor));
+            let data = by_name
+                .get(d.tensor.as_str())
+                .unwrap_or_else(|| panic!("no test weight {}", d.tensor));
             Tensor::f32(d.shape.clone(), (*data).clone())
         })
         .collect::<Vec<_>>();
@@ -24,7 +28,9 @@ fn run(spec: &str, weights: &[(&str, Vec<f32>)], x: &[Vec<f32>]) -> BTreeMap<Str
 }
 
 fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {
-    w.chunks(x.len()).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+    w.chunks(x.len())
+        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+        .collect()
 }
 
 fn softmax(v: &[f32]) -> Vec<f32> {
@@ -42,7 +48,10 @@ fn assert_close(got: &Tensor, want: &[Vec<f32>]) {
     let flat = want.concat();
     assert_eq!(got.as_f32().len(), flat.len());
     for (i, (g, w)) in got.as_f32().iter().zip(&flat).enumerate() {
-        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "element {i}: got {g}, want {w}\n{got:?}");
+        assert!(
+            (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            "element {i}: got {g}, want {w}\n{got:?}"
+        );
     }
 }
 
@@ -50,15 +59,34 @@ fn assert_close(got: &Tensor, want: &[Vec<f32>]) {
 const LINEAR_EXPERT: &str = "expert lin(h: [n, 2]) -> [n, 2] { let w = linear(h, 2) return w }";
 
 fn expert_weights(n: usize) -> Vec<(String, Vec<f32>)> {
-    (0..n).map(|e| (format!("e{e}"), vec![1.0 + e as f32, 0.5, -0.25 * e as f32, 1.0 - 0.3 * e as f32])).collect()
+    (0..n)
+        .map(|e| {
+            (
+                format!("e{e}"),
+                vec![1.0 + e as f32, 0.5, -0.25 * e as f32, 1.0 - 0.3 * e as f32],
+            )
+        })
+        .collect()
 }
 
 fn tokens() -> Vec<Vec<f32>> {
-    vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 1.0], vec![-1.0, 0.5], vec![0.5, -2.0]]
+    vec![
+        vec![1.0, 0.0],
+        vec![0.0, 1.0],
+        vec![1.0, 1.0],
+        vec![-1.0, 0.5],
+        vec![0.5, -2.0],
+    ]
 }
 
-fn weights_of<'a>(experts: &'a [(String, Vec<f32>)], extra: &[(&'a str, Vec<f32>)]) -> Vec<(&'a str, Vec<f32>)> {
-    let mut all: Vec<(&str, Vec<f32>)> = experts.iter().map(|(n, w)| (n.as_str(), w.clone())).collect();
+fn weights_of<'a>(
+    experts: &'a [(String, Vec<f32>)],
+    extra: &[(&'a str, Vec<f32>)],
+) -> Vec<(&'a str, Vec<f32>)> {
+    let mut all: Vec<(&str, Vec<f32>)> = experts
+        .iter()
+        .map(|(n, w)| (n.as_str(), w.clone()))
+        .collect();
     all.extend(extra.iter().cloned());
     all
 }
@@ -91,7 +119,10 @@ fn top1_with_fixed_capacity_drops_late_tokens() {
         })
         .collect();
     assert_close(&out["y"], &want);
-    assert!(want.iter().filter(|r| r == &&vec![0.0, 0.0]).count() >= 2, "the case must drop tokens");
+    assert!(
+        want.iter().filter(|r| r == &&vec![0.0, 0.0]).count() >= 2,
+        "the case must drop tokens"
+    );
     let want_counts: Vec<i32> = taken.iter().map(|t| i32::from(*t)).collect();
     assert_eq!(out["counts"].as_i32(), want_counts.as_slice());
 }
@@ -112,9 +143,15 @@ fn top1_passthrough_rule_scales_the_input() {
     // Tokens 0 and 1 pick expert 0 (logit 1, 2 > 0); token 1 is dropped and passes through as p·x.
     let p: Vec<Vec<f32>> = xs.iter().map(|x| softmax(&matvec(&router, x))).collect();
     let want = vec![
-        matvec(&ew[0].1, &xs[0]).iter().map(|v| v * p[0][0]).collect(),
+        matvec(&ew[0].1, &xs[0])
+            .iter()
+            .map(|v| v * p[0][0])
+            .collect(),
         xs[1].iter().map(|v| v * p[1][0]).collect(),
-        matvec(&ew[1].1, &xs[2]).iter().map(|v| v * p[2][1]).collect::<Vec<f32>>(),
+        matvec(&ew[1].1, &xs[2])
+            .iter()
+            .map(|v| v * p[2][1])
+            .collect::<Vec<f32>>(),
     ];
     assert_close(&out["y"], &want);
 }
@@ -165,7 +202,11 @@ fn sigmoid_bias_and_groups_with_negative_bias() {
     let bias = vec![-1.0, -0.8, 0.0, 0.05, 0.1, 0.0];
     let ew = expert_weights(6);
     let xs = tokens();
-    let out = run(&spec, &weights_of(&ew, &[("router", router.clone()), ("bias", bias.clone())]), &xs);
+    let out = run(
+        &spec,
+        &weights_of(&ew, &[("router", router.clone()), ("bias", bias.clone())]),
+        &xs,
+    );
     let mut chose_biased_away = false;
     let want: Vec<Vec<f32>> = xs
         .iter()
@@ -175,7 +216,10 @@ fn sigmoid_bias_and_groups_with_negative_bias() {
             let group_score = |g: usize| c[2 * g] + c[2 * g + 1];
             let mut groups = [0, 1, 2];
             groups.sort_by(|a, b| group_score(*b).partial_cmp(&group_score(*a)).unwrap());
-            let mut cands: Vec<usize> = groups[..2].iter().flat_map(|g| [2 * g, 2 * g + 1]).collect();
+            let mut cands: Vec<usize> = groups[..2]
+                .iter()
+                .flat_map(|g| [2 * g, 2 * g + 1])
+                .collect();
             cands.sort_by(|a, b| c[*b].partial_cmp(&c[*a]).unwrap());
             let (a, b) = (cands[0], cands[1]);
             let best_unbiased = (0..6).fold(0, |m, i| if s[i] > s[m] { i } else { m });
@@ -186,7 +230,10 @@ fn sigmoid_bias_and_groups_with_negative_bias() {
             vec![wa * ya[0] + wb * yb[0], wa * ya[1] + wb * yb[1]]
         })
         .collect();
-    assert!(chose_biased_away, "the negative bias must change a selection in this case");
+    assert!(
+        chose_biased_away,
+        "the negative bias must change a selection in this case"
+    );
     assert_close(&out["y"], &want);
 }
 
@@ -232,7 +279,18 @@ fn shared_expert_with_sigmoid_gate() {
     let (shared, gate) = (vec![0.3, -0.6, 0.9, 0.1], vec![0.7, -0.2]);
     let ew = expert_weights(2);
     let xs = tokens()[..3].to_vec();
-    let out = run(&spec, &weights_of(&ew, &[("router", router.clone()), ("s", shared.clone()), ("g", gate.clone())]), &xs);
+    let out = run(
+        &spec,
+        &weights_of(
+            &ew,
+            &[
+                ("router", router.clone()),
+                ("s", shared.clone()),
+                ("g", gate.clone()),
+            ],
+        ),
+        &xs,
+    );
     let want: Vec<Vec<f32>> = xs
         .iter()
         .map(|x| {
@@ -252,7 +310,11 @@ fn rmsnorm() {
     let spec = "model m { param eps = 0.001 input x: f32[tokens, 3]
         let n = rmsnorm(x, eps = eps) output n weights { n = \"norm\" } }";
     let w = vec![1.0, 2.0, 0.5];
-    let xs = vec![vec![1.0, 2.0, 3.0], vec![-1.0, 0.0, 4.0], vec![0.1, 0.1, 0.1]];
+    let xs = vec![
+        vec![1.0, 2.0, 3.0],
+        vec![-1.0, 0.0, 4.0],
+        vec![0.1, 0.1, 0.1],
+    ];
     let out = run(spec, &[("norm", w.clone())], &xs);
     let want: Vec<Vec<f32>> = xs
         .iter()
@@ -275,7 +337,11 @@ fn zero_tokens_give_empty_outputs() {
           weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" }} }}"
     );
     let g = lower_source(&spec, &[]).unwrap().graph;
-    let weights: Vec<Tensor> = g.weights.iter().map(|d| Tensor::zeros(d.shape.clone())).collect();
+    let weights: Vec<Tensor> = g
+        .weights
+        .iter()
+        .map(|d| Tensor::zeros(d.shape.clone()))
+        .collect();
     let x = Tensor::f32(vec![0, 2], vec![]);
     let out = interp::run(&g, &weights, &BTreeMap::from([("x".to_string(), x)])).unwrap();
     assert_eq!(out["y"].shape, vec![0, 2]);

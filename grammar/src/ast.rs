@@ -244,10 +244,17 @@ pub enum ExprKind {
     Bool(bool),
     /// `name` or `name.field`.
     Path(Vec<Ident>),
-    Call { func: Ident, args: Vec<Arg> },
+    Call {
+        func: Ident,
+        args: Vec<Arg>,
+    },
     List(Vec<Expr>),
     Neg(Box<Expr>),
-    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
 }
 
 /// A call argument, positional or `name = value`.

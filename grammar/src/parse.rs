@@ -42,7 +42,10 @@ fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
     };
     let found = describe_found(&source[start.min(source.len())..]);
     let (message, label) = match err.variant {
-        ErrorVariant::ParsingError { positives, negatives } => {
+        ErrorVariant::ParsingError {
+            positives,
+            negatives,
+        } => {
             let mut wanted: Vec<&str> = positives.iter().map(|r| rule_name(*r)).collect();
             wanted.sort_unstable();
             wanted.dedup();
@@ -54,12 +57,19 @@ fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
                 )
             } else {
                 let list = join_or(&wanted);
-                (format!("expected {list}, found {found}"), format!("expected {list}"))
+                (
+                    format!("expected {list}, found {found}"),
+                    format!("expected {list}"),
+                )
             }
         }
         ErrorVariant::CustomError { message } => (message.clone(), message),
     };
-    ParseError { span: Span::new(start, end), message, label }
+    ParseError {
+        span: Span::new(start, end),
+        message,
+        label,
+    }
 }
 
 fn token_len(rest: &str) -> usize {
@@ -122,7 +132,9 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::arg | Rule::arg_name => "an argument",
         Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::rem => "an operator",
         Rule::neg => "`-`",
-        Rule::item => "a declaration (param, input, expert, router, let, output, repeat or weights)",
+        Rule::item => {
+            "a declaration (param, input, expert, router, let, output, repeat or weights)"
+        }
         Rule::statement => "a statement (let, output or an assignment)",
         Rule::infix => "an operator",
         Rule::prefix | Rule::primary => "an expression",
@@ -137,7 +149,10 @@ fn span_of(pair: &Pair<Rule>) -> Span {
 
 fn ident(pair: Pair<Rule>) -> Ident {
     debug_assert!(matches!(pair.as_rule(), Rule::ident | Rule::arg_name));
-    Ident { name: pair.as_str().to_string(), span: span_of(&pair) }
+    Ident {
+        name: pair.as_str().to_string(),
+        span: span_of(&pair),
+    }
 }
 
 fn build_model(pair: Pair<Rule>) -> Result<Spec, ParseError> {
@@ -179,12 +194,20 @@ fn build_input(pair: Pair<Rule>) -> Result<Input, ParseError> {
     let d = inner.next().expect("input dtype");
     let (dtype, dtype_span) = (dtype_name(&d), span_of(&d));
     let shape = build_shape(inner.next().expect("input shape"))?;
-    Ok(Input { name, dtype, dtype_span, shape })
+    Ok(Input {
+        name,
+        dtype,
+        dtype_span,
+        shape,
+    })
 }
 
 fn build_shape(pair: Pair<Rule>) -> Result<Shape, ParseError> {
     let span = span_of(&pair);
-    let dims = pair.into_inner().map(build_expr).collect::<Result<_, _>>()?;
+    let dims = pair
+        .into_inner()
+        .map(build_expr)
+        .collect::<Result<_, _>>()?;
     Ok(Shape { dims, span })
 }
 
@@ -216,7 +239,13 @@ fn build_expert(pair: Pair<Rule>) -> Result<Expert, ParseError> {
         }
     }
     let result_expr = result_expr.expect("the grammar requires a return");
-    Ok(Expert { name, signature, result, body, result_expr })
+    Ok(Expert {
+        name,
+        signature,
+        result,
+        body,
+        result_expr,
+    })
 }
 
 fn build_router(pair: Pair<Rule>) -> Result<Router, ParseError> {
@@ -227,10 +256,17 @@ fn build_router(pair: Pair<Rule>) -> Result<Router, ParseError> {
         .map(|f| {
             let mut fi = f.into_inner();
             let name = ident(fi.next().expect("field name"));
-            Ok(Field { name, value: build_expr(fi.next().expect("field value"))? })
+            Ok(Field {
+                name,
+                value: build_expr(fi.next().expect("field value"))?,
+            })
         })
         .collect::<Result<_, ParseError>>()?;
-    Ok(Router { name, signature, fields })
+    Ok(Router {
+        name,
+        signature,
+        fields,
+    })
 }
 
 fn build_repeat(pair: Pair<Rule>) -> Result<Repeat, ParseError> {
@@ -239,7 +275,12 @@ fn build_repeat(pair: Pair<Rule>) -> Result<Repeat, ParseError> {
     let var = ident(inner.next().expect("repeat variable"));
     let count = build_expr(inner.next().expect("repeat count"))?;
     let body = inner.map(build_stmt).collect::<Result<_, _>>()?;
-    Ok(Repeat { var, count, body, span })
+    Ok(Repeat {
+        var,
+        count,
+        body,
+        span,
+    })
 }
 
 fn build_stmt(pair: Pair<Rule>) -> Result<Stmt, ParseError> {
@@ -258,12 +299,20 @@ fn build_stmt(pair: Pair<Rule>) -> Result<Stmt, ParseError> {
 fn string_lit(pair: Pair<Rule>) -> StringLit {
     let span = span_of(&pair);
     let body = pair.into_inner().next().expect("string body");
-    StringLit { value: body.as_str().to_string(), span }
+    StringLit {
+        value: body.as_str().to_string(),
+        span,
+    }
 }
 
 fn build_weights(pair: Pair<Rule>) -> Weights {
     let span = span_of(&pair);
-    let mut w = Weights { prefix: None, dtype: None, bindings: Vec::new(), span };
+    let mut w = Weights {
+        prefix: None,
+        dtype: None,
+        bindings: Vec::new(),
+        span,
+    };
     for p in pair.into_inner() {
         match p.as_rule() {
             Rule::string => w.prefix = Some(string_lit(p)),
@@ -283,12 +332,22 @@ fn build_binding(pair: Pair<Rule>) -> Binding {
         .map(|seg| {
             let mut si = seg.into_inner();
             let name = ident(si.next().expect("key segment name"));
-            KeySegment { name, index: si.next().map(ident) }
+            KeySegment {
+                name,
+                index: si.next().map(ident),
+            }
         })
         .collect();
     let tensor = string_lit(inner.next().expect("binding tensor"));
     let transposed = inner.next().is_some();
-    Binding { key: Key { segments, span: key_span }, tensor, transposed }
+    Binding {
+        key: Key {
+            segments,
+            span: key_span,
+        },
+        tensor,
+        transposed,
+    }
 }
 
 fn pratt() -> &'static PrattParser<Rule> {
@@ -310,7 +369,10 @@ fn build_expr(pair: Pair<Rule>) -> Result<Expr, ParseError> {
         .map_prefix(|op, rhs| {
             let rhs = rhs?;
             let span = span_of(&op).to(rhs.span);
-            Ok(Expr { kind: ExprKind::Neg(Box::new(rhs)), span })
+            Ok(Expr {
+                kind: ExprKind::Neg(Box::new(rhs)),
+                span,
+            })
         })
         .map_infix(|lhs, op, rhs| {
             let (lhs, rhs) = (lhs?, rhs?);
@@ -322,7 +384,14 @@ fn build_expr(pair: Pair<Rule>) -> Result<Expr, ParseError> {
                 _ => BinOp::Rem,
             };
             let span = lhs.span.to(rhs.span);
-            Ok(Expr { kind: ExprKind::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs) }, span })
+            Ok(Expr {
+                kind: ExprKind::Binary {
+                    op,
+                    lhs: Box::new(lhs),
+                    rhs: Box::new(rhs),
+                },
+                span,
+            })
         })
         .parse(pair.into_inner())
 }
@@ -334,7 +403,11 @@ fn build_primary(pair: Pair<Rule>) -> Result<Expr, ParseError> {
         Rule::number => parse_number(pair.as_str(), span)?,
         Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
         Rule::path => ExprKind::Path(pair.into_inner().map(ident).collect()),
-        Rule::list => ExprKind::List(pair.into_inner().map(build_expr).collect::<Result<_, _>>()?),
+        Rule::list => ExprKind::List(
+            pair.into_inner()
+                .map(build_expr)
+                .collect::<Result<_, _>>()?,
+        ),
         Rule::call => {
             let mut inner = pair.into_inner();
             let func = ident(inner.next().expect("call name"));
@@ -343,8 +416,14 @@ fn build_primary(pair: Pair<Rule>) -> Result<Expr, ParseError> {
                     let mut ai = a.into_inner();
                     let first = ai.next().expect("argument");
                     Ok(match ai.next() {
-                        Some(value) => Arg { name: Some(ident(first)), value: build_expr(value)? },
-                        None => Arg { name: None, value: build_expr(first)? },
+                        Some(value) => Arg {
+                            name: Some(ident(first)),
+                            value: build_expr(value)?,
+                        },
+                        None => Arg {
+                            name: None,
+                            value: build_expr(first)?,
+                        },
                     })
                 })
                 .collect::<Result<_, ParseError>>()?;
@@ -359,16 +438,22 @@ fn parse_number(text: &str, span: Span) -> Result<ExprKind, ParseError> {
     let clean: String = text.chars().filter(|c| *c != '_').collect();
     let is_float = clean.contains(['.', 'e', 'E']);
     if is_float {
-        clean.parse::<f64>().map(ExprKind::Float).map_err(|_| ParseError {
-            span,
-            message: format!("`{text}` is not a valid number"),
-            label: "not a number".into(),
-        })
+        clean
+            .parse::<f64>()
+            .map(ExprKind::Float)
+            .map_err(|_| ParseError {
+                span,
+                message: format!("`{text}` is not a valid number"),
+                label: "not a number".into(),
+            })
     } else {
-        clean.parse::<i64>().map(ExprKind::Int).map_err(|_| ParseError {
-            span,
-            message: format!("the integer `{text}` does not fit in 64 bits"),
-            label: "too large".into(),
-        })
+        clean
+            .parse::<i64>()
+            .map(ExprKind::Int)
+            .map_err(|_| ParseError {
+                span,
+                message: format!("the integer `{text}` does not fit in 64 bits"),
+                label: "too large".into(),
+            })
     }
 }

@@ -4,50 +4,60 @@
 use half::{bf16, f16};
 use safetensors::tensor::Dtype;
 
-/// The values of a floating-point tensor as f32, or `None` for any other dtype.
-pub(crate) fn widen_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    let values = match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => u16s(bytes).map(|b| f16::from_bits(b).to_f32()).collect(),
-        Dtype::BF16 => u16s(bytes).map(|b| bf16::from_bits(b).to_f32()).collect(),
-        _ => return None,
-    };
-    Some(values)
+/// The floating-point dtypes moec reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FloatDType {
+    F32,
+    F16,
+    BF16,
 }
 
-/// Whether `widen_f32` reads this dtype.
-pub(crate) fn is_float(dtype: Dtype) -> bool {
-    matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+impl FloatDType {
+    pub fn of(dtype: Dtype) -> Option<FloatDType> {
+        match dtype {
+            Dtype::F32 => Some(FloatDType::F32),
+            Dtype::F16 => Some(FloatDType::F16),
+            Dtype::BF16 => Some(FloatDType::BF16),
+            _ => None,
+        }
+    }
+
+    /// The values of `bytes`, widened to f32 exactly.
+    pub fn widen(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            FloatDType::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            FloatDType::F16 => u16s(bytes).map(|b| f16::from_bits(b).to_f32()).collect(),
+            FloatDType::BF16 => u16s(bytes).map(|b| bf16::from_bits(b).to_f32()).collect(),
+        }
+    }
 }
 
-/// Why an integer tensor could not be read as i32.
-pub(crate) enum NarrowError {
-    NotInteger,
-    /// An I64 value outside the i32 range.
-    OutOfRange(i64),
-}
-
-/// The values of an I32 or I64 tensor as i32.
-pub(crate) fn narrow_i32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<i32>, NarrowError> {
+/// The values of an I32 or I64 tensor as i32: `None` for other dtypes, `Err(v)` for the first
+/// I64 value outside the i32 range.
+pub(crate) fn narrow_i32(dtype: Dtype, bytes: &[u8]) -> Option<Result<Vec<i32>, i64>> {
     match dtype {
-        Dtype::I32 => Ok(bytes
+        Dtype::I32 => Some(Ok(bytes
             .chunks_exact(4)
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()),
-        Dtype::I64 => bytes
-            .chunks_exact(8)
-            .map(|b| {
-                let v = i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-                i32::try_from(v).map_err(|_| NarrowError::OutOfRange(v))
-            })
-            .collect(),
-        _ => Err(NarrowError::NotInteger),
+            .collect())),
+        Dtype::I64 => Some(
+            bytes
+                .chunks_exact(8)
+                .map(|b| {
+                    let v = i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                    i32::try_from(v).map_err(|_| v)
+                })
+                .collect(),
+        ),
+        _ => None,
     }
 }
 
 fn u16s(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
-    bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+    bytes
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
 }

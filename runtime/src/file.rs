@@ -2,7 +2,6 @@
 //! in bounds, sizes matching dtype × shape, the data ending exactly at the end of the file), so
 //! the tensor bytes handed out afterwards are always in range. Decoding them is `decode`'s job.
 
-use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::Path;
@@ -46,7 +45,11 @@ impl MappedFile {
         // truncation by someone else is the caveat every mmap-based safetensors loader shares.
         let mmap = unsafe { Mmap::map(&file) }.map_err(OpenError::Io)?;
         let (data_start, metadata) = parse_header(&mmap).map_err(OpenError::Corrupt)?;
-        Ok(MappedFile { mmap, data_start, metadata })
+        Ok(MappedFile {
+            mmap,
+            data_start,
+            metadata,
+        })
     }
 
     /// Every tensor name in the header, in file order.
@@ -96,13 +99,4 @@ fn parse_header(bytes: &[u8]) -> Result<(usize, Metadata), String> {
         ));
     }
     Ok((header_end, metadata))
-}
-
-impl fmt::Display for OpenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OpenError::Io(e) => write!(f, "cannot read: {e}"),
-            OpenError::Corrupt(why) => write!(f, "not a valid safetensors file: {why}"),
-        }
-    }
 }

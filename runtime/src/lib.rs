@@ -1,1 +1,20 @@
-//! placeholder
+//! moec's runtime: everything that touches tensors on disk, and (later) the backends that run a
+//! compiled graph.
+//!
+//! - `weights`: open a checkpoint (one safetensors file or a sharded one) and `bind` it to a
+//!   graph's `WeightDecl`s as f32 tensors, with every problem reported at once.
+//! - `random`: deterministic stand-in weights for running a spec without a checkpoint.
+//! - `io`: read and write run inputs and outputs as safetensors files.
+//!
+//! The runtime depends on the compiler for `Tensor` and `WeightDecl`, never the other way.
+//! Errors are plain data implementing `std::error::Error`; rendering them is the CLI's job.
+
+mod decode;
+mod file;
+pub mod io;
+pub mod random;
+pub mod weights;
+
+pub use io::{read_tensors, write_tensors, IoError, IoErrorKind};
+pub use random::random_weights;
+pub use weights::{bind, unused, WeightError, WeightErrorKind, WeightErrors, WeightSource};

@@ -17,9 +17,18 @@ pub struct Args {
 pub fn main(args: Args) -> Result<(), String> {
     let lowered = super::load(&args.spec)?;
     let g = &lowered.graph;
-    moec_compiler::verify::verify(g).map_err(|e| format!("internal error: the lowered graph is invalid: {e}"))?;
-    let params: Vec<String> = lowered.params.iter().map(|(n, v)| format!("{n}={v}")).collect();
-    let weight_count: usize = g.weights.iter().map(|w| w.shape.iter().product::<usize>()).sum();
+    moec_compiler::verify::verify(g)
+        .map_err(|e| format!("internal error: the lowered graph is invalid: {e}"))?;
+    let params: Vec<String> = lowered
+        .params
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    let weight_count: usize = g
+        .weights
+        .iter()
+        .map(|w| w.shape.iter().product::<usize>())
+        .sum();
     println!(
         "ok: model {} ({} nodes, {} weight tensors, {} weight values)\n  params: {}",
         g.name,
@@ -32,9 +41,16 @@ pub fn main(args: Args) -> Result<(), String> {
         let source = WeightSource::open(path).map_err(|e| e.to_string())?;
         let extra = unused(&g.weights, &source);
         bind(&g.weights, &source).map_err(|e| e.to_string())?;
-        println!("ok: {} binds all {} weights", path.display(), g.weights.len());
+        println!(
+            "ok: {} binds all {} weights",
+            path.display(),
+            g.weights.len()
+        );
         if !extra.is_empty() {
-            println!("note: {} tensors near the bound ones are not used by the spec:", extra.len());
+            println!(
+                "note: {} tensors near the bound ones are not used by the spec:",
+                extra.len()
+            );
             for name in extra {
                 println!("  {name}");
             }

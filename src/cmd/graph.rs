@@ -1,8 +1,11 @@
-//! `moec graph SPEC [--format text|dot|json]`: prints the graph IR.
+//! `moec graph SPEC [--passes none|all] [--after NAME|all] [--format text|dot|json]
+//! [--stats [--tokens N]]`: prints the graph IR after the selected passes, or with
+//! `--stats` its cost figures next to the dense (lowered) graph's.
 
-use super::SpecArgs;
+use super::{PassArgs, SpecArgs};
 use clap::ValueEnum;
-use moec_compiler::print;
+use moec_compiler::{print, stats};
+use std::io::Write;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -15,19 +18,43 @@ pub enum Format {
 pub struct Args {
     #[command(flatten)]
     spec: SpecArgs,
+    #[command(flatten)]
+    passes: PassArgs,
+    /// Run the pipeline up to and including this step (`all`: every step).
+    #[arg(long, value_name = "NAME", conflicts_with = "passes")]
+    after: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
+    /// Print cost figures (FLOPs, weight bytes, peak activation memory, kernels)
+    /// against the dense graph instead of the graph.
+    #[arg(long)]
+    stats: bool,
+    /// The token count for --stats.
+    #[arg(long, default_value_t = 1, requires = "stats")]
+    tokens: usize,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
-    let g = super::load(&args.spec)?.graph;
-    print!(
-        "{}",
+    let upto = super::upto(args.passes.passes, args.after.as_deref())?;
+    let dense = super::load(&args.spec)?.graph;
+    let mut g = dense.clone();
+    super::optimize(&mut g, upto)?;
+    let text = if args.stats {
+        stats::table(
+            &stats::stats(&g, args.tokens),
+            &stats::stats(&dense, args.tokens),
+        )
+    } else {
         match args.format {
             Format::Text => print::text(&g),
             Format::Dot => print::dot(&g),
             Format::Json => print::json(&g) + "\n",
         }
-    );
-    Ok(())
+    };
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write the graph: {e}"))
+        }
+        _ => Ok(()),
+    }
 }

@@ -1,12 +1,15 @@
 //! One module per subcommand, and the front end they share: read a spec, apply
-//! `--set`, lower it, and render any diagnostic against the file.
+//! `--set`, lower it, render any diagnostic against the file, and run the pass
+//! pipeline (`--passes`).
 
 pub mod check;
 pub mod graph;
 pub mod run;
 
-use clap::Args as ClapArgs;
+use clap::{Args as ClapArgs, ValueEnum};
+use moec_compiler::ir::Graph;
 use moec_compiler::lower::{lower_source, Lowered};
+use moec_compiler::passes::{self, run_pipeline, Upto};
 use std::path::PathBuf;
 
 /// The arguments every command that reads a spec takes.
@@ -20,7 +23,9 @@ pub struct SpecArgs {
 }
 
 fn parse_set(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, found `{s}`"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, found `{s}`"))?;
     if k.trim().is_empty() {
         return Err(format!("expected NAME=VALUE, found `{s}`"));
     }
@@ -30,10 +35,53 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 /// Reads and lowers the spec; errors come back rendered.
 pub fn load(args: &SpecArgs) -> Result<Lowered, String> {
     let name = args.spec.display().to_string();
-    let source = std::fs::read_to_string(&args.spec).map_err(|e| format!("{name}: cannot read the spec: {e}"))?;
+    let source = std::fs::read_to_string(&args.spec)
+        .map_err(|e| format!("{name}: cannot read the spec: {e}"))?;
     let lowered = lower_source(&source, &args.sets).map_err(|d| d.render(&name, &source))?;
     for note in &lowered.notes {
-        eprintln!("{}", note.render(&name, &source).replacen("×", "note:", 1).trim_end());
+        eprintln!(
+            "{}",
+            note.render(&name, &source)
+                .replacen("×", "note:", 1)
+                .trim_end()
+        );
     }
     Ok(lowered)
+}
+
+/// Which passes a command runs.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Passes {
+    /// The graph as lowered: every expert on every token.
+    None,
+    /// The whole pipeline.
+    All,
+}
+
+/// `--passes`, for every command that takes a graph past lowering.
+#[derive(ClapArgs, Clone)]
+pub struct PassArgs {
+    /// Run the pass pipeline (`all`) or use the graph as lowered (`none`).
+    #[arg(long, value_enum, default_value = "all")]
+    pub passes: Passes,
+}
+
+/// Resolves `--after NAME|all` (or, without it, `--passes`) to the steps to run;
+/// an unknown step name is an error listing the pipeline.
+pub fn upto<'a>(passes: Passes, after: Option<&'a str>) -> Result<Upto<'a>, String> {
+    match after {
+        Some("all") => Ok(Upto::All),
+        Some(name) if passes::names().contains(&name) => Ok(Upto::After(name)),
+        Some(name) => Err(format!(
+            "no pass named `{name}`; the pipeline is: {} (or `all`)",
+            passes::names().join(", ")
+        )),
+        None if passes == Passes::None => Ok(Upto::None),
+        None => Ok(Upto::All),
+    }
+}
+
+/// Runs the pipeline up to `upto`, verifying after every step: a failure is a compiler bug.
+pub fn optimize(g: &mut Graph, upto: Upto) -> Result<(), String> {
+    run_pipeline(g, upto, true).map_err(|e| format!("internal error: {e}"))
 }

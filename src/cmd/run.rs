@@ -1,7 +1,8 @@
 //! `moec run SPEC`: binds weights (a file, or `--random-weights SEED`), reads the
-//! inputs (a file, or `--tokens N` random ones), runs, and writes the outputs.
+//! inputs (a file, or `--tokens N` random ones), runs the pass pipeline (`--passes
+//! none` skips it), interprets, and writes the outputs.
 
-use super::SpecArgs;
+use super::{PassArgs, SpecArgs};
 use clap::ValueEnum;
 use moec_compiler::ir::Op;
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
@@ -21,6 +22,8 @@ pub enum Backend {
 pub struct Args {
     #[command(flatten)]
     spec: SpecArgs,
+    #[command(flatten)]
+    passes: PassArgs,
     /// Weights: a safetensors file, a sharded `model.safetensors.index.json`, or a directory.
     #[arg(long, conflicts_with = "random_weights")]
     weights: Option<PathBuf>,
@@ -41,14 +44,17 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> Result<(), String> {
-    let g = super::load(&args.spec)?.graph;
+    let mut g = super::load(&args.spec)?.graph;
+    super::optimize(&mut g, super::upto(args.passes.passes, None)?)?;
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => {
             let source = WeightSource::open(path).map_err(|e| e.to_string())?;
             bind(&g.weights, &source).map_err(|e| e.to_string())?
         }
         (None, Some(seed)) => random_weights(&g.weights, seed),
-        (None, None) => return Err("no weights: give --weights FILE or --random-weights SEED".into()),
+        (None, None) => {
+            return Err("no weights: give --weights FILE or --random-weights SEED".into())
+        }
     };
     let inputs = match (&args.input, args.tokens) {
         (Some(path), _) => read_tensors(path).map_err(|e| e.to_string())?,
@@ -63,7 +69,12 @@ pub fn main(args: Args) -> Result<(), String> {
         None => e,
     })?;
     for (name, t) in &outputs {
-        println!("{name}: {} {}{}", t.dtype_name(), ShapeDisplay(&t.shape), summary(t));
+        println!(
+            "{name}: {} {}{}",
+            t.dtype_name(),
+            ShapeDisplay(&t.shape),
+            summary(t)
+        );
     }
     if let Some(path) = &args.output {
         write_tensors(path, &outputs).map_err(|e| e.to_string())?;
@@ -85,7 +96,11 @@ fn summary(t: &Tensor) -> String {
 }
 
 /// Inputs drawn uniformly from [-1, 1) with a fixed generator, for trying a spec without data.
-fn random_inputs(g: &moec_compiler::ir::Graph, tokens: usize, seed: u64) -> BTreeMap<String, Tensor> {
+fn random_inputs(
+    g: &moec_compiler::ir::Graph,
+    tokens: usize,
+    seed: u64,
+) -> BTreeMap<String, Tensor> {
     let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);

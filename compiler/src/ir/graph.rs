@@ -21,7 +21,7 @@ pub struct Node {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Edge {
     pub port: u8,
-    pub operand: u8,
+    pub operand: u32,
 }
 
 /// One value: an output port of a node.
@@ -48,39 +48,78 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(name: impl Into<String>) -> Graph {
-        Graph { name: name.into(), ..Graph::default() }
+        Graph {
+            name: name.into(),
+            ..Graph::default()
+        }
     }
 
     /// Adds `op` applied to `operands`, typing it by the op's rule.
-    pub fn add(&mut self, op: Op, operands: &[Value], label: Option<String>) -> Result<NodeIndex, String> {
+    pub fn add(
+        &mut self,
+        op: Op,
+        operands: &[Value],
+        label: Option<String>,
+    ) -> Result<NodeIndex, String> {
         let types: Vec<&TensorType> = operands.iter().map(|v| self.value_type(*v)).collect();
         let outputs = op.infer(&types)?;
         let node = self.g.add_node(Node { op, outputs, label });
         for (i, v) in operands.iter().enumerate() {
-            self.g.add_edge(v.node, node, Edge { port: v.port, operand: i as u8 });
+            self.g.add_edge(
+                v.node,
+                node,
+                Edge {
+                    port: v.port,
+                    operand: i as u32,
+                },
+            );
         }
         Ok(node)
     }
 
     pub fn add_input(&mut self, name: &str, ty: TensorType) -> Value {
         let node = self
-            .add(Op::Input { name: name.to_string(), ty }, &[], Some(name.to_string()))
+            .add(
+                Op::Input {
+                    name: name.to_string(),
+                    ty,
+                },
+                &[],
+                Some(name.to_string()),
+            )
             .expect("inputs always type");
         self.inputs.push(node);
         node.into()
     }
 
     pub fn add_weight(&mut self, decl: WeightDecl) -> Value {
-        let shape = decl.shape.iter().map(|&d| super::types::Dim::fixed(d as u64)).collect();
-        let op = Op::Weight { id: self.weights.len(), storage: decl.storage };
+        let shape = decl
+            .shape
+            .iter()
+            .map(|&d| super::types::Dim::fixed(d as u64))
+            .collect();
+        let op = Op::Weight {
+            id: self.weights.len(),
+            storage: decl.storage,
+        };
         let label = Some(decl.key.clone());
         self.weights.push(decl);
-        self.g.add_node(Node { op, outputs: vec![TensorType::f32(shape)], label }).into()
+        self.g
+            .add_node(Node {
+                op,
+                outputs: vec![TensorType::f32(shape)],
+                label,
+            })
+            .into()
     }
 
     pub fn add_constant(&mut self, v: f32) -> Value {
         self.g
-            .add_node(Node { op: Op::Constant(F32Bits::new(v)), outputs: vec![TensorType::scalar()], label: None })
+            .add_node(Node {
+                op: Op::Constant(F32Bits::new(v)),
+                outputs: vec![TensorType::scalar()],
+                label: None,
+            })
             .into()
     }
 
@@ -94,10 +133,18 @@ impl Graph {
 
     /// The node's operands in operand order.
     pub fn operands(&self, n: NodeIndex) -> Vec<Value> {
-        let mut edges: Vec<(u8, Value)> = self
+        let mut edges: Vec<(u32, Value)> = self
             .g
             .edges_directed(n, Direction::Incoming)
-            .map(|e| (e.weight().operand, Value { node: e.source(), port: e.weight().port }))
+            .map(|e| {
+                (
+                    e.weight().operand,
+                    Value {
+                        node: e.source(),
+                        port: e.weight().port,
+                    },
+                )
+            })
             .collect();
         edges.sort_unstable_by_key(|(operand, _)| *operand);
         edges.into_iter().map(|(_, v)| v).collect()
@@ -107,9 +154,16 @@ impl Graph {
     /// among ready nodes the one created first.
     pub fn topo_order(&self) -> Vec<NodeIndex> {
         use std::collections::{BTreeSet, HashMap};
-        let mut pending: HashMap<NodeIndex, usize> =
-            self.g.node_indices().map(|n| (n, self.g.edges_directed(n, Direction::Incoming).count())).collect();
-        let mut ready: BTreeSet<NodeIndex> = pending.iter().filter(|(_, c)| **c == 0).map(|(n, _)| *n).collect();
+        let mut pending: HashMap<NodeIndex, usize> = self
+            .g
+            .node_indices()
+            .map(|n| (n, self.g.edges_directed(n, Direction::Incoming).count()))
+            .collect();
+        let mut ready: BTreeSet<NodeIndex> = pending
+            .iter()
+            .filter(|(_, c)| **c == 0)
+            .map(|(n, _)| *n)
+            .collect();
         let mut order = Vec::with_capacity(pending.len());
         while let Some(n) = ready.pop_first() {
             order.push(n);

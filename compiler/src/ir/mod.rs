@@ -10,7 +10,10 @@ mod types;
 pub mod weight;
 
 pub use graph::{Edge, Graph, Node, Value};
-pub use op::{BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, GroupScore, Op, RouterAttrs, Score, UnaryOp};
+pub use op::{
+    BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, GroupScore, Op, RouterAttrs, Score,
+    UnaryOp,
+};
 pub use petgraph::stable_graph::NodeIndex;
 pub use types::{DType, Dim, TensorType};
 pub use weight::{StorageDType, WeightDecl};

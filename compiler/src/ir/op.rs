@@ -113,7 +113,10 @@ pub enum Op {
     /// A run-time input. Typing: no operands; output: the declared type.
     Input { name: String, ty: TensorType },
     /// A weight tensor, index into `Graph::weights`. Typing: no operands; f32 of the declared shape.
-    Weight { id: usize, storage: Option<StorageDType> },
+    Weight {
+        id: usize,
+        storage: Option<StorageDType>,
+    },
     /// A scalar constant. Typing: no operands; f32 `[]`.
     Constant(F32Bits),
     /// `x · wᵀ (+ b)`. Typing: x f32 `[.., K]`, w `[N, K]`, optional b `[N]`; output `[.., N]`.
@@ -133,7 +136,11 @@ pub enum Op {
     LayerNorm { eps: F32Bits },
     /// Keep the scores of each row's best `keep` groups of `experts / groups` consecutive experts;
     /// the rest become -inf. Typing: f32 `[T, E]`, `groups` divides E; output like it.
-    GroupMask { groups: u64, keep: u64, score: GroupScore },
+    GroupMask {
+        groups: u64,
+        keep: u64,
+        score: GroupScore,
+    },
     /// The k largest per row, in descending order (ties: lower index first).
     /// Typing: f32 `[T, E]`; outputs: values f32 `[T, k]`, indices i32 `[T, k]`.
     TopK { k: u64 },
@@ -141,7 +148,11 @@ pub enum Op {
     Gather,
     /// Drop slots over an expert's capacity by setting their index to -1.
     /// Typing: idx i32 `[T, k]`, w f32 `[T, k]`; output i32 `[T, k]`.
-    Capacity { experts: u64, limit: CapacityLimit, policy: DropPolicy },
+    Capacity {
+        experts: u64,
+        limit: CapacityLimit,
+        policy: DropPolicy,
+    },
     /// Dense gates: `g[t, e] = Σ_j w[t, j]·[idx[t, j] = e]`.
     /// Typing: idx i32 `[T, k]`, w f32 `[T, k]`; output f32 `[T, experts]`.
     ScatterGates { experts: u64 },
@@ -171,8 +182,9 @@ pub enum Op {
     /// Typing: logits f32 `[T, E]`, and with `selection_bias` a bias `[E]`; outputs: weights f32
     /// `[T, k]`, indices i32 `[T, k]` (the same values the unfused chain computes).
     Router(RouterAttrs),
-    /// Concatenate along the second-to-last axis. Typing: operands `[.., N_i, K]` equal but in N;
-    /// output `[.., ΣN_i, K]`.
+    /// Concatenate along the second-to-last axis (the only axis of vectors, so stacked GLU biases
+    /// can be built as `[N_gate + N_up]`). Typing: operands `[.., N_i, K]` (or `[N_i]`) equal but
+    /// in N; output `[.., ΣN_i, K]` (or `[ΣN_i]`).
     ConcatRows,
     /// Columns `start..start+len` of a `[T, E]` value. Typing: f32 `[T, E]`; output `[T, len]`.
     SliceCols { start: u64, len: u64 },
@@ -180,7 +192,11 @@ pub enum Op {
     /// Typing: x f32 `[T, K]` (one input for all experts) or `[E, T, K]`, w `[E, N, K]`, then b
     /// `[E, N]` if `bias`, then gates `[T, E]` if `weighted`; output `[E, T, N']` with N' = N/2 for a
     /// GLU epilogue, else N.
-    ExpertLinear { epilogue: Epilogue, bias: bool, weighted: bool },
+    ExpertLinear {
+        epilogue: Epilogue,
+        bias: bool,
+        weighted: bool,
+    },
     /// Sum over the expert axis. Typing: f32 `[E, T, D]`; output `[T, D]`.
     ExpertSum,
 
@@ -199,7 +215,11 @@ pub enum Op {
     /// Only (expert, row-tile) pairs holding rows do work; rows past `offsets[E]` are zero.
     /// Typing: x f32 `[R, K]`, w `[E, N, K]`, offsets i32 `[E + 1]`, then b `[E, N]` if `bias`,
     /// then rw `[R, 1]` if `weighted`; output `[R, N']`.
-    GroupedLinear { epilogue: Epilogue, bias: bool, weighted: bool },
+    GroupedLinear {
+        epilogue: Epilogue,
+        bias: bool,
+        weighted: bool,
+    },
     /// Adds rows back to their tokens: `y[order[r] / k] += x[r]`. Typing: x f32 `[k·T, D]`, order
     /// i32 `[k·T]`; output `[T, D]`.
     ScatterAdd { k: u64 },
@@ -213,7 +233,11 @@ impl Op {
             if operands.len() == n {
                 Ok(())
             } else {
-                Err(format!("{} takes {n} operands, found {}", self.name(), operands.len()))
+                Err(format!(
+                    "{} takes {n} operands, found {}",
+                    self.name(),
+                    operands.len()
+                ))
             }
         };
         match self {
@@ -238,7 +262,10 @@ impl Op {
                     ));
                 }
                 if *bias && operands[2].shape != [w.shape[0]] {
-                    return Err(format!("linear bias must be [{}], found {}", w.shape[0], operands[2]));
+                    return Err(format!(
+                        "linear bias must be [{}], found {}",
+                        w.shape[0], operands[2]
+                    ));
                 }
                 let mut shape = x.shape.clone();
                 *shape.last_mut().expect("width checked") = w.shape[0];
@@ -255,7 +282,11 @@ impl Op {
                 expect_f32(a, "left operand")?;
                 expect_f32(b, "right operand")?;
                 let fits = b.rank() <= a.rank()
-                    && b.shape.iter().rev().zip(a.shape.iter().rev()).all(|(bd, ad)| *bd == Dim::fixed(1) || bd == ad);
+                    && b.shape
+                        .iter()
+                        .rev()
+                        .zip(a.shape.iter().rev())
+                        .all(|(bd, ad)| *bd == Dim::fixed(1) || bd == ad);
                 if !fits {
                     return Err(format!("shapes {a} and {b} do not match"));
                 }
@@ -290,7 +321,10 @@ impl Op {
                     return Err(format!("top-{k} of {e} experts"));
                 }
                 let rows = operands[0].shape[0];
-                Ok(vec![TensorType::f32(vec![rows, Dim::fixed(*k)]), TensorType::i32(vec![rows, Dim::fixed(*k)])])
+                Ok(vec![
+                    TensorType::f32(vec![rows, Dim::fixed(*k)]),
+                    TensorType::i32(vec![rows, Dim::fixed(*k)]),
+                ])
             }
             Gather => {
                 arity(2)?;
@@ -300,9 +334,15 @@ impl Op {
             }
             Capacity { .. } => {
                 arity(2)?;
-                expect_slots(operands[0], operands[0].shape.first().copied().unwrap_or(Dim::TOKENS))?;
+                expect_slots(
+                    operands[0],
+                    operands[0].shape.first().copied().unwrap_or(Dim::TOKENS),
+                )?;
                 if operands[1].shape != operands[0].shape || operands[1].dtype != DType::F32 {
-                    return Err(format!("capacity weights {} do not match indices {}", operands[1], operands[0]));
+                    return Err(format!(
+                        "capacity weights {} do not match indices {}",
+                        operands[1], operands[0]
+                    ));
                 }
                 Ok(vec![operands[0].clone()])
             }
@@ -311,19 +351,28 @@ impl Op {
                 let rows = operands[0].shape.first().copied().unwrap_or(Dim::TOKENS);
                 expect_slots(operands[0], rows)?;
                 if operands[1].shape != operands[0].shape || operands[1].dtype != DType::F32 {
-                    return Err(format!("gate weights {} do not match indices {}", operands[1], operands[0]));
+                    return Err(format!(
+                        "gate weights {} do not match indices {}",
+                        operands[1], operands[0]
+                    ));
                 }
                 Ok(vec![TensorType::f32(vec![rows, Dim::fixed(*experts)])])
             }
             ExpertChoice { .. } => {
                 arity(1)?;
                 routing_width(operands[0])?;
-                Ok(vec![operands[0].clone(), TensorType::i32(operands[0].shape.clone())])
+                Ok(vec![
+                    operands[0].clone(),
+                    TensorType::i32(operands[0].shape.clone()),
+                ])
             }
             DenseCombine => {
                 let e = routing_width(operands.first().ok_or("combine needs gates")?)?;
                 if operands.len() as u64 != e + 1 {
-                    return Err(format!("combine of {e} experts has {} expert operands", operands.len() - 1));
+                    return Err(format!(
+                        "combine of {e} experts has {} expert operands",
+                        operands.len() - 1
+                    ));
                 }
                 let out = operands[1];
                 expect_f32(out, "expert output")?;
@@ -333,7 +382,10 @@ impl Op {
                     }
                 }
                 if out.rank() != 2 || out.shape[0] != operands[0].shape[0] {
-                    return Err(format!("expert output {out} does not have the gates' rows {}", operands[0]));
+                    return Err(format!(
+                        "expert output {out} does not have the gates' rows {}",
+                        operands[0]
+                    ));
                 }
                 Ok(vec![out.clone()])
             }
@@ -349,7 +401,10 @@ impl Op {
             }
             ExpertCounts { experts } => {
                 arity(1)?;
-                expect_slots(operands[0], operands[0].shape.first().copied().unwrap_or(Dim::TOKENS))?;
+                expect_slots(
+                    operands[0],
+                    operands[0].shape.first().copied().unwrap_or(Dim::TOKENS),
+                )?;
                 Ok(vec![TensorType::i32(vec![Dim::fixed(*experts)])])
             }
             AuxLoss => {
@@ -370,7 +425,10 @@ impl Op {
                 }
                 let mut shape = vec![Dim::fixed(operands.len() as u64)];
                 shape.extend(first.shape.iter().copied());
-                Ok(vec![TensorType { dtype: first.dtype, shape }])
+                Ok(vec![TensorType {
+                    dtype: first.dtype,
+                    shape,
+                }])
             }
             Router(r) => {
                 arity(1 + usize::from(r.selection_bias))?;
@@ -379,7 +437,10 @@ impl Op {
                     return Err(format!("top-{} of {e} experts", r.k));
                 }
                 if r.selection_bias && operands[1].shape != [Dim::fixed(e)] {
-                    return Err(format!("selection bias must be [{e}], found {}", operands[1]));
+                    return Err(format!(
+                        "selection bias must be [{e}], found {}",
+                        operands[1]
+                    ));
                 }
                 if let Some((g, keep, _)) = r.groups {
                     if g == 0 || e % g != 0 || keep == 0 || keep > g {
@@ -388,14 +449,17 @@ impl Op {
                 }
                 let rows = operands[0].shape[0];
                 let k = Dim::fixed(r.k);
-                Ok(vec![TensorType::f32(vec![rows, k]), TensorType::i32(vec![rows, k])])
+                Ok(vec![
+                    TensorType::f32(vec![rows, k]),
+                    TensorType::i32(vec![rows, k]),
+                ])
             }
             ConcatRows => {
                 let first = operands.first().ok_or("concat needs operands")?;
-                if first.rank() < 2 {
-                    return Err(format!("concat operands must have rank ≥ 2, found {first}"));
+                if first.rank() < 1 {
+                    return Err(format!("concat operands must have rank ≥ 1, found {first}"));
                 }
-                let axis = first.rank() - 2;
+                let axis = first.rank().saturating_sub(2);
                 let mut rows = 0;
                 for o in operands {
                     let mut a = o.shape.clone();
@@ -405,11 +469,16 @@ impl Op {
                     if a != b || o.dtype != first.dtype {
                         return Err(format!("cannot concatenate {first} and {o}"));
                     }
-                    rows += o.shape[axis].as_fixed().ok_or("concat rows must be fixed")?;
+                    rows += o.shape[axis]
+                        .as_fixed()
+                        .ok_or("concat rows must be fixed")?;
                 }
                 let mut shape = first.shape.clone();
                 shape[axis] = Dim::fixed(rows);
-                Ok(vec![TensorType { dtype: first.dtype, shape }])
+                Ok(vec![TensorType {
+                    dtype: first.dtype,
+                    shape,
+                }])
             }
             SliceCols { start, len } => {
                 arity(1)?;
@@ -417,9 +486,16 @@ impl Op {
                 if *len == 0 || start + len > e {
                     return Err(format!("columns {start}..{} of {e}", start + len));
                 }
-                Ok(vec![TensorType::f32(vec![operands[0].shape[0], Dim::fixed(*len)])])
+                Ok(vec![TensorType::f32(vec![
+                    operands[0].shape[0],
+                    Dim::fixed(*len),
+                ])])
             }
-            ExpertLinear { epilogue, bias, weighted } => {
+            ExpertLinear {
+                epilogue,
+                bias,
+                weighted,
+            } => {
                 arity(2 + usize::from(*bias) + usize::from(*weighted))?;
                 let (x, w) = (operands[0], operands[1]);
                 let (e, n, k) = stacked_weight(w)?;
@@ -432,21 +508,36 @@ impl Op {
                 let mut next = 2;
                 if *bias {
                     if operands[next].shape != [Dim::fixed(e), Dim::fixed(n)] {
-                        return Err(format!("expert bias must be [{e}, {n}], found {}", operands[next]));
+                        return Err(format!(
+                            "expert bias must be [{e}, {n}], found {}",
+                            operands[next]
+                        ));
                     }
                     next += 1;
                 }
                 if *weighted && operands[next].shape != [rows, Dim::fixed(e)] {
-                    return Err(format!("expert gates must be [{rows}, {e}], found {}", operands[next]));
+                    return Err(format!(
+                        "expert gates must be [{rows}, {e}], found {}",
+                        operands[next]
+                    ));
                 }
                 let out = epilogue_width(*epilogue, n)?;
-                Ok(vec![TensorType::f32(vec![Dim::fixed(e), rows, Dim::fixed(out)])])
+                Ok(vec![TensorType::f32(vec![
+                    Dim::fixed(e),
+                    rows,
+                    Dim::fixed(out),
+                ])])
             }
             ExpertSum => {
                 arity(1)?;
                 match operands[0].shape.as_slice() {
-                    [_, t, d] if operands[0].dtype == DType::F32 => Ok(vec![TensorType::f32(vec![*t, *d])]),
-                    _ => Err(format!("expected f32 [experts, tokens, width], found {}", operands[0])),
+                    [_, t, d] if operands[0].dtype == DType::F32 => {
+                        Ok(vec![TensorType::f32(vec![*t, *d])])
+                    }
+                    _ => Err(format!(
+                        "expected f32 [experts, tokens, width], found {}",
+                        operands[0]
+                    )),
                 }
             }
             Dispatch { experts } => {
@@ -457,7 +548,10 @@ impl Op {
                     _ => return Err(format!("expected i32 [tokens, k] indices, found {idx}")),
                 };
                 let slots = scale_dim(rows, k);
-                Ok(vec![TensorType::i32(vec![slots]), TensorType::i32(vec![Dim::fixed(experts + 1)])])
+                Ok(vec![
+                    TensorType::i32(vec![slots]),
+                    TensorType::i32(vec![Dim::fixed(experts + 1)]),
+                ])
             }
             GatherRows { k } => {
                 arity(2)?;
@@ -465,7 +559,9 @@ impl Op {
                 expect_f32(x, "gathered rows")?;
                 let slots = scale_dim(x.shape[0], *k);
                 if x.rank() != 2 || order.shape != [slots] || order.dtype != DType::I32 {
-                    return Err(format!("gather rows of {x} by {order}: expected order i32 [{slots}]"));
+                    return Err(format!(
+                        "gather rows of {x} by {order}: expected order i32 [{slots}]"
+                    ));
                 }
                 Ok(vec![TensorType::f32(vec![slots, x.shape[1]])])
             }
@@ -481,7 +577,11 @@ impl Op {
                 }
                 Ok(vec![TensorType::f32(vec![slots, Dim::fixed(1)])])
             }
-            GroupedLinear { epilogue, bias, weighted } => {
+            GroupedLinear {
+                epilogue,
+                bias,
+                weighted,
+            } => {
                 arity(3 + usize::from(*bias) + usize::from(*weighted))?;
                 let (x, w, offsets) = (operands[0], operands[1], operands[2]);
                 let (e, n, k) = stacked_weight(w)?;
@@ -495,12 +595,18 @@ impl Op {
                 let mut next = 3;
                 if *bias {
                     if operands[next].shape != [Dim::fixed(e), Dim::fixed(n)] {
-                        return Err(format!("expert bias must be [{e}, {n}], found {}", operands[next]));
+                        return Err(format!(
+                            "expert bias must be [{e}, {n}], found {}",
+                            operands[next]
+                        ));
                     }
                     next += 1;
                 }
                 if *weighted && operands[next].shape != [x.shape[0], Dim::fixed(1)] {
-                    return Err(format!("row weights must be [{}, 1], found {}", x.shape[0], operands[next]));
+                    return Err(format!(
+                        "row weights must be [{}, 1], found {}",
+                        x.shape[0], operands[next]
+                    ));
                 }
                 let out = epilogue_width(*epilogue, n)?;
                 Ok(vec![TensorType::f32(vec![x.shape[0], Dim::fixed(out)])])
@@ -513,7 +619,10 @@ impl Op {
                 if s.per_token % k != 0 || s.fixed % k != 0 || order.shape != [s] || x.rank() != 2 {
                     return Err(format!("scatter of {x} by {order} with k = {k}"));
                 }
-                let rows = Dim { per_token: s.per_token / k, fixed: s.fixed / k };
+                let rows = Dim {
+                    per_token: s.per_token / k,
+                    fixed: s.fixed / k,
+                };
                 Ok(vec![TensorType::f32(vec![rows, x.shape[1]])])
             }
         }
@@ -575,11 +684,25 @@ impl Op {
                 None => format!("id={id}"),
             },
             Constant(v) => format!("value={v:?}"),
-            Linear { bias } => if *bias { "bias".into() } else { String::new() },
+            Linear { bias } => {
+                if *bias {
+                    "bias".into()
+                } else {
+                    String::new()
+                }
+            }
             RmsNorm { eps } | LayerNorm { eps } => format!("eps={eps:?}"),
-            GroupMask { groups, keep, score } => format!("groups={groups} keep={keep} score={score:?}"),
+            GroupMask {
+                groups,
+                keep,
+                score,
+            } => format!("groups={groups} keep={keep} score={score:?}"),
             TopK { k } => format!("k={k}"),
-            Capacity { experts, limit, policy } => {
+            Capacity {
+                experts,
+                limit,
+                policy,
+            } => {
                 let limit = match limit {
                     CapacityLimit::Factor(f) => format!("factor={f:?}"),
                     CapacityLimit::Fixed(n) => format!("fixed={n}"),
@@ -608,7 +731,16 @@ impl Op {
                 a
             }
             SliceCols { start, len } => format!("start={start} len={len}"),
-            ExpertLinear { epilogue, bias, weighted } | GroupedLinear { epilogue, bias, weighted } => {
+            ExpertLinear {
+                epilogue,
+                bias,
+                weighted,
+            }
+            | GroupedLinear {
+                epilogue,
+                bias,
+                weighted,
+            } => {
                 let mut a = match epilogue {
                     Epilogue::None => String::new(),
                     Epilogue::Act(u) => format!("act={u:?}"),
@@ -638,13 +770,17 @@ fn stacked_weight(w: &TensorType) -> Result<(u64, u64, u64), String> {
             (Some(e), Some(n), Some(k)) => Ok((e, n, k)),
             _ => Err(format!("stacked weights must have fixed dims, found {w}")),
         },
-        _ => Err(format!("expected stacked weights f32 [experts, out, in], found {w}")),
+        _ => Err(format!(
+            "expected stacked weights f32 [experts, out, in], found {w}"
+        )),
     }
 }
 
 fn epilogue_width(epilogue: Epilogue, n: u64) -> Result<u64, String> {
     match epilogue {
-        Epilogue::Glu(_) if n % 2 != 0 => Err(format!("a GLU epilogue needs an even width, found {n}")),
+        Epilogue::Glu(_) if n % 2 != 0 => {
+            Err(format!("a GLU epilogue needs an even width, found {n}"))
+        }
         Epilogue::Glu(_) => Ok(n / 2),
         _ => Ok(n),
     }
@@ -652,7 +788,10 @@ fn epilogue_width(epilogue: Epilogue, n: u64) -> Result<u64, String> {
 
 /// `k` slots per row of `rows`.
 fn scale_dim(rows: Dim, k: u64) -> Dim {
-    Dim { per_token: rows.per_token * k, fixed: rows.fixed * k }
+    Dim {
+        per_token: rows.per_token * k,
+        fixed: rows.fixed * k,
+    }
 }
 
 fn expect_f32(t: &TensorType, what: &str) -> Result<(), String> {
@@ -666,7 +805,9 @@ fn expect_f32(t: &TensorType, what: &str) -> Result<(), String> {
 /// A `[T, E]` routing value; returns E.
 fn routing_width(t: &TensorType) -> Result<u64, String> {
     match (t.dtype, t.shape.as_slice()) {
-        (DType::F32, [_, e]) => e.as_fixed().ok_or_else(|| format!("expert axis of {t} must be fixed")),
+        (DType::F32, [_, e]) => e
+            .as_fixed()
+            .ok_or_else(|| format!("expert axis of {t} must be fixed")),
         _ => Err(format!("expected f32 [tokens, experts], found {t}")),
     }
 }
@@ -675,6 +816,8 @@ fn routing_width(t: &TensorType) -> Result<u64, String> {
 fn expect_slots(t: &TensorType, rows: Dim) -> Result<(), String> {
     match (t.dtype, t.shape.as_slice()) {
         (DType::I32, [r, k]) if *r == rows && k.as_fixed().is_some() => Ok(()),
-        _ => Err(format!("expected i32 [{rows}, k] expert indices, found {t}")),
+        _ => Err(format!(
+            "expected i32 [{rows}, k] expert indices, found {t}"
+        )),
     }
 }

@@ -30,9 +30,15 @@ pub struct Dim {
 }
 
 impl Dim {
-    pub const TOKENS: Dim = Dim { per_token: 1, fixed: 0 };
+    pub const TOKENS: Dim = Dim {
+        per_token: 1,
+        fixed: 0,
+    };
     pub const fn fixed(n: u64) -> Dim {
-        Dim { per_token: 0, fixed: n }
+        Dim {
+            per_token: 0,
+            fixed: n,
+        }
     }
     /// The fixed size, when the dim does not depend on the token count.
     pub fn as_fixed(self) -> Option<u64> {
@@ -65,10 +71,16 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn f32(shape: Vec<Dim>) -> TensorType {
-        TensorType { dtype: DType::F32, shape }
+        TensorType {
+            dtype: DType::F32,
+            shape,
+        }
     }
     pub fn i32(shape: Vec<Dim>) -> TensorType {
-        TensorType { dtype: DType::I32, shape }
+        TensorType {
+            dtype: DType::I32,
+            shape,
+        }
     }
     pub fn scalar() -> TensorType {
         TensorType::f32(Vec::new())

@@ -17,10 +17,16 @@ pub struct Seg {
 
 impl Seg {
     pub fn name(name: &str) -> Seg {
-        Seg { name: name.to_string(), index: None }
+        Seg {
+            name: name.to_string(),
+            index: None,
+        }
     }
     pub fn indexed(name: &str, index: usize) -> Seg {
-        Seg { name: name.to_string(), index: Some(index) }
+        Seg {
+            name: name.to_string(),
+            index: Some(index),
+        }
     }
 }
 
@@ -58,7 +64,13 @@ impl WeightPath {
     fn pattern(&self) -> String {
         self.segs
             .iter()
-            .map(|s| if s.index.is_some() { format!("{}[e]", s.name) } else { s.name.clone() })
+            .map(|s| {
+                if s.index.is_some() {
+                    format!("{}[e]", s.name)
+                } else {
+                    s.name.clone()
+                }
+            })
             .collect::<Vec<_>>()
             .join(".")
     }
@@ -93,11 +105,20 @@ impl<'a> Binder<'a> {
                 bindings: w.bindings.iter().collect(),
             })
             .collect();
-        Binder { blocks, used: HashMap::new(), patterns: Vec::new() }
+        Binder {
+            blocks,
+            used: HashMap::new(),
+            patterns: Vec::new(),
+        }
     }
 
     /// Resolves a weight of `shape` at `path`; `owner` is the spec location that creates it.
-    pub fn resolve(&mut self, path: &WeightPath, shape: Vec<usize>, owner: Span) -> Result<WeightDecl, Diagnostic> {
+    pub fn resolve(
+        &mut self,
+        path: &WeightPath,
+        shape: Vec<usize>,
+        owner: Span,
+    ) -> Result<WeightDecl, Diagnostic> {
         let pattern = path.pattern();
         if !self.patterns.contains(&pattern) {
             self.patterns.push(pattern);
@@ -114,7 +135,8 @@ impl<'a> Binder<'a> {
         // A key qualified with the moe's name beats an unqualified one.
         let qualified = |(bi, ki, ..): &(usize, usize, Option<usize>, Vec<(String, usize)>)| {
             let b = self.blocks[*bi].bindings[*ki];
-            path.moe.as_deref() == Some(b.key.segments[0].name.name.as_str()) && b.key.segments.len() > path.segs.len()
+            path.moe.as_deref() == Some(b.key.segments[0].name.name.as_str())
+                && b.key.segments.len() > path.segs.len()
         };
         if found.iter().any(qualified) {
             found.retain(qualified);
@@ -139,7 +161,9 @@ impl<'a> Binder<'a> {
                 }
                 let name = fill(&b.tensor.value, &vars, b.tensor.span)?;
                 let tensor = match block.prefix {
-                    Some(p) if !p.is_empty() => format!("{}.{name}", fill(p, &vars, block.prefix_span)?),
+                    Some(p) if !p.is_empty() => {
+                        format!("{}.{name}", fill(p, &vars, block.prefix_span)?)
+                    }
                     _ => name,
                 };
                 Ok(WeightDecl {
@@ -155,9 +179,26 @@ impl<'a> Binder<'a> {
             [first, second, ..] => {
                 let b1 = self.blocks[first.0].bindings[first.1];
                 let b2 = self.blocks[second.0].bindings[second.1];
-                Err(Diagnostic::at(b2.key.span, format!("two bindings match the weight `{key}`"), "this one")
-                    .with_related(b1.key.span, "and this one")
-                    .with_help("qualify a key with its moe's name, e.g. `y.experts[e].gate`"))
+                Err(Diagnostic::at(
+                    b2.key.span,
+                    format!("two bindings match the weight `{key}`"),
+                    "this one",
+                )
+                .with_related(b1.key.span, "and this one")
+                .with_help("qualify a key with its moe's name, e.g. `y.experts[e].gate`"))
+            }
+        }
+    }
+
+    /// Marks the bindings of the weight at `path` as used although the weight is not
+    /// made: a bool param switched it off (`bias = router_bias` with `router_bias =
+    /// false`), and its binding stays right for the configurations that have it.
+    pub fn absent(&mut self, path: &WeightPath) {
+        for (bi, block) in self.blocks.iter().enumerate() {
+            for (ki, b) in block.bindings.iter().enumerate() {
+                if match_key(b, path).is_some() {
+                    self.used.insert((bi, ki), true);
+                }
             }
         }
     }
@@ -174,7 +215,10 @@ impl<'a> Binder<'a> {
                         format!("the binding `{}` matches no weight of the model", b.key),
                         "no weight has this key",
                     )
-                    .with_help(format!("the model's weight keys are: {}", patterns.join(", "))));
+                    .with_help(format!(
+                        "the model's weight keys are: {}",
+                        patterns.join(", ")
+                    )));
                 }
             }
         }
@@ -183,10 +227,15 @@ impl<'a> Binder<'a> {
             if let Some(prev) = seen.insert((d.tensor.as_str(), d.expert_slice), d) {
                 return Err(Diagnostic::at(
                     d.span,
-                    format!("the tensor \"{}\" is bound to both `{}` and `{}`", d.tensor, prev.key, d.key),
+                    format!(
+                        "the tensor \"{}\" is bound to both `{}` and `{}`",
+                        d.tensor, prev.key, d.key
+                    ),
                     "bound twice",
                 )
-                .with_help("inside `repeat`, put `{layer}` (the repeat variable) in the tensor name"));
+                .with_help(
+                    "inside `repeat`, put `{layer}` (the repeat variable) in the tensor name",
+                ));
             }
         }
         Ok(())
@@ -230,19 +279,27 @@ fn fill(template: &str, vars: &[(String, usize)], span: Span) -> Result<String, 
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let close = rest[open..].find('}').map(|c| open + c).ok_or_else(|| {
-            Diagnostic::at(span, format!("unclosed `{{` in \"{template}\""), "expected `}`")
+            Diagnostic::at(
+                span,
+                format!("unclosed `{{` in \"{template}\""),
+                "expected `}`",
+            )
         })?;
         let var = &rest[open + 1..close];
         match vars.iter().find(|(n, _)| n == var) {
             Some((_, i)) => out.push_str(&i.to_string()),
             None => {
                 let known: Vec<String> = vars.iter().map(|(n, _)| format!("{{{n}}}")).collect();
-                return Err(Diagnostic::at(span, format!("unknown placeholder `{{{var}}}` in \"{template}\""), "here")
-                    .with_help(if known.is_empty() {
-                        "this binding has no index variables".to_string()
-                    } else {
-                        format!("this binding can use {}", known.join(", "))
-                    }));
+                return Err(Diagnostic::at(
+                    span,
+                    format!("unknown placeholder `{{{var}}}` in \"{template}\""),
+                    "here",
+                )
+                .with_help(if known.is_empty() {
+                    "this binding has no index variables".to_string()
+                } else {
+                    format!("this binding can use {}", known.join(", "))
+                }));
             }
         }
         rest = &rest[close + 1..];

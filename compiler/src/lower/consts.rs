@@ -47,11 +47,12 @@ pub fn parse_override(text: &str) -> Option<Const> {
     match t {
         "true" => Some(Const::Bool(true)),
         "false" => Some(Const::Bool(false)),
-        _ => t
-            .parse::<i64>()
-            .map(Const::Int)
-            .ok()
-            .or_else(|| t.parse::<f64>().ok().filter(|v| v.is_finite()).map(Const::Float)),
+        _ => t.parse::<i64>().map(Const::Int).ok().or_else(|| {
+            t.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map(Const::Float)
+        }),
     }
 }
 
@@ -79,7 +80,10 @@ pub fn eval_params(
             None => default,
             Some((_, text)) => {
                 let v = parse_override(text).ok_or_else(|| {
-                    Diagnostic::error(format!("--set {}={text}: `{text}` is not a number or bool", p.name))
+                    Diagnostic::error(format!(
+                        "--set {}={text}: `{text}` is not a number or bool",
+                        p.name
+                    ))
                 })?;
                 match (default, v) {
                     (Const::Int(_), Const::Int(_)) | (Const::Bool(_), Const::Bool(_)) => v,
@@ -88,7 +92,13 @@ pub fn eval_params(
                     _ => {
                         return Err(Diagnostic::at(
                             p.value.span,
-                            format!("--set {}={text}: `{}` is {}, not {}", p.name, p.name, default.kind(), v.kind()),
+                            format!(
+                                "--set {}={text}: `{}` is {}, not {}",
+                                p.name,
+                                p.name,
+                                default.kind(),
+                                v.kind()
+                            ),
                             format!("declared as {} here", default.kind()),
                         ))
                     }
@@ -131,14 +141,20 @@ pub fn eval_const(expr: &Expr, env: &HashMap<String, Const>) -> Result<Const, Di
         ExprKind::Int(v) => Ok(Const::Int(*v)),
         ExprKind::Float(v) => Ok(Const::Float(*v)),
         ExprKind::Bool(v) => Ok(Const::Bool(*v)),
-        ExprKind::Path(parts) if parts.len() == 1 => env.get(&parts[0].name).copied().ok_or_else(|| {
-            let known: Vec<&str> = env.keys().map(String::as_str).collect();
-            let d = Diagnostic::at(expr.span, format!("unknown param `{}`", parts[0]), "not a param");
-            match closest(&parts[0].name, &known) {
-                Some(c) => d.with_help(format!("did you mean `{c}`?")),
-                None => d,
-            }
-        }),
+        ExprKind::Path(parts) if parts.len() == 1 => {
+            env.get(&parts[0].name).copied().ok_or_else(|| {
+                let known: Vec<&str> = env.keys().map(String::as_str).collect();
+                let d = Diagnostic::at(
+                    expr.span,
+                    format!("unknown param `{}`", parts[0]),
+                    "not a param",
+                );
+                match closest(&parts[0].name, &known) {
+                    Some(c) => d.with_help(format!("did you mean `{c}`?")),
+                    None => d,
+                }
+            })
+        }
         ExprKind::Neg(inner) => match eval_const(inner, env)? {
             Const::Int(v) => Ok(Const::Int(-v)),
             Const::Float(v) => Ok(Const::Float(-v)),
@@ -148,15 +164,25 @@ pub fn eval_const(expr: &Expr, env: &HashMap<String, Const>) -> Result<Const, Di
             let (a, b) = (eval_const(lhs, env)?, eval_const(rhs, env)?);
             arith(*op, a, b, expr.span)
         }
-        ExprKind::Call { func, args } if matches!(func.name.as_str(), "ceil" | "floor" | "min" | "max") => {
+        ExprKind::Call { func, args }
+            if matches!(func.name.as_str(), "ceil" | "floor" | "min" | "max") =>
+        {
             let vals = args
                 .iter()
                 .map(|a| match &a.name {
-                    Some(n) => Err(Diagnostic::at(n.span, format!("`{func}` takes no named arguments"), "unexpected")),
+                    Some(n) => Err(Diagnostic::at(
+                        n.span,
+                        format!("`{func}` takes no named arguments"),
+                        "unexpected",
+                    )),
                     None => eval_const(&a.value, env),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let want = if matches!(func.name.as_str(), "ceil" | "floor") { 1 } else { 2 };
+            let want = if matches!(func.name.as_str(), "ceil" | "floor") {
+                1
+            } else {
+                2
+            };
             if vals.len() != want {
                 return Err(Diagnostic::at(
                     expr.span,
@@ -166,7 +192,11 @@ pub fn eval_const(expr: &Expr, env: &HashMap<String, Const>) -> Result<Const, Di
             }
             let nums = vals
                 .iter()
-                .map(|v| v.as_f64().ok_or_else(|| Diagnostic::at(expr.span, format!("`{func}` of a bool"), "a bool")))
+                .map(|v| {
+                    v.as_f64().ok_or_else(|| {
+                        Diagnostic::at(expr.span, format!("`{func}` of a bool"), "a bool")
+                    })
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let all_int = vals.iter().all(|v| matches!(v, Const::Int(_)));
             Ok(match func.name.as_str() {
@@ -178,7 +208,11 @@ pub fn eval_const(expr: &Expr, env: &HashMap<String, Const>) -> Result<Const, Di
                 _ => Const::Float(nums[0].max(nums[1])),
             })
         }
-        _ => Err(Diagnostic::at(expr.span, format!("`{expr}` is not a constant"), "expected a number or param here")),
+        _ => Err(Diagnostic::at(
+            expr.span,
+            format!("`{expr}` is not a constant"),
+            "expected a number or param here",
+        )),
     }
 }
 
@@ -192,15 +226,19 @@ fn arith(op: BinOp, a: Const, b: Const, span: Span) -> Result<Const, Diagnostic>
                 BinOp::Mul => x.checked_mul(y),
                 BinOp::Div | BinOp::Rem if y == 0 => return Err(err("division by zero".into())),
                 BinOp::Div if x % y != 0 => {
-                    return Err(err(format!("{x} / {y} is not a whole number"))
-                        .with_help("integer params divide exactly; write floor(...) or ceil(...) to round"))
+                    return Err(err(format!("{x} / {y} is not a whole number")).with_help(
+                        "integer params divide exactly; write floor(...) or ceil(...) to round",
+                    ))
                 }
                 BinOp::Div => Some(x / y),
                 BinOp::Rem => Some(x % y),
             };
-            r.map(Const::Int).ok_or_else(|| err(format!("{x} {op} {y} overflows")))
+            r.map(Const::Int)
+                .ok_or_else(|| err(format!("{x} {op} {y} overflows")))
         }
-        (Const::Bool(_), _) | (_, Const::Bool(_)) => Err(err(format!("cannot apply `{op}` to a bool"))),
+        (Const::Bool(_), _) | (_, Const::Bool(_)) => {
+            Err(err(format!("cannot apply `{op}` to a bool")))
+        }
         _ => {
             let (x, y) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
             Ok(Const::Float(match op {

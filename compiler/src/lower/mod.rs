@@ -60,8 +60,12 @@ impl<'a> Lowerer<'a> {
         let mut declared: HashMap<String, Span> = HashMap::new();
         let mut declare = |name: &Ident, what: &str| -> Result<(), Diagnostic> {
             if let Some(prev) = declared.insert(name.name.clone(), name.span) {
-                return Err(Diagnostic::at(name.span, format!("`{name}` is defined twice"), format!("{what} redefined here"))
-                    .with_related(prev, "first defined here"));
+                return Err(Diagnostic::at(
+                    name.span,
+                    format!("`{name}` is defined twice"),
+                    format!("{what} redefined here"),
+                )
+                .with_related(prev, "first defined here"));
             }
             Ok(())
         };
@@ -109,7 +113,9 @@ impl<'a> Lowerer<'a> {
                 Item::Input(i) => {
                     let ty = self.input_type(i)?;
                     let v = self.graph.add_input(&i.name.name, ty);
-                    scope.vars.insert(i.name.name.clone(), (Val::Tensor(v), i.name.span));
+                    scope
+                        .vars
+                        .insert(i.name.name.clone(), (Val::Tensor(v), i.name.span));
                 }
                 Item::Stmt(stmt) => self.stmt(stmt, &mut scope, None, &mut outputs)?,
                 Item::Repeat(r) => self.repeat(r, &mut scope, &mut outputs)?,
@@ -117,28 +123,48 @@ impl<'a> Lowerer<'a> {
             }
         }
         if outputs.is_empty() {
-            return Err(Diagnostic::at(spec.name.span, format!("model `{}` has no outputs", spec.name), "no `output`")
-                .with_help("add `output y` for a value `y`"));
+            return Err(Diagnostic::at(
+                spec.name.span,
+                format!("model `{}` has no outputs", spec.name),
+                "no `output`",
+            )
+            .with_help("add `output y` for a value `y`"));
         }
         for (name, v) in outputs {
             self.graph.outputs.push((name.name, v));
         }
         self.binder.finish(&self.graph.weights)?;
-        let params = self.param_order.iter().map(|n| (n.clone(), self.params[n])).collect();
-        Ok(Lowered { graph: self.graph, notes: self.notes, params })
+        let params = self
+            .param_order
+            .iter()
+            .map(|n| (n.clone(), self.params[n]))
+            .collect();
+        Ok(Lowered {
+            graph: self.graph,
+            notes: self.notes,
+            params,
+        })
     }
 
     fn input_type(&self, input: &ast::Input) -> Result<TensorType, Diagnostic> {
         if input.dtype != DTypeName::F32 {
-            return Err(Diagnostic::at(input.dtype_span, format!("input `{}` must be f32", input.name), "not supported")
-                .with_help("f16 and bf16 are storage types for weights; inputs are f32"));
+            return Err(Diagnostic::at(
+                input.dtype_span,
+                format!("input `{}` must be f32", input.name),
+                "not supported",
+            )
+            .with_help("f16 and bf16 are storage types for weights; inputs are f32"));
         }
         let mut shape = Vec::new();
         for (i, d) in input.shape.dims.iter().enumerate() {
             match &d.kind {
                 ExprKind::Path(p) if p.len() == 1 && p[0].name == "tokens" => {
                     if i != 0 {
-                        return Err(Diagnostic::at(d.span, "`tokens` must be the first dim", "here"));
+                        return Err(Diagnostic::at(
+                            d.span,
+                            "`tokens` must be the first dim",
+                            "here",
+                        ));
                     }
                     shape.push(Dim::TOKENS);
                 }
@@ -164,7 +190,11 @@ impl<'a> Lowerer<'a> {
                 format!("dimension `{e}` is {v}; dimensions must be positive"),
                 format!("evaluates to {v}"),
             )),
-            other => Err(Diagnostic::at(e.span, format!("dimension `{e}` must be an integer"), format!("is {}", other.kind()))),
+            other => Err(Diagnostic::at(
+                e.span,
+                format!("dimension `{e}` must be an integer"),
+                format!("is {}", other.kind()),
+            )),
         }
     }
 
@@ -188,11 +218,37 @@ impl<'a> Lowerer<'a> {
     fn bool(&self, e: &Expr, what: &str) -> Result<bool, Diagnostic> {
         match eval_const(e, &self.params)? {
             Const::Bool(b) => Ok(b),
-            other => Err(Diagnostic::at(e.span, format!("{what} must be true or false"), format!("is {}", other.kind()))),
+            other => Err(Diagnostic::at(
+                e.span,
+                format!("{what} must be true or false"),
+                format!("is {}", other.kind()),
+            )),
         }
     }
 
-    fn repeat(&mut self, r: &ast::Repeat, scope: &mut Scope, outputs: &mut Vec<(Ident, Value)>) -> Result<(), Diagnostic> {
+    /// An optional bool flag that adds a weight (`bias = ...`, `selection_bias = ...`):
+    /// false when absent. When a param switches it off, a binding for the weight at
+    /// `path` is not an error (see [`Binder::absent`]).
+    fn weight_flag(
+        &mut self,
+        e: Option<&Expr>,
+        what: &str,
+        path: &WeightPath,
+    ) -> Result<bool, Diagnostic> {
+        let Some(e) = e else { return Ok(false) };
+        let on = self.bool(e, what)?;
+        if !on && matches!(e.kind, ExprKind::Path(_)) {
+            self.binder.absent(path);
+        }
+        Ok(on)
+    }
+
+    fn repeat(
+        &mut self,
+        r: &ast::Repeat,
+        scope: &mut Scope,
+        outputs: &mut Vec<(Ident, Value)>,
+    ) -> Result<(), Diagnostic> {
         let count = self.int(&r.count, "the repeat count")?;
         let mut stacked: Vec<(Ident, Vec<Value>)> = Vec::new();
         for layer in 0..count as usize {
@@ -206,10 +262,17 @@ impl<'a> Lowerer<'a> {
                             format!("`{}` is already defined outside this repeat", l.name),
                             "shadows an outer value",
                         )
-                        .with_help(format!("write `{} = ...` to carry it to the next layer", l.name)));
+                        .with_help(format!(
+                            "write `{} = ...` to carry it to the next layer",
+                            l.name
+                        )));
                     }
                 }
-                let path = WeightPath { layer: Some((r.var.name.clone(), layer)), moe: None, segs: Vec::new() };
+                let path = WeightPath {
+                    layer: Some((r.var.name.clone(), layer)),
+                    moe: None,
+                    segs: Vec::new(),
+                };
                 self.stmt(stmt, &mut inner, Some(&path), &mut layer_outputs)?;
             }
             for (name, _) in scope.vars.clone() {
@@ -225,18 +288,34 @@ impl<'a> Lowerer<'a> {
             }
         }
         for (name, values) in stacked {
-            let node = self.graph.add(Op::Stack, &values, Some(name.name.clone())).map_err(|m| {
-                Diagnostic::at(name.span, format!("cannot stack `{name}` over layers: {m}"), "this output")
-            })?;
+            let node = self
+                .graph
+                .add(Op::Stack, &values, Some(name.name.clone()))
+                .map_err(|m| {
+                    Diagnostic::at(
+                        name.span,
+                        format!("cannot stack `{name}` over layers: {m}"),
+                        "this output",
+                    )
+                })?;
             self.add_output(outputs, name, node.into())?;
         }
         Ok(())
     }
 
-    fn add_output(&mut self, outputs: &mut Vec<(Ident, Value)>, name: Ident, v: Value) -> Result<(), Diagnostic> {
+    fn add_output(
+        &mut self,
+        outputs: &mut Vec<(Ident, Value)>,
+        name: Ident,
+        v: Value,
+    ) -> Result<(), Diagnostic> {
         if let Some((prev, _)) = outputs.iter().find(|(n, _)| n.name == name.name) {
-            return Err(Diagnostic::at(name.span, format!("output `{name}` is defined twice"), "again here")
-                .with_related(prev.span, "first here"));
+            return Err(Diagnostic::at(
+                name.span,
+                format!("output `{name}` is defined twice"),
+                "again here",
+            )
+            .with_related(prev.span, "first here"));
         }
         outputs.push((name, v));
         Ok(())
@@ -249,16 +328,28 @@ impl<'a> Lowerer<'a> {
         layer: Option<&WeightPath>,
         outputs: &mut Vec<(Ident, Value)>,
     ) -> Result<(), Diagnostic> {
-        let root = layer.cloned().unwrap_or(WeightPath { layer: None, moe: None, segs: Vec::new() });
+        let root = layer.cloned().unwrap_or(WeightPath {
+            layer: None,
+            moe: None,
+            segs: Vec::new(),
+        });
         match stmt {
             Stmt::Let(l) => {
                 if let Some((_, prev)) = scope.vars.get(&l.name.name) {
-                    return Err(Diagnostic::at(l.name.span, format!("`{}` is defined twice", l.name), "redefined here")
-                        .with_related(*prev, "first defined here"));
+                    return Err(Diagnostic::at(
+                        l.name.span,
+                        format!("`{}` is defined twice", l.name),
+                        "redefined here",
+                    )
+                    .with_related(*prev, "first defined here"));
                 }
                 if let Some(prev) = self.declared.get(&l.name.name) {
-                    return Err(Diagnostic::at(l.name.span, format!("`{}` is already a declaration", l.name), "redefined here")
-                        .with_related(*prev, "declared here"));
+                    return Err(Diagnostic::at(
+                        l.name.span,
+                        format!("`{}` is already a declaration", l.name),
+                        "redefined here",
+                    )
+                    .with_related(*prev, "declared here"));
                 }
                 let v = self.let_value(&l.name, &l.value, scope, &root)?;
                 scope.vars.insert(l.name.name.clone(), (v, l.name.span));
@@ -269,17 +360,28 @@ impl<'a> Lowerer<'a> {
                         .with_help(format!("use `let {} = ...`; assignments carry values between layers inside `repeat`", l.name)));
                 }
                 let Some((old, _)) = scope.vars.get(&l.name.name).cloned() else {
-                    return Err(Diagnostic::at(l.name.span, format!("unknown value `{}`", l.name), "not defined before the repeat"));
+                    return Err(Diagnostic::at(
+                        l.name.span,
+                        format!("unknown value `{}`", l.name),
+                        "not defined before the repeat",
+                    ));
                 };
                 let v = self.let_value(&l.name, &l.value, scope, &root)?;
                 let (Val::Tensor(old), Val::Tensor(new)) = (&old, &v) else {
-                    return Err(Diagnostic::at(l.value.span, "only tensors can be carried between layers", "not a tensor"));
+                    return Err(Diagnostic::at(
+                        l.value.span,
+                        "only tensors can be carried between layers",
+                        "not a tensor",
+                    ));
                 };
                 let (ot, nt) = (self.graph.value_type(*old), self.graph.value_type(*new));
                 if ot != nt {
                     return Err(Diagnostic::at(
                         l.value.span,
-                        format!("`{}` changes type between layers: {ot} becomes {nt}", l.name),
+                        format!(
+                            "`{}` changes type between layers: {ot} becomes {nt}",
+                            l.name
+                        ),
                         format!("this is {nt}"),
                     ));
                 }
@@ -289,7 +391,10 @@ impl<'a> Lowerer<'a> {
                 let v = match value {
                     Some(e) => self.tensor(e, scope, &root)?,
                     None => self.tensor(
-                        &Expr { kind: ExprKind::Path(vec![name.clone()]), span: name.span },
+                        &Expr {
+                            kind: ExprKind::Path(vec![name.clone()]),
+                            span: name.span,
+                        },
                         scope,
                         &root,
                     )?,
@@ -302,15 +407,32 @@ impl<'a> Lowerer<'a> {
 
     /// The right-hand side of a `let`: where `linear`, norms and `moe` may appear,
     /// because the `let`'s name names their weights.
-    fn let_value(&mut self, name: &Ident, e: &Expr, scope: &Scope, path: &WeightPath) -> Result<Val, Diagnostic> {
+    fn let_value(
+        &mut self,
+        name: &Ident,
+        e: &Expr,
+        scope: &Scope,
+        path: &WeightPath,
+    ) -> Result<Val, Diagnostic> {
         if let ExprKind::Call { func, args } = &e.kind {
             let label = Some(name.name.clone());
             match func.name.as_str() {
                 "linear" => {
-                    return self.linear(e, args, scope, &path.child(Seg::name(&name.name)), label).map(Val::Tensor)
+                    return self
+                        .linear(e, args, scope, &path.child(Seg::name(&name.name)), label)
+                        .map(Val::Tensor)
                 }
                 "rmsnorm" | "layernorm" => {
-                    return self.norm(e, func, args, scope, &path.child(Seg::name(&name.name)), label).map(Val::Tensor)
+                    return self
+                        .norm(
+                            e,
+                            func,
+                            args,
+                            scope,
+                            &path.child(Seg::name(&name.name)),
+                            label,
+                        )
+                        .map(Val::Tensor)
                 }
                 "moe" => {
                     let mut p = path.clone();
@@ -340,12 +462,16 @@ impl<'a> Lowerer<'a> {
         let [x, out] = a.positional::<2>("linear(x, out)")?;
         let x = self.tensor(x, scope, path)?;
         let out = self.dim(out)?;
-        let bias = a.named("bias").map(|b| self.bool(b, "bias")).transpose()?.unwrap_or(false);
+        let bias = self.weight_flag(a.named("bias"), "bias", &path.child(Seg::name("bias")))?;
         let width = self.width(x, e.span)?;
         let w = self.weight(path, vec![out as usize, width as usize], e.span)?;
         let mut operands = vec![x, w];
         if bias {
-            operands.push(self.weight(&path.child(Seg::name("bias")), vec![out as usize], e.span)?);
+            operands.push(self.weight(
+                &path.child(Seg::name("bias")),
+                vec![out as usize],
+                e.span,
+            )?);
         }
         self.node(Op::Linear { bias }, &operands, label, e.span)
     }
@@ -369,7 +495,11 @@ impl<'a> Lowerer<'a> {
             None => 1e-6,
         };
         if eps <= 0.0 {
-            return Err(Diagnostic::at(e.span, format!("eps must be positive, found {eps}"), "here"));
+            return Err(Diagnostic::at(
+                e.span,
+                format!("eps must be positive, found {eps}"),
+                "here",
+            ));
         }
         let d = self.width(x, e.span)? as usize;
         let eps = F32Bits::new(eps as f32);
@@ -385,15 +515,32 @@ impl<'a> Lowerer<'a> {
 
     fn width(&self, v: Value, span: Span) -> Result<u64, Diagnostic> {
         let t = self.graph.value_type(v);
-        t.width().ok_or_else(|| Diagnostic::at(span, format!("expected a [rows, width] tensor, found {t}"), "here"))
+        t.width().ok_or_else(|| {
+            Diagnostic::at(
+                span,
+                format!("expected a [rows, width] tensor, found {t}"),
+                "here",
+            )
+        })
     }
 
-    fn weight(&mut self, path: &WeightPath, shape: Vec<usize>, owner: Span) -> Result<Value, Diagnostic> {
+    fn weight(
+        &mut self,
+        path: &WeightPath,
+        shape: Vec<usize>,
+        owner: Span,
+    ) -> Result<Value, Diagnostic> {
         let decl = self.binder.resolve(path, shape, owner)?;
         Ok(self.graph.add_weight(decl))
     }
 
-    fn node(&mut self, op: Op, operands: &[Value], label: Option<String>, span: Span) -> Result<Value, Diagnostic> {
+    fn node(
+        &mut self,
+        op: Op,
+        operands: &[Value],
+        label: Option<String>,
+        span: Span,
+    ) -> Result<Value, Diagnostic> {
         self.graph
             .add(op, operands, label)
             .map(Value::from)
@@ -404,19 +551,26 @@ impl<'a> Lowerer<'a> {
     fn tensor(&mut self, e: &Expr, scope: &Scope, path: &WeightPath) -> Result<Value, Diagnostic> {
         match self.expr(e, scope, path)? {
             Operand::Tensor(v) => Ok(v),
-            Operand::Const(c) => Err(Diagnostic::at(e.span, format!("expected a tensor, `{e}` is the constant {c}"), "a constant")),
+            Operand::Const(c) => Err(Diagnostic::at(
+                e.span,
+                format!("expected a tensor, `{e}` is the constant {c}"),
+                "a constant",
+            )),
         }
     }
 
     fn expr(&mut self, e: &Expr, scope: &Scope, path: &WeightPath) -> Result<Operand, Diagnostic> {
         match &e.kind {
-            ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) => Ok(Operand::Const(eval_const(e, &self.params)?)),
+            ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) => {
+                Ok(Operand::Const(eval_const(e, &self.params)?))
+            }
             ExprKind::Path(parts) => self.path(e, parts, scope),
             ExprKind::Neg(inner) => match self.expr(inner, scope, path)? {
                 Operand::Const(_) => Ok(Operand::Const(eval_const(e, &self.params)?)),
                 Operand::Tensor(v) => {
                     let c = self.graph.add_constant(-1.0);
-                    self.node(Op::Binary(BinaryOp::Mul), &[v, c], None, e.span).map(Operand::Tensor)
+                    self.node(Op::Binary(BinaryOp::Mul), &[v, c], None, e.span)
+                        .map(Operand::Tensor)
                 }
             },
             ExprKind::Binary { op, lhs, rhs } => {
@@ -424,7 +578,11 @@ impl<'a> Lowerer<'a> {
                 self.binary(e, *op, l, r, lhs, rhs)
             }
             ExprKind::Call { func, args } => self.call(e, func, args, scope, path),
-            ExprKind::List(_) => Err(Diagnostic::at(e.span, "a list is only allowed as `experts = [...]` of a moe", "unexpected list")),
+            ExprKind::List(_) => Err(Diagnostic::at(
+                e.span,
+                "a list is only allowed as `experts = [...]` of a moe",
+                "unexpected list",
+            )),
         }
     }
 
@@ -453,61 +611,107 @@ impl<'a> Lowerer<'a> {
         };
         let mut known: Vec<&str> = scope.vars.keys().map(String::as_str).collect();
         known.extend(self.params.keys().map(String::as_str));
-        let d = Diagnostic::at(head.span, format!("unknown value `{head}`{what}"), "not defined here");
+        let d = Diagnostic::at(
+            head.span,
+            format!("unknown value `{head}`{what}"),
+            "not defined here",
+        );
         Err(match closest(&head.name, &known) {
             Some(c) if what.is_empty() => d.with_help(format!("did you mean `{c}`?")),
             _ => d,
         })
     }
 
-    fn binary(&mut self, e: &Expr, op: BinOp, l: Operand, r: Operand, le: &Expr, re: &Expr) -> Result<Operand, Diagnostic> {
+    fn binary(
+        &mut self,
+        e: &Expr,
+        op: BinOp,
+        l: Operand,
+        r: Operand,
+        le: &Expr,
+        re: &Expr,
+    ) -> Result<Operand, Diagnostic> {
         let bop = match op {
             BinOp::Add => BinaryOp::Add,
             BinOp::Sub => BinaryOp::Sub,
             BinOp::Mul => BinaryOp::Mul,
             BinOp::Div => BinaryOp::Div,
-            BinOp::Rem => return Err(Diagnostic::at(e.span, "`%` only applies to constants", "on a tensor")),
+            BinOp::Rem => {
+                return Err(Diagnostic::at(
+                    e.span,
+                    "`%` only applies to constants",
+                    "on a tensor",
+                ))
+            }
         };
         let scalar = |this: &Self, c: Const, ce: &Expr| -> Result<f32, Diagnostic> {
             Ok(this.float(ce, "a scalar operand").map_err(|_| {
-                Diagnostic::at(ce.span, format!("cannot combine a tensor with {}", c.kind()), "here")
+                Diagnostic::at(
+                    ce.span,
+                    format!("cannot combine a tensor with {}", c.kind()),
+                    "here",
+                )
             })? as f32)
         };
         match (l, r) {
-            (Operand::Const(_), Operand::Const(_)) => Ok(Operand::Const(eval_const(e, &self.params)?)),
+            (Operand::Const(_), Operand::Const(_)) => {
+                Ok(Operand::Const(eval_const(e, &self.params)?))
+            }
             (Operand::Tensor(a), Operand::Tensor(b)) => {
-                let (ta, tb) = (self.graph.value_type(a).clone(), self.graph.value_type(b).clone());
+                let (ta, tb) = (
+                    self.graph.value_type(a).clone(),
+                    self.graph.value_type(b).clone(),
+                );
                 if ta != tb {
-                    return Err(Diagnostic::at(e.span, format!("shape mismatch in `{op}`: {ta} and {tb}"), "these differ")
-                        .with_related(le.span, format!("this is {ta}"))
-                        .with_related(re.span, format!("this is {tb}")));
+                    return Err(Diagnostic::at(
+                        e.span,
+                        format!("shape mismatch in `{op}`: {ta} and {tb}"),
+                        "these differ",
+                    )
+                    .with_related(le.span, format!("this is {ta}"))
+                    .with_related(re.span, format!("this is {tb}")));
                 }
-                self.node(Op::Binary(bop), &[a, b], None, e.span).map(Operand::Tensor)
+                self.node(Op::Binary(bop), &[a, b], None, e.span)
+                    .map(Operand::Tensor)
             }
             (Operand::Tensor(a), Operand::Const(c)) => {
                 let c = self.graph.add_constant(scalar(self, c, re)?);
-                self.node(Op::Binary(bop), &[a, c], None, e.span).map(Operand::Tensor)
+                self.node(Op::Binary(bop), &[a, c], None, e.span)
+                    .map(Operand::Tensor)
             }
             (Operand::Const(c), Operand::Tensor(b)) => {
                 let v = scalar(self, c, le)?;
                 match bop {
                     BinaryOp::Add | BinaryOp::Mul => {
                         let c = self.graph.add_constant(v);
-                        self.node(Op::Binary(bop), &[b, c], None, e.span).map(Operand::Tensor)
+                        self.node(Op::Binary(bop), &[b, c], None, e.span)
+                            .map(Operand::Tensor)
                     }
                     BinaryOp::Sub => {
                         let neg = self.graph.add_constant(-1.0);
                         let nb = self.node(Op::Binary(BinaryOp::Mul), &[b, neg], None, e.span)?;
                         let c = self.graph.add_constant(v);
-                        self.node(Op::Binary(BinaryOp::Add), &[nb, c], None, e.span).map(Operand::Tensor)
+                        self.node(Op::Binary(BinaryOp::Add), &[nb, c], None, e.span)
+                            .map(Operand::Tensor)
                     }
-                    BinaryOp::Div => Err(Diagnostic::at(e.span, "cannot divide a constant by a tensor", "here")),
+                    BinaryOp::Div => Err(Diagnostic::at(
+                        e.span,
+                        "cannot divide a constant by a tensor",
+                        "here",
+                    )),
                 }
             }
         }
     }
 
-    fn call(&mut self, e: &Expr, func: &Ident, args: &[Arg], scope: &Scope, path: &WeightPath) -> Result<Operand, Diagnostic> {
+    fn call(
+        &mut self,
+        e: &Expr,
+        func: &Ident,
+        args: &[Arg],
+        scope: &Scope,
+        path: &WeightPath,
+    ) -> Result<Operand, Diagnostic> {
         let unary = match func.name.as_str() {
             "silu" => Some(Some(UnaryOp::Silu)),
             "gelu" => Some(Some(UnaryOp::Gelu)),
@@ -522,7 +726,9 @@ impl<'a> Lowerer<'a> {
             let [x] = a.positional::<1>(&format!("{func}(x)"))?;
             let x = self.tensor(x, scope, path)?;
             return match unary {
-                Some(u) => self.node(Op::Unary(u), &[x], None, e.span).map(Operand::Tensor),
+                Some(u) => self
+                    .node(Op::Unary(u), &[x], None, e.span)
+                    .map(Operand::Tensor),
                 None => Ok(Operand::Tensor(x)),
             };
         }
@@ -531,7 +737,8 @@ impl<'a> Lowerer<'a> {
                 let a = Args::new(e, "softmax", args, &[])?;
                 let [x] = a.positional::<1>("softmax(x)")?;
                 let x = self.tensor(x, scope, path)?;
-                self.node(Op::Softmax, &[x], None, e.span).map(Operand::Tensor)
+                self.node(Op::Softmax, &[x], None, e.span)
+                    .map(Operand::Tensor)
             }
             "ceil" | "floor" | "min" | "max" => Ok(Operand::Const(eval_const(e, &self.params)?)),
             "linear" | "rmsnorm" | "layernorm" | "moe" => Err(Diagnostic::at(
@@ -539,13 +746,32 @@ impl<'a> Lowerer<'a> {
                 format!("`{func}` must be the whole right-hand side of a `let`"),
                 "inside an expression",
             )
-            .with_help(format!("the `let`'s name names its weights: `let name = {func}(...)`"))),
+            .with_help(format!(
+                "the `let`'s name names its weights: `let name = {func}(...)`"
+            ))),
             _ => {
                 const KNOWN: &[&str] = &[
-                    "linear", "silu", "gelu", "gelu_tanh", "relu", "sigmoid", "identity", "softmax", "rmsnorm",
-                    "layernorm", "moe", "ceil", "floor", "min", "max",
+                    "linear",
+                    "silu",
+                    "gelu",
+                    "gelu_tanh",
+                    "relu",
+                    "sigmoid",
+                    "identity",
+                    "softmax",
+                    "rmsnorm",
+                    "layernorm",
+                    "moe",
+                    "ceil",
+                    "floor",
+                    "min",
+                    "max",
                 ];
-                let d = Diagnostic::at(func.span, format!("unknown function `{func}`"), "not a function");
+                let d = Diagnostic::at(
+                    func.span,
+                    format!("unknown function `{func}`"),
+                    "not a function",
+                );
                 Err(match closest(&func.name, KNOWN) {
                     Some(c) => d.with_help(format!("did you mean `{c}`?")),
                     None => d.with_help(format!("functions: {}", KNOWN.join(", "))),
@@ -570,17 +796,35 @@ struct Args<'e> {
 }
 
 impl<'e> Args<'e> {
-    fn new(call: &'e Expr, func: &str, args: &'e [Arg], allowed: &[&str]) -> Result<Args<'e>, Diagnostic> {
-        let mut a = Args { call, func: func.to_string(), positional: Vec::new(), named: Vec::new() };
+    fn new(
+        call: &'e Expr,
+        func: &str,
+        args: &'e [Arg],
+        allowed: &[&str],
+    ) -> Result<Args<'e>, Diagnostic> {
+        let mut a = Args {
+            call,
+            func: func.to_string(),
+            positional: Vec::new(),
+            named: Vec::new(),
+        };
         for arg in args {
             match &arg.name {
                 None if !a.named.is_empty() => {
-                    return Err(Diagnostic::at(arg.value.span, "positional argument after a named one", "move it before"))
+                    return Err(Diagnostic::at(
+                        arg.value.span,
+                        "positional argument after a named one",
+                        "move it before",
+                    ))
                 }
                 None => a.positional.push(&arg.value),
                 Some(n) => {
                     if !allowed.contains(&n.name.as_str()) {
-                        let d = Diagnostic::at(n.span, format!("`{func}` has no argument `{n}`"), "unknown argument");
+                        let d = Diagnostic::at(
+                            n.span,
+                            format!("`{func}` has no argument `{n}`"),
+                            "unknown argument",
+                        );
                         return Err(if allowed.is_empty() {
                             d.with_help(format!("`{func}` takes no named arguments"))
                         } else {
@@ -588,8 +832,12 @@ impl<'e> Args<'e> {
                         });
                     }
                     if let Some((prev, _)) = a.named.iter().find(|(p, _)| p.name == n.name) {
-                        return Err(Diagnostic::at(n.span, format!("argument `{n}` given twice"), "again")
-                            .with_related(prev.span, "first here"));
+                        return Err(Diagnostic::at(
+                            n.span,
+                            format!("argument `{n}` given twice"),
+                            "again",
+                        )
+                        .with_related(prev.span, "first here"));
                     }
                     a.named.push((n, &arg.value));
                 }
@@ -602,7 +850,11 @@ impl<'e> Args<'e> {
         <[&Expr; N]>::try_from(self.positional.as_slice()).map_err(|_| {
             Diagnostic::at(
                 self.call.span,
-                format!("`{}` takes {N} positional argument(s), found {}", self.func, self.positional.len()),
+                format!(
+                    "`{}` takes {N} positional argument(s), found {}",
+                    self.func,
+                    self.positional.len()
+                ),
                 "wrong number of arguments",
             )
             .with_help(format!("usage: {usage}"))
@@ -610,7 +862,10 @@ impl<'e> Args<'e> {
     }
 
     fn named(&self, name: &str) -> Option<&'e Expr> {
-        self.named.iter().find(|(n, _)| n.name == name).map(|(_, e)| *e)
+        self.named
+            .iter()
+            .find(|(n, _)| n.name == name)
+            .map(|(_, e)| *e)
     }
 }
 

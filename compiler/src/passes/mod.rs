@@ -6,13 +6,24 @@
 use crate::ir::Graph;
 use crate::verify::verify;
 
+pub mod canonicalize;
+pub mod fuse_experts;
+pub mod fuse_router;
+pub mod memory;
 pub mod rewrite;
+pub mod schedule;
 
 /// A pass: rewrites the graph, says whether it changed anything.
 pub type PassFn = fn(&mut Graph) -> Result<bool, String>;
 
 /// The pipeline, in order. Names are unique; `--after NAME` refers to them.
-pub const PIPELINE: &[(&str, PassFn)] = &[];
+pub const PIPELINE: &[(&str, PassFn)] = &[
+    ("canonicalize", canonicalize::run),
+    ("fuse_router", fuse_router::run),
+    ("fuse_experts", fuse_experts::run),
+    ("schedule", schedule::run),
+    ("cleanup", canonicalize::run),
+];
 
 /// The names of the pipeline's steps, in order.
 pub fn names() -> Vec<&'static str> {
@@ -35,7 +46,10 @@ pub enum Upto<'a> {
 pub fn run_pipeline(g: &mut Graph, upto: Upto, check: bool) -> Result<(), String> {
     if let Upto::After(name) = upto {
         if !PIPELINE.iter().any(|(n, _)| *n == name) {
-            return Err(format!("no pass named `{name}`; the pipeline is: {}", names().join(", ")));
+            return Err(format!(
+                "no pass named `{name}`; the pipeline is: {}",
+                names().join(", ")
+            ));
         }
     }
     if upto == Upto::None {

@@ -7,15 +7,21 @@ use petgraph::Direction;
 
 /// Makes every user of `old` (edges and graph outputs) read `new` instead.
 pub fn replace_uses(g: &mut Graph, old: Value, new: Value) {
-    let uses: Vec<(petgraph::stable_graph::EdgeIndex, NodeIndex, Edge)> = g
-        .g
-        .edges_directed(old.node, Direction::Outgoing)
-        .filter(|e| e.weight().port == old.port)
-        .map(|e| (e.id(), e.target(), *e.weight()))
-        .collect();
+    let uses: Vec<(petgraph::stable_graph::EdgeIndex, NodeIndex, Edge)> =
+        g.g.edges_directed(old.node, Direction::Outgoing)
+            .filter(|e| e.weight().port == old.port)
+            .map(|e| (e.id(), e.target(), *e.weight()))
+            .collect();
     for (id, target, edge) in uses {
         g.g.remove_edge(id);
-        g.g.add_edge(new.node, target, Edge { port: new.port, operand: edge.operand });
+        g.g.add_edge(
+            new.node,
+            target,
+            Edge {
+                port: new.port,
+                operand: edge.operand,
+            },
+        );
     }
     for (_, v) in g.outputs.iter_mut() {
         if *v == old {
@@ -26,17 +32,26 @@ pub fn replace_uses(g: &mut Graph, old: Value, new: Value) {
 
 /// The nodes that use any output of `n`.
 pub fn users(g: &Graph, n: NodeIndex) -> Vec<NodeIndex> {
-    let mut u: Vec<NodeIndex> = g.g.edges_directed(n, Direction::Outgoing).map(|e| e.target()).collect();
+    let mut u: Vec<NodeIndex> =
+        g.g.edges_directed(n, Direction::Outgoing)
+            .map(|e| e.target())
+            .collect();
     u.sort();
     u.dedup();
     u
 }
 
 /// Removes every node that no output depends on, and weights no node reads
-/// (renumbering weight ids). Returns whether anything was removed.
+/// (renumbering weight ids). Inputs are kept even when unused: they are the
+/// graph's interface (and give the token count). Returns whether anything was removed.
 pub fn remove_dead(g: &mut Graph) -> bool {
     let mut live = std::collections::HashSet::new();
-    let mut stack: Vec<NodeIndex> = g.outputs.iter().map(|(_, v)| v.node).collect();
+    let mut stack: Vec<NodeIndex> = g
+        .outputs
+        .iter()
+        .map(|(_, v)| v.node)
+        .chain(g.inputs.iter().copied())
+        .collect();
     while let Some(n) = stack.pop() {
         if live.insert(n) {
             stack.extend(g.g.neighbors_directed(n, Direction::Incoming));
@@ -80,4 +95,22 @@ fn compact_weights(g: &mut Graph) {
         i += 1;
         used[i - 1]
     });
+}
+
+/// The nodes that read the value `v` (one port), each once, in index order.
+pub fn value_users(g: &Graph, v: Value) -> Vec<NodeIndex> {
+    let mut u: Vec<NodeIndex> =
+        g.g.edges_directed(v.node, Direction::Outgoing)
+            .filter(|e| e.weight().port == v.port)
+            .map(|e| e.target())
+            .collect();
+    u.sort();
+    u.dedup();
+    u
+}
+
+/// Whether `v` is read by no node outside `allowed` and is not a graph output:
+/// a value a fusion may absorb.
+pub fn used_only_by(g: &Graph, v: Value, allowed: &[NodeIndex]) -> bool {
+    value_users(g, v).iter().all(|u| allowed.contains(u)) && !g.outputs.iter().any(|(_, o)| *o == v)
 }

@@ -11,11 +11,11 @@ use moec_compiler::tensor::ShapeDisplay;
 
 use crate::file::OpenError;
 
-/// One problem with a checkpoint, in `file`.
+/// One problem with a checkpoint, in `file`. The kind is boxed to keep `Result`s small.
 #[derive(Debug)]
 pub struct WeightError {
     pub file: PathBuf,
-    pub kind: WeightErrorKind,
+    pub kind: Box<WeightErrorKind>,
 }
 
 #[derive(Debug)]
@@ -31,7 +31,11 @@ pub enum WeightErrorKind {
     /// The index JSON is malformed.
     BadIndex(String),
     /// No tensor `tensor`; `suggestions` are the closest existing names, best first.
-    MissingTensor { tensor: String, key: String, suggestions: Vec<String> },
+    MissingTensor {
+        tensor: String,
+        key: String,
+        suggestions: Vec<String>,
+    },
     /// The file's shape is not the one the decl implies. `expected` is in file layout
     /// (transposed back if the decl says so); for `expert: Some(e)` it is one expert's shape
     /// and the file should hold `[E, ..expected]` with `E > e`.
@@ -44,14 +48,26 @@ pub enum WeightErrorKind {
         transposed: bool,
     },
     /// The spec requires a storage dtype (`as bf16`) and the file stores another.
-    DType { tensor: String, key: String, found: String, expected: StorageDType },
+    DType {
+        tensor: String,
+        key: String,
+        found: String,
+        expected: StorageDType,
+    },
     /// A dtype weights cannot have (only F32, F16 and BF16 are read).
-    UnsupportedDType { tensor: String, key: String, found: String },
+    UnsupportedDType {
+        tensor: String,
+        key: String,
+        found: String,
+    },
 }
 
 impl WeightError {
     pub(crate) fn new(file: &Path, kind: WeightErrorKind) -> WeightError {
-        WeightError { file: file.to_path_buf(), kind }
+        WeightError {
+            file: file.to_path_buf(),
+            kind: Box::new(kind),
+        }
     }
 
     pub(crate) fn open(file: &Path, error: OpenError) -> WeightError {
@@ -66,17 +82,28 @@ impl WeightError {
 impl fmt::Display for WeightError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.file.display())?;
-        match &self.kind {
+        match &*self.kind {
             WeightErrorKind::Io(e) => write!(f, "cannot read: {e}"),
             WeightErrorKind::NoCheckpoint => {
-                write!(f, "directory holds neither model.safetensors nor model.safetensors.index.json")
+                write!(
+                    f,
+                    "directory holds neither model.safetensors nor model.safetensors.index.json"
+                )
             }
             WeightErrorKind::MissingShard { index } => {
-                write!(f, "shard does not exist (it is named by {})", index.display())
+                write!(
+                    f,
+                    "shard does not exist (it is named by {})",
+                    index.display()
+                )
             }
             WeightErrorKind::Corrupt(why) => write!(f, "not a valid safetensors file: {why}"),
             WeightErrorKind::BadIndex(why) => write!(f, "not a valid safetensors index: {why}"),
-            WeightErrorKind::MissingTensor { tensor, key, suggestions } => {
+            WeightErrorKind::MissingTensor {
+                tensor,
+                key,
+                suggestions,
+            } => {
                 write!(f, "no tensor \"{tensor}\" ({key})")?;
                 for (i, name) in suggestions.iter().enumerate() {
                     let lead = if i == 0 { "; did you mean" } else { " or" };
@@ -84,8 +111,19 @@ impl fmt::Display for WeightError {
                 }
                 Ok(())
             }
-            WeightErrorKind::Shape { tensor, key, found, expected, expert, transposed } => {
-                write!(f, "tensor \"{tensor}\" has shape {}, expected ", ShapeDisplay(found))?;
+            WeightErrorKind::Shape {
+                tensor,
+                key,
+                found,
+                expected,
+                expert,
+                transposed,
+            } => {
+                write!(
+                    f,
+                    "tensor \"{tensor}\" has shape {}, expected ",
+                    ShapeDisplay(found)
+                )?;
                 match expert {
                     Some(e) => {
                         let dims: Vec<String> = expected.iter().map(usize::to_string).collect();
@@ -99,8 +137,16 @@ impl fmt::Display for WeightError {
                 }
                 f.write_str(")")
             }
-            WeightErrorKind::DType { tensor, key, found, expected } => {
-                write!(f, "tensor \"{tensor}\" is stored as {found}, expected {expected:?} ({key})")
+            WeightErrorKind::DType {
+                tensor,
+                key,
+                found,
+                expected,
+            } => {
+                write!(
+                    f,
+                    "tensor \"{tensor}\" is stored as {found}, expected {expected:?} ({key})"
+                )
             }
             WeightErrorKind::UnsupportedDType { tensor, key, found } => write!(
                 f,
@@ -112,7 +158,7 @@ impl fmt::Display for WeightError {
 
 impl Error for WeightError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        match &self.kind {
+        match &*self.kind {
             WeightErrorKind::Io(e) => Some(e),
             _ => None,
         }

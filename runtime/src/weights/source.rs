@@ -43,7 +43,8 @@ impl WeightSource {
     /// either (`model.safetensors` is preferred when both exist). A single file's header is read
     /// now; a sharded checkpoint's shards are not touched until `bind` needs them.
     pub fn open(path: &Path) -> Result<WeightSource, WeightError> {
-        let metadata = fs::metadata(path).map_err(|e| WeightError::new(path, WeightErrorKind::Io(e)))?;
+        let metadata =
+            fs::metadata(path).map_err(|e| WeightError::new(path, WeightErrorKind::Io(e)))?;
         if metadata.is_dir() {
             let single = path.join(SINGLE_FILE);
             let index = path.join(INDEX_FILE);
@@ -64,8 +65,16 @@ impl WeightSource {
     fn open_single(path: PathBuf) -> Result<WeightSource, WeightError> {
         let mapped = MappedFile::open(&path).map_err(|e| WeightError::open(&path, e))?;
         let names = mapped.names().into_iter().map(|name| (name, 0)).collect();
-        let files = vec![Shard { path: path.clone(), mapped: OnceLock::from(mapped) }];
-        Ok(WeightSource { path, names, files, sharded: false })
+        let files = vec![Shard {
+            path: path.clone(),
+            mapped: OnceLock::from(mapped),
+        }];
+        Ok(WeightSource {
+            path,
+            names,
+            files,
+            sharded: false,
+        })
     }
 
     fn open_index(path: PathBuf) -> Result<WeightSource, WeightError> {
@@ -79,16 +88,29 @@ impl WeightSource {
         for (tensor, shard) in index.weight_map {
             // Shards live beside the index; refuse names that would reach elsewhere.
             let mut parts = Path::new(&shard).components();
-            if !matches!((parts.next(), parts.next()), (Some(Component::Normal(_)), None)) {
-                return Err(bad_index(format!("shard name \"{shard}\" (for tensor \"{tensor}\") is not a file name")));
+            if !matches!(
+                (parts.next(), parts.next()),
+                (Some(Component::Normal(_)), None)
+            ) {
+                return Err(bad_index(format!(
+                    "shard name \"{shard}\" (for tensor \"{tensor}\") is not a file name"
+                )));
             }
             let id = *shard_ids.entry(shard).or_insert_with_key(|shard| {
-                files.push(Shard { path: dir.join(shard), mapped: OnceLock::new() });
+                files.push(Shard {
+                    path: dir.join(shard),
+                    mapped: OnceLock::new(),
+                });
                 files.len() - 1
             });
             names.insert(tensor, id);
         }
-        Ok(WeightSource { path, names, files, sharded: true })
+        Ok(WeightSource {
+            path,
+            names,
+            files,
+            sharded: true,
+        })
     }
 
     /// The file that names this checkpoint: the `.safetensors` file or the index.
@@ -123,7 +145,12 @@ impl WeightSource {
         }
         let mapped = MappedFile::open(&shard.path).map_err(|e| match e {
             OpenError::Io(e) if self.sharded && e.kind() == io::ErrorKind::NotFound => {
-                WeightError::new(&shard.path, WeightErrorKind::MissingShard { index: self.path.clone() })
+                WeightError::new(
+                    &shard.path,
+                    WeightErrorKind::MissingShard {
+                        index: self.path.clone(),
+                    },
+                )
             }
             e => WeightError::open(&shard.path, e),
         })?;

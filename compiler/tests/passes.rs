@@ -1,0 +1,414 @@
+//! The pass pipeline: IR snapshots after every step for every example, "optimized
+//! equals lowered" under the interpreter (examples and random specs), the named
+//! canonicalization rewrites, buffer plans without overlaps, and stats by hand.
+
+mod common;
+
+use common::{assert_outputs_close, inputs, small_dims, weights};
+use moec_compiler::ir::Graph;
+use moec_compiler::lower::lower_source;
+use moec_compiler::passes::memory::{plan, MemoryPlan};
+use moec_compiler::passes::{canonicalize, run_pipeline, Upto, PIPELINE};
+use moec_compiler::{interp, print, stats, verify};
+use proptest::prelude::*;
+use std::path::PathBuf;
+
+fn lower(source: &str, sets: &[(String, String)]) -> Graph {
+    lower_source(source, sets)
+        .unwrap_or_else(|d| panic!("{}", d.render("test.moe", source)))
+        .graph
+}
+
+fn examples() -> Vec<(String, Graph)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "moe"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no examples in {}", dir.display());
+    paths
+        .into_iter()
+        .map(|p| {
+            let source = std::fs::read_to_string(&p).unwrap();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                lower(&source, &small_dims(&source)),
+            )
+        })
+        .collect()
+}
+
+/// The IR text after each pipeline step, one snapshot per example and step.
+#[test]
+fn ir_after_each_step() {
+    insta::glob!("../../examples", "*.moe", |path| {
+        let source = std::fs::read_to_string(path).unwrap();
+        let lowered = lower(&source, &small_dims(&source));
+        for (name, _) in PIPELINE {
+            let mut g = lowered.clone();
+            run_pipeline(&mut g, Upto::After(name), true).unwrap();
+            insta::assert_snapshot!(format!("after_{name}"), print::text(&g));
+        }
+    });
+}
+
+/// Runs the lowered graph and the fully optimized one (verified after every
+/// step) on the same weights and inputs; the outputs must agree.
+fn check_equivalent(lowered: &Graph, tokens: usize, seed: u64, what: &str) {
+    let mut optimized = lowered.clone();
+    run_pipeline(&mut optimized, Upto::All, true).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let x = inputs(lowered, tokens, seed);
+    let want = interp::run(lowered, &weights(lowered, seed), &x)
+        .unwrap_or_else(|e| panic!("{what}: lowered: {e}"));
+    let got = interp::run(&optimized, &weights(&optimized, seed), &x)
+        .unwrap_or_else(|e| panic!("{what}: optimized: {e}"));
+    assert_outputs_close(&got, &want, 1e-5, what);
+}
+
+#[test]
+fn examples_optimized_equal_lowered() {
+    for (name, g) in examples() {
+        for tokens in [0, 1, 7] {
+            check_equivalent(&g, tokens, 7, &format!("{name} at {tokens} tokens"));
+        }
+    }
+}
+
+/// Canonicalizes `source` and compares the IR text.
+fn check_canonical(source: &str, want: &str) {
+    let mut g = lower(source, &[]);
+    canonicalize::run(&mut g).unwrap();
+    verify::verify(&g).unwrap();
+    assert_eq!(print::text(&g).trim(), want.trim(), "\n{}", print::text(&g));
+}
+
+#[test]
+fn canonicalize_identities() {
+    // mul_x_one, add_x_zero, sub_x_zero, div_x_one and mul_neg_neg all reduce to x;
+    // the constants and binaries they leave behind are dead.
+    check_canonical(
+        "model m { input x: f32[tokens, 4]
+           let a = x * 1.0 + 0.0
+           let b = (a - 0.0) / 1.0
+           let c = -(-b)
+           output c }",
+        "graph m {\n  %0 = input[name=x] : f32[tokens, 4]  // x\n  output c = %0\n}",
+    );
+}
+
+#[test]
+fn canonicalize_cse_and_folding() {
+    // Two equal `linear`s of the same weight merge; `silu(h) * 2 * 3` keeps both
+    // multiplications (no reassociation); the unused `z` is dead.
+    check_canonical(
+        "model m { param w = 2 input x: f32[tokens, 4]
+           let h = linear(x, 4)
+           let z = silu(x)
+           let y = silu(h) * h + silu(h) * h
+           let q = y * w * 3
+           output q
+           weights { h = \"h.weight\" } }",
+        "graph m {
+  w0 h = \"h.weight\" [4, 4]
+  %0 = input[name=x] : f32[tokens, 4]  // x
+  %1 = weight[id=0] : f32[4, 4]  // h
+  %2 = linear %0, %1 : f32[tokens, 4]  // h
+  %3 = silu %2 : f32[tokens, 4]
+  %4 = mul %3, %2 : f32[tokens, 4]
+  %5 = add %4, %4 : f32[tokens, 4]  // y
+  %6 = const[value=2.0] : f32[]
+  %7 = mul %5, %6 : f32[tokens, 4]
+  %8 = const[value=3.0] : f32[]
+  %9 = mul %7, %8 : f32[tokens, 4]  // q
+  output q = %9
+}",
+    );
+}
+
+#[test]
+fn canonicalize_keeps_unused_inputs_and_reports_no_change() {
+    let mut g = lower(
+        "model m { input x: f32[tokens, 4] input u: f32[tokens, 2] output x }",
+        &[],
+    );
+    let before = print::text(&g);
+    assert!(!canonicalize::run(&mut g).unwrap());
+    assert_eq!(print::text(&g), before);
+    assert_eq!(g.inputs.len(), 2);
+}
+
+/// No two buffers live at the same time overlap in either coordinate, nor at
+/// their run-time addresses for a few token counts.
+fn check_plan(g: &Graph, p: &MemoryPlan, what: &str) {
+    let values: Vec<_> = p.offsets.keys().copied().collect();
+    assert_eq!(
+        values.len(),
+        p.live.len(),
+        "{what}: every live value is placed"
+    );
+    for (i, a) in values.iter().enumerate() {
+        let ((a_off, b_off), (a_len, b_len)) = (p.offsets[a], p.footprints[a]);
+        assert!(
+            a_off + a_len <= p.peak_per_token && b_off + b_len <= p.peak_fixed,
+            "{what}: {a:?} outside the arena"
+        );
+        for b in &values[i + 1..] {
+            let (la, lb) = (p.live[a], p.live[b]);
+            if la.0 > lb.1 || lb.0 > la.1 {
+                continue;
+            }
+            let ((c_off, d_off), (c_len, d_len)) = (p.offsets[b], p.footprints[b]);
+            let disjoint =
+                |x: u64, xl: u64, y: u64, yl: u64| xl == 0 || yl == 0 || x + xl <= y || y + yl <= x;
+            assert!(
+                disjoint(a_off, a_len, c_off, c_len),
+                "{what}: {a:?} and {b:?} overlap per token"
+            );
+            assert!(
+                disjoint(b_off, b_len, d_off, d_len),
+                "{what}: {a:?} and {b:?} overlap in the fixed arena"
+            );
+            for t in [0, 1, 7, 300] {
+                let size = |v| {
+                    let (pt, f) = moec_compiler::passes::memory::byte_size(g.value_type(v));
+                    pt * t as u64 + f
+                };
+                let (x, y) = (p.address(*a, t).unwrap(), p.address(*b, t).unwrap());
+                assert!(
+                    x + size(*a) <= p.peak_bytes(t) && y + size(*b) <= p.peak_bytes(t),
+                    "{what}: past the arena"
+                );
+                assert!(
+                    disjoint(x, size(*a), y, size(*b)),
+                    "{what}: {a:?} and {b:?} overlap at {t} tokens"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn memory_plans_never_overlap() {
+    for (name, lowered) in examples() {
+        let mut optimized = lowered.clone();
+        run_pipeline(&mut optimized, Upto::All, true).unwrap();
+        for (g, which) in [(&lowered, "lowered"), (&optimized, "optimized")] {
+            let p = plan(g);
+            assert!(
+                p.peak_per_token > 0,
+                "{name}: a [tokens, ..] output needs space"
+            );
+            check_plan(g, &p, &format!("{name} {which}"));
+        }
+    }
+}
+
+#[test]
+fn memory_reuses_dead_buffers() {
+    // A chain of elementwise ops needs two buffers at a time, never three.
+    let g = lower("model m { input x: f32[tokens, 4] let a = silu(x) let b = relu(a) let c = gelu(b) output c }", &[]);
+    let p = plan(&g);
+    check_plan(&g, &p, "chain");
+    assert_eq!((p.peak_per_token, p.peak_fixed), (2 * 4 * 4, 0));
+    assert_eq!(p.peak_bytes(10), 320);
+}
+
+#[test]
+fn stats_count_by_hand() {
+    // linear 4→8 on T rows: 2·T·8·4 FLOPs, 8·4·4 weight bytes; silu: 8·T FLOPs.
+    let g = lower(
+        "model m { input x: f32[tokens, 4] let h = linear(x, 8) let y = silu(h) output y }",
+        &[],
+    );
+    let s = stats::stats(&g, 10);
+    assert_eq!(
+        s,
+        stats::Stats {
+            tokens: 10,
+            flops: 2 * 10 * 8 * 4 + 80,
+            weight_bytes: 128,
+            peak_bytes: 2 * 10 * 8 * 4,
+            kernels: 2
+        }
+    );
+    let table = stats::table(&s, &s);
+    assert!(
+        table.contains("kernels") && table.contains("1.000"),
+        "{table}"
+    );
+}
+
+#[test]
+fn stats_of_mixtral_never_exceed_dense() {
+    let (_, dense) = examples()
+        .into_iter()
+        .find(|(n, _)| n == "mixtral.moe")
+        .expect("mixtral example");
+    let mut g = dense.clone();
+    run_pipeline(&mut g, Upto::All, true).unwrap();
+    for tokens in [1, 16, 128] {
+        let (s, d) = (stats::stats(&g, tokens), stats::stats(&dense, tokens));
+        assert!(
+            s.flops <= d.flops && s.weight_bytes <= d.weight_bytes && s.kernels <= d.kernels,
+            "{s:?} vs {d:?}"
+        );
+        // Dense: per expert 3 linears of 8·16 MACs per token.
+        assert!(d.flops >= 8 * 3 * 2 * 8 * 16 * tokens as u64);
+    }
+}
+
+/// A random MoE layer, as raw choices; `spec` turns them into valid source text.
+#[derive(Clone, Debug)]
+struct Layer {
+    experts: u64,
+    k: u64,
+    hidden: u64,
+    inter: u64,
+    swiglu: bool,
+    sigmoid: bool,
+    normalize: bool,
+    scale: u8,
+    /// 0 dropless, 1 factor, 2 fixed.
+    capacity: u8,
+    factor: u8,
+    fixed: u64,
+    drop_score: bool,
+    /// (use, which divisor, kept groups, max score)
+    groups: (bool, u8, u8, bool),
+    /// 0 none, 1 shared, 2 shared with gate.
+    shared: u8,
+}
+
+impl Layer {
+    fn spec(&self) -> String {
+        let (e, d, i) = (self.experts, self.hidden, self.inter);
+        let k = 1 + (self.k - 1) % e.min(8);
+        let body = |name: &str, i: u64| {
+            if self.swiglu {
+                format!(
+                    "expert {name}(h: [n, {d}]) -> [n, {d}] {{ let gate = linear(h, {i}) let up = linear(h, {i}) \
+                     let down = linear(silu(gate) * up, {d}) return down }}"
+                )
+            } else {
+                format!("expert {name}(h: [n, {d}]) -> [n, {d}] {{ let up = linear(h, {i}) let down = linear(gelu(up), {d}) return down }}")
+            }
+        };
+        let mut select = format!("topk(scores, {k}");
+        let divisors: Vec<u64> = (2..=e).filter(|g| e % g == 0).collect();
+        if self.groups.0 && !divisors.is_empty() {
+            let g = divisors[self.groups.1 as usize % divisors.len()];
+            let per = e / g;
+            let keep = (1 + u64::from(self.groups.2) % g).max(k.div_ceil(per));
+            let score = if self.groups.3 || per < 2 {
+                "max"
+            } else {
+                "top2_sum"
+            };
+            select.push_str(&format!(
+                ", groups = {g}, topk_groups = {keep}, group_score = {score}"
+            ));
+        }
+        select.push(')');
+        let scale = [1.0, 2.5, 0.5][self.scale as usize % 3];
+        let mut args = format!("experts = {e} * ffn, router = gate");
+        let policy = if self.drop_score { "score" } else { "arrival" };
+        match self.capacity % 3 {
+            1 => args.push_str(&format!(
+                ", capacity = factor({}, drop = {policy})",
+                [0.5, 1.0, 1.25, 2.0][self.factor as usize % 4]
+            )),
+            2 => args.push_str(&format!(
+                ", capacity = fixed({}, drop = {policy})",
+                self.fixed
+            )),
+            _ => {}
+        }
+        let shared = match self.shared % 3 {
+            0 => String::new(),
+            n => {
+                args.push_str(if n == 1 {
+                    ", shared = shared_ffn"
+                } else {
+                    ", shared = shared_ffn, shared_gate = true"
+                });
+                body("shared_ffn", i + 1)
+            }
+        };
+        format!(
+            "model p {{
+  input x: f32[tokens, {d}]
+  {}
+  {shared}
+  router gate(h: [n, {d}]) {{
+    logits = linear(h, {e})
+    scores = {}(logits)
+    select = {select}
+    normalize = {}
+    scale = {scale:?}
+  }}
+  let y = moe(x, {args})
+  output y
+  output router_logits = y.router_logits
+  output selected = y.selected_experts
+  output counts = y.expert_counts
+  output z_loss = y.z_loss
+}}",
+            body("ffn", i),
+            if self.sigmoid { "sigmoid" } else { "softmax" },
+            self.normalize,
+        )
+    }
+}
+
+fn layer() -> impl Strategy<Value = Layer> {
+    (
+        (1u64..=64, 1u64..=8, 2u64..=16, 2u64..=16),
+        (any::<bool>(), any::<bool>(), any::<bool>(), 0u8..3),
+        (0u8..3, 0u8..4, 1u64..=8, any::<bool>()),
+        (any::<bool>(), any::<u8>(), any::<u8>(), any::<bool>()),
+        0u8..3,
+    )
+        .prop_map(
+            |(
+                (experts, k, hidden, inter),
+                (swiglu, sigmoid, normalize, scale),
+                (capacity, factor, fixed, drop_score),
+                groups,
+                shared,
+            )| {
+                Layer {
+                    experts,
+                    k,
+                    hidden,
+                    inter,
+                    swiglu,
+                    sigmoid,
+                    normalize,
+                    scale,
+                    capacity,
+                    factor,
+                    fixed,
+                    drop_score,
+                    groups,
+                    shared,
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_specs_optimized_equal_lowered(
+        l in layer(),
+        tokens in prop_oneof![Just(0usize), Just(1usize), 0usize..=300],
+        seed in any::<u64>(),
+    ) {
+        let source = l.spec();
+        let g = lower(&source, &[]);
+        check_equivalent(&g, tokens, seed, &format!("{tokens} tokens, seed {seed}:\n{source}"));
+    }
+}

@@ -1,0 +1,51 @@
+//! Deterministic random weights, for running a spec without a checkpoint. Each decl's values
+//! depend only on the seed and its key (never on the other decls or their order):
+//! - matrices (rank ≥ 2): uniform in ±1/√fan_in, fan_in the last dim (`[out, in]`);
+//! - biases (keys ending in `bias`: `.bias`, `selection_bias`): uniform in ±0.1;
+//! - other vectors and scalars (norm weights): 1 + uniform in ±0.1.
+
+use moec_compiler::ir::weight::WeightDecl;
+use moec_compiler::tensor::Tensor;
+
+/// One f32 tensor per decl, in order, of the decl's shape.
+pub fn random_weights(decls: &[WeightDecl], seed: u64) -> Vec<Tensor> {
+    decls.iter().map(|decl| random_weight(decl, seed)).collect()
+}
+
+fn random_weight(decl: &WeightDecl, seed: u64) -> Tensor {
+    let mut rng = SplitMix64(seed ^ fnv1a(decl.key.as_bytes()));
+    let (center, radius) = match decl.shape.last() {
+        _ if decl.key.ends_with("bias") => (0.0, 0.1),
+        Some(&fan_in) if decl.shape.len() >= 2 => (0.0, 1.0 / (fan_in.max(1) as f32).sqrt()),
+        _ => (1.0, 0.1),
+    };
+    let n = decl.shape.iter().product();
+    let values = (0..n).map(|_| center + radius * rng.symmetric()).collect();
+    Tensor::f32(decl.shape.clone(), values)
+}
+
+/// FNV-1a, 64-bit: a stable hash of the key (std's hashers may change between releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and well mixed even from similar seeds.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1), on a grid of 2^-23.
+    fn symmetric(&mut self) -> f32 {
+        let unit = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
+        2.0 * unit - 1.0
+    }
+}
