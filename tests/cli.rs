@@ -122,8 +122,10 @@ fn wrong_input_shape_is_a_clear_error() {
 
 #[test]
 fn spec_errors_are_located() {
-    for entry in std::fs::read_dir(root().join("tests/cases/errors")).unwrap() {
-        let path = entry.unwrap().path();
+    let cases: Vec<PathBuf> =
+        std::fs::read_dir(root().join("tests/cases/errors")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(cases.len() >= 20, "expected at least 20 error cases, found {}", cases.len());
+    for path in cases {
         let o = moec(&["check", path.to_str().unwrap()]);
         let err = assert_user_error(&o);
         // A located message names the file; parse/lower errors add line:col.
