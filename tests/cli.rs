@@ -9,7 +9,11 @@ fn root() -> PathBuf {
 }
 
 fn moec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moec")).args(args).current_dir(root()).output().expect("moec runs")
+    Command::new(env!("CARGO_BIN_EXE_moec"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("moec runs")
 }
 
 fn stderr(o: &Output) -> String {
@@ -19,13 +23,19 @@ fn stderr(o: &Output) -> String {
 /// Fails unless the command exited 1 with a message and without a panic.
 fn assert_user_error(o: &Output) -> String {
     let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {:?}\n{err}", o.status);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected exit 1, got {:?}\n{err}",
+        o.status
+    );
     assert!(!err.contains("panicked"), "panic:\n{err}");
     assert!(!err.trim().is_empty());
     err
 }
 
-const MIXTRAL_FIXTURE_DIMS: [&str; 4] = ["--set", "hidden_size=16", "--set", "intermediate_size=32"];
+const MIXTRAL_FIXTURE_DIMS: [&str; 4] =
+    ["--set", "hidden_size=16", "--set", "intermediate_size=32"];
 
 #[test]
 fn check_passes_on_every_example() {
@@ -41,8 +51,16 @@ fn run_writes_outputs_named_after_the_spec() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("y.safetensors");
     let o = moec(&[
-        "run", "examples/mixtral.moe", "--random-weights", "1", "--set", "hidden_size=64", "--tokens", "5",
-        "--output", out.to_str().unwrap(),
+        "run",
+        "examples/mixtral.moe",
+        "--random-weights",
+        "1",
+        "--set",
+        "hidden_size=64",
+        "--tokens",
+        "5",
+        "--output",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let bytes = std::fs::read(&out).unwrap();
@@ -58,15 +76,35 @@ fn run_on_fixture_files_matches_the_fixture() {
     let dir = Path::new("tests/fixtures/mixtral");
     let mut args = vec!["run", "examples/mixtral.moe"];
     args.extend(MIXTRAL_FIXTURE_DIMS);
-    let (w, x) = (dir.join("weights.safetensors"), dir.join("input.safetensors"));
-    args.extend(["--weights", w.to_str().unwrap(), "--input", x.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let (w, x) = (
+        dir.join("weights.safetensors"),
+        dir.join("input.safetensors"),
+    );
+    args.extend([
+        "--weights",
+        w.to_str().unwrap(),
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     let o = moec(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let got = std::fs::read(&out).unwrap();
     let want = std::fs::read(root().join(dir).join("expected.safetensors")).unwrap();
-    let (got, want) = (safetensors::SafeTensors::deserialize(&got).unwrap(), safetensors::SafeTensors::deserialize(&want).unwrap());
-    let f32s = |b: &[u8]| -> Vec<f32> { b.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
-    let (g, w) = (f32s(got.tensor("y").unwrap().data()), f32s(want.tensor("y").unwrap().data()));
+    let (got, want) = (
+        safetensors::SafeTensors::deserialize(&got).unwrap(),
+        safetensors::SafeTensors::deserialize(&want).unwrap(),
+    );
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (g, w) = (
+        f32s(got.tensor("y").unwrap().data()),
+        f32s(want.tensor("y").unwrap().data()),
+    );
     let max = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(g.iter().zip(&w).all(|(a, b)| (a - b).abs() <= 1e-5 * max));
 }
@@ -75,7 +113,13 @@ fn run_on_fixture_files_matches_the_fixture() {
 fn check_weights_reports_every_mismatch_at_once() {
     // The fixture's experts are 32 wide; claim 64 so all 24 expert tensors are mis-shaped.
     let o = moec(&[
-        "check", "examples/mixtral.moe", "--set", "hidden_size=16", "--set", "intermediate_size=64", "--weights",
+        "check",
+        "examples/mixtral.moe",
+        "--set",
+        "hidden_size=16",
+        "--set",
+        "intermediate_size=64",
+        "--weights",
         "tests/fixtures/mixtral/weights.safetensors",
     ]);
     let err = assert_user_error(&o);
@@ -87,11 +131,20 @@ fn check_weights_reports_every_mismatch_at_once() {
 fn check_weights_names_missing_tensors_and_close_names() {
     // Qwen2-MoE's weights under Mixtral's names: nothing matches.
     let o = moec(&[
-        "check", "examples/mixtral.moe", "--set", "hidden_size=16", "--set", "intermediate_size=32", "--weights",
+        "check",
+        "examples/mixtral.moe",
+        "--set",
+        "hidden_size=16",
+        "--set",
+        "intermediate_size=32",
+        "--weights",
         "tests/fixtures/qwen2_moe/weights.safetensors",
     ]);
     let err = assert_user_error(&o);
-    assert!(err.contains("model.layers.0.block_sparse_moe.gate.weight"), "{err}");
+    assert!(
+        err.contains("model.layers.0.block_sparse_moe.gate.weight"),
+        "{err}"
+    );
     assert!(err.contains("qwen2_moe/weights.safetensors"), "{err}");
 }
 
@@ -102,7 +155,14 @@ fn truncated_weights_file_is_a_clear_error() {
     for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
         let path = tmp.path().join(format!("cut{cut}.safetensors"));
         std::fs::write(&path, &bytes[..cut]).unwrap();
-        let mut args = vec!["run", "examples/mixtral.moe", "--tokens", "2", "--weights", path.to_str().unwrap()];
+        let mut args = vec![
+            "run",
+            "examples/mixtral.moe",
+            "--tokens",
+            "2",
+            "--weights",
+            path.to_str().unwrap(),
+        ];
         args.extend(MIXTRAL_FIXTURE_DIMS);
         let err = assert_user_error(&moec(&args));
         assert!(err.contains(&format!("cut{cut}.safetensors")), "{err}");
@@ -113,7 +173,13 @@ fn truncated_weights_file_is_a_clear_error() {
 fn wrong_input_shape_is_a_clear_error() {
     // The fixture input is 16 wide; the spec at default dims wants 4096.
     let o = moec(&[
-        "run", "examples/mixtral.moe", "--random-weights", "0", "--set", "intermediate_size=8", "--input",
+        "run",
+        "examples/mixtral.moe",
+        "--random-weights",
+        "0",
+        "--set",
+        "intermediate_size=8",
+        "--input",
         "tests/fixtures/mixtral/input.safetensors",
     ]);
     let err = assert_user_error(&o);
@@ -122,21 +188,39 @@ fn wrong_input_shape_is_a_clear_error() {
 
 #[test]
 fn spec_errors_are_located() {
-    let cases: Vec<PathBuf> =
-        std::fs::read_dir(root().join("tests/cases/errors")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert!(cases.len() >= 20, "expected at least 20 error cases, found {}", cases.len());
+    let cases: Vec<PathBuf> = std::fs::read_dir(root().join("tests/cases/errors"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        cases.len() >= 20,
+        "expected at least 20 error cases, found {}",
+        cases.len()
+    );
     for path in cases {
         let o = moec(&["check", path.to_str().unwrap()]);
         let err = assert_user_error(&o);
         // A located message names the file; parse/lower errors add line:col.
-        assert!(err.contains(path.file_name().unwrap().to_str().unwrap()), "{}: {err}", path.display());
+        assert!(
+            err.contains(path.file_name().unwrap().to_str().unwrap()),
+            "{}: {err}",
+            path.display()
+        );
     }
 }
 
 #[test]
 fn unknown_set_param_is_an_error() {
-    let err = assert_user_error(&moec(&["check", "examples/mixtral.moe", "--set", "hiden_size=3"]));
-    assert!(err.contains("hiden_size") && err.contains("hidden_size"), "{err}");
+    let err = assert_user_error(&moec(&[
+        "check",
+        "examples/mixtral.moe",
+        "--set",
+        "hiden_size=3",
+    ]));
+    assert!(
+        err.contains("hiden_size") && err.contains("hidden_size"),
+        "{err}"
+    );
 }
 
 #[test]

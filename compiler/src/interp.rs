@@ -99,7 +99,7 @@ pub fn check_inputs(
 
 fn rows(t: &Tensor) -> (usize, usize) {
     let w = *t.shape.last().unwrap_or(&1);
-    (if w == 0 { 0 } else { t.len() / w }, w)
+    (t.len().checked_div(w).unwrap_or(0), w)
 }
 
 fn map_rows(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Tensor {

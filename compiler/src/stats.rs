@@ -91,10 +91,13 @@ pub fn stats(g: &Graph, tokens: usize) -> Stats {
     s
 }
 
+/// A table row: name, scheduled, dense, how to show a value.
+type Row = (&'static str, f64, f64, fn(f64) -> String);
+
 /// A table of `scheduled` against `dense`: per token, totals, and the ratio.
 pub fn table(scheduled: &Stats, dense: &Stats) -> String {
     let per = scheduled.tokens.max(1) as f64;
-    let rows: [(&str, f64, f64, fn(f64) -> String); 5] = [
+    let rows: [Row; 5] = [
         (
             "FLOPs per token",
             scheduled.flops as f64 / per,

@@ -778,7 +778,7 @@ fn stacked_weight(w: &TensorType) -> Result<(u64, u64, u64), String> {
 
 fn epilogue_width(epilogue: Epilogue, n: u64) -> Result<u64, String> {
     match epilogue {
-        Epilogue::Glu(_) if n % 2 != 0 => {
+        Epilogue::Glu(_) if !n.is_multiple_of(2) => {
             Err(format!("a GLU epilogue needs an even width, found {n}"))
         }
         Epilogue::Glu(_) => Ok(n / 2),

@@ -124,16 +124,16 @@ impl<'a> Binder<'a> {
             self.patterns.push(pattern);
         }
         let key = path.key();
-        let mut found: Vec<(usize, usize, Option<usize>, Vec<(String, usize)>)> = Vec::new();
+        let mut found: Vec<(usize, usize, KeyMatch)> = Vec::new();
         for (bi, block) in self.blocks.iter().enumerate() {
             for (ki, b) in block.bindings.iter().enumerate() {
-                if let Some((slice, vars)) = match_key(b, path) {
-                    found.push((bi, ki, slice, vars));
+                if let Some(m) = match_key(b, path) {
+                    found.push((bi, ki, m));
                 }
             }
         }
         // A key qualified with the moe's name beats an unqualified one.
-        let qualified = |(bi, ki, ..): &(usize, usize, Option<usize>, Vec<(String, usize)>)| {
+        let qualified = |(bi, ki, _): &(usize, usize, KeyMatch)| {
             let b = self.blocks[*bi].bindings[*ki];
             path.moe.as_deref() == Some(b.key.segments[0].name.name.as_str())
                 && b.key.segments.len() > path.segs.len()
@@ -151,7 +151,7 @@ impl<'a> Binder<'a> {
                 storage: None,
                 span: owner,
             }),
-            [(bi, ki, slice, vars)] => {
+            [(bi, ki, KeyMatch { slice, vars })] => {
                 self.used.insert((*bi, *ki), true);
                 let block = &self.blocks[*bi];
                 let b = block.bindings[*ki];
@@ -244,7 +244,14 @@ impl<'a> Binder<'a> {
 
 /// Matches a binding key against a weight path. On success: the expert slice (for a
 /// fused `[E, ...]` tensor) and the index variables bound (`e` = 3).
-fn match_key(b: &Binding, path: &WeightPath) -> Option<(Option<usize>, Vec<(String, usize)>)> {
+/// A binding that matches a weight: the expert slice (for a fused `[E, ...]` tensor)
+/// and the index variables it binds (`e` = 3).
+struct KeyMatch {
+    slice: Option<usize>,
+    vars: Vec<(String, usize)>,
+}
+
+fn match_key(b: &Binding, path: &WeightPath) -> Option<KeyMatch> {
     let mut segs = b.key.segments.as_slice();
     if segs.len() == path.segs.len() + 1 {
         let first = &segs[0];
@@ -269,7 +276,7 @@ fn match_key(b: &Binding, path: &WeightPath) -> Option<(Option<usize>, Vec<(Stri
             _ => return None,
         }
     }
-    Some((slice, vars))
+    Some(KeyMatch { slice, vars })
 }
 
 /// Replaces `{var}` in a tensor-name template.

@@ -651,7 +651,7 @@ impl<'a> Lowerer<'a> {
                     (None, None) => None,
                     (Some(g), Some(t)) => {
                         let (ng, keep) = (self.int(g, "groups")?, self.int(t, "topk_groups")?);
-                        if experts % ng != 0 {
+                        if !experts.is_multiple_of(ng) {
                             return Err(Diagnostic::at(
                                 g.span,
                                 format!("{ng} groups do not divide {experts} experts evenly"),

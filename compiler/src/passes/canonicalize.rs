@@ -60,15 +60,15 @@ fn simplify(g: &mut Graph) -> bool {
             // fold_binary_consts: c1 ⊕ c2 == the constant, computed in f32 as the interpreter does.
             (_, Some(x), Some(y)) => Some(g.add_constant(apply(op, x, y))),
             // mul_x_one: x·1 == x (exact, NaN and -0 included).
-            (BinaryOp::Mul, _, Some(y)) if y == 1.0 => Some(a),
+            (BinaryOp::Mul, _, Some(1.0)) => Some(a),
             // div_x_one: x/1 == x (exact).
-            (BinaryOp::Div, _, Some(y)) if y == 1.0 => Some(a),
+            (BinaryOp::Div, _, Some(1.0)) => Some(a),
             // sub_x_zero: x-0 == x (exact: -0 - 0 == -0).
             (BinaryOp::Sub, _, Some(y)) if y == 0.0 && y.is_sign_positive() => Some(a),
-            // add_x_zero: x+0 == x, up to the sign of a zero result (-0 + 0 is +0).
-            (BinaryOp::Add, _, Some(y)) if y == 0.0 => Some(a),
+            // add_x_zero: x+0 == x (either zero), up to the sign of a zero result (-0 + 0 is +0).
+            (BinaryOp::Add, _, Some(0.0)) => Some(a),
             // mul_neg_neg: (x·-1)·-1 == x (exact; how lowering spells a double negation).
-            (BinaryOp::Mul, None, Some(y)) if y == -1.0 => double_negation(g, a),
+            (BinaryOp::Mul, None, Some(-1.0)) => double_negation(g, a),
             _ => None,
         };
         // Never change a value's type: broadcasting can make `x` narrower than `x ⊕ c`.

@@ -30,7 +30,10 @@ use crate::ir::{BinaryOp, Epilogue, Graph, NodeIndex, Op, TensorType, Value};
 
 /// Fuses the experts of every `DenseCombine` it can read; true when it fused any.
 pub fn run(g: &mut Graph) -> Result<bool, String> {
-    let combines: Vec<NodeIndex> = g.g.node_indices().filter(|n| g.g[*n].op == Op::DenseCombine).collect();
+    let combines: Vec<NodeIndex> =
+        g.g.node_indices()
+            .filter(|n| g.g[*n].op == Op::DenseCombine)
+            .collect();
     let mut changed = false;
     for c in combines {
         changed |= fuse_combine(g, c)?;
@@ -58,13 +61,19 @@ struct Layer {
 impl Layer {
     /// What must agree for two experts' layers to be stacked.
     fn shape<'g>(&self, g: &'g Graph) -> (Epilogue, bool, &'g TensorType) {
-        (self.epilogue, !self.biases.is_empty(), g.value_type(self.weights[0]))
+        (
+            self.epilogue,
+            !self.biases.is_empty(),
+            g.value_type(self.weights[0]),
+        )
     }
 }
 
 /// `linear(h, w[, b])` at `v` with its operands, when `w` (and `b`) are weights.
 fn linear_at(g: &Graph, v: Value) -> Option<(Value, Value, Option<Value>)> {
-    let Op::Linear { bias } = g.node(v.node).op else { return None };
+    let Op::Linear { bias } = g.node(v.node).op else {
+        return None;
+    };
     let ops = g.operands(v.node);
     let is_weight = |w: &Value| matches!(g.node(w.node).op, Op::Weight { .. });
     if !is_weight(&ops[1]) || (bias && !is_weight(&ops[2])) {
@@ -86,7 +95,14 @@ fn layer_at(g: &Graph, out: Value) -> Option<Layer> {
     let label = g.node(out.node).label.clone();
     let private = |v: Value, user: NodeIndex| used_only_by(g, v, &[user]);
     if let Some((x, w, b)) = linear_at(g, out) {
-        let layer = Layer { epilogue: Epilogue::None, weights: vec![w], biases: b.into_iter().collect(), readers: vec![out.node], input: x, label };
+        let layer = Layer {
+            epilogue: Epilogue::None,
+            weights: vec![w],
+            biases: b.into_iter().collect(),
+            readers: vec![out.node],
+            input: x,
+            label,
+        };
         return Some(layer);
     }
     if let Some((u, h)) = unary_at(g, out) {
@@ -94,15 +110,27 @@ fn layer_at(g: &Graph, out: Value) -> Option<Layer> {
         if !private(h, out.node) {
             return None;
         }
-        return Some(Layer { epilogue: Epilogue::Act(u), weights: vec![w], biases: b.into_iter().collect(), readers: vec![h.node], input: x, label });
+        return Some(Layer {
+            epilogue: Epilogue::Act(u),
+            weights: vec![w],
+            biases: b.into_iter().collect(),
+            readers: vec![h.node],
+            input: x,
+            label,
+        });
     }
     if g.node(out.node).op != Op::Binary(BinaryOp::Mul) {
         return None;
     }
     let ops = g.operands(out.node);
     for (a, up) in [(ops[0], ops[1]), (ops[1], ops[0])] {
-        let Some((u, gate)) = unary_at(g, a) else { continue };
-        let (Some((xg, wg, bg)), Some((xu, wu, bu))) = (linear_at(g, gate), linear_at(g, up)) else { continue };
+        let Some((u, gate)) = unary_at(g, a) else {
+            continue;
+        };
+        let (Some((xg, wg, bg)), Some((xu, wu, bu))) = (linear_at(g, gate), linear_at(g, up))
+        else {
+            continue;
+        };
         let fits = xg == xu
             && gate.node != up.node
             && g.value_type(wg) == g.value_type(wu)
@@ -112,7 +140,14 @@ fn layer_at(g: &Graph, out: Value) -> Option<Layer> {
             && private(up, out.node);
         if fits {
             let biases = bg.into_iter().chain(bu).collect();
-            return Some(Layer { epilogue: Epilogue::Glu(u), weights: vec![wg, wu], biases, readers: vec![gate.node, up.node], input: xg, label });
+            return Some(Layer {
+                epilogue: Epilogue::Glu(u),
+                weights: vec![wg, wu],
+                biases,
+                readers: vec![gate.node, up.node],
+                input: xg,
+                label,
+            });
         }
     }
     None
@@ -139,15 +174,21 @@ fn expert_at(g: &Graph, out: Value, user: NodeIndex) -> Option<(Vec<Layer>, Valu
 }
 
 /// Builds one group's `ExpertLinear` chain and its `ExpertSum`.
-fn fuse_group(g: &mut Graph, x: Value, experts: &[&Vec<Layer>], gates: Option<Value>) -> Result<Value, String> {
+fn fuse_group(
+    g: &mut Graph,
+    x: Value,
+    experts: &[&Vec<Layer>],
+    gates: Option<Value>,
+) -> Result<Value, String> {
     let mut h = x;
     let depth = experts[0].len();
     for i in 0..depth {
         let layer = |e: usize| &experts[e][i];
-        let stack = |g: &mut Graph, j: usize, of: fn(&Layer) -> &Vec<Value>| -> Result<Value, String> {
-            let vals: Vec<Value> = (0..experts.len()).map(|e| of(layer(e))[j]).collect();
-            Ok(g.add(Op::Stack, &vals, None)?.into())
-        };
+        let stack =
+            |g: &mut Graph, j: usize, of: fn(&Layer) -> &Vec<Value>| -> Result<Value, String> {
+                let vals: Vec<Value> = (0..experts.len()).map(|e| of(layer(e))[j]).collect();
+                Ok(g.add(Op::Stack, &vals, None)?.into())
+            };
         let first = layer(0);
         let glu = matches!(first.epilogue, Epilogue::Glu(_));
         let w = if glu {
@@ -174,7 +215,11 @@ fn fuse_group(g: &mut Graph, x: Value, experts: &[&Vec<Layer>], gates: Option<Va
         if weighted {
             operands.extend(gates);
         }
-        let op = Op::ExpertLinear { epilogue: first.epilogue, bias, weighted };
+        let op = Op::ExpertLinear {
+            epilogue: first.epilogue,
+            bias,
+            weighted,
+        };
         h = g.add(op, &operands, first.label.clone())?.into();
     }
     Ok(g.add(Op::ExpertSum, &[h], None)?.into())
@@ -198,7 +243,9 @@ fn fuse_combine(g: &mut Graph, combine: NodeIndex) -> Result<bool, String> {
     // Consecutive experts of one structure form a group.
     let mut groups: Vec<(usize, Vec<&Vec<Layer>>)> = Vec::new();
     for (e, (layers, _)) in experts.iter().enumerate() {
-        let same = |a: &Vec<Layer>| a.len() == layers.len() && a.iter().zip(layers).all(|(p, q)| p.shape(g) == q.shape(g));
+        let same = |a: &Vec<Layer>| {
+            a.len() == layers.len() && a.iter().zip(layers).all(|(p, q)| p.shape(g) == q.shape(g))
+        };
         match groups.last_mut() {
             Some((_, members)) if same(members[0]) => members.push(layers),
             _ => groups.push((e, vec![layers])),
@@ -210,7 +257,15 @@ fn fuse_combine(g: &mut Graph, combine: NodeIndex) -> Result<bool, String> {
         let group_gates = if members.len() == total {
             gates
         } else {
-            g.add(Op::SliceCols { start: *start as u64, len: members.len() as u64 }, &[gates], None)?.into()
+            g.add(
+                Op::SliceCols {
+                    start: *start as u64,
+                    len: members.len() as u64,
+                },
+                &[gates],
+                None,
+            )?
+            .into()
         };
         let part = fuse_group(g, x, members, Some(group_gates))?;
         sum = Some(match sum {
@@ -230,7 +285,9 @@ fn fuse_shared(g: &mut Graph, y: Value, x: Value) -> Result<(), String> {
     let mut y = y;
     loop {
         let users = value_users(g, y);
-        let [add] = users.as_slice() else { return Ok(()) };
+        let [add] = users.as_slice() else {
+            return Ok(());
+        };
         if g.node(*add).op != Op::Binary(BinaryOp::Add) || g.operands(*add)[0] != y {
             return Ok(());
         }
@@ -244,7 +301,8 @@ fn fuse_shared(g: &mut Graph, y: Value, x: Value) -> Result<(), String> {
         let mut stack = vec![(other, *add)];
         while let Some((v, user)) = stack.pop() {
             let op = &g.node(v.node).op;
-            let inner = matches!(op, Op::Binary(BinaryOp::Add)) || (v == other && matches!(op, Op::Binary(BinaryOp::Mul)));
+            let inner = matches!(op, Op::Binary(BinaryOp::Add))
+                || (v == other && matches!(op, Op::Binary(BinaryOp::Mul)));
             if inner && used_only_by(g, v, &[user]) && layer_at(g, v).is_none() {
                 let ops = g.operands(v.node);
                 stack.push((ops[0], v.node));
@@ -274,7 +332,9 @@ mod tests {
     use crate::verify::verify;
 
     fn lowered(spec: &str) -> Graph {
-        lower_source(spec, &[]).unwrap_or_else(|d| panic!("{}", d.render("t.moe", spec))).graph
+        lower_source(spec, &[])
+            .unwrap_or_else(|d| panic!("{}", d.render("t.moe", spec)))
+            .graph
     }
 
     fn count(g: &Graph, f: impl Fn(&Op) -> bool) -> usize {
@@ -294,10 +354,34 @@ mod tests {
         assert!(run(&mut g).unwrap());
         verify(&g).unwrap();
         assert_eq!(count(&g, |o| *o == Op::DenseCombine), 0);
-        assert_eq!(count(&g, |o| matches!(o, Op::ExpertLinear { epilogue: Epilogue::Glu(_), weighted: false, .. })), 1);
-        assert_eq!(count(&g, |o| matches!(o, Op::ExpertLinear { epilogue: Epilogue::None, weighted: true, .. })), 1);
+        assert_eq!(
+            count(&g, |o| matches!(
+                o,
+                Op::ExpertLinear {
+                    epilogue: Epilogue::Glu(_),
+                    weighted: false,
+                    ..
+                }
+            )),
+            1
+        );
+        assert_eq!(
+            count(&g, |o| matches!(
+                o,
+                Op::ExpertLinear {
+                    epilogue: Epilogue::None,
+                    weighted: true,
+                    ..
+                }
+            )),
+            1
+        );
         assert_eq!(count(&g, |o| *o == Op::ExpertSum), 1);
-        assert_eq!(count(&g, |o| matches!(o, Op::Linear { .. })), 1, "only the router's linear is left");
+        assert_eq!(
+            count(&g, |o| matches!(o, Op::Linear { .. })),
+            1,
+            "only the router's linear is left"
+        );
     }
 
     #[test]
@@ -313,7 +397,17 @@ mod tests {
         verify(&g).unwrap();
         assert_eq!(count(&g, |o| *o == Op::ExpertSum), 2);
         assert_eq!(count(&g, |o| matches!(o, Op::SliceCols { .. })), 2);
-        assert_eq!(count(&g, |o| matches!(o, Op::ExpertLinear { epilogue: Epilogue::Act(_), bias: true, .. })), 1);
+        assert_eq!(
+            count(&g, |o| matches!(
+                o,
+                Op::ExpertLinear {
+                    epilogue: Epilogue::Act(_),
+                    bias: true,
+                    ..
+                }
+            )),
+            1
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@ use crate::ir::{BinaryOp, F32Bits, Graph, NodeIndex, Op, RouterAttrs, Score, Una
 
 /// Fuses every router chain it recognizes; true when it fused one.
 pub fn run(g: &mut Graph) -> Result<bool, String> {
-    let topks: Vec<NodeIndex> = g.g.node_indices().filter(|n| matches!(g.g[*n].op, Op::TopK { .. })).collect();
+    let topks: Vec<NodeIndex> =
+        g.g.node_indices()
+            .filter(|n| matches!(g.g[*n].op, Op::TopK { .. }))
+            .collect();
     let mut changed = false;
     for t in topks {
         if let Some(chain) = match_chain(g, t) {
@@ -34,8 +37,22 @@ pub fn run(g: &mut Graph) -> Result<bool, String> {
             operands.extend(chain.bias);
             let label = g.node(t).label.clone();
             let router = g.add(Op::Router(chain.attrs), &operands, label)?;
-            replace_uses(g, Value { node: t, port: 1 }, Value { node: router, port: 1 });
-            replace_uses(g, chain.weights, Value { node: router, port: 0 });
+            replace_uses(
+                g,
+                Value { node: t, port: 1 },
+                Value {
+                    node: router,
+                    port: 1,
+                },
+            );
+            replace_uses(
+                g,
+                chain.weights,
+                Value {
+                    node: router,
+                    port: 0,
+                },
+            );
             changed = true;
         }
     }
@@ -65,22 +82,43 @@ fn score_of(op: &Op) -> Option<Score> {
 /// The single node reading `v`, when `v` feeds exactly one node and is no graph output.
 fn sole_user(g: &Graph, v: Value) -> Option<NodeIndex> {
     match value_users(g, v).as_slice() {
-        [u] if used_only_by(g, v, &[*u]) && g.operands(*u).iter().filter(|o| **o == v).count() == 1 => Some(*u),
+        [u] if used_only_by(g, v, &[*u])
+            && g.operands(*u).iter().filter(|o| **o == v).count() == 1 =>
+        {
+            Some(*u)
+        }
         _ => None,
     }
 }
 
 fn match_chain(g: &Graph, topk: NodeIndex) -> Option<Chain> {
-    let Op::TopK { k } = g.node(topk).op else { return None };
-    let idx = Value { node: topk, port: 1 };
-    if !used_only_by(g, Value { node: topk, port: 0 }, &[]) {
+    let Op::TopK { k } = g.node(topk).op else {
+        return None;
+    };
+    let idx = Value {
+        node: topk,
+        port: 1,
+    };
+    if !used_only_by(
+        g,
+        Value {
+            node: topk,
+            port: 0,
+        },
+        &[],
+    ) {
         return None;
     }
     // Up the selection path: top-k ← [group mask] ← [+ bias] ← scores.
     let mut reader = topk;
     let mut choose = g.operands(topk)[0];
     let mut groups = None;
-    if let Op::GroupMask { groups: n, keep, score } = g.node(choose.node).op {
+    if let Op::GroupMask {
+        groups: n,
+        keep,
+        score,
+    } = g.node(choose.node).op
+    {
         if sole_user(g, choose) != Some(reader) {
             return None;
         }
@@ -92,7 +130,10 @@ fn match_chain(g: &Graph, topk: NodeIndex) -> Option<Chain> {
     if g.node(choose.node).op == Op::Binary(BinaryOp::Add) {
         let ops = g.operands(choose.node);
         let experts = *g.value_type(ops[0]).shape.last()?;
-        if g.value_type(ops[1]).shape == [experts] && experts.as_fixed().is_some() && ops[1] != ops[0] {
+        if g.value_type(ops[1]).shape == [experts]
+            && experts.as_fixed().is_some()
+            && ops[1] != ops[0]
+        {
             if sole_user(g, choose) != Some(reader) {
                 return None;
             }
@@ -139,8 +180,21 @@ fn match_chain(g: &Graph, topk: NodeIndex) -> Option<Chain> {
         }
     }
     let selection_bias = bias.is_some();
-    let attrs = RouterAttrs { score, after_topk, selection_bias, groups, k, normalize, scale };
-    Some(Chain { attrs, logits, bias, weights })
+    let attrs = RouterAttrs {
+        score,
+        after_topk,
+        selection_bias,
+        groups,
+        k,
+        normalize,
+        scale,
+    };
+    Some(Chain {
+        attrs,
+        logits,
+        bias,
+        weights,
+    })
 }
 
 #[cfg(test)]
@@ -157,7 +211,9 @@ mod tests {
               let y = moe(x, experts = 8 * lin, router = r)
               output y  output sel = y.selected_experts }}"
         );
-        lower_source(&spec, &[]).unwrap_or_else(|d| panic!("{}", d.render("t.moe", &spec))).graph
+        lower_source(&spec, &[])
+            .unwrap_or_else(|d| panic!("{}", d.render("t.moe", &spec)))
+            .graph
     }
 
     fn routers(g: &Graph) -> Vec<RouterAttrs> {
@@ -181,15 +237,24 @@ mod tests {
         let r = routers(&g);
         assert_eq!(r.len(), 1);
         let r = r[0];
-        assert_eq!((r.score, r.after_topk, r.selection_bias, r.k, r.normalize), (Score::Sigmoid, false, true, 2, true));
+        assert_eq!(
+            (r.score, r.after_topk, r.selection_bias, r.k, r.normalize),
+            (Score::Sigmoid, false, true, 2, true)
+        );
         assert_eq!(r.groups.map(|(g, keep, _)| (g, keep)), Some((4, 2)));
         assert_eq!(r.scale.get(), 2.5);
         for op in [Op::TopK { k: 2 }, Op::Gather, Op::NormalizeSum] {
-            assert!(!g.g.node_weights().any(|n| n.op == op), "{op:?} left behind");
+            assert!(
+                !g.g.node_weights().any(|n| n.op == op),
+                "{op:?} left behind"
+            );
         }
         let sel = g.outputs.iter().find(|(n, _)| n == "sel").unwrap().1;
         assert!(matches!(g.node(sel.node).op, Op::Router(_)) && sel.port == 1);
-        assert_eq!(g.node(sel.node).label.as_deref(), Some("y.selected_experts"));
+        assert_eq!(
+            g.node(sel.node).label.as_deref(),
+            Some("y.selected_experts")
+        );
         assert!(!run(&mut g).unwrap(), "a second run finds nothing");
     }
 
@@ -205,14 +270,20 @@ mod tests {
 
     #[test]
     fn leaves_expert_choice_alone() {
-        let mut g = lowered("logits = linear(h, 8) scores = softmax(logits) select = expert_choice(scores, 1.0)");
+        let mut g = lowered(
+            "logits = linear(h, 8) scores = softmax(logits) select = expert_choice(scores, 1.0)",
+        );
         assert!(!run(&mut g).unwrap());
     }
 
     #[test]
     fn leaves_a_chain_whose_scores_are_used_elsewhere() {
-        let mut g = lowered("logits = linear(h, 8) scores = softmax(logits) select = topk(scores, 2)");
-        let softmax = g.g.node_indices().find(|n| g.g[*n].op == Op::Softmax).unwrap();
+        let mut g =
+            lowered("logits = linear(h, 8) scores = softmax(logits) select = topk(scores, 2)");
+        let softmax =
+            g.g.node_indices()
+                .find(|n| g.g[*n].op == Op::Softmax)
+                .unwrap();
         g.outputs.push(("scores".into(), softmax.into()));
         assert!(!run(&mut g).unwrap());
     }

@@ -27,7 +27,10 @@ use crate::ir::{Graph, NodeIndex, Op, Value};
 
 /// Schedules every fused group it recognizes; true when it scheduled one.
 pub fn run(g: &mut Graph) -> Result<bool, String> {
-    let sums: Vec<NodeIndex> = g.g.node_indices().filter(|n| g.g[*n].op == Op::ExpertSum).collect();
+    let sums: Vec<NodeIndex> =
+        g.g.node_indices()
+            .filter(|n| g.g[*n].op == Op::ExpertSum)
+            .collect();
     let mut changed = false;
     for s in sums {
         changed |= schedule_group(g, s)?;
@@ -44,7 +47,9 @@ fn dense_chain(g: &Graph, sum: NodeIndex) -> Option<(Vec<NodeIndex>, Value)> {
     let mut user = sum;
     let mut chain = Vec::new();
     loop {
-        let Op::ExpertLinear { weighted, .. } = g.node(v.node).op else { return None };
+        let Op::ExpertLinear { weighted, .. } = g.node(v.node).op else {
+            return None;
+        };
         // Only the last layer is weighted; every link is private to the chain.
         if weighted != chain.is_empty() || !used_only_by(g, v, &[user]) {
             return None;
@@ -61,23 +66,44 @@ fn dense_chain(g: &Graph, sum: NodeIndex) -> Option<(Vec<NodeIndex>, Value)> {
 }
 
 fn schedule_group(g: &mut Graph, sum: NodeIndex) -> Result<bool, String> {
-    let Some((chain, x)) = dense_chain(g, sum) else { return Ok(false) };
+    let Some((chain, x)) = dense_chain(g, sum) else {
+        return Ok(false);
+    };
     let last = *chain.last().expect("chains are never empty");
     let gates = *g.operands(last).last().expect("weighted layers read gates");
     let experts = g.value_type(g.operands(last)[1]).shape[0].as_fixed();
-    let Op::ScatterGates { experts: routed } = g.node(gates.node).op else { return Ok(false) };
+    let Op::ScatterGates { experts: routed } = g.node(gates.node).op else {
+        return Ok(false);
+    };
     if experts != Some(routed) {
         return Ok(false);
     }
-    let [idx, w] = g.operands(gates.node)[..] else { return Ok(false) };
-    let Some(k) = g.value_type(idx).shape[1].as_fixed() else { return Ok(false) };
+    let [idx, w] = g.operands(gates.node)[..] else {
+        return Ok(false);
+    };
+    let Some(k) = g.value_type(idx).shape[1].as_fixed() else {
+        return Ok(false);
+    };
 
     let dispatch = g.add(Op::Dispatch { experts: routed }, &[idx], None)?;
-    let order = Value { node: dispatch, port: 0 };
-    let offsets = Value { node: dispatch, port: 1 };
+    let order = Value {
+        node: dispatch,
+        port: 0,
+    };
+    let offsets = Value {
+        node: dispatch,
+        port: 1,
+    };
     let mut rows: Value = g.add(Op::GatherRows { k }, &[x, order], None)?.into();
     for &n in &chain {
-        let Op::ExpertLinear { epilogue, bias, weighted } = g.node(n).op else { unreachable!("chain holds expert linears") };
+        let Op::ExpertLinear {
+            epilogue,
+            bias,
+            weighted,
+        } = g.node(n).op
+        else {
+            unreachable!("chain holds expert linears")
+        };
         let ops = g.operands(n);
         let mut operands = vec![rows, ops[1], offsets];
         if bias {
@@ -87,7 +113,17 @@ fn schedule_group(g: &mut Graph, sum: NodeIndex) -> Result<bool, String> {
             operands.push(g.add(Op::GatherSlots, &[w, order], None)?.into());
         }
         let label = g.node(n).label.clone();
-        rows = g.add(Op::GroupedLinear { epilogue, bias, weighted }, &operands, label)?.into();
+        rows = g
+            .add(
+                Op::GroupedLinear {
+                    epilogue,
+                    bias,
+                    weighted,
+                },
+                &operands,
+                label,
+            )?
+            .into();
     }
     let label = g.node(sum).label.clone();
     let y = g.add(Op::ScatterAdd { k }, &[rows, order], label)?;
@@ -110,7 +146,9 @@ mod tests {
               router r(h: [n, 4]) {{ logits = linear(h, 4) {router} }}
               let y = moe(x, experts = {experts}, router = r) output y }}"
         );
-        let mut g = lower_source(&spec, &[]).unwrap_or_else(|d| panic!("{}", d.render("t.moe", &spec))).graph;
+        let mut g = lower_source(&spec, &[])
+            .unwrap_or_else(|d| panic!("{}", d.render("t.moe", &spec)))
+            .graph;
         fuse_router::run(&mut g).unwrap();
         fuse_experts::run(&mut g).unwrap();
         g
@@ -125,9 +163,18 @@ mod tests {
         let mut g = fused("4 * a", "select = topk(scores, 2)");
         assert!(run(&mut g).unwrap());
         verify(&g).unwrap();
-        assert_eq!(count(&g, |o| matches!(o, Op::ExpertLinear { .. } | Op::ExpertSum)), 0);
+        assert_eq!(
+            count(&g, |o| matches!(o, Op::ExpertLinear { .. } | Op::ExpertSum)),
+            0
+        );
         assert_eq!(count(&g, |o| matches!(o, Op::GroupedLinear { .. })), 2);
-        assert_eq!(count(&g, |o| matches!(o, Op::GroupedLinear { weighted: true, .. })), 1);
+        assert_eq!(
+            count(&g, |o| matches!(
+                o,
+                Op::GroupedLinear { weighted: true, .. }
+            )),
+            1
+        );
         assert_eq!(count(&g, |o| *o == Op::Dispatch { experts: 4 }), 1);
         assert_eq!(count(&g, |o| *o == Op::ScatterAdd { k: 2 }), 1);
     }
