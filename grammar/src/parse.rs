@@ -23,6 +23,8 @@ pub struct ParseError {
 
 /// Parses a whole `.moe` file.
 pub fn parse(source: &str) -> Result<Spec, ParseError> {
+    // Record the literal tokens tried at the failure point too (`}`, `)`, `=`), not only rules.
+    pest::set_error_detail(true);
     let mut pairs = MoeParser::parse(Rule::spec, source).map_err(|e| syntax_error(source, e))?;
     let spec = pairs.next().expect("the spec rule always yields one pair");
     let model = spec.into_inner().next().expect("a spec holds a model");
@@ -41,12 +43,22 @@ fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
         start + token_len(&source[start.min(source.len())..])
     };
     let found = describe_found(&source[start.min(source.len())..]);
+    let literals: Vec<String> = err
+        .parse_attempts()
+        .map(|a| a.expected_tokens())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.to_string())
+        .filter(|t| is_punctuation(t))
+        .map(|t| format!("`{t}`"))
+        .collect();
     let (message, label) = match err.variant {
         ErrorVariant::ParsingError {
             positives,
             negatives,
         } => {
             let mut wanted: Vec<&str> = positives.iter().map(|r| rule_name(*r)).collect();
+            wanted.extend(literals.iter().map(String::as_str));
             wanted.sort_unstable();
             wanted.dedup();
             if wanted.is_empty() && !negatives.is_empty() {
@@ -70,6 +82,11 @@ fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
         message,
         label,
     }
+}
+
+/// Literal tokens worth naming in "expected ..." (not whitespace or comment openers).
+fn is_punctuation(token: &str) -> bool {
+    matches!(token, "{" | "}" | "(" | ")" | "[" | "]" | "," | "=" | ":" | "->" | ".")
 }
 
 fn token_len(rest: &str) -> usize {
