@@ -200,8 +200,11 @@ fn spec_errors_are_located() {
     for path in cases {
         // A first line `// args: --set a=1` gives the case's command-line arguments.
         let source = std::fs::read_to_string(&path).unwrap();
-        let extra: Vec<&str> =
-            source.lines().next().and_then(|l| l.strip_prefix("// args:")).map_or(Vec::new(), |a| a.split_whitespace().collect());
+        let extra: Vec<&str> = source
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("// args:"))
+            .map_or(Vec::new(), |a| a.split_whitespace().collect());
         let mut args = vec!["check", path.to_str().unwrap()];
         args.extend(extra);
         let err = assert_user_error(&moec(&args));

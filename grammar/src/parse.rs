@@ -86,7 +86,10 @@ fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
 
 /// Literal tokens worth naming in "expected ..." (not whitespace or comment openers).
 fn is_punctuation(token: &str) -> bool {
-    matches!(token, "{" | "}" | "(" | ")" | "[" | "]" | "," | "=" | ":" | "->" | ".")
+    matches!(
+        token,
+        "{" | "}" | "(" | ")" | "[" | "]" | "," | "=" | ":" | "->" | "."
+    )
 }
 
 fn token_len(rest: &str) -> usize {

@@ -3,9 +3,13 @@
 //! - matrices (rank ≥ 2): uniform in ±1/√fan_in, fan_in the last dim (`[out, in]`);
 //! - biases (keys ending in `bias`: `.bias`, `selection_bias`): uniform in ±0.1;
 //! - other vectors and scalars (norm weights): 1 + uniform in ±0.1.
+//!
+//! Inputs (`random_inputs`) are uniform in ±1, keyed by the input's name.
 
 use moec_compiler::ir::weight::WeightDecl;
+use moec_compiler::ir::{Graph, Op};
 use moec_compiler::tensor::Tensor;
+use std::collections::BTreeMap;
 
 /// One f32 tensor per decl, in order, of the decl's shape.
 pub fn random_weights(decls: &[WeightDecl], seed: u64) -> Vec<Tensor> {
@@ -22,6 +26,24 @@ fn random_weight(decl: &WeightDecl, seed: u64) -> Tensor {
     let n = decl.shape.iter().product();
     let values = (0..n).map(|_| center + radius * rng.symmetric()).collect();
     Tensor::f32(decl.shape.clone(), values)
+}
+
+/// Random inputs for every graph input, with `tokens` tokens.
+pub fn random_inputs(g: &Graph, tokens: usize, seed: u64) -> BTreeMap<String, Tensor> {
+    g.inputs
+        .iter()
+        .filter_map(|&n| match &g.node(n).op {
+            Op::Input { name, ty } => {
+                let mut rng = SplitMix64(seed ^ fnv1a(name.as_bytes()));
+                let shape = ty.concrete_shape(tokens);
+                let data = (0..shape.iter().product())
+                    .map(|_| rng.symmetric())
+                    .collect();
+                Some((name.clone(), Tensor::f32(shape, data)))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// FNV-1a, 64-bit: a stable hash of the key (std's hashers may change between releases).

@@ -4,12 +4,10 @@
 
 use super::{PassArgs, SpecArgs};
 use clap::ValueEnum;
-use moec_compiler::ir::Op;
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
 use moec_runtime::io::{read_tensors, write_tensors};
-use moec_runtime::random::random_weights;
+use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,31 +91,4 @@ fn summary(t: &Tensor) -> String {
         TensorData::I32(v) => format!("  {v:?}").chars().take(80).collect(),
         _ => String::new(),
     }
-}
-
-/// Inputs drawn uniformly from [-1, 1) with a fixed generator, for trying a spec without data.
-fn random_inputs(
-    g: &moec_compiler::ir::Graph,
-    tokens: usize,
-    seed: u64,
-) -> BTreeMap<String, Tensor> {
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
-    g.inputs
-        .iter()
-        .filter_map(|&n| match &g.node(n).op {
-            Op::Input { name, ty } => {
-                let shape = ty.concrete_shape(tokens);
-                let data = (0..shape.iter().product()).map(|_| next()).collect();
-                Some((name.clone(), Tensor::f32(shape, data)))
-            }
-            _ => None,
-        })
-        .collect()
 }

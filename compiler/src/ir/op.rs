@@ -505,22 +505,8 @@ impl Op {
                     [ee, t, kk] if ee.as_fixed() == Some(e) && kk.as_fixed() == Some(k) => *t,
                     _ => return Err(format!("expert input {x} does not fit the weights {w}")),
                 };
-                let mut next = 2;
-                if *bias {
-                    if operands[next].shape != [Dim::fixed(e), Dim::fixed(n)] {
-                        return Err(format!(
-                            "expert bias must be [{e}, {n}], found {}",
-                            operands[next]
-                        ));
-                    }
-                    next += 1;
-                }
-                if *weighted && operands[next].shape != [rows, Dim::fixed(e)] {
-                    return Err(format!(
-                        "expert gates must be [{rows}, {e}], found {}",
-                        operands[next]
-                    ));
-                }
+                let gates = [rows, Dim::fixed(e)];
+                check_bias_and_weights(&operands[2..], *bias, *weighted, (e, n), &gates)?;
                 let out = epilogue_width(*epilogue, n)?;
                 Ok(vec![TensorType::f32(vec![
                     Dim::fixed(e),
@@ -592,22 +578,8 @@ impl Op {
                 if offsets.dtype != DType::I32 || offsets.shape != [Dim::fixed(e + 1)] {
                     return Err(format!("offsets must be i32 [{}], found {offsets}", e + 1));
                 }
-                let mut next = 3;
-                if *bias {
-                    if operands[next].shape != [Dim::fixed(e), Dim::fixed(n)] {
-                        return Err(format!(
-                            "expert bias must be [{e}, {n}], found {}",
-                            operands[next]
-                        ));
-                    }
-                    next += 1;
-                }
-                if *weighted && operands[next].shape != [x.shape[0], Dim::fixed(1)] {
-                    return Err(format!(
-                        "row weights must be [{}, 1], found {}",
-                        x.shape[0], operands[next]
-                    ));
-                }
+                let row_weights = [x.shape[0], Dim::fixed(1)];
+                check_bias_and_weights(&operands[3..], *bias, *weighted, (e, n), &row_weights)?;
                 let out = epilogue_width(*epilogue, n)?;
                 Ok(vec![TensorType::f32(vec![x.shape[0], Dim::fixed(out)])])
             }
@@ -774,6 +746,36 @@ fn stacked_weight(w: &TensorType) -> Result<(u64, u64, u64), String> {
             "expected stacked weights f32 [experts, out, in], found {w}"
         )),
     }
+}
+
+/// The optional trailing operands of a stacked or grouped matmul: a bias `[E, N]`
+/// if `bias`, then routing weights of shape `weights` if `weighted`.
+fn check_bias_and_weights(
+    tail: &[&TensorType],
+    bias: bool,
+    weighted: bool,
+    (e, n): (u64, u64),
+    weights: &[Dim],
+) -> Result<(), String> {
+    let mut next = 0;
+    if bias {
+        if tail[next].shape != [Dim::fixed(e), Dim::fixed(n)] {
+            return Err(format!(
+                "expert bias must be [{e}, {n}], found {}",
+                tail[next]
+            ));
+        }
+        next += 1;
+    }
+    if weighted && tail[next].shape != weights {
+        let want: Vec<String> = weights.iter().map(|d| d.to_string()).collect();
+        return Err(format!(
+            "routing weights must be [{}], found {}",
+            want.join(", "),
+            tail[next]
+        ));
+    }
+    Ok(())
 }
 
 fn epilogue_width(epilogue: Epilogue, n: u64) -> Result<u64, String> {
