@@ -7,6 +7,7 @@
 mod graph;
 mod op;
 mod types;
+mod typing;
 pub mod weight;
 
 pub use graph::{Edge, Graph, Node, Value};

@@ -1,0 +1,351 @@
+//! Expressions inside dataflow statements: names, arithmetic (tensor with
+//! tensor, or with a constant), activations and calls, and the checked
+//! argument lists that every call site shares.
+
+use super::bind::WeightPath;
+use super::consts::{closest, eval_const, Const};
+use super::{Lowerer, Scope, Val};
+use crate::diagnostic::Diagnostic;
+use crate::ir::{BinaryOp, Op, UnaryOp, Value};
+use moec_grammar::ast::{Arg, BinOp, Expr, ExprKind, Ident};
+
+impl Lowerer<'_> {
+    /// An expression that must be a tensor.
+    pub(super) fn tensor(
+        &mut self,
+        e: &Expr,
+        scope: &Scope,
+        path: &WeightPath,
+    ) -> Result<Value, Diagnostic> {
+        match self.expr(e, scope, path)? {
+            Operand::Tensor(v) => Ok(v),
+            Operand::Const(c) => Err(Diagnostic::at(
+                e.span,
+                format!("expected a tensor, `{e}` is the constant {c}"),
+                "a constant",
+            )),
+        }
+    }
+
+    pub(super) fn expr(
+        &mut self,
+        e: &Expr,
+        scope: &Scope,
+        path: &WeightPath,
+    ) -> Result<Operand, Diagnostic> {
+        match &e.kind {
+            ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) => {
+                Ok(Operand::Const(eval_const(e, &self.params)?))
+            }
+            ExprKind::Path(parts) => self.path(e, parts, scope),
+            ExprKind::Neg(inner) => match self.expr(inner, scope, path)? {
+                Operand::Const(_) => Ok(Operand::Const(eval_const(e, &self.params)?)),
+                Operand::Tensor(v) => {
+                    let c = self.graph.add_constant(-1.0);
+                    self.node(Op::Binary(BinaryOp::Mul), &[v, c], None, e.span)
+                        .map(Operand::Tensor)
+                }
+            },
+            ExprKind::Binary { op, lhs, rhs } => {
+                let (l, r) = (self.expr(lhs, scope, path)?, self.expr(rhs, scope, path)?);
+                self.binary(e, *op, l, r, lhs, rhs)
+            }
+            ExprKind::Call { func, args } => self.call(e, func, args, scope, path),
+            ExprKind::List(_) => Err(Diagnostic::at(
+                e.span,
+                "a list is only allowed as `experts = [...]` of a moe",
+                "unexpected list",
+            )),
+        }
+    }
+
+    pub(super) fn path(
+        &mut self,
+        e: &Expr,
+        parts: &[Ident],
+        scope: &Scope,
+    ) -> Result<Operand, Diagnostic> {
+        let head = &parts[0];
+        if let Some((val, _)) = scope.vars.get(&head.name) {
+            return match (val, parts) {
+                (Val::Tensor(v), [_]) => Ok(Operand::Tensor(*v)),
+                (Val::Moe(m), [_]) => Ok(Operand::Tensor(m.y)),
+                (Val::Moe(m), [_, field]) => m.field(&field.name).map(Operand::Tensor).ok_or_else(|| {
+                    Diagnostic::at(field.span, format!("a moe has no output `{field}`"), "unknown field")
+                        .with_help("moe outputs: router_logits, selected_experts, expert_counts, aux_loss, z_loss")
+                }),
+                _ => Err(Diagnostic::at(e.span, format!("`{head}` has no fields"), "not a moe")),
+            };
+        }
+        if parts.len() == 1 && self.params.contains_key(&head.name) {
+            return Ok(Operand::Const(self.params[&head.name]));
+        }
+        let what = if self.experts.contains_key(&head.name) {
+            " (an expert template: use it in `experts = N * name`)"
+        } else if self.routers.contains_key(&head.name) {
+            " (a router: use it as `router = name`)"
+        } else {
+            ""
+        };
+        let mut known: Vec<&str> = scope.vars.keys().map(String::as_str).collect();
+        known.extend(self.params.keys().map(String::as_str));
+        let d = Diagnostic::at(
+            head.span,
+            format!("unknown value `{head}`{what}"),
+            "not defined here",
+        );
+        Err(match closest(&head.name, &known) {
+            Some(c) if what.is_empty() => d.with_help(format!("did you mean `{c}`?")),
+            _ => d,
+        })
+    }
+
+    pub(super) fn binary(
+        &mut self,
+        e: &Expr,
+        op: BinOp,
+        l: Operand,
+        r: Operand,
+        le: &Expr,
+        re: &Expr,
+    ) -> Result<Operand, Diagnostic> {
+        let bop = match op {
+            BinOp::Add => BinaryOp::Add,
+            BinOp::Sub => BinaryOp::Sub,
+            BinOp::Mul => BinaryOp::Mul,
+            BinOp::Div => BinaryOp::Div,
+            BinOp::Rem => {
+                return Err(Diagnostic::at(
+                    e.span,
+                    "`%` only applies to constants",
+                    "on a tensor",
+                ))
+            }
+        };
+        let scalar = |this: &Self, c: Const, ce: &Expr| -> Result<f32, Diagnostic> {
+            Ok(this.float(ce, "a scalar operand").map_err(|_| {
+                Diagnostic::at(
+                    ce.span,
+                    format!("cannot combine a tensor with {}", c.kind()),
+                    "here",
+                )
+            })? as f32)
+        };
+        match (l, r) {
+            (Operand::Const(_), Operand::Const(_)) => {
+                Ok(Operand::Const(eval_const(e, &self.params)?))
+            }
+            (Operand::Tensor(a), Operand::Tensor(b)) => {
+                let (ta, tb) = (
+                    self.graph.value_type(a).clone(),
+                    self.graph.value_type(b).clone(),
+                );
+                if ta != tb {
+                    return Err(Diagnostic::at(
+                        e.span,
+                        format!("shape mismatch in `{op}`: {ta} and {tb}"),
+                        "these differ",
+                    )
+                    .with_related(le.span, format!("this is {ta}"))
+                    .with_related(re.span, format!("this is {tb}")));
+                }
+                self.node(Op::Binary(bop), &[a, b], None, e.span)
+                    .map(Operand::Tensor)
+            }
+            (Operand::Tensor(a), Operand::Const(c)) => {
+                let c = self.graph.add_constant(scalar(self, c, re)?);
+                self.node(Op::Binary(bop), &[a, c], None, e.span)
+                    .map(Operand::Tensor)
+            }
+            (Operand::Const(c), Operand::Tensor(b)) => {
+                let v = scalar(self, c, le)?;
+                match bop {
+                    BinaryOp::Add | BinaryOp::Mul => {
+                        let c = self.graph.add_constant(v);
+                        self.node(Op::Binary(bop), &[b, c], None, e.span)
+                            .map(Operand::Tensor)
+                    }
+                    BinaryOp::Sub => {
+                        let neg = self.graph.add_constant(-1.0);
+                        let nb = self.node(Op::Binary(BinaryOp::Mul), &[b, neg], None, e.span)?;
+                        let c = self.graph.add_constant(v);
+                        self.node(Op::Binary(BinaryOp::Add), &[nb, c], None, e.span)
+                            .map(Operand::Tensor)
+                    }
+                    BinaryOp::Div => Err(Diagnostic::at(
+                        e.span,
+                        "cannot divide a constant by a tensor",
+                        "here",
+                    )),
+                }
+            }
+        }
+    }
+
+    pub(super) fn call(
+        &mut self,
+        e: &Expr,
+        func: &Ident,
+        args: &[Arg],
+        scope: &Scope,
+        path: &WeightPath,
+    ) -> Result<Operand, Diagnostic> {
+        let unary = match func.name.as_str() {
+            "silu" => Some(Some(UnaryOp::Silu)),
+            "gelu" => Some(Some(UnaryOp::Gelu)),
+            "gelu_tanh" => Some(Some(UnaryOp::GeluTanh)),
+            "relu" => Some(Some(UnaryOp::Relu)),
+            "sigmoid" => Some(Some(UnaryOp::Sigmoid)),
+            "identity" => Some(None),
+            _ => None,
+        };
+        if let Some(unary) = unary {
+            let a = Args::new(e, &func.name, args, &[])?;
+            let [x] = a.positional::<1>(&format!("{func}(x)"))?;
+            let x = self.tensor(x, scope, path)?;
+            return match unary {
+                Some(u) => self
+                    .node(Op::Unary(u), &[x], None, e.span)
+                    .map(Operand::Tensor),
+                None => Ok(Operand::Tensor(x)),
+            };
+        }
+        match func.name.as_str() {
+            "softmax" => {
+                let a = Args::new(e, "softmax", args, &[])?;
+                let [x] = a.positional::<1>("softmax(x)")?;
+                let x = self.tensor(x, scope, path)?;
+                self.node(Op::Softmax, &[x], None, e.span)
+                    .map(Operand::Tensor)
+            }
+            "ceil" | "floor" | "min" | "max" => Ok(Operand::Const(eval_const(e, &self.params)?)),
+            "linear" | "rmsnorm" | "layernorm" | "moe" => Err(Diagnostic::at(
+                e.span,
+                format!("`{func}` must be the whole right-hand side of a `let`"),
+                "inside an expression",
+            )
+            .with_help(format!(
+                "the `let`'s name names its weights: `let name = {func}(...)`"
+            ))),
+            _ => {
+                const KNOWN: &[&str] = &[
+                    "linear",
+                    "silu",
+                    "gelu",
+                    "gelu_tanh",
+                    "relu",
+                    "sigmoid",
+                    "identity",
+                    "softmax",
+                    "rmsnorm",
+                    "layernorm",
+                    "moe",
+                    "ceil",
+                    "floor",
+                    "min",
+                    "max",
+                ];
+                let d = Diagnostic::at(
+                    func.span,
+                    format!("unknown function `{func}`"),
+                    "not a function",
+                );
+                Err(match closest(&func.name, KNOWN) {
+                    Some(c) => d.with_help(format!("did you mean `{c}`?")),
+                    None => d.with_help(format!("functions: {}", KNOWN.join(", "))),
+                })
+            }
+        }
+    }
+}
+
+/// An evaluated operand: a graph value or a compile-time constant.
+pub(super) enum Operand {
+    Tensor(Value),
+    Const(Const),
+}
+
+/// A call's arguments, split into positional and checked named ones.
+pub(super) struct Args<'e> {
+    call: &'e Expr,
+    func: String,
+    positional: Vec<&'e Expr>,
+    named: Vec<(&'e Ident, &'e Expr)>,
+}
+
+impl<'e> Args<'e> {
+    pub(super) fn new(
+        call: &'e Expr,
+        func: &str,
+        args: &'e [Arg],
+        allowed: &[&str],
+    ) -> Result<Args<'e>, Diagnostic> {
+        let mut a = Args {
+            call,
+            func: func.to_string(),
+            positional: Vec::new(),
+            named: Vec::new(),
+        };
+        for arg in args {
+            match &arg.name {
+                None if !a.named.is_empty() => {
+                    return Err(Diagnostic::at(
+                        arg.value.span,
+                        "positional argument after a named one",
+                        "move it before",
+                    ))
+                }
+                None => a.positional.push(&arg.value),
+                Some(n) => {
+                    if !allowed.contains(&n.name.as_str()) {
+                        let d = Diagnostic::at(
+                            n.span,
+                            format!("`{func}` has no argument `{n}`"),
+                            "unknown argument",
+                        );
+                        return Err(if allowed.is_empty() {
+                            d.with_help(format!("`{func}` takes no named arguments"))
+                        } else {
+                            d.with_help(format!("`{func}` takes: {}", allowed.join(", ")))
+                        });
+                    }
+                    if let Some((prev, _)) = a.named.iter().find(|(p, _)| p.name == n.name) {
+                        return Err(Diagnostic::at(
+                            n.span,
+                            format!("argument `{n}` given twice"),
+                            "again",
+                        )
+                        .with_related(prev.span, "first here"));
+                    }
+                    a.named.push((n, &arg.value));
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    pub(super) fn positional<const N: usize>(
+        &self,
+        usage: &str,
+    ) -> Result<[&'e Expr; N], Diagnostic> {
+        <[&Expr; N]>::try_from(self.positional.as_slice()).map_err(|_| {
+            Diagnostic::at(
+                self.call.span,
+                format!(
+                    "`{}` takes {N} positional argument(s), found {}",
+                    self.func,
+                    self.positional.len()
+                ),
+                "wrong number of arguments",
+            )
+            .with_help(format!("usage: {usage}"))
+        })
+    }
+
+    pub(super) fn named(&self, name: &str) -> Option<&'e Expr> {
+        self.named
+            .iter()
+            .find(|(n, _)| n.name == name)
+            .map(|(_, e)| *e)
+    }
+}
