@@ -1,4 +1,4 @@
-//! `moec`, the command line: check, graph and run `.moe` specs.
+//! `moec`, the command line: check, graph, run and bench `.moe` specs.
 //!
 //! Every failure is reported as a message on stderr and exit status 1; spec
 //! errors carry file:line:col and a source snippet.
@@ -27,6 +27,8 @@ enum Command {
     Graph(cmd::graph::Args),
     /// Run a spec on weights and inputs.
     Run(cmd::run::Args),
+    /// Time a spec's scheduled and dense graphs at several token counts.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd::check::main(a),
         Command::Graph(a) => cmd::graph::main(a),
         Command::Run(a) => cmd::run::main(a),
+        Command::Bench(a) => cmd::bench::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,6 +52,22 @@ pub fn check_inputs(
     weights: &[Tensor],
     inputs: &BTreeMap<String, Tensor>,
 ) -> Result<usize, String> {
+    check_weights(g, weights)?;
+    token_count(g, inputs)
+}
+
+/// Evaluates one op that is neither an input nor a weight on its operands, exactly as `run` does.
+/// Backends call it for the ops they do not compile, so those keep the interpreter's semantics.
+pub fn eval_op(op: &Op, operands: &[&Tensor]) -> Vec<Tensor> {
+    assert!(
+        !matches!(op, Op::Input { .. } | Op::Weight { .. }),
+        "eval_op evaluates computed ops only"
+    );
+    eval(op, operands, &[], &BTreeMap::new())
+}
+
+/// Checks bound weights against the graph's weight table (count, shape, f32).
+pub fn check_weights(g: &Graph, weights: &[Tensor]) -> Result<(), String> {
     if weights.len() != g.weights.len() {
         return Err(format!(
             "{} weights bound, the graph needs {}",
@@ -70,6 +86,11 @@ pub fn check_inputs(
             ));
         }
     }
+    Ok(())
+}
+
+/// Checks the named inputs against the graph's inputs; returns the token count.
+pub fn token_count(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<usize, String> {
     let mut tokens = None;
     for &n in &g.inputs {
         let Op::Input { name, ty } = &g.node(n).op else {

@@ -1,6 +1,7 @@
 //! moec's middle: lowering `.moe` ASTs to a typed graph IR, checking it, printing
 //! it, and the reference interpreter that defines what every graph means.
 
+pub mod backend;
 pub mod diagnostic;
 pub mod interp;
 pub mod ir;

@@ -9,6 +9,7 @@
 //! The runtime depends on the compiler for `Tensor` and `WeightDecl`, never the other way.
 //! Errors are plain data implementing `std::error::Error`; rendering them is the CLI's job.
 
+pub mod cpu;
 mod decode;
 mod file;
 pub mod io;

@@ -2,6 +2,7 @@
 //! `--set`, lower it, render any diagnostic against the file, and run the pass
 //! pipeline (`--passes`).
 
+pub mod bench;
 pub mod check;
 pub mod graph;
 pub mod run;

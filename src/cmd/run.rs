@@ -1,10 +1,12 @@
 //! `moec run SPEC`: binds weights (a file, or `--random-weights SEED`), reads the
 //! inputs (a file, or `--tokens N` random ones), runs the pass pipeline (`--passes
-//! none` skips it), interprets, and writes the outputs.
+//! none` skips it), runs it on the interpreter or the CPU backend (`--backend`),
+//! and writes the outputs.
 
 use super::{PassArgs, SpecArgs};
 use clap::ValueEnum;
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
+use moec_runtime::cpu::CpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
@@ -14,6 +16,8 @@ use std::path::PathBuf;
 pub enum Backend {
     /// The reference interpreter.
     Interp,
+    /// Cranelift JIT-compiled kernels on all cores.
+    Cpu,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +65,7 @@ pub fn main(args: Args) -> Result<(), String> {
     };
     let outputs = match args.backend {
         Backend::Interp => moec_compiler::interp::run(&g, &weights, &inputs),
+        Backend::Cpu => CpuModel::new(&g, &weights).and_then(|m| m.run(&inputs)),
     }
     .map_err(|e| match &args.input {
         Some(p) => format!("{}: {e}", p.display()),

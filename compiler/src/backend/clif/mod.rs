@@ -1,0 +1,157 @@
+//! Cranelift (CLIF) kernels for the CPU backend.
+//!
+//! What is compiled: every matmul of the graph — `Linear`, `ExpertLinear` and
+//! `GroupedLinear` — becomes a call of one register-tiled kernel (`matmul.rs`)
+//! specialised to its `MatmulShape` (K, N, epilogue, bias, row weights); ops of one
+//! shape share a kernel. The epilogue (bias, activation, GLU product `act(gate)·up`,
+//! routing weight) is fused into the kernel; activations are f32x4 polynomial
+//! approximations (`math.rs`), within 1e-6 relative of the interpreter's f64 ones.
+//!
+//! What is not: the routing ops (router, top-k, dispatch, capacity, gathers and
+//! scatters, losses), norms and elementwise ops are irregular or cheap next to the
+//! matmuls; the runtime runs them with the interpreter's own implementation
+//! (`interp::eval_op`), so they match the semantics by construction.
+//!
+//! Weights are read in a packed panel layout (`pack.rs`) made once at load time,
+//! so the kernel streams each weight panel contiguously.
+
+pub mod math;
+pub mod matmul;
+pub mod pack;
+
+use crate::ir::{Epilogue, Graph, NodeIndex, Op};
+use cranelift_codegen::ir::{types, Function, Type};
+use cranelift_codegen::isa::CallConv;
+use std::collections::HashMap;
+
+/// What the generated code may assume about the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub pointer: Type,
+    pub call_conv: CallConv,
+    /// Fused multiply-add is native (x86: the FMA extension).
+    pub fma: bool,
+}
+
+impl Default for Target {
+    /// x86-64 System V with FMA: the target of the `moec compile` snapshots.
+    fn default() -> Target {
+        Target {
+            pointer: types::I64,
+            call_conv: CallConv::SystemV,
+            fma: true,
+        }
+    }
+}
+
+/// A matmul `epi(x · wᵀ + b) · rw` over weights `[N, K]` (per expert).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulShape {
+    pub k: usize,
+    /// Weight rows; a GLU epilogue produces `n / 2` outputs.
+    pub n: usize,
+    pub epilogue: Epilogue,
+    pub bias: bool,
+    pub weighted: bool,
+}
+
+impl MatmulShape {
+    /// Outputs per row.
+    pub fn width(&self) -> usize {
+        match self.epilogue {
+            Epilogue::Glu(_) => self.n / 2,
+            _ => self.n,
+        }
+    }
+    /// Output columns one packed panel produces.
+    pub fn panel_cols(&self) -> usize {
+        match self.epilogue {
+            Epilogue::Glu(_) => pack::PANEL / 2,
+            _ => pack::PANEL,
+        }
+    }
+    /// Packed panels per expert.
+    pub fn panels(&self) -> usize {
+        self.width().div_ceil(self.panel_cols())
+    }
+    /// Floats of one expert's packed weights.
+    pub fn packed_len(&self) -> usize {
+        self.panels() * self.k * pack::PANEL
+    }
+    /// The kernel's symbol name.
+    pub fn name(&self) -> String {
+        let epi = match self.epilogue {
+            Epilogue::None => String::new(),
+            Epilogue::Act(u) => format!("_{}", Op::Unary(u).name()),
+            Epilogue::Glu(u) => format!("_glu_{}", Op::Unary(u).name()),
+        };
+        format!(
+            "matmul_k{}_n{}{epi}{}{}",
+            self.k,
+            self.n,
+            if self.bias { "_bias" } else { "" },
+            if self.weighted { "_weighted" } else { "" }
+        )
+    }
+}
+
+/// The matmul a node computes, if it is one (`Linear`, `ExpertLinear`, `GroupedLinear`).
+pub fn matmul_shape(g: &Graph, n: NodeIndex) -> Option<MatmulShape> {
+    let (epilogue, bias, weighted, rank) = match g.node(n).op {
+        Op::Linear { bias } => (Epilogue::None, bias, false, 2),
+        Op::ExpertLinear {
+            epilogue,
+            bias,
+            weighted,
+        }
+        | Op::GroupedLinear {
+            epilogue,
+            bias,
+            weighted,
+        } => (epilogue, bias, weighted, 3),
+        _ => return None,
+    };
+    let w = g.value_type(*g.operands(n).get(1)?);
+    let fixed = |i: usize| w.shape.get(i)?.as_fixed().map(|d| d as usize);
+    Some(MatmulShape {
+        k: fixed(rank - 1)?,
+        n: fixed(rank - 2)?,
+        epilogue,
+        bias,
+        weighted,
+    })
+}
+
+/// One generated function.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub shape: MatmulShape,
+    pub func: Function,
+}
+
+/// The kernels of a graph, and which node calls which.
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    pub kernels: Vec<Kernel>,
+    pub by_node: HashMap<NodeIndex, usize>,
+}
+
+/// Lowers every matmul of `g` (in topological order; one kernel per distinct shape).
+pub fn lower(g: &Graph, target: &Target) -> Program {
+    let mut program = Program::default();
+    let mut seen: HashMap<MatmulShape, usize> = HashMap::new();
+    for n in g.topo_order() {
+        let Some(shape) = matmul_shape(g, n) else {
+            continue;
+        };
+        let id = *seen.entry(shape).or_insert_with(|| {
+            program.kernels.push(Kernel {
+                shape,
+                func: matmul::build(&shape, target),
+            });
+            program.kernels.len() - 1
+        });
+        program.by_node.insert(n, id);
+    }
+    program
+}

@@ -1,0 +1,7 @@
+//! Code generation for the scheduled graph. Each backend lowers ops to kernels and
+//! stops there: running them is the runtime's job, so this crate stays free of JITs,
+//! devices and threads.
+//!
+//! - `clif`: Cranelift IR for the CPU (JIT'd by `moec-runtime`'s `cpu` module).
+
+pub mod clif;

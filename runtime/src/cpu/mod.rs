@@ -1,0 +1,294 @@
+//! The CPU backend: the scheduled graph's matmuls JIT-compiled with Cranelift,
+//! everything else run by the interpreter's own op code, all in one process.
+//!
+//! Loading ([`CpuModel::new`]): the kernels of `backend::clif::lower` are
+//! JIT-compiled for the host (FMA when it has it); weight-only values (stacked
+//! and concatenated expert weights) are computed once, and every matmul's
+//! weights and biases are packed once into the kernel's panel layout; only the
+//! weight-only values that a run still reads are kept.
+//!
+//! Running ([`CpuModel::run`]): nodes go in topological order, each value in its
+//! own buffer (the arena of `passes::memory` is not used yet). A matmul is split
+//! into work items over all cores (`matmul.rs`); a `GroupedLinear`'s segments
+//! come from the offsets its `Dispatch` computed earlier in the same run, which
+//! are validated first. Routing ops (router, dispatch, capacity, gathers,
+//! scatters, losses), norms and elementwise ops run `interp::eval_op`. Every
+//! kernel call's extents are checked against its buffers before any JIT code
+//! runs; a mismatch is an error, never undefined behaviour.
+
+mod jit;
+mod matmul;
+
+use matmul::{Call, Packed, Segment};
+use moec_compiler::backend::clif::pack::{pack_bias, pack_weights};
+use moec_compiler::backend::clif::{self, MatmulShape};
+use moec_compiler::interp;
+use moec_compiler::ir::{Graph, NodeIndex, Op, Value};
+use moec_compiler::passes::memory::weight_only;
+use moec_compiler::tensor::{Tensor, TensorData};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// A graph compiled for this CPU, with its weights prepared.
+pub struct CpuModel {
+    graph: Graph,
+    jit: jit::Jit,
+    /// Kernel index of each matmul node.
+    kernel_of: HashMap<NodeIndex, usize>,
+    /// Weight-only nodes: computed at load time.
+    fixed: HashSet<NodeIndex>,
+    /// Weight-only values that runs read (other than packed matmul weights).
+    consts: HashMap<Value, Tensor>,
+    /// Packed weights of each matmul whose weights are weight-only.
+    packed: HashMap<NodeIndex, Packed>,
+    threads: usize,
+}
+
+impl CpuModel {
+    /// Compiles `g` and prepares its bound `weights` (one per `g.weights`).
+    pub fn new(g: &Graph, weights: &[Tensor]) -> Result<CpuModel, String> {
+        interp::check_weights(g, weights)?;
+        let isa = jit::host_isa()?;
+        let program = clif::lower(g, &jit::target(&isa));
+        let jit = jit::compile(&program, isa)?;
+        let fixed = weight_only(g);
+        let mut values: HashMap<Value, Tensor> = HashMap::new();
+        for n in g.topo_order().into_iter().filter(|n| fixed.contains(n)) {
+            let outs = match &g.node(n).op {
+                Op::Weight { id, .. } => vec![weights[*id].clone()],
+                op => {
+                    let args: Vec<&Tensor> = g.operands(n).iter().map(|v| &values[v]).collect();
+                    interp::eval_op(op, &args)
+                }
+            };
+            for (port, t) in outs.into_iter().enumerate() {
+                values.insert(
+                    Value {
+                        node: n,
+                        port: port as u8,
+                    },
+                    t,
+                );
+            }
+        }
+        let mut packed = HashMap::new();
+        let mut packed_operands = HashSet::new();
+        for (&n, &k) in &program.by_node {
+            let shape = program.kernels[k].shape;
+            let ops = g.operands(n);
+            let (bias_at, _) = extra_operands(&g.node(n).op, &shape);
+            let (w, b) = (ops[1], bias_at.map(|i| ops[i]));
+            if !fixed.contains(&w.node) || b.is_some_and(|b| !fixed.contains(&b.node)) {
+                continue;
+            }
+            packed.insert(n, pack(shape, &values[&w], b.map(|b| &values[&b])));
+            packed_operands.insert((n, 1));
+            packed_operands.extend(bias_at.map(|i| (n, i)));
+        }
+        let mut keep: HashSet<Value> = g.outputs.iter().map(|(_, v)| *v).collect();
+        for n in g.g.node_indices().filter(|n| !fixed.contains(n)) {
+            for (i, v) in g.operands(n).into_iter().enumerate() {
+                if fixed.contains(&v.node) && !packed_operands.contains(&(n, i)) {
+                    keep.insert(v);
+                }
+            }
+        }
+        values.retain(|v, _| keep.contains(v));
+        Ok(CpuModel {
+            graph: g.clone(),
+            jit,
+            kernel_of: program.by_node,
+            fixed,
+            consts: values,
+            packed,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        })
+    }
+
+    /// Uses `threads` worker threads (at least one) instead of one per core.
+    pub fn with_threads(mut self, threads: usize) -> CpuModel {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Runs the graph on named inputs; returns the named outputs.
+    pub fn run(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        let g = &self.graph;
+        interp::token_count(g, inputs)?;
+        let mut values: HashMap<Value, Tensor> = HashMap::new();
+        for n in g.topo_order() {
+            if self.fixed.contains(&n) {
+                continue;
+            }
+            let outs = {
+                let get = |v: &Value| values.get(v).or_else(|| self.consts.get(v));
+                let args: Vec<Option<&Tensor>> = g.operands(n).iter().map(get).collect();
+                let node = g.node(n);
+                match (&node.op, self.kernel_of.get(&n)) {
+                    (Op::Input { name, .. }, _) => vec![inputs[name].clone()],
+                    (op, Some(&k)) => vec![self.matmul(n, op, k, &args)?],
+                    (op, None) => {
+                        let args =
+                            args.into_iter()
+                                .collect::<Option<Vec<_>>>()
+                                .ok_or_else(|| {
+                                    format!("internal error: {} operand missing", op.name())
+                                })?;
+                        interp::eval_op(op, &args)
+                    }
+                }
+            };
+            for (port, t) in outs.into_iter().enumerate() {
+                values.insert(
+                    Value {
+                        node: n,
+                        port: port as u8,
+                    },
+                    t,
+                );
+            }
+        }
+        g.outputs
+            .iter()
+            .map(|(name, v)| {
+                let t = values.get(v).or_else(|| self.consts.get(v));
+                t.map(|t| (name.clone(), t.clone()))
+                    .ok_or_else(|| format!("internal error: output `{name}` not computed"))
+            })
+            .collect()
+    }
+
+    /// Runs the matmul node `n` with kernel `k`.
+    fn matmul(
+        &self,
+        n: NodeIndex,
+        op: &Op,
+        k: usize,
+        args: &[Option<&Tensor>],
+    ) -> Result<Tensor, String> {
+        let arg = |i: usize| {
+            args.get(i)
+                .copied()
+                .flatten()
+                .ok_or_else(|| format!("internal error: {} operand {i} missing", op.name()))
+        };
+        let f32s = |i: usize| match &arg(i)?.data {
+            TensorData::F32(v) => Ok(v.as_slice()),
+            TensorData::I32(_) => Err(format!("internal error: {} operand {i} is i32", op.name())),
+        };
+        let shape = self.kernel_shape(n)?;
+        let (bias_at, rw_at) = extra_operands(op, &shape);
+        let owned;
+        let packed = match self.packed.get(&n) {
+            Some(p) => p,
+            None => {
+                let bias = bias_at.map(arg).transpose()?;
+                owned = pack(shape, arg(1)?, bias);
+                &owned
+            }
+        };
+        let rw = |ld: usize| rw_at.map(|i| f32s(i).map(|v| (v, ld))).transpose();
+        let x = arg(0)?;
+        if x.shape.last() != Some(&shape.k) {
+            return Err(format!("internal error: {} input {:?}", op.name(), x.shape));
+        }
+        let (e, width) = (packed.experts, shape.width());
+        let (segments, rw, out_shape) = match op {
+            Op::Linear { .. } => {
+                let rows = x.len() / shape.k.max(1);
+                let mut out_shape = x.shape.clone();
+                *out_shape.last_mut().expect("checked") = width;
+                (vec![segment(0, 0, 0, 0, rows)], None, out_shape)
+            }
+            Op::ExpertLinear { .. } => {
+                let shared = x.shape.len() == 2;
+                let t = x.shape[x.shape.len() - 2];
+                let segs = (0..e)
+                    .map(|ex| segment(ex, if shared { 0 } else { ex * t }, ex * t, ex, t))
+                    .collect();
+                (segs, rw(e)?, vec![e, t, width])
+            }
+            Op::GroupedLinear { .. } => {
+                let rows = x.shape[0];
+                let offsets = match &arg(2)?.data {
+                    TensorData::I32(o) => o.as_slice(),
+                    TensorData::F32(_) => return Err("internal error: f32 offsets".into()),
+                };
+                let segs = grouped_segments(offsets, e, rows)?;
+                (segs, rw(1)?, vec![rows, width])
+            }
+            _ => return Err(format!("internal error: {} is not a matmul", op.name())),
+        };
+        let mut out = vec![0.0f32; out_shape.iter().product()];
+        let call = Call {
+            kernel: self.jit.kernels[k],
+            packed,
+            x: f32s(0)?,
+            rw,
+            segments,
+        };
+        matmul::run(&call, &mut out, self.threads)?;
+        Ok(Tensor::f32(out_shape, out))
+    }
+
+    fn kernel_shape(&self, n: NodeIndex) -> Result<MatmulShape, String> {
+        clif::matmul_shape(&self.graph, n).ok_or_else(|| "internal error: not a matmul".into())
+    }
+}
+
+/// Operand positions of a matmul's bias and row weights (gates), when it has them.
+fn extra_operands(op: &Op, shape: &MatmulShape) -> (Option<usize>, Option<usize>) {
+    // Linear and ExpertLinear: x, w, [b], [gates]; GroupedLinear: x, w, offsets, [b], [rw].
+    let first = if matches!(op, Op::GroupedLinear { .. }) {
+        3
+    } else {
+        2
+    };
+    let bias = shape.bias.then_some(first);
+    let rw = shape.weighted.then_some(first + usize::from(shape.bias));
+    (bias, rw)
+}
+
+fn segment(expert: usize, x0: usize, out0: usize, rw0: usize, rows: usize) -> Segment {
+    Segment {
+        expert,
+        x0,
+        out0,
+        rw0,
+        rows,
+    }
+}
+
+/// Expert `e`'s rows are `offsets[e]..offsets[e+1]`; the offsets must be `E + 1`
+/// non-decreasing values in `0..=rows`.
+fn grouped_segments(offsets: &[i32], experts: usize, rows: usize) -> Result<Vec<Segment>, String> {
+    let ok = offsets.len() == experts + 1
+        && offsets.first().is_some_and(|o| *o >= 0)
+        && offsets.windows(2).all(|w| w[0] <= w[1])
+        && offsets.last().is_some_and(|o| *o as usize <= rows);
+    if !ok {
+        return Err(format!(
+            "internal error: dispatch offsets {offsets:?} invalid for {experts} experts and {rows} rows"
+        ));
+    }
+    Ok((0..experts)
+        .filter(|&e| offsets[e + 1] > offsets[e])
+        .map(|e| {
+            let o = offsets[e] as usize;
+            segment(e, o, o, o, offsets[e + 1] as usize - o)
+        })
+        .collect())
+}
+
+/// Packs a matmul's weights (`[N, K]` or `[E, N, K]`) and bias.
+fn pack(shape: MatmulShape, w: &Tensor, b: Option<&Tensor>) -> Packed {
+    let experts = if w.shape.len() == 3 { w.shape[0] } else { 1 };
+    Packed {
+        shape,
+        experts,
+        weights: pack_weights(&shape, w.as_f32()),
+        bias: b.map(|b| pack_bias(&shape, b.as_f32())),
+    }
+}
