@@ -42,7 +42,11 @@ fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
     } else {
         start + token_len(&source[start.min(source.len())..])
     };
-    let found = describe_found(&source[start.min(source.len())..]);
+    let rest = &source[start.min(source.len())..];
+    if let Some(e) = unterminated(rest, start) {
+        return e;
+    }
+    let found = describe_found(rest);
     let literals: Vec<String> = err
         .parse_attempts()
         .map(|a| a.expected_tokens())
@@ -82,6 +86,24 @@ fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
         message,
         label,
     }
+}
+
+/// A `/*` or `"` at the error position that is never closed: pest only says what it
+/// expected before it, so name the real problem.
+fn unterminated(rest: &str, start: usize) -> Option<ParseError> {
+    if rest.starts_with("/*") && !rest.contains("*/") {
+        return Some(ParseError {
+            span: Span::new(start, start + 2),
+            message: "unclosed block comment".into(),
+            label: "this `/*` has no matching `*/`".into(),
+        });
+    }
+    let line = rest.strip_prefix('"')?.split('\n').next().unwrap_or("");
+    (!line.contains('"')).then(|| ParseError {
+        span: Span::new(start, start + 1),
+        message: "unterminated string".into(),
+        label: "this string has no closing `\"` on its line".into(),
+    })
 }
 
 /// Literal tokens worth naming in "expected ..." (not whitespace or comment openers).
@@ -346,8 +368,8 @@ fn build_weights(pair: Pair<Rule>) -> Weights {
 fn build_binding(pair: Pair<Rule>) -> Binding {
     let mut inner = pair.into_inner();
     let key_pair = inner.next().expect("binding key");
-    let key_span = span_of(&key_pair);
-    let segments = key_pair
+    let (key_start, key_text) = (key_pair.as_span().start(), key_pair.as_str());
+    let segments: Vec<KeySegment> = key_pair
         .into_inner()
         .map(|seg| {
             let mut si = seg.into_inner();
@@ -358,6 +380,17 @@ fn build_binding(pair: Pair<Rule>) -> Binding {
             }
         })
         .collect();
+    // The pair's span runs on over the whitespace after the key; end it at the key's last
+    // character (the last name, or the `]` after its index).
+    let last = segments.last().expect("a key has a segment");
+    let key_end = match &last.index {
+        Some(ix) => {
+            let after = &key_text[ix.span.end - key_start..];
+            ix.span.end + after.find(']').map_or(0, |i| i + 1)
+        }
+        None => last.name.span.end,
+    };
+    let key_span = Span::new(key_start, key_end);
     let tensor = string_lit(inner.next().expect("binding tensor"));
     let transposed = inner.next().is_some();
     Binding {
@@ -382,10 +415,33 @@ fn pratt() -> &'static PrattParser<Rule> {
     })
 }
 
+/// How deep an expression tree may be: every later stage walks it recursively, so an
+/// absurd input (a million `-` or `(`) must be refused here, not overflow a stack.
+const MAX_EXPR_DEPTH: usize = 256;
+
 fn build_expr(pair: Pair<Rule>) -> Result<Expr, ParseError> {
+    build_expr_at(pair, 0)
+}
+
+/// An expression `depth` levels below the top one. Its own operators and operands add at
+/// most their count to the tree's depth.
+fn build_expr_at(pair: Pair<Rule>, depth: usize) -> Result<Expr, ParseError> {
     debug_assert_eq!(pair.as_rule(), Rule::expr);
+    let depth = depth + pair.clone().into_inner().count();
+    if depth > MAX_EXPR_DEPTH {
+        // Point at where the expression starts: the whole of it may be very long.
+        let start = pair.as_span().start();
+        let first = pair.as_str().chars().next().map_or(0, char::len_utf8);
+        return Err(ParseError {
+            span: Span::new(start, start + first),
+            message: format!(
+                "expression too long or nested too deeply (more than {MAX_EXPR_DEPTH} levels)"
+            ),
+            label: "split this expression with `let` or params".into(),
+        });
+    }
     pratt()
-        .map_primary(build_primary)
+        .map_primary(|p| build_primary(p, depth))
         .map_prefix(|op, rhs| {
             let rhs = rhs?;
             let span = span_of(&op).to(rhs.span);
@@ -416,16 +472,21 @@ fn build_expr(pair: Pair<Rule>) -> Result<Expr, ParseError> {
         .parse(pair.into_inner())
 }
 
-fn build_primary(pair: Pair<Rule>) -> Result<Expr, ParseError> {
-    let span = span_of(&pair);
+fn build_primary(pair: Pair<Rule>, depth: usize) -> Result<Expr, ParseError> {
+    let mut span = span_of(&pair);
     let kind = match pair.as_rule() {
-        Rule::expr => return build_expr(pair),
+        Rule::expr => return build_expr_at(pair, depth),
         Rule::number => parse_number(pair.as_str(), span)?,
         Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
-        Rule::path => ExprKind::Path(pair.into_inner().map(ident).collect()),
+        Rule::path => {
+            let parts: Vec<Ident> = pair.into_inner().map(ident).collect();
+            // The pair's span includes the whitespace after the path; the names do not.
+            span = parts[0].span.to(parts[parts.len() - 1].span);
+            ExprKind::Path(parts)
+        }
         Rule::list => ExprKind::List(
             pair.into_inner()
-                .map(build_expr)
+                .map(|e| build_expr_at(e, depth))
                 .collect::<Result<_, _>>()?,
         ),
         Rule::call => {
@@ -438,11 +499,11 @@ fn build_primary(pair: Pair<Rule>) -> Result<Expr, ParseError> {
                     Ok(match ai.next() {
                         Some(value) => Arg {
                             name: Some(ident(first)),
-                            value: build_expr(value)?,
+                            value: build_expr_at(value, depth)?,
                         },
                         None => Arg {
                             name: None,
-                            value: build_expr(first)?,
+                            value: build_expr_at(first, depth)?,
                         },
                     })
                 })

@@ -225,17 +225,30 @@ impl<'a> Binder<'a> {
         let mut seen: HashMap<(&str, Option<usize>), &WeightDecl> = HashMap::new();
         for d in decls {
             if let Some(prev) = seen.insert((d.tensor.as_str(), d.expert_slice), d) {
-                return Err(Diagnostic::at(
+                // The same binding reached from two layers of a `repeat` lacks `{layer}`.
+                let strip = |k: &str| {
+                    k.strip_prefix("layers.")
+                        .and_then(|r| r.split_once('.'))
+                        .map(|(_, r)| r.to_string())
+                };
+                let same_in_layers =
+                    strip(&prev.key).is_some() && strip(&prev.key) == strip(&d.key);
+                let mut err = Diagnostic::at(
                     d.span,
                     format!(
                         "the tensor \"{}\" is bound to both `{}` and `{}`",
                         d.tensor, prev.key, d.key
                     ),
                     "bound twice",
-                )
-                .with_help(
-                    "inside `repeat`, put `{layer}` (the repeat variable) in the tensor name",
-                ));
+                );
+                if prev.span != d.span {
+                    err = err.with_related(prev.span, "also bound here");
+                }
+                return Err(err.with_help(if same_in_layers {
+                    "inside `repeat`, put the repeat variable (e.g. `{layer}`) in the tensor name"
+                } else {
+                    "each weight needs a tensor of its own; check the two names"
+                }));
             }
         }
         Ok(())
@@ -303,7 +316,7 @@ fn fill(template: &str, vars: &[(String, usize)], span: Span) -> Result<String, 
                     "here",
                 )
                 .with_help(if known.is_empty() {
-                    "this binding has no index variables".to_string()
+                    "no placeholders here: `{e}` needs a key with `[e]`, and a repeat's variable is only known inside the `repeat`".to_string()
                 } else {
                     format!("this binding can use {}", known.join(", "))
                 }));

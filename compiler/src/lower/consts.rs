@@ -56,7 +56,9 @@ pub fn parse_override(text: &str) -> Option<Const> {
     }
 }
 
-/// Evaluates params in declaration order, applying overrides in place of defaults.
+/// Evaluates params, applying overrides in place of defaults. A param may read params
+/// declared after it (item order does not matter); each is evaluated once the params
+/// it reads are, and a cycle is an error.
 pub fn eval_params(
     params: &[&Param],
     overrides: &[(String, String)],
@@ -74,16 +76,33 @@ pub fn eval_params(
         }
     }
     let mut env = HashMap::new();
-    for p in params {
+    let mut pending: Vec<&Param> = params.to_vec();
+    while !pending.is_empty() {
+        let waiting = |p: &Param, env: &HashMap<String, Const>| {
+            let mut names = Vec::new();
+            free_names(&p.value, &mut names);
+            names
+                .iter()
+                .any(|n| !env.contains_key(*n) && params.iter().any(|q| q.name.name == **n))
+        };
+        let (ready, blocked): (Vec<&Param>, Vec<&Param>) =
+            pending.iter().partition(|p| !waiting(p, &env));
+        let Some(first) = ready.first() else {
+            return Err(param_cycle(&blocked));
+        };
+        // One at a time, in declaration order, so errors come out in a stable order.
+        let p = *first;
+        pending.retain(|q| !std::ptr::eq(*q, p));
         let default = eval_const(&p.value, &env)?;
         let value = match overrides.iter().rev().find(|(n, _)| *n == p.name.name) {
             None => default,
             Some((_, text)) => {
                 let v = parse_override(text).ok_or_else(|| {
-                    Diagnostic::error(format!(
-                        "--set {}={text}: `{text}` is not a number or bool",
-                        p.name
-                    ))
+                    Diagnostic::at(
+                        p.value.span,
+                        format!("--set {}={text}: `{text}` is not a number or bool", p.name),
+                        format!("`{}` is declared as {} here", p.name, default.kind()),
+                    )
                 })?;
                 match (default, v) {
                     (Const::Int(_), Const::Int(_)) | (Const::Bool(_), Const::Bool(_)) => v,
@@ -108,6 +127,60 @@ pub fn eval_params(
         env.insert(p.name.name.clone(), value);
     }
     Ok(env)
+}
+
+/// The names an expression reads (`a` in `2 * a`; not call names or fields).
+fn free_names<'e>(e: &'e Expr, out: &mut Vec<&'e str>) {
+    match &e.kind {
+        ExprKind::Path(parts) if parts.len() == 1 => out.push(&parts[0].name),
+        ExprKind::Neg(inner) => free_names(inner, out),
+        ExprKind::Binary { lhs, rhs, .. } => {
+            free_names(lhs, out);
+            free_names(rhs, out);
+        }
+        ExprKind::Call { args, .. } => args.iter().for_each(|a| free_names(&a.value, out)),
+        ExprKind::List(items) => items.iter().for_each(|i| free_names(i, out)),
+        _ => {}
+    }
+}
+
+/// The error for params that wait on each other. Every param in `blocked` reads another
+/// param in `blocked`, so following those reads from the first one finds a cycle.
+fn param_cycle(blocked: &[&Param]) -> Diagnostic {
+    let mut path: Vec<&Param> = vec![blocked[0]];
+    let cycle = loop {
+        let p = path[path.len() - 1];
+        let mut names = Vec::new();
+        free_names(&p.value, &mut names);
+        let next = blocked
+            .iter()
+            .copied()
+            .find(|q| names.contains(&q.name.name.as_str()))
+            .expect("a blocked param reads a blocked param");
+        if let Some(i) = path.iter().position(|q| std::ptr::eq(*q, next)) {
+            break path.split_off(i);
+        }
+        path.push(next);
+    };
+    let p = cycle[0];
+    if cycle.len() == 1 {
+        return Diagnostic::at(
+            p.name.span,
+            format!("param `{}` is defined in terms of itself", p.name),
+            "reads itself",
+        )
+        .with_related(p.value.span, "here");
+    }
+    let all: Vec<String> = cycle.iter().map(|q| format!("`{}`", q.name)).collect();
+    let mut d = Diagnostic::at(
+        p.name.span,
+        format!("params {} read each other in a cycle", all.join(", ")),
+        "part of the cycle",
+    );
+    for q in &cycle[1..] {
+        d = d.with_related(q.name.span, "part of the cycle");
+    }
+    d.with_help("give one of them a value that does not read the others")
 }
 
 /// The closest of `candidates` to `name`, if any is reasonably close.

@@ -195,7 +195,7 @@ impl<'a> Lowerer<'a> {
             )),
             other => Err(Diagnostic::at(
                 e.span,
-                format!("dimension `{e}` must be an integer"),
+                format!("dimension `{e}` must be an integer, it is {other}"),
                 format!("is {}", other.kind()),
             )),
         }

@@ -362,14 +362,16 @@ impl<'a> Lowerer<'a> {
                     "redefined here",
                 ));
             }
-            let v = self.let_value(&l.name, &l.value, &scope, path)?;
-            if let Val::Moe(_) = v {
+            // Checked before lowering: a moe of this very template would recurse forever.
+            if matches!(&l.value.kind, ExprKind::Call { func, .. } if func.name == "moe") {
                 return Err(Diagnostic::at(
                     l.value.span,
                     "an expert cannot contain a moe layer",
                     "nested moe",
-                ));
+                )
+                .with_help("put moe layers in the model's dataflow, one after another"));
             }
+            let v = self.let_value(&l.name, &l.value, &scope, path)?;
             scope.vars.insert(l.name.name.clone(), (v, l.name.span));
         }
         let out = self.tensor(&t.result_expr, &scope, path)?;
