@@ -1,4 +1,4 @@
-//! `moec`, the command line: check, graph, run and bench `.moe` specs.
+//! `moec`, the command line: check, graph, run, bench and compile `.moe` specs.
 //!
 //! Every failure is reported as a message on stderr and exit status 1; spec
 //! errors carry file:line:col and a source snippet.
@@ -29,6 +29,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Time a spec's scheduled and dense graphs at several token counts.
     Bench(cmd::bench::Args),
+    /// Generate code for a spec's kernels (`--target clif`) into a directory.
+    Compile(cmd::compile::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Graph(a) => cmd::graph::main(a),
         Command::Run(a) => cmd::run::main(a),
         Command::Bench(a) => cmd::bench::main(a),
+        Command::Compile(a) => cmd::compile::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -69,12 +69,12 @@ fn run_writes_outputs_named_after_the_spec() {
     assert_eq!(st.tensor("router_logits").unwrap().shape(), &[5, 8]);
 }
 
-#[test]
-fn run_on_fixture_files_matches_the_fixture() {
+/// `moec run --backend BACKEND` on the Mixtral fixture's files writes its expected output.
+fn run_on_fixture_files(backend: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("y.safetensors");
     let dir = Path::new("tests/fixtures/mixtral");
-    let mut args = vec!["run", "examples/mixtral.moe"];
+    let mut args = vec!["run", "examples/mixtral.moe", "--backend", backend];
     args.extend(MIXTRAL_FIXTURE_DIMS);
     let (w, x) = (
         dir.join("weights.safetensors"),
@@ -89,7 +89,7 @@ fn run_on_fixture_files_matches_the_fixture() {
         out.to_str().unwrap(),
     ]);
     let o = moec(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.status.success(), "{backend}: {}", stderr(&o));
     let got = std::fs::read(&out).unwrap();
     let want = std::fs::read(root().join(dir).join("expected.safetensors")).unwrap();
     let (got, want) = (
@@ -106,7 +106,64 @@ fn run_on_fixture_files_matches_the_fixture() {
         f32s(want.tensor("y").unwrap().data()),
     );
     let max = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    assert!(g.iter().zip(&w).all(|(a, b)| (a - b).abs() <= 1e-5 * max));
+    assert_eq!(g.len(), w.len(), "{backend}");
+    assert!(
+        g.iter().zip(&w).all(|(a, b)| (a - b).abs() <= 1e-5 * max),
+        "{backend}"
+    );
+}
+
+#[test]
+fn run_on_fixture_files_matches_the_fixture() {
+    run_on_fixture_files("interp");
+}
+
+#[test]
+fn run_cpu_backend_on_fixture_files_matches_the_fixture() {
+    run_on_fixture_files("cpu");
+}
+
+#[test]
+fn compile_clif_writes_a_file_per_kernel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kernels");
+    let mut args = vec!["compile", "examples/mixtral.moe", "--target", "clif", "-o"];
+    args.push(dir.to_str().unwrap());
+    args.extend(MIXTRAL_FIXTURE_DIMS);
+    let o = moec(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "clif"))
+        .collect();
+    assert!(!files.is_empty(), "no .clif file in {}", dir.display());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(text.starts_with("function %matmul_"), "{}", f.display());
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(stdout.contains(name), "{name} not listed:\n{stdout}");
+    }
+}
+
+#[test]
+fn compile_wgsl_is_not_implemented_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kernels");
+    let err = assert_user_error(&moec(&[
+        "compile",
+        "examples/mixtral.moe",
+        "--target",
+        "wgsl",
+        "-o",
+        dir.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("wgsl") && err.contains("not implemented"),
+        "{err}"
+    );
+    assert!(!dir.exists());
 }
 
 #[test]

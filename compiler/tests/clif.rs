@@ -1,7 +1,8 @@
 //! The CLIF backend's codegen: every kernel of every example (and of a sweep of
 //! shapes covering each epilogue, bias, row weights, k tails and partial panels)
-//! passes Cranelift's verifier, and the packed layout puts each weight where the
-//! kernel reads it.
+//! passes Cranelift's verifier, the text of each example's kernels (what `moec
+//! compile --target clif` writes) is snapshotted, and the packed layout puts each
+//! weight where the kernel reads it.
 
 mod common;
 
@@ -9,7 +10,7 @@ use common::small_dims;
 use cranelift_codegen::settings;
 use cranelift_codegen::verify_function;
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, PANEL};
-use moec_compiler::backend::clif::{lower, matmul, MatmulShape, Target};
+use moec_compiler::backend::clif::{clif_text, lower, matmul, MatmulShape, Target};
 use moec_compiler::ir::{Epilogue, UnaryOp};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::{run_pipeline, Upto};
@@ -45,6 +46,26 @@ fn example_kernels_verify() {
         }
     }
     assert!(count > 0);
+}
+
+/// The CLIF of every kernel of each example after the whole pipeline, at small dims
+/// and for `Target::default()` (FMA on, so the text does not depend on the host):
+/// one snapshot per example, each kernel under a `; kernel NAME` header. The same
+/// kernels pass the verifier in `example_kernels_verify`.
+#[test]
+fn example_kernels_text() {
+    insta::glob!("../../examples", "*.moe", |path| {
+        let source = std::fs::read_to_string(path).unwrap();
+        let mut g = lower_source(&source, &small_dims(&source)).unwrap().graph;
+        run_pipeline(&mut g, Upto::All, true).unwrap();
+        let kernels = clif_text(&g, &Target::default());
+        assert!(!kernels.is_empty(), "{}", path.display());
+        let text: String = kernels
+            .iter()
+            .map(|(name, text)| format!("; kernel {name}\n{text}\n"))
+            .collect();
+        insta::assert_snapshot!(text);
+    });
 }
 
 #[test]

@@ -4,8 +4,7 @@
 //! one warm-up run; GFLOP/s and weight GB/s use `stats`' counting rules (weight
 //! bytes: what the kernels read, so routed experts only for the scheduled graph).
 
-use super::{Passes, SpecArgs};
-use clap::ValueEnum;
+use super::{Backend, Passes, SpecArgs};
 use moec_compiler::ir::Graph;
 use moec_compiler::stats::stats;
 use moec_compiler::tensor::Tensor;
@@ -13,14 +12,6 @@ use moec_runtime::cpu::CpuModel;
 use moec_runtime::random::{random_inputs, random_weights};
 use std::collections::BTreeMap;
 use std::time::Instant;
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Backend {
-    /// The reference interpreter.
-    Interp,
-    /// Cranelift JIT-compiled kernels on all cores.
-    Cpu,
-}
 
 #[derive(clap::Args)]
 pub struct Args {

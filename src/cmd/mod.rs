@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod compile;
 pub mod graph;
 pub mod run;
 
@@ -12,6 +13,15 @@ use moec_compiler::ir::Graph;
 use moec_compiler::lower::{lower_source, Lowered};
 use moec_compiler::passes::{self, run_pipeline, Upto};
 use std::path::PathBuf;
+
+/// Where a graph runs (`run` and `bench`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Backend {
+    /// The reference interpreter.
+    Interp,
+    /// Cranelift JIT-compiled kernels on all cores.
+    Cpu,
+}
 
 /// The arguments every command that reads a spec takes.
 #[derive(ClapArgs, Clone)]

@@ -3,22 +3,13 @@
 //! none` skips it), runs it on the interpreter or the CPU backend (`--backend`),
 //! and writes the outputs.
 
-use super::{PassArgs, SpecArgs};
-use clap::ValueEnum;
+use super::{Backend, PassArgs, SpecArgs};
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
 use moec_runtime::cpu::CpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Backend {
-    /// The reference interpreter.
-    Interp,
-    /// Cranelift JIT-compiled kernels on all cores.
-    Cpu,
-}
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -155,3 +155,17 @@ pub fn lower(g: &Graph, target: &Target) -> Program {
     }
     program
 }
+
+/// The CLIF text of every kernel the CPU backend compiles for `g`, as
+/// `(kernel name, text)` in `lower`'s order (`Function`'s `Display`).
+///
+/// `moec compile --target clif` and the snapshots use `Target::default()` (x86-64
+/// System V, FMA on) rather than the host's ISA, so the text is the same on every
+/// machine; a host without FMA JITs the same kernels with `fmul` + `fadd` instead.
+pub fn clif_text(g: &Graph, target: &Target) -> Vec<(String, String)> {
+    lower(g, target)
+        .kernels
+        .iter()
+        .map(|k| (k.shape.name(), k.func.display().to_string()))
+        .collect()
+}
