@@ -1,4 +1,4 @@
-//! `moec`, the command line: check, graph, run, bench and compile `.moe` specs.
+//! `moec`, the command line: check, graph, run, bench, compile and build `.moe` specs.
 //!
 //! Every failure is reported as a message on stderr and exit status 1; spec
 //! errors carry file:line:col and a source snippet.
@@ -31,6 +31,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Generate code for a spec's kernels (`--target clif`) into a directory.
     Compile(cmd::compile::Args),
+    /// Build a standalone executable that runs a spec on the CPU (ahead of time).
+    Build(cmd::build::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::main(a),
         Command::Bench(a) => cmd::bench::main(a),
         Command::Compile(a) => cmd::compile::main(a),
+        Command::Build(a) => cmd::build::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

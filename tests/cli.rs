@@ -148,22 +148,54 @@ fn compile_clif_writes_a_file_per_kernel() {
 }
 
 #[test]
-fn compile_wgsl_is_not_implemented_yet() {
+fn compile_wgsl_writes_kernels_and_a_plan() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("kernels");
-    let err = assert_user_error(&moec(&[
-        "compile",
-        "examples/mixtral.moe",
-        "--target",
-        "wgsl",
-        "-o",
-        dir.to_str().unwrap(),
-    ]));
+    let mut args = vec!["compile", "examples/mixtral.moe", "--target", "wgsl", "-o"];
+    args.push(dir.to_str().unwrap());
+    args.extend(MIXTRAL_FIXTURE_DIMS);
+    let o = moec(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
+    let kernels = plan["kernels"].as_array().unwrap();
+    assert!(kernels.len() >= 6, "{plan}");
+    for k in kernels {
+        let name = k["name"].as_str().unwrap();
+        let text = std::fs::read_to_string(dir.join(format!("{name}.wgsl"))).unwrap();
+        assert!(text.contains("fn main("), "{name}");
+    }
+    assert!(plan["steps"].as_array().unwrap().len() >= kernels.len());
+}
+
+#[test]
+fn run_gpu_backend_on_fixture_files_matches_the_fixture() {
+    run_on_fixture_files("gpu");
+}
+
+#[test]
+fn gpu_backend_without_an_adapter_is_a_clear_error() {
+    // No DX12 on Linux: wgpu finds no adapter at all.
+    let o = Command::new(env!("CARGO_BIN_EXE_moec"))
+        .args([
+            "run",
+            "examples/mixtral.moe",
+            "--random-weights",
+            "1",
+            "--tokens",
+            "2",
+            "--backend",
+            "gpu",
+        ])
+        .args(MIXTRAL_FIXTURE_DIMS)
+        .env("WGPU_BACKEND", "dx12")
+        .output()
+        .unwrap();
+    let err = assert_user_error(&o);
     assert!(
-        err.contains("wgsl") && err.contains("not implemented"),
+        err.contains("no GPU adapter") && err.contains("mesa-vulkan-drivers"),
         "{err}"
     );
-    assert!(!dir.exists());
 }
 
 #[test]
@@ -292,4 +324,43 @@ fn unknown_set_param_is_an_error() {
 fn missing_spec_file_is_an_error() {
     let err = assert_user_error(&moec(&["check", "examples/nope.moe"]));
     assert!(err.contains("nope.moe"), "{err}");
+}
+
+#[test]
+fn bench_runs_on_a_weights_file_and_reports_json() {
+    let w = "tests/fixtures/mixtral/weights.safetensors";
+    let mut args = vec!["bench", "examples/mixtral.moe", "--weights", w];
+    args.extend(MIXTRAL_FIXTURE_DIMS);
+    args.extend([
+        "--tokens",
+        "1,7",
+        "--repeats",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    let o = moec(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "scheduled and dense at 2 token counts:\n{out}"
+    );
+    for line in lines {
+        for key in [
+            "\"graph\":",
+            "\"tokens\":",
+            "\"backend\":\"cpu\"",
+            "\"median_ms\":",
+        ] {
+            assert!(line.contains(key), "{key} in {line}");
+        }
+        assert!(line.contains("\"gflops\":") && line.contains("\"weight_gbps\":"));
+    }
+    // The fixture's weights do not fit the spec's default dims: every mismatch, no panic.
+    let err = assert_user_error(&moec(&["bench", "examples/mixtral.moe", "--weights", w]));
+    assert!(err.contains("weights.safetensors"), "{err}");
 }

@@ -7,9 +7,10 @@ use moec_compiler::interp;
 use moec_compiler::ir::Graph;
 use moec_compiler::lower::lower_source;
 use moec_compiler::tensor::Tensor;
+use moec_runtime::cpu::CpuModel;
 use moec_runtime::io::read_tensors;
 use moec_runtime::weights::{bind, WeightSource};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -82,7 +83,10 @@ struct Outcome {
     logits_error: f32,
 }
 
-fn check_case(dir: &Path) -> Outcome {
+/// How a case is run: the interpreter or a backend.
+type Run = dyn Fn(&Graph, &[Tensor], &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor>;
+
+fn check_case(dir: &Path, run: &Run) -> Outcome {
     let case: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let g = lower_for_case(&case);
@@ -90,7 +94,7 @@ fn check_case(dir: &Path) -> Outcome {
     let weights = bind(&g.weights, &source).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let inputs = read_tensors(&dir.join("input.safetensors")).unwrap();
     let expected = read_tensors(&dir.join("expected.safetensors")).unwrap();
-    let out = interp::run(&g, &weights, &inputs).unwrap();
+    let out = run(&g, &weights, &inputs);
 
     let tokens = inputs["x"].shape[0];
     let (got, want) = (&out["selected_experts"], &expected["selected_experts"]);
@@ -130,7 +134,7 @@ fn interpreter_matches_transformers_on_every_fixture() {
         String::from("| case | max rel. error y | max rel. error router_logits |\n|---|---|---|\n");
     let mut failures = Vec::new();
     for dir in &dirs {
-        let o = check_case(dir);
+        let o = check_case(dir, &|g, w, x| interp::run(g, w, x).unwrap());
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         table.push_str(&format!(
             "| {name} | {:.1e} | {:.1e} |\n",
@@ -142,6 +146,25 @@ fn interpreter_matches_transformers_on_every_fixture() {
     }
     println!("{table}");
     assert!(failures.is_empty(), "over 1e-5: {failures:?}\n{table}");
+}
+
+/// The CPU backend on the bf16 fixture: bf16 panels widened in the kernel, on the
+/// JIT kernel and on the gemm path, give transformers' output.
+#[test]
+fn cpu_backend_matches_transformers_on_bf16_weights() {
+    let dir = root().join("tests/fixtures/mixtral_bf16");
+    for gemm_rows in [usize::MAX, 1] {
+        let o = check_case(&dir, &move |g, w, x| {
+            let model = CpuModel::new(g, w).unwrap().with_gemm_rows(gemm_rows);
+            model.run(x).unwrap()
+        });
+        assert!(
+            o.y_error <= 1e-5 && o.logits_error <= 1e-5,
+            "gemm from {gemm_rows} rows: y {:.1e}, router_logits {:.1e}",
+            o.y_error,
+            o.logits_error
+        );
+    }
 }
 
 /// A checkpoint split into shards with an index loads to the same result.

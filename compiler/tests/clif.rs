@@ -9,18 +9,23 @@ mod common;
 use common::small_dims;
 use cranelift_codegen::settings;
 use cranelift_codegen::verify_function;
-use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, PANEL};
-use moec_compiler::backend::clif::{clif_text, lower, matmul, MatmulShape, Target};
+use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16, PANEL};
+use moec_compiler::backend::clif::{clif_text, lower, matmul, MatmulShape, Target, WeightDType};
 use moec_compiler::ir::{Epilogue, UnaryOp};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::{run_pipeline, Upto};
 use std::path::PathBuf;
 
+/// The matmul kernel and the epilogue kernel of `shape` pass the verifier.
 fn verify(shape: &MatmulShape, target: &Target) {
-    let func = matmul::build(shape, target);
     let flags = settings::Flags::new(settings::builder());
-    if let Err(e) = verify_function(&func, &flags) {
-        panic!("{}: {e}\n{}", shape.name(), func.display());
+    for func in [
+        matmul::build(shape, target),
+        matmul::build_epilogue(shape, target),
+    ] {
+        if let Err(e) = verify_function(&func, &flags) {
+            panic!("{}: {e}\n{}", shape.name(), func.display());
+        }
     }
 }
 
@@ -81,7 +86,11 @@ fn shape_sweep_verifies() {
     for epilogue in epilogues {
         for (k, n) in [(1, 2), (3, 6), (8, 16), (13, 22)] {
             for (bias, weighted) in [(false, false), (true, true)] {
-                for fma in [false, true] {
+                for (fma, weights) in [
+                    (false, WeightDType::F32),
+                    (true, WeightDType::F32),
+                    (true, WeightDType::Bf16),
+                ] {
                     let target = Target {
                         fma,
                         ..Target::default()
@@ -92,6 +101,7 @@ fn shape_sweep_verifies() {
                         epilogue,
                         bias,
                         weighted,
+                        weights,
                     };
                     verify(&shape, &target);
                 }
@@ -109,6 +119,7 @@ fn glu_packing_pairs_gate_and_up_columns() {
         epilogue: Epilogue::Glu(UnaryOp::Silu),
         bias: true,
         weighted: false,
+        weights: WeightDType::F32,
     };
     let w: Vec<f32> = (0..10)
         .flat_map(|c| (0..2).map(move |k| (10 * c + k) as f32))
@@ -130,5 +141,38 @@ fn glu_packing_pairs_gate_and_up_columns() {
     assert_eq!(
         pack_bias(&shape, &b)[PANEL..],
         [4.0, 0.0, 0.0, 0.0, 9.0, 0.0, 0.0, 0.0]
+    );
+}
+
+/// bf16 panels hold the f32 layout's slots as high halves, slots 0..4 in the
+/// even positions and 4..8 in the odd ones (the kernel's shift and mask).
+#[test]
+fn bf16_packing_interleaves_the_two_vectors() {
+    let shape = MatmulShape {
+        k: 2,
+        n: 8,
+        epilogue: Epilogue::None,
+        bias: false,
+        weighted: false,
+        weights: WeightDType::Bf16,
+    };
+    // w[c, k] = c + 8k + 1, all exact in bf16.
+    let w: Vec<f32> = (0..8)
+        .flat_map(|c| (0..2).map(move |k| (c + 8 * k + 1) as f32))
+        .collect();
+    let packed = pack_weights_bf16(&shape, &w);
+    assert_eq!(packed.len(), 2 * PANEL);
+    let k0: Vec<f32> = packed[..PANEL]
+        .iter()
+        .map(|&b| f32::from_bits(u32::from(b) << 16))
+        .collect();
+    assert_eq!(k0, [1.0, 5.0, 2.0, 6.0, 3.0, 7.0, 4.0, 8.0]);
+    let f32_shape = MatmulShape {
+        weights: WeightDType::F32,
+        ..shape
+    };
+    assert_eq!(
+        pack_weights(&f32_shape, &w)[PANEL..],
+        [9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0]
     );
 }

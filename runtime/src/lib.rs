@@ -5,13 +5,16 @@
 //!   graph's `WeightDecl`s as f32 tensors, with every problem reported at once.
 //! - `random`: deterministic stand-in weights for running a spec without a checkpoint.
 //! - `io`: read and write run inputs and outputs as safetensors files.
+//! - `aot`: what an executable built by `moec build` carries, and its entry point.
 //!
 //! The runtime depends on the compiler for `Tensor` and `WeightDecl`, never the other way.
 //! Errors are plain data implementing `std::error::Error`; rendering them is the CLI's job.
 
+pub mod aot;
 pub mod cpu;
 mod decode;
 mod file;
+pub mod gpu;
 pub mod io;
 pub mod random;
 pub mod weights;

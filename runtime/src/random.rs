@@ -5,10 +5,11 @@
 //! - other vectors and scalars (norm weights): 1 + uniform in ±0.1.
 //!
 //! Inputs (`random_inputs`) are uniform in ±1, keyed by the input's name.
+//! `round_to_bf16` turns any weights into bf16 values (`--weight-dtype bf16`).
 
 use moec_compiler::ir::weight::WeightDecl;
 use moec_compiler::ir::{Graph, Op};
-use moec_compiler::tensor::Tensor;
+use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 
 /// One f32 tensor per decl, in order, of the decl's shape.
@@ -44,6 +45,17 @@ pub fn random_inputs(g: &Graph, tokens: usize, seed: u64) -> BTreeMap<String, Te
             _ => None,
         })
         .collect()
+}
+
+/// `t` with every f32 value rounded to the nearest bf16 value (ties to even), for
+/// running on bf16 weights without a bf16 checkpoint.
+pub fn round_to_bf16(mut t: Tensor) -> Tensor {
+    if let TensorData::F32(v) = &mut t.data {
+        for x in v.iter_mut() {
+            *x = half::bf16::from_f32(*x).to_f32();
+        }
+    }
+    t
 }
 
 /// FNV-1a, 64-bit: a stable hash of the key (std's hashers may change between releases).

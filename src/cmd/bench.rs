@@ -1,16 +1,23 @@
 //! `moec bench SPEC`: times runs of the scheduled graph and of the dense one
 //! (`--passes none`: every expert on every token) at several token counts, on
-//! random weights and inputs. Each figure is the median of `--repeats` runs after
-//! one warm-up run; GFLOP/s and weight GB/s use `stats`' counting rules (weight
-//! bytes: what the kernels read, so routed experts only for the scheduled graph).
+//! random inputs and random weights (or a checkpoint, `--weights`). Each figure is
+//! the median of `--repeats` runs after one warm-up run; GFLOP/s and weight GB/s
+//! use `stats`' counting rules (weight bytes: what the kernels read, so routed
+//! experts only for the scheduled graph). `--bandwidth` first measures the
+//! machine's memory read bandwidth (`bandwidth.rs`), to compare weight GB/s with.
+
+mod bandwidth;
 
 use super::{Backend, Passes, SpecArgs};
 use moec_compiler::ir::Graph;
 use moec_compiler::stats::stats;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::cpu::CpuModel;
+use moec_runtime::gpu::{GpuModel, GpuOptions};
 use moec_runtime::random::{random_inputs, random_weights};
+use moec_runtime::weights::{bind, WeightSource};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -34,12 +41,30 @@ pub struct Args {
     /// Seed of the random weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Weights: a safetensors file, a sharded `model.safetensors.index.json`, or a
+    /// directory (default: random weights from `--seed`).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Worker threads of the cpu backend (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Also measure the memory read bandwidth (all cores, a 1 GiB buffer).
+    #[arg(long)]
+    bandwidth: bool,
+    /// Round the random weights to this dtype: bf16 makes the cpu backend stream bf16 panels.
+    #[arg(long, value_enum, default_value = "f32")]
+    weight_dtype: super::WeightDType,
+    /// cpu backend: matmul segments of at least this many rows use the gemm path
+    /// (default: the runtime's measured threshold; 0 always, a huge value never).
+    #[arg(long)]
+    gemm_rows: Option<usize>,
 }
 
 /// A graph ready to run on the chosen backend.
 enum Runner {
     Interp(Graph, Vec<Tensor>),
     Cpu(Box<CpuModel>),
+    Gpu(Box<GpuModel>),
 }
 
 impl Runner {
@@ -47,6 +72,7 @@ impl Runner {
         match self {
             Runner::Interp(g, w) => moec_compiler::interp::run(g, w, inputs).map(drop),
             Runner::Cpu(m) => m.run(inputs).map(drop),
+            Runner::Gpu(m) => m.run(inputs).map(drop),
         }
     }
 }
@@ -55,7 +81,23 @@ pub fn main(args: Args) -> Result<(), String> {
     let backend = match args.backend {
         Backend::Interp => "interp",
         Backend::Cpu => "cpu",
+        Backend::Gpu => "gpu",
     };
+    let source = match &args.weights {
+        Some(path) => Some(WeightSource::open(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if args.bandwidth {
+        let b = bandwidth::measure();
+        let (gbps, threads, mib) = (b.read_gbps, b.threads, b.buffer_bytes >> 20);
+        if args.json {
+            println!(
+                "{{\"backend\":\"memory\",\"read_gbps\":{gbps:.3},\"threads\":{threads},\"buffer_mib\":{mib}}}"
+            );
+        } else {
+            println!("memory read bandwidth: {gbps:.2} GB/s ({threads} threads, {mib} MiB buffer)");
+        }
+    }
     if !args.json {
         println!(
             "{:<10} {:>7} {:>11} {:>9} {:>12}",
@@ -70,10 +112,28 @@ pub fn main(args: Args) -> Result<(), String> {
     for &(passes, label) in graphs {
         let mut g = super::load(&args.spec)?.graph;
         super::optimize(&mut g, super::upto(passes, None)?)?;
-        let weights = random_weights(&g.weights, args.seed);
+        let weights = match &source {
+            Some(source) => bind(&g.weights, source).map_err(|e| e.to_string())?,
+            None => random_weights(&g.weights, args.seed),
+        };
+        let weights = args.weight_dtype.round(weights);
         let runner = match args.backend {
             Backend::Interp => Runner::Interp(g.clone(), weights),
-            Backend::Cpu => Runner::Cpu(Box::new(CpuModel::new(&g, &weights)?)),
+            Backend::Cpu => {
+                let mut model = CpuModel::new(&g, &weights)?;
+                if let Some(n) = args.threads {
+                    model = model.with_threads(n);
+                }
+                if let Some(rows) = args.gemm_rows {
+                    model = model.with_gemm_rows(rows);
+                }
+                Runner::Cpu(Box::new(model))
+            }
+            Backend::Gpu => {
+                let model = GpuModel::new(&g, &weights, GpuOptions::default())?;
+                eprintln!("gpu: {}", model.adapter());
+                Runner::Gpu(Box::new(model))
+            }
         };
         for &t in &args.tokens {
             let inputs = random_inputs(&g, t, args.seed);

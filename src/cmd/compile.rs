@@ -1,21 +1,26 @@
-//! `moec compile SPEC --target clif -o DIR`: runs the pass pipeline (`--passes
-//! none` skips it) and writes the CLIF of every kernel the CPU backend would JIT
-//! for the graph, one `NAME.clif` file per kernel, into DIR (created if needed).
+//! `moec compile SPEC --target clif|wgsl -o DIR`: runs the pass pipeline
+//! (`--passes none` skips it) and writes what a backend would run, into DIR
+//! (created if needed):
 //!
-//! The text is generated for a fixed target, `backend::clif::Target::default()`
-//! (x86-64 System V, FMA on), not the host's ISA, so it is the same on every
-//! machine. `--target wgsl` is not implemented yet.
+//! - `clif`: the CLIF of every kernel the CPU backend would JIT, one
+//!   `NAME.clif` per kernel, generated for a fixed target
+//!   (`backend::clif::Target::default()`: x86-64 System V, FMA on), not the
+//!   host's ISA, so it is the same on every machine;
+//! - `wgsl`: one `NAME.wgsl` per GPU kernel and `plan.json` (buffers, what fills
+//!   them, dispatch order and sizes), enough for any wgpu host to run them;
+//!   `--max-binding-bytes` and `--f16-weights` pick what the plan assumes.
 
 use super::{PassArgs, SpecArgs};
 use clap::ValueEnum;
 use moec_compiler::backend::clif::{clif_text, Target as ClifTarget};
-use std::path::PathBuf;
+use moec_compiler::backend::wgsl;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
     /// Cranelift IR of the CPU backend's kernels.
     Clif,
-    /// WebGPU shaders (not implemented yet).
+    /// WebGPU compute shaders and their plan.
     Wgsl,
 }
 
@@ -31,28 +36,61 @@ pub struct Args {
     /// The directory to write the kernels into (created if missing).
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     output: PathBuf,
+    /// wgsl: the largest storage binding the plan may use; larger weights are split.
+    #[arg(long, default_value_t = wgsl::Options::default().max_binding_bytes)]
+    max_binding_bytes: u64,
+    /// wgsl: store matmul weights as f16 (needs the adapter's `shader-f16`).
+    #[arg(long)]
+    f16_weights: bool,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
-    if args.target == Target::Wgsl {
-        return Err("--target wgsl is not implemented yet; the only code target is `clif`".into());
-    }
     let mut g = super::load(&args.spec)?.graph;
     super::optimize(&mut g, super::upto(args.passes.passes, None)?)?;
-    let kernels = clif_text(&g, &ClifTarget::default());
+    let files: Vec<(String, String)> = match args.target {
+        Target::Clif => clif_text(&g, &ClifTarget::default())
+            .into_iter()
+            .map(|(name, text)| (format!("{name}.clif"), text))
+            .collect(),
+        Target::Wgsl => {
+            if args.max_binding_bytes < 4 {
+                return Err("--max-binding-bytes must be at least 4".into());
+            }
+            let options = wgsl::Options {
+                max_binding_bytes: args.max_binding_bytes,
+                f16_weights: args.f16_weights,
+            };
+            let program = wgsl::lower(&g, &options)?;
+            let plan = serde_json::to_string_pretty(&program.plan)
+                .map_err(|e| format!("internal error: writing plan.json: {e}"))?;
+            let mut files: Vec<(String, String)> = program
+                .plan
+                .kernels
+                .iter()
+                .zip(program.sources)
+                .map(|(k, src)| (format!("{}.wgsl", k.name), src))
+                .collect();
+            files.push(("plan.json".into(), plan));
+            files
+        }
+    };
     let dir = &args.output;
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("{}: cannot create the directory: {e}", dir.display()))?;
-    for (name, text) in &kernels {
-        let path = dir.join(format!("{name}.clif"));
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-        println!("{}", path.display());
+    for (name, text) in &files {
+        write(&dir.join(name), text)?;
     }
     println!(
-        "wrote {} kernel{} to {}",
-        kernels.len(),
-        if kernels.len() == 1 { "" } else { "s" },
+        "wrote {} file{} to {}",
+        files.len(),
+        if files.len() == 1 { "" } else { "s" },
         dir.display()
     );
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("{}", path.display());
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! pipeline (`--passes`).
 
 pub mod bench;
+pub mod build;
 pub mod check;
 pub mod compile;
 pub mod graph;
@@ -12,6 +13,8 @@ use clap::{Args as ClapArgs, ValueEnum};
 use moec_compiler::ir::Graph;
 use moec_compiler::lower::{lower_source, Lowered};
 use moec_compiler::passes::{self, run_pipeline, Upto};
+use moec_compiler::tensor::Tensor;
+use moec_runtime::random::round_to_bf16;
 use std::path::PathBuf;
 
 /// Where a graph runs (`run` and `bench`).
@@ -21,6 +24,26 @@ pub enum Backend {
     Interp,
     /// Cranelift JIT-compiled kernels on all cores.
     Cpu,
+    /// WGSL kernels on the best wgpu adapter (Mesa's software Vulkan driver where there is no GPU).
+    Gpu,
+}
+
+/// `--weight-dtype` (`run` and `bench` with random weights): the values to use.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WeightDType {
+    /// As generated.
+    F32,
+    /// Rounded to the nearest bf16 value (the cpu backend then packs bf16 panels).
+    Bf16,
+}
+
+impl WeightDType {
+    pub fn round(self, weights: Vec<Tensor>) -> Vec<Tensor> {
+        match self {
+            WeightDType::F32 => weights,
+            WeightDType::Bf16 => weights.into_iter().map(round_to_bf16).collect(),
+        }
+    }
 }
 
 /// The arguments every command that reads a spec takes.

@@ -1,11 +1,12 @@
 //! `moec run SPEC`: binds weights (a file, or `--random-weights SEED`), reads the
 //! inputs (a file, or `--tokens N` random ones), runs the pass pipeline (`--passes
-//! none` skips it), runs it on the interpreter or the CPU backend (`--backend`),
+//! none` skips it), runs it on the interpreter, the CPU or the GPU backend (`--backend`),
 //! and writes the outputs.
 
 use super::{Backend, PassArgs, SpecArgs};
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
 use moec_runtime::cpu::CpuModel;
+use moec_runtime::gpu::{GpuModel, GpuOptions};
 use moec_runtime::io::{read_tensors, write_tensors};
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
@@ -34,6 +35,9 @@ pub struct Args {
     output: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "interp")]
     backend: Backend,
+    /// With --random-weights: round them to this dtype (bf16: the cpu backend streams bf16 panels).
+    #[arg(long, value_enum, default_value = "f32", requires = "random_weights")]
+    weight_dtype: super::WeightDType,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
@@ -44,7 +48,7 @@ pub fn main(args: Args) -> Result<(), String> {
             let source = WeightSource::open(path).map_err(|e| e.to_string())?;
             bind(&g.weights, &source).map_err(|e| e.to_string())?
         }
-        (None, Some(seed)) => random_weights(&g.weights, seed),
+        (None, Some(seed)) => args.weight_dtype.round(random_weights(&g.weights, seed)),
         (None, None) => {
             return Err("no weights: give --weights FILE or --random-weights SEED".into())
         }
@@ -57,6 +61,10 @@ pub fn main(args: Args) -> Result<(), String> {
     let outputs = match args.backend {
         Backend::Interp => moec_compiler::interp::run(&g, &weights, &inputs),
         Backend::Cpu => CpuModel::new(&g, &weights).and_then(|m| m.run(&inputs)),
+        Backend::Gpu => GpuModel::new(&g, &weights, GpuOptions::default()).and_then(|m| {
+            eprintln!("gpu: {}", m.adapter());
+            m.run(&inputs)
+        }),
     }
     .map_err(|e| match &args.input {
         Some(p) => format!("{}: {e}", p.display()),

@@ -3,5 +3,7 @@
 //! devices and threads.
 //!
 //! - `clif`: Cranelift IR for the CPU (JIT'd by `moec-runtime`'s `cpu` module).
+//! - `wgsl`: WebGPU compute shaders and their plan (run by `moec-runtime`'s `gpu` module).
 
 pub mod clif;
+pub mod wgsl;

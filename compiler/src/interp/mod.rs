@@ -121,6 +121,21 @@ pub fn token_count(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<usize
     Ok(tokens.unwrap_or(0))
 }
 
+/// Slots each expert keeps under `limit` for `tokens` tokens routed to `k` of `experts`.
+pub fn capacity(limit: CapacityLimit, tokens: usize, k: usize, experts: usize) -> usize {
+    match limit {
+        CapacityLimit::Fixed(n) => n as usize,
+        CapacityLimit::Factor(f) => {
+            (f.get() as f64 * tokens as f64 * k as f64 / experts as f64).ceil() as usize
+        }
+    }
+}
+
+/// Tokens each of `experts` takes under expert-choice routing: ⌈T·factor/E⌉, at most T.
+pub fn expert_choice_capacity(factor: f32, tokens: usize, experts: usize) -> usize {
+    ((tokens as f64 * factor as f64 / experts as f64).ceil() as usize).min(tokens)
+}
+
 fn eval(
     op: &Op,
     a: &[&Tensor],
@@ -196,12 +211,7 @@ fn eval(
         } => {
             let (idx, w) = (a[0].as_i32(), a[1].as_f32());
             let (t, k) = (a[0].shape[0], a[0].shape[1]);
-            let cap = match limit {
-                CapacityLimit::Fixed(n) => *n as usize,
-                CapacityLimit::Factor(f) => {
-                    (f.get() as f64 * t as f64 * k as f64 / *experts as f64).ceil() as usize
-                }
-            };
+            let cap = capacity(*limit, t, k, *experts as usize);
             // Slot-major arrival order: all first choices by token, then second choices...
             let mut order: Vec<usize> = (0..k)
                 .flat_map(|j| (0..t).map(move |i| i * k + j))
@@ -238,7 +248,7 @@ fn eval(
         ExpertChoice { factor } => {
             let (t, e) = (a[0].shape[0], a[0].shape[1]);
             let s = a[0].as_f32();
-            let cap = ((t as f64 * factor.get() as f64 / e as f64).ceil() as usize).min(t);
+            let cap = expert_choice_capacity(factor.get(), t, e);
             let mut idx = vec![-1i32; t * e];
             for ex in 0..e {
                 let column: Vec<f32> = (0..t).map(|i| s[i * e + ex]).collect();

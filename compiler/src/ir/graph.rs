@@ -7,9 +7,10 @@ use super::weight::WeightDecl;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
+use serde::{Deserialize, Serialize};
 
 /// An operation and the types of the values it produces.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     pub op: Op,
     pub outputs: Vec<TensorType>,
@@ -18,14 +19,14 @@ pub struct Node {
 }
 
 /// Data flows from the source node's output `port` into the target's operand `operand`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Edge {
     pub port: u8,
     pub operand: u32,
 }
 
 /// One value: an output port of a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Value {
     pub node: NodeIndex,
     pub port: u8,
@@ -37,7 +38,8 @@ impl From<NodeIndex> for Value {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+/// Serializable (serde) so a scheduled graph can be stored in an artifact (`moec build`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Graph {
     pub name: String,
     pub g: StableGraph<Node, Edge>,

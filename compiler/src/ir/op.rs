@@ -8,11 +8,11 @@
 
 use super::types::TensorType;
 use super::weight::StorageDType;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// An f32 stored as its bits, so ops can derive `Eq` and `Hash`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct F32Bits(pub u32);
 
 impl F32Bits {
@@ -30,7 +30,7 @@ impl fmt::Debug for F32Bits {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum UnaryOp {
     Silu,
     /// Exact gelu: x·Φ(x).
@@ -41,7 +41,7 @@ pub enum UnaryOp {
     Sigmoid,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BinaryOp {
     Add,
     Sub,
@@ -50,7 +50,7 @@ pub enum BinaryOp {
 }
 
 /// How a group of experts is scored for group-limited routing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum GroupScore {
     /// Sum of the group's two largest scores (DeepSeek-V3).
     Top2Sum,
@@ -59,7 +59,7 @@ pub enum GroupScore {
 }
 
 /// How many token slots one expert may take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CapacityLimit {
     /// ⌈factor · tokens · k / experts⌉.
     Factor(F32Bits),
@@ -68,7 +68,7 @@ pub enum CapacityLimit {
 }
 
 /// Which slots win when an expert is over capacity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DropPolicy {
     /// Slot-major arrival: every token's first choice in token order, then every second choice, ...
     Arrival,
@@ -77,7 +77,7 @@ pub enum DropPolicy {
 }
 
 /// What a stacked or grouped matmul applies to its result before storing it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Epilogue {
     None,
     /// `act(h)`.
@@ -87,14 +87,14 @@ pub enum Epilogue {
 }
 
 /// The router's score function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Score {
     Softmax,
     Sigmoid,
 }
 
 /// Every step of a router after its logits, as one op (see `Op::Router`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RouterAttrs {
     pub score: Score,
     /// Select on the logits and score only the k selected (softmax over k).
@@ -108,7 +108,7 @@ pub struct RouterAttrs {
     pub scale: F32Bits,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {
     /// A run-time input. Typing: no operands; output: the declared type.
     Input { name: String, ty: TensorType },

@@ -1,12 +1,12 @@
 //! Value types on graph edges: a dtype and a shape whose dims may depend on the
 //! run-time token count.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Element type of a graph value. Weights stored as f16/bf16 are widened to f32
 /// on load, so the IR only computes in f32; i32 holds expert indices and counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DType {
     F32,
     I32,
@@ -23,7 +23,7 @@ impl fmt::Display for DType {
 
 /// One dimension: `per_token · tokens + fixed`. Most dims are fixed (`per_token == 0`);
 /// the token axis is `tokens` (1, 0); a flattened `[tokens, k]` axis would be (k, 0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Dim {
     pub per_token: u64,
     pub fixed: u64,
@@ -63,7 +63,7 @@ impl fmt::Display for Dim {
 }
 
 /// A tensor-valued type: dtype and dims.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TensorType {
     pub dtype: DType,
     pub shape: Vec<Dim>,

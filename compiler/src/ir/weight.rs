@@ -2,10 +2,10 @@
 //! the spec's `weights` blocks at lowering time. The runtime binds files to these.
 
 use moec_grammar::Span;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How a weight is stored in a file, when the spec insists (`weights ... as bf16`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StorageDType {
     F32,
     F16,
@@ -13,7 +13,7 @@ pub enum StorageDType {
 }
 
 /// One weight tensor of the graph, and where to find it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WeightDecl {
     /// Canonical key, unique in the graph: e.g. `layers.0.y.experts.3.gate`.
     pub key: String,

@@ -1,29 +1,140 @@
-//! Running one matmul kernel over a graph op: splitting it into work items
-//! (segment, row chunk, panel chunk), checking every item's extents against the
-//! buffers, then calling the JIT code on all threads.
+//! Running one matmul over a graph op: splitting it into work items (segment,
+//! row chunk, panel chunk), checking every item's extents against the buffers,
+//! then running them on a persistent pool of threads ([`Workers`]).
 //!
 //! A segment is a run of rows that share one expert's weights: a whole
 //! `Linear`, one expert of an `ExpertLinear`, or one expert's rows
 //! `offsets[e]..offsets[e+1]` of a `GroupedLinear`. Items write disjoint parts
 //! of the output (distinct rows or distinct panels), so threads never race.
+//!
+//! Two paths, chosen per segment by its row count:
+//! - few rows (decoding, small experts): the JIT matmul kernel, which streams
+//!   the packed panels once for all its rows — memory-bound, so it reads bf16
+//!   panels as they are;
+//! - at least [`Workers::gemm_rows`] rows: the micro-kernel pattern. An item
+//!   widens `GEMM_PANELS` panels into an f32 `[K, cols]` block (in cache), the
+//!   `gemm` crate (AVX-512 tiles, which Cranelift's 128-bit SIMD cannot match)
+//!   multiplies the item's rows by it into an accumulator block, and the JIT
+//!   epilogue kernel applies bias, activation / GLU and row weights on the way to
+//!   the output. Needs the shape's epilogue kernel; without one every segment
+//!   takes the first path.
 
 use super::jit::KernelFn;
 use moec_compiler::backend::clif::matmul::MR;
-use moec_compiler::backend::clif::pack::PANEL;
-use moec_compiler::backend::clif::MatmulShape;
+use moec_compiler::backend::clif::pack::{position, PANEL};
+use moec_compiler::backend::clif::{MatmulShape, WeightDType};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Rows per work item: 16 register tiles.
 const ROW_CHUNK: usize = 16 * MR;
 /// Work items to aim for per thread, for balance when experts differ in size.
 const ITEMS_PER_THREAD: usize = 8;
+/// Panels per gemm item: a `[K, 128]` f32 block, which stays in L2.
+const GEMM_PANELS: usize = 16;
+/// Rows per gemm item.
+const GEMM_ROWS: usize = 512;
+/// Rows from which a segment takes the gemm path, by default (measured on the
+/// Mixtral-shaped layer: below it the streaming kernel wins).
+pub const GEMM_ROWS_DEFAULT: usize = 6;
+
+/// Packed weight panels (`pack.rs`), one element type per matmul.
+pub enum Panels {
+    F32(Vec<f32>),
+    /// bf16 bit patterns.
+    Bf16(Vec<u16>),
+}
+
+impl Panels {
+    fn len(&self) -> usize {
+        match self {
+            Panels::F32(v) => v.len(),
+            Panels::Bf16(v) => v.len(),
+        }
+    }
+
+    fn as_ptr(&self) -> *const u8 {
+        match self {
+            Panels::F32(v) => v.as_ptr().cast(),
+            Panels::Bf16(v) => v.as_ptr().cast(),
+        }
+    }
+
+    fn dtype(&self) -> WeightDType {
+        match self {
+            Panels::F32(_) => WeightDType::F32,
+            Panels::Bf16(_) => WeightDType::Bf16,
+        }
+    }
+
+    /// Writes panels `p0..` (as many as fit) of `expert`'s weights, widened to f32,
+    /// into `block` as a row-major `[K, cols]` matrix in slot order.
+    fn unpack(
+        &self,
+        shape: &MatmulShape,
+        expert: usize,
+        p0: usize,
+        cols: usize,
+        block: &mut [f32],
+    ) {
+        let k = shape.k;
+        let base = expert * shape.packed_len() + p0 * k * PANEL;
+        for (i, col) in (0..cols).step_by(PANEL).enumerate() {
+            let panel = base + i * k * PANEL;
+            for kk in 0..k {
+                let dst = &mut block[kk * cols + col..kk * cols + col + PANEL];
+                let at = panel + kk * PANEL;
+                match self {
+                    Panels::F32(w) => dst.copy_from_slice(&w[at..at + PANEL]),
+                    Panels::Bf16(w) => {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            let bits = w[at + position(WeightDType::Bf16, j)];
+                            *d = f32::from_bits(u32::from(bits) << 16);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Weights packed for the kernel, and their biases.
 pub struct Packed {
     pub shape: MatmulShape,
     pub experts: usize,
-    pub weights: Vec<f32>,
+    pub weights: Panels,
     pub bias: Option<Vec<f32>>,
+}
+
+/// The threads matmuls run on: the caller's and a pool of parked ones; and the
+/// gemm path's threshold.
+pub struct Workers {
+    /// The threads besides the caller's (`None`: the caller's alone).
+    pool: Option<rayon::ThreadPool>,
+    /// Threads in all, the caller's included.
+    threads: usize,
+    /// Segments of at least this many rows take the gemm path.
+    pub gemm_rows: usize,
+}
+
+impl Workers {
+    /// `threads` threads in all (at least one; the caller's alone when one, or
+    /// when the system refuses to start more).
+    pub fn new(threads: usize, gemm_rows: usize) -> Workers {
+        let pool = (threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads - 1)
+                    .build()
+            })
+            .and_then(Result::ok);
+        let threads = if pool.is_some() { threads } else { 1 };
+        Workers {
+            pool,
+            threads,
+            gemm_rows,
+        }
+    }
 }
 
 /// Rows `rows` that use expert `expert`: x rows from `x0`, output rows from `out0`,
@@ -37,7 +148,7 @@ pub struct Segment {
     pub rows: usize,
 }
 
-/// One kernel call: a segment's rows `r0..r1`, panels `p0..p1`.
+/// One kernel call (or gemm and epilogue): a segment's rows `r0..r1`, panels `p0..p1`.
 #[derive(Clone, Copy, Debug)]
 struct Item {
     seg: Segment,
@@ -45,11 +156,14 @@ struct Item {
     r1: usize,
     p0: usize,
     p1: usize,
+    gemm: bool,
 }
 
 /// The operands of one matmul op.
 pub struct Call<'a> {
     pub kernel: KernelFn,
+    /// The shape's epilogue kernel, which the gemm path needs.
+    pub epilogue: Option<KernelFn>,
     pub packed: &'a Packed,
     pub x: &'a [f32],
     /// Row weights and their stride (floats between consecutive rows' weights).
@@ -61,7 +175,7 @@ pub struct Call<'a> {
 #[derive(Clone, Copy)]
 struct Ptrs {
     x: *const f32,
-    w: *const f32,
+    w: *const u8,
     bias: *const f32,
     rw: *const f32,
     out: *mut f32,
@@ -73,11 +187,17 @@ struct Ptrs {
 unsafe impl Send for Ptrs {}
 unsafe impl Sync for Ptrs {}
 
+thread_local! {
+    /// A worker's gemm blocks: widened weights `[K, cols]` and accumulators `[rows, cols]`.
+    static BLOCKS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// Runs `call` into `out` (`rows × shape.width()` floats, zeroed by the caller) on
-/// `threads` threads. Every item is checked before any kernel runs.
-pub fn run(call: &Call, out: &mut [f32], threads: usize) -> Result<(), String> {
+/// `workers`. Every item is checked before any kernel runs.
+pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String> {
     let shape = &call.packed.shape;
-    let items = split(shape, &call.segments, threads);
+    let gemm_rows = call.epilogue.map_or(usize::MAX, |_| workers.gemm_rows);
+    let items = split(shape, &call.segments, workers.threads, gemm_rows);
     for it in &items {
         check(call, out.len(), it)?;
     }
@@ -93,22 +213,22 @@ pub fn run(call: &Call, out: &mut [f32], threads: usize) -> Result<(), String> {
         out: out.as_mut_ptr(),
     };
     let ldrw = call.rw.map_or(0, |(_, ld)| ld);
-    let next = AtomicUsize::new(0);
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(it) = items.get(i) else { break };
+    // Calls `kernel` for `it` with `x` rows `ldx` floats apart.
+    let call_kernel = |kernel: KernelFn, it: &Item, x: *const f32, ldx: usize| {
         let s = &it.seg;
-        let (k, width) = (shape.k, shape.width());
+        let width = shape.width();
         // SAFETY: `check` proved every address this call touches lies inside its
-        // buffer: x rows `x0+r0..x0+r1` (K floats each), the expert's packed panels
-        // and biases, row weights `rw0 + r·ldrw`, and output rows `out0+r0..out0+r1`
-        // at columns below the output width.
+        // buffer: x rows `x0+r0..x0+r1` (K floats each) or the item's accumulator
+        // block (`gemm_block`: `ldx` floats per row, panels `p0..p1`), the
+        // expert's packed panels and biases, row weights `rw0 + r·ldrw`, and output
+        // rows `out0+r0..out0+r1` at columns below the output width.
         unsafe {
             let p = ptrs;
-            (call.kernel)(
-                p.x.add((s.x0 + it.r0) * k),
-                k as isize,
-                p.w.add(s.expert * shape.packed_len()),
+            kernel(
+                x,
+                ldx as isize,
+                p.w.add(s.expert * shape.packed_len() * shape.weights.bytes())
+                    .cast(),
                 if p.bias.is_null() {
                     p.bias
                 } else {
@@ -128,41 +248,108 @@ pub fn run(call: &Call, out: &mut [f32], threads: usize) -> Result<(), String> {
             );
         }
     };
-    if threads <= 1 || items.len() <= 1 {
-        work();
-    } else {
-        std::thread::scope(|scope| {
-            for _ in 1..threads.min(items.len()) {
-                scope.spawn(work);
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(it) = items.get(i) else { break };
+        match call.epilogue.filter(|_| it.gemm) {
+            Some(epilogue) => gemm_block(call, it, |acc, ldx| {
+                call_kernel(epilogue, it, acc.as_ptr(), ldx);
+            }),
+            None => {
+                // (Through `&ptrs`: a closure capturing the raw field would not be Sync.)
+                let p = &ptrs;
+                let x = p.x.wrapping_add((it.seg.x0 + it.r0) * shape.k);
+                call_kernel(call.kernel, it, x, shape.k);
+            }
+        }
+    };
+    match &workers.pool {
+        Some(pool) if items.len() > 1 => pool.in_place_scope(|scope| {
+            for _ in 1..workers.threads.min(items.len()) {
+                scope.spawn(|_| work());
             }
             work();
-        });
+        }),
+        _ => work(),
     }
     Ok(())
 }
 
-/// Row chunks of `ROW_CHUNK`, each cut into panel chunks so there are enough items.
-fn split(shape: &MatmulShape, segments: &[Segment], threads: usize) -> Vec<Item> {
-    let chunks: usize = segments.iter().map(|s| s.rows.div_ceil(ROW_CHUNK)).sum();
+/// The gemm path's product for `it`: `x` rows `r0..r1` times panels `p0..p1`
+/// widened to f32, as `[rows, cols]` accumulators in panel column order (in the
+/// worker's accumulator block), handed to `then` with their row stride.
+fn gemm_block(call: &Call, it: &Item, then: impl FnOnce(&[f32], usize)) {
+    let shape = &call.packed.shape;
+    let (k, rows, cols) = (shape.k, it.r1 - it.r0, (it.p1 - it.p0) * PANEL);
+    let x = &call.x[(it.seg.x0 + it.r0) * k..(it.seg.x0 + it.r1) * k];
+    BLOCKS.with_borrow_mut(|(block, acc)| {
+        block.resize(k * cols, 0.0);
+        call.packed
+            .weights
+            .unpack(shape, it.seg.expert, it.p0, cols, block);
+        acc.resize(rows * cols, 0.0);
+        // SAFETY: `x` is `rows × k` (row stride k), `block` is `k × cols` and `acc`
+        // is `rows × cols` (row stride cols), all row-major and in bounds; `acc`
+        // is not read (`read_dst` false), only written.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                acc.as_mut_ptr(),
+                1,
+                cols as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                block.as_ptr(),
+                1,
+                cols as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        then(&acc[..rows * cols], cols);
+    })
+}
+
+/// Work items: segments of at least `gemm_rows` rows in gemm items of up to
+/// `GEMM_ROWS` rows × `GEMM_PANELS` panels; the others in kernel items, row
+/// chunks of `ROW_CHUNK` cut into panel chunks so there are enough items.
+fn split(shape: &MatmulShape, segments: &[Segment], threads: usize, gemm_rows: usize) -> Vec<Item> {
+    let (gemm, kernel): (Vec<&Segment>, Vec<&Segment>) =
+        segments.iter().partition(|s| s.rows >= gemm_rows);
+    let chunks: usize = kernel.iter().map(|s| s.rows.div_ceil(ROW_CHUNK)).sum();
     let panels = shape.panels();
     let cuts = (threads * ITEMS_PER_THREAD)
         .div_ceil(chunks.max(1))
         .min(panels);
     let per = panels.div_ceil(cuts.max(1)).max(1);
     let mut items = Vec::new();
-    for seg in segments {
-        for r0 in (0..seg.rows).step_by(ROW_CHUNK) {
-            for p0 in (0..panels).step_by(per) {
-                items.push(Item {
-                    seg: *seg,
-                    r0,
-                    r1: (r0 + ROW_CHUNK).min(seg.rows),
-                    p0,
-                    p1: (p0 + per).min(panels),
-                });
+    let mut push = |segs: &[&Segment], rows: usize, per: usize, gemm: bool| {
+        for seg in segs {
+            for r0 in (0..seg.rows).step_by(rows) {
+                for p0 in (0..panels).step_by(per) {
+                    items.push(Item {
+                        seg: **seg,
+                        r0,
+                        r1: (r0 + rows).min(seg.rows),
+                        p0,
+                        p1: (p0 + per).min(panels),
+                        gemm,
+                    });
+                }
             }
         }
-    }
+    };
+    push(&gemm, GEMM_ROWS, GEMM_PANELS, true);
+    push(&kernel, ROW_CHUNK, per, false);
     items
 }
 
@@ -181,6 +368,7 @@ fn check(call: &Call, out_len: usize, it: &Item) -> Result<(), String> {
     }
     if s.expert >= call.packed.experts
         || call.packed.weights.len() < (s.expert + 1) * shape.packed_len()
+        || call.packed.weights.dtype() != shape.weights
     {
         return fail("weights");
     }

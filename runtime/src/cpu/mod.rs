@@ -1,27 +1,39 @@
 //! The CPU backend: the scheduled graph's matmuls JIT-compiled with Cranelift,
 //! everything else run by the interpreter's own op code, all in one process.
 //!
-//! Loading ([`CpuModel::new`]): the kernels of `backend::clif::lower` are
-//! JIT-compiled for the host (FMA when it has it); weight-only values (stacked
-//! and concatenated expert weights) are computed once, and every matmul's
-//! weights and biases are packed once into the kernel's panel layout; only the
-//! weight-only values that a run still reads are kept.
+//! Loading ([`CpuModel::new`]): weight-only values (stacked and concatenated
+//! expert weights) are computed once; the kernels of `backend::clif::lower_with`
+//! are JIT-compiled for the host (FMA when it has it), with bf16 weight panels
+//! for every matmul whose weights are all bf16 values (a bf16 checkpoint, `as
+//! bf16`, or `--weight-dtype bf16`: lossless, so the results are those of f32
+//! panels) and f32 ones otherwise; every matmul's weights and biases are packed
+//! once into the kernel's panel layout; only the weight-only values that a run
+//! still reads are kept.
 //!
 //! Running ([`CpuModel::run`]): nodes go in topological order, each value in its
 //! own buffer (the arena of `passes::memory` is not used yet). A matmul is split
-//! into work items over all cores (`matmul.rs`); a `GroupedLinear`'s segments
+//! into work items on a persistent thread pool (`matmul.rs`: the JIT kernel for
+//! segments of few rows, the `gemm` crate plus the JIT epilogue kernel for
+//! segments of many, [`CpuModel::with_gemm_rows`]); a `GroupedLinear`'s segments
 //! come from the offsets its `Dispatch` computed earlier in the same run, which
 //! are validated first. Routing ops (router, dispatch, capacity, gathers,
 //! scatters, losses), norms and elementwise ops run `interp::eval_op`. Every
 //! kernel call's extents are checked against its buffers before any JIT code
 //! runs; a mismatch is an error, never undefined behaviour.
+//!
+//! [`CpuModel::linked`] takes the kernels from elsewhere instead of the JIT: an
+//! executable built by `moec build` passes the ones linked into it (`crate::aot`).
 
 mod jit;
 mod matmul;
 
-use matmul::{Call, Packed, Segment};
-use moec_compiler::backend::clif::pack::{pack_bias, pack_weights};
-use moec_compiler::backend::clif::{self, MatmulShape};
+pub use jit::{host_isa, target, KernelFn};
+
+pub use matmul::GEMM_ROWS_DEFAULT;
+
+use matmul::{Call, Packed, Panels, Segment, Workers};
+use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16};
+use moec_compiler::backend::clif::{self, MatmulShape, WeightDType};
 use moec_compiler::interp;
 use moec_compiler::ir::{Graph, NodeIndex, Op, Value};
 use moec_compiler::passes::memory::weight_only;
@@ -31,49 +43,100 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// A graph compiled for this CPU, with its weights prepared.
 pub struct CpuModel {
     graph: Graph,
-    jit: jit::Jit,
+    /// The code of JIT-compiled kernels (none for linked ones): it lives as long as `kernels`.
+    _jit: Option<jit::Jit>,
+    kernels: Vec<KernelFn>,
+    /// The kernels' epilogue kernels, in the same order.
+    epilogues: Vec<KernelFn>,
     /// Kernel index of each matmul node.
     kernel_of: HashMap<NodeIndex, usize>,
+    /// The shape each matmul node's kernel was generated for.
+    shapes: HashMap<NodeIndex, MatmulShape>,
     /// Weight-only nodes: computed at load time.
     fixed: HashSet<NodeIndex>,
     /// Weight-only values that runs read (other than packed matmul weights).
     consts: HashMap<Value, Tensor>,
     /// Packed weights of each matmul whose weights are weight-only.
     packed: HashMap<NodeIndex, Packed>,
-    threads: usize,
+    workers: Workers,
 }
 
 impl CpuModel {
     /// Compiles `g` and prepares its bound `weights` (one per `g.weights`).
     pub fn new(g: &Graph, weights: &[Tensor]) -> Result<CpuModel, String> {
         interp::check_weights(g, weights)?;
-        let isa = jit::host_isa()?;
-        let program = clif::lower(g, &jit::target(&isa));
-        let jit = jit::compile(&program, isa)?;
-        let fixed = weight_only(g);
-        let mut values: HashMap<Value, Tensor> = HashMap::new();
-        for n in g.topo_order().into_iter().filter(|n| fixed.contains(n)) {
-            let outs = match &g.node(n).op {
-                Op::Weight { id, .. } => vec![weights[*id].clone()],
-                op => {
-                    let args: Vec<&Tensor> = g.operands(n).iter().map(|v| &values[v]).collect();
-                    interp::eval_op(op, &args)
-                }
-            };
-            for (port, t) in outs.into_iter().enumerate() {
-                values.insert(
-                    Value {
-                        node: n,
-                        port: port as u8,
-                    },
-                    t,
-                );
+        let (fixed, values) = weight_values(g, weights);
+        let isa = jit::host_isa(false)?;
+        let program = clif::lower_with(g, &jit::target(&isa), |n| {
+            let mut shape = clif::matmul_shape(g, n)?;
+            let w = values.get(&g.operands(n)[1]);
+            if w.is_some_and(|w| w.as_f32().iter().all(|v| v.to_bits() & 0xFFFF == 0)) {
+                shape.weights = WeightDType::Bf16;
             }
-        }
+            Some(shape)
+        });
+        let jit = jit::compile(&program, isa)?;
+        let shapes = program
+            .by_node
+            .iter()
+            .map(|(&n, &k)| (n, program.kernels[k].shape))
+            .collect();
+        let code = (jit.kernels.clone(), jit.epilogues.clone(), Some(jit));
+        Ok(CpuModel::prepare(
+            g,
+            (fixed, values),
+            program.by_node,
+            shapes,
+            code,
+        ))
+    }
+
+    /// Like [`CpuModel::new`], with kernels compiled ahead of time: `code` holds
+    /// every kernel's functions in `Kernel::functions` order, and matmul node `n`
+    /// calls kernel `kernel_of[n]`.
+    ///
+    /// # Safety
+    /// Every matmul node of `g` must be in `kernel_of`, and kernel `kernel_of[n]`'s
+    /// functions in `code` must be the code `backend::clif::lower` generates for
+    /// `n`'s `MatmulShape` (the `KernelFn` ABI); the runtime cannot check machine code.
+    pub unsafe fn linked(
+        g: &Graph,
+        weights: &[Tensor],
+        kernel_of: HashMap<NodeIndex, usize>,
+        code: &[KernelFn],
+    ) -> Result<CpuModel, String> {
+        interp::check_weights(g, weights)?;
+        let shapes = kernel_of
+            .keys()
+            .map(|&n| {
+                let shape = clif::matmul_shape(g, n)
+                    .ok_or("internal error: a kernel for a node that is no matmul")?;
+                Ok((n, shape))
+            })
+            .collect::<Result<_, String>>()?;
+        let (kernels, epilogues) = jit::by_kernel(code);
+        Ok(CpuModel::prepare(
+            g,
+            weight_values(g, weights),
+            kernel_of,
+            shapes,
+            (kernels, epilogues, None),
+        ))
+    }
+
+    /// Prepares the weight-only `values` for running `g` with `code` (kernels,
+    /// epilogue kernels, the JIT module that holds them): packs every matmul's
+    /// weights for its shape, keeps the values runs read.
+    fn prepare(
+        g: &Graph,
+        (fixed, mut values): (HashSet<NodeIndex>, HashMap<Value, Tensor>),
+        kernel_of: HashMap<NodeIndex, usize>,
+        shapes: HashMap<NodeIndex, MatmulShape>,
+        (kernels, epilogues, jit): (Vec<KernelFn>, Vec<KernelFn>, Option<jit::Jit>),
+    ) -> CpuModel {
         let mut packed = HashMap::new();
         let mut packed_operands = HashSet::new();
-        for (&n, &k) in &program.by_node {
-            let shape = program.kernels[k].shape;
+        for (&n, &shape) in &shapes {
             let ops = g.operands(n);
             let (bias_at, _) = extra_operands(&g.node(n).op, &shape);
             let (w, b) = (ops[1], bias_at.map(|i| ops[i]));
@@ -93,20 +156,32 @@ impl CpuModel {
             }
         }
         values.retain(|v, _| keep.contains(v));
-        Ok(CpuModel {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        CpuModel {
             graph: g.clone(),
-            jit,
-            kernel_of: program.by_node,
+            _jit: jit,
+            kernels,
+            epilogues,
+            kernel_of,
+            shapes,
             fixed,
             consts: values,
             packed,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        })
+            workers: Workers::new(threads, GEMM_ROWS_DEFAULT),
+        }
     }
 
     /// Uses `threads` worker threads (at least one) instead of one per core.
     pub fn with_threads(mut self, threads: usize) -> CpuModel {
-        self.threads = threads.max(1);
+        self.workers = Workers::new(threads, self.workers.gemm_rows);
+        self
+    }
+
+    /// Runs matmul segments of at least `rows` rows on the `gemm` crate (plus the
+    /// epilogue kernel) instead of the JIT kernel (`usize::MAX`: never); the
+    /// default is [`GEMM_ROWS_DEFAULT`].
+    pub fn with_gemm_rows(mut self, rows: usize) -> CpuModel {
+        self.workers.gemm_rows = rows;
         self
     }
 
@@ -223,18 +298,25 @@ impl CpuModel {
         };
         let mut out = vec![0.0f32; out_shape.iter().product()];
         let call = Call {
-            kernel: self.jit.kernels[k],
+            kernel: *self
+                .kernels
+                .get(k)
+                .ok_or_else(|| format!("internal error: no kernel {k}"))?,
+            epilogue: self.epilogues.get(k).copied(),
             packed,
             x: f32s(0)?,
             rw,
             segments,
         };
-        matmul::run(&call, &mut out, self.threads)?;
+        matmul::run(&call, &mut out, &self.workers)?;
         Ok(Tensor::f32(out_shape, out))
     }
 
     fn kernel_shape(&self, n: NodeIndex) -> Result<MatmulShape, String> {
-        clif::matmul_shape(&self.graph, n).ok_or_else(|| "internal error: not a matmul".into())
+        self.shapes
+            .get(&n)
+            .copied()
+            .ok_or_else(|| "internal error: not a matmul".into())
     }
 }
 
@@ -282,13 +364,41 @@ fn grouped_segments(offsets: &[i32], experts: usize, rows: usize) -> Result<Vec<
         .collect())
 }
 
-/// Packs a matmul's weights (`[N, K]` or `[E, N, K]`) and bias.
+/// The weight-only nodes of `g` and their values, computed from `weights`.
+fn weight_values(g: &Graph, weights: &[Tensor]) -> (HashSet<NodeIndex>, HashMap<Value, Tensor>) {
+    let fixed = weight_only(g);
+    let mut values: HashMap<Value, Tensor> = HashMap::new();
+    for n in g.topo_order().into_iter().filter(|n| fixed.contains(n)) {
+        let outs = match &g.node(n).op {
+            Op::Weight { id, .. } => vec![weights[*id].clone()],
+            op => {
+                let args: Vec<&Tensor> = g.operands(n).iter().map(|v| &values[v]).collect();
+                interp::eval_op(op, &args)
+            }
+        };
+        for (port, t) in outs.into_iter().enumerate() {
+            values.insert(
+                Value {
+                    node: n,
+                    port: port as u8,
+                },
+                t,
+            );
+        }
+    }
+    (fixed, values)
+}
+
+/// Packs a matmul's weights (`[N, K]` or `[E, N, K]`, as `shape.weights`) and bias.
 fn pack(shape: MatmulShape, w: &Tensor, b: Option<&Tensor>) -> Packed {
     let experts = if w.shape.len() == 3 { w.shape[0] } else { 1 };
     Packed {
         shape,
         experts,
-        weights: pack_weights(&shape, w.as_f32()),
+        weights: match shape.weights {
+            WeightDType::F32 => Panels::F32(pack_weights(&shape, w.as_f32())),
+            WeightDType::Bf16 => Panels::Bf16(pack_weights_bf16(&shape, w.as_f32())),
+        },
         bias: b.map(|b| pack_bias(&shape, b.as_f32())),
     }
 }

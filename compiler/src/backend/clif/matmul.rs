@@ -11,13 +11,21 @@
 //! Structure: for each panel, rows go in tiles of `MR`; a tile keeps `2·MR` f32x4
 //! accumulators in registers (`MR` rows × 8 columns), and each k-step broadcasts
 //! one x value per row and loads two weight vectors (FMA when the target has it).
-//! The k loop is unrolled `UNROLL` times. A tail of `m < MR` rows uses the same
+//! The k loop is unrolled `UNROLL` times; tiles of one or two rows spread the
+//! unrolled k-steps over separate accumulators (8 in all), summed after it. A tail of `m < MR` rows uses the same
 //! code specialised to `m`. The epilogue runs on the accumulators; the panel
-//! that holds the last, partial columns stores lane by lane.
+//! that holds the last, partial columns stores lane by lane. bf16 panels
+//! (`WeightDType::Bf16`) load one i32x4 per k-step and widen it with a shift
+//! (even halves) and a mask (odd halves), in the slot order `pack.rs` writes.
+//!
+//! The epilogue kernel (`build_epilogue`) has the same signature and loops, but
+//! reads each tile's accumulators instead of computing them: `x` row `r` holds
+//! panel `p`'s `PANEL` sums at float `(p - p_begin)·PANEL` (a gemm's output in
+//! panel column order); `w` is not read.
 
 use super::math::{activation, splat};
 use super::pack::PANEL;
-use super::{MatmulShape, Target};
+use super::{MatmulShape, Target, WeightDType};
 use crate::ir::Epilogue;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
@@ -31,6 +39,8 @@ use target_lexicon::PointerWidth;
 pub const MR: usize = 6;
 /// k-steps per loop iteration.
 const UNROLL: usize = 4;
+/// Accumulator registers a tile of few rows aims for (in up to `UNROLL` sets).
+const ACCUMULATORS: usize = 8;
 /// The kernel's parameter names, in order.
 pub const PARAMS: [&str; 11] = [
     "x", "ldx", "w", "bias", "rw", "ldrw", "out", "ldo", "rows", "p_begin", "p_end",
@@ -56,12 +66,31 @@ fn args(values: &[Value]) -> Vec<BlockArg> {
     values.iter().map(|v| BlockArg::Value(*v)).collect()
 }
 
-/// The kernel for `shape`.
+/// Where a tile's accumulators come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `Σ_k x·w` over the packed weights: the matmul kernel.
+    Weights,
+    /// Read from `x`: the epilogue kernel.
+    Accumulators,
+}
+
+/// The matmul kernel for `shape`.
 pub fn build(shape: &MatmulShape, target: &Target) -> Function {
+    build_kernel(shape, target, Source::Weights, shape.name())
+}
+
+/// The epilogue kernel for `shape`: the matmul kernel's epilogue and stores over
+/// accumulators read from `x`.
+pub fn build_epilogue(shape: &MatmulShape, target: &Target) -> Function {
+    build_kernel(shape, target, Source::Accumulators, shape.epilogue_name())
+}
+
+fn build_kernel(shape: &MatmulShape, target: &Target, source: Source, name: String) -> Function {
     let ptr = target.pointer;
     let mut sig = Signature::new(target.call_conv);
     sig.params.extend(PARAMS.iter().map(|_| AbiParam::new(ptr)));
-    let mut func = Function::with_name_signature(UserFuncName::testcase(shape.name()), sig);
+    let mut func = Function::with_name_signature(UserFuncName::testcase(name), sig);
     let mut ctx = FunctionBuilderContext::new();
     let mut b = FunctionBuilder::new(&mut func, &mut ctx);
 
@@ -93,8 +122,17 @@ pub fn build(shape: &MatmulShape, target: &Target) -> Function {
     b.ins().brif(done, exit, &[], panel_body, &[]);
 
     b.switch_to_block(panel_body);
-    let wp = b.ins().imul_imm_s(panel, (shape.k * PANEL * 4) as i64);
-    let wp = b.ins().iadd(p.w, wp);
+    let src = match source {
+        Source::Weights => {
+            let bytes = shape.k * PANEL * shape.weights.bytes();
+            let wp = b.ins().imul_imm_s(panel, bytes as i64);
+            b.ins().iadd(p.w, wp)
+        }
+        Source::Accumulators => {
+            let i = b.ins().isub(panel, p_begin);
+            b.ins().imul_imm_s(i, (PANEL * 4) as i64)
+        }
+    };
     let bp = b.ins().imul_imm_s(panel, (PANEL * 4) as i64);
     let bp = b.ins().iadd(p.bias, bp);
     let op = b.ins().imul_imm_s(panel, (shape.panel_cols() * 4) as i64);
@@ -127,14 +165,14 @@ pub fn build(shape: &MatmulShape, target: &Target) -> Function {
     b.ins().jump(next_panel, &[]);
 
     let wb = Panel {
-        wp,
+        src,
         bp,
         op,
         is_last,
     };
     for (m, &tile) in tiles.iter().enumerate().skip(1) {
         b.switch_to_block(tile);
-        emit_tile(&mut b, shape, target.fma, &p, &wb, r, m);
+        emit_tile(&mut b, shape, (source, target.fma), &p, &wb, r, m);
         if m == MR {
             let r2 = b.ins().iadd_imm_s(r, MR as i64);
             b.ins().jump(row_head, &args(&[r2]));
@@ -161,20 +199,21 @@ pub fn build(shape: &MatmulShape, target: &Target) -> Function {
     func
 }
 
-/// Per-panel pointers: weights, biases, output column, and whether it is the last.
+/// Per-panel values: where the accumulators come from (the panel's weights, or
+/// the byte offset of its sums in an `x` row), biases, output column, and whether
+/// it is the last.
 struct Panel {
-    wp: Value,
+    src: Value,
     bp: Value,
     op: Value,
     is_last: Value,
 }
 
 /// Emits a tile of `m` rows starting at row `r`; ends in a fresh block after the stores.
-#[allow(clippy::too_many_arguments)]
 fn emit_tile(
     b: &mut FunctionBuilder,
     shape: &MatmulShape,
-    fused: bool,
+    (source, fused): (Source, bool),
     p: &Params,
     panel: &Panel,
     r: Value,
@@ -187,11 +226,34 @@ fn emit_tile(
             b.ins().iadd(p.x, off)
         })
         .collect();
-    let zero = splat(b, 0.0);
-    let mut acc = vec![zero; 2 * m];
-    let main = shape.k / UNROLL * UNROLL;
-    acc = k_loop(b, fused, &xrows, panel.wp, (0, main), UNROLL, acc);
-    acc = k_loop(b, fused, &xrows, panel.wp, (main, shape.k), 1, acc);
+    let mut acc = match source {
+        Source::Weights => {
+            let zero = splat(b, 0.0);
+            let w = Weights::new(b, shape.weights, panel.src);
+            // Few rows make few accumulators, each a chain of dependent FMAs: give
+            // the unrolled k-steps separate sets (summed after the loop) so the
+            // FMA latency does not bound the weight stream.
+            let sets = (ACCUMULATORS / (2 * m)).clamp(1, UNROLL);
+            let acc = vec![zero; 2 * m * sets];
+            let main = shape.k / UNROLL * UNROLL;
+            let acc = k_loop(b, fused, &xrows, &w, (0, main), UNROLL, acc);
+            let mut acc = k_loop(b, fused, &xrows, &w, (main, shape.k), 1, acc);
+            for set in 1..sets {
+                for j in 0..2 * m {
+                    acc[j] = b.ins().fadd(acc[j], acc[set * 2 * m + j]);
+                }
+            }
+            acc.truncate(2 * m);
+            acc
+        }
+        Source::Accumulators => xrows
+            .iter()
+            .flat_map(|&x| {
+                let at = b.ins().iadd(x, panel.src);
+                [0, 16].map(|off| b.ins().load(types::F32X4, mem(), at, off))
+            })
+            .collect(),
+    };
 
     // Epilogue: bias, activation or GLU, row weight.
     if shape.bias {
@@ -261,18 +323,56 @@ fn emit_tile(
     b.switch_to_block(after);
 }
 
+/// A panel's packed weights, and how to read one k-step of them.
+struct Weights {
+    dtype: WeightDType,
+    /// The panel's first k-step.
+    at: Value,
+    /// bf16: the i32x4 mask that keeps the odd halves.
+    odd: Option<Value>,
+}
+
+impl Weights {
+    fn new(b: &mut FunctionBuilder, dtype: WeightDType, at: Value) -> Weights {
+        let odd = (dtype == WeightDType::Bf16).then(|| {
+            let m = b.ins().iconst(types::I32, 0xFFFF_0000_u32 as i64);
+            b.ins().splat(types::I32X4, m)
+        });
+        Weights { dtype, at, odd }
+    }
+
+    /// Bytes of one k-step.
+    fn step(&self) -> usize {
+        PANEL * self.dtype.bytes()
+    }
+
+    /// The two f32x4 of k-step `u` after `wk`.
+    fn load(&self, b: &mut FunctionBuilder, wk: Value, u: usize) -> [Value; 2] {
+        let off = (u * self.step()) as i32;
+        match self.odd {
+            None => [off, off + 16].map(|o| b.ins().load(types::F32X4, mem(), wk, o)),
+            Some(odd) => {
+                let v = b.ins().load(types::I32X4, mem(), wk, off);
+                let even = b.ins().ishl_imm_u(v, 16);
+                let odd = b.ins().band(v, odd);
+                [even, odd].map(|h| b.ins().bitcast(types::F32X4, MemFlagsData::new(), h))
+            }
+        }
+    }
+}
+
 /// Accumulates k-steps `start..end` (`unroll` per iteration; `end - start` divisible
 /// by it) into `acc`; returns the new accumulators, in a fresh block after the loop.
 fn k_loop(
     b: &mut FunctionBuilder,
     fused: bool,
     xrows: &[Value],
-    wp: Value,
+    w: &Weights,
     (start, end): (usize, usize),
     unroll: usize,
     acc: Vec<Value>,
 ) -> Vec<Value> {
-    let ptr = b.func.dfg.value_type(wp);
+    let ptr = b.func.dfg.value_type(w.at);
     if end <= start {
         return acc;
     }
@@ -293,17 +393,16 @@ fn k_loop(
     b.ins().jump(body, &args(&entry));
 
     b.switch_to_block(body);
-    let wk = b.ins().imul_imm_s(kx, PANEL as i64);
-    let wk = b.ins().iadd(wp, wk);
+    // kx counts x bytes (4 per k-step); the weights take `step()` per k-step.
+    let wk = b.ins().imul_imm_s(kx, (w.step() / 4) as i64);
+    let wk = b.ins().iadd(w.at, wk);
     let xs: Vec<Value> = xrows.iter().map(|x| b.ins().iadd(*x, kx)).collect();
     let mut acc = accs.clone();
+    // `acc` holds `acc.len() / (2·rows)` sets of `2·rows`; k-step `u` goes to set `u mod sets`.
+    let sets = acc.len() / (2 * xs.len());
     for u in 0..unroll {
-        let w0 = b
-            .ins()
-            .load(types::F32X4, mem(), wk, (u * PANEL * 4) as i32);
-        let w1 = b
-            .ins()
-            .load(types::F32X4, mem(), wk, (u * PANEL * 4 + 16) as i32);
+        let [w0, w1] = w.load(b, wk, u);
+        let acc = &mut acc[(u % sets) * 2 * xs.len()..];
         for (i, x) in xs.iter().enumerate() {
             let s = b.ins().load(types::F32, mem(), *x, (u * 4) as i32);
             let s = b.ins().splat(types::F32X4, s);

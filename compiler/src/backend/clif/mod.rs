@@ -13,10 +13,16 @@
 //! (`interp::eval_op`), so they match the semantics by construction.
 //!
 //! Weights are read in a packed panel layout (`pack.rs`) made once at load time,
-//! so the kernel streams each weight panel contiguously.
+//! so the kernel streams each weight panel contiguously; panels hold f32 or bf16
+//! (`WeightDType`: bf16 is widened to f32 in registers, accumulation is f32).
+//!
+//! Each shape also gets an epilogue kernel (`matmul::build_epilogue`): the same
+//! epilogue over accumulators that something else computed (the runtime's
+//! gemm-crate path for many rows), read in panel column order.
 
 pub mod math;
 pub mod matmul;
+pub mod object;
 pub mod pack;
 
 use crate::ir::{Epilogue, Graph, NodeIndex, Op};
@@ -44,6 +50,25 @@ impl Default for Target {
     }
 }
 
+/// How packed weight panels store their values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WeightDType {
+    #[default]
+    F32,
+    /// bfloat16, widened to f32 in registers (a 16-bit shift).
+    Bf16,
+}
+
+impl WeightDType {
+    /// Bytes per packed weight.
+    pub fn bytes(self) -> usize {
+        match self {
+            WeightDType::F32 => 4,
+            WeightDType::Bf16 => 2,
+        }
+    }
+}
+
 /// A matmul `epi(x · wᵀ + b) · rw` over weights `[N, K]` (per expert).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MatmulShape {
@@ -53,6 +78,8 @@ pub struct MatmulShape {
     pub epilogue: Epilogue,
     pub bias: bool,
     pub weighted: bool,
+    /// What the packed weights hold.
+    pub weights: WeightDType,
 }
 
 impl MatmulShape {
@@ -74,9 +101,17 @@ impl MatmulShape {
     pub fn panels(&self) -> usize {
         self.width().div_ceil(self.panel_cols())
     }
-    /// Floats of one expert's packed weights.
+    /// Elements (f32 or bf16) of one expert's packed weights.
     pub fn packed_len(&self) -> usize {
         self.panels() * self.k * pack::PANEL
+    }
+    /// The epilogue kernel's symbol name.
+    pub fn epilogue_name(&self) -> String {
+        format!("{}_epilogue", self.name())
+    }
+    /// The symbol names of the shape's functions, in [`Kernel::functions`] order.
+    pub fn function_names(&self) -> [String; 2] {
+        [self.name(), self.epilogue_name()]
     }
     /// The kernel's symbol name.
     pub fn name(&self) -> String {
@@ -86,16 +121,21 @@ impl MatmulShape {
             Epilogue::Glu(u) => format!("_glu_{}", Op::Unary(u).name()),
         };
         format!(
-            "matmul_k{}_n{}{epi}{}{}",
+            "matmul_k{}_n{}{epi}{}{}{}",
             self.k,
             self.n,
             if self.bias { "_bias" } else { "" },
-            if self.weighted { "_weighted" } else { "" }
+            if self.weighted { "_weighted" } else { "" },
+            match self.weights {
+                WeightDType::F32 => "",
+                WeightDType::Bf16 => "_bf16",
+            }
         )
     }
 }
 
-/// The matmul a node computes, if it is one (`Linear`, `ExpertLinear`, `GroupedLinear`).
+/// The matmul a node computes, if it is one (`Linear`, `ExpertLinear`, `GroupedLinear`),
+/// with f32 weight panels (the runtime may choose bf16 ones, `lower_with`).
 pub fn matmul_shape(g: &Graph, n: NodeIndex) -> Option<MatmulShape> {
     let (epilogue, bias, weighted, rank) = match g.node(n).op {
         Op::Linear { bias } => (Epilogue::None, bias, false, 2),
@@ -119,14 +159,27 @@ pub fn matmul_shape(g: &Graph, n: NodeIndex) -> Option<MatmulShape> {
         epilogue,
         bias,
         weighted,
+        weights: WeightDType::F32,
     })
 }
 
-/// One generated function.
+/// The generated functions of one shape.
 #[derive(Clone, Debug)]
 pub struct Kernel {
     pub shape: MatmulShape,
+    /// The matmul kernel (`matmul::build`).
     pub func: Function,
+    /// Its epilogue alone (`matmul::build_epilogue`).
+    pub epilogue: Function,
+}
+
+impl Kernel {
+    /// Every function of the kernel with its symbol name: the matmul kernel, then
+    /// its epilogue (what the JIT and `object.rs` compile, in this order).
+    pub fn functions(&self) -> [(String, &Function); 2] {
+        let [matmul, epilogue] = self.shape.function_names();
+        [(matmul, &self.func), (epilogue, &self.epilogue)]
+    }
 }
 
 /// The kernels of a graph, and which node calls which.
@@ -138,16 +191,27 @@ pub struct Program {
 
 /// Lowers every matmul of `g` (in topological order; one kernel per distinct shape).
 pub fn lower(g: &Graph, target: &Target) -> Program {
+    lower_with(g, target, |n| matmul_shape(g, n))
+}
+
+/// Like `lower`, with each matmul node's shape given by `shape_of` (`None`: not a
+/// matmul): the runtime picks bf16 panels for weights that are bf16 values.
+pub fn lower_with(
+    g: &Graph,
+    target: &Target,
+    shape_of: impl Fn(NodeIndex) -> Option<MatmulShape>,
+) -> Program {
     let mut program = Program::default();
     let mut seen: HashMap<MatmulShape, usize> = HashMap::new();
     for n in g.topo_order() {
-        let Some(shape) = matmul_shape(g, n) else {
+        let Some(shape) = shape_of(n) else {
             continue;
         };
         let id = *seen.entry(shape).or_insert_with(|| {
             program.kernels.push(Kernel {
                 shape,
                 func: matmul::build(&shape, target),
+                epilogue: matmul::build_epilogue(&shape, target),
             });
             program.kernels.len() - 1
         });
@@ -157,7 +221,8 @@ pub fn lower(g: &Graph, target: &Target) -> Program {
 }
 
 /// The CLIF text of every kernel the CPU backend compiles for `g`, as
-/// `(kernel name, text)` in `lower`'s order (`Function`'s `Display`).
+/// `(kernel name, text)` in `lower`'s order (`Function`'s `Display`), each
+/// matmul kernel followed by its epilogue kernel.
 ///
 /// `moec compile --target clif` and the snapshots use `Target::default()` (x86-64
 /// System V, FMA on) rather than the host's ISA, so the text is the same on every
@@ -166,6 +231,9 @@ pub fn clif_text(g: &Graph, target: &Target) -> Vec<(String, String)> {
     lower(g, target)
         .kernels
         .iter()
-        .map(|k| (k.shape.name(), k.func.display().to_string()))
+        .flat_map(|k| {
+            k.functions()
+                .map(|(name, f)| (name, f.display().to_string()))
+        })
         .collect()
 }

@@ -1,0 +1,295 @@
+//! The GPU backend: the WGSL kernels and plan of `backend::wgsl` run with wgpu.
+//!
+//! Loading ([`GpuModel::new`]): picks the best adapter (discrete, integrated,
+//! virtual, then software), requests a device with the adapter's own limits,
+//! lowers the graph for that device's binding limit, builds one pipeline per
+//! kernel with an explicit bind-group layout from the plan, and uploads every
+//! weight buffer once from the plan's segments (f32 or f16).
+//!
+//! Running ([`GpuModel::run`]): buffers of computed values are sized for the
+//! token count and kept for later runs with as many tokens or fewer; each run
+//! writes the inputs and every step's params (token count, capacity), records
+//! all steps into one command buffer, and reads the outputs back. There is no
+//! host round-trip between routing and the expert matmuls. Sizes are checked
+//! against the device's limits before anything is submitted, and wgpu's
+//! validation errors are returned as errors, never panics.
+
+mod device;
+
+pub use device::AdapterSummary;
+use device::Gpu;
+use moec_compiler::backend::wgsl::{self, Contents, Elem, Options, Plan, Segment, Step};
+use moec_compiler::interp;
+use moec_compiler::ir::Graph;
+use moec_compiler::tensor::{Tensor, TensorData};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Choices for [`GpuModel::new`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// Store matmul weights as f16 (needs the adapter's `shader-f16`).
+    pub f16_weights: bool,
+    /// Bind at most this many bytes per storage binding (below the adapter's own limit).
+    pub max_binding_bytes: Option<u64>,
+}
+
+/// A graph compiled to WGSL, its pipelines built and its weights uploaded.
+pub struct GpuModel {
+    gpu: Gpu,
+    plan: Plan,
+    graph: Graph,
+    pipelines: Vec<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
+    /// Weight buffers, by plan buffer index.
+    weights: BTreeMap<usize, wgpu::Buffer>,
+    /// Buffers for the most tokens run so far.
+    state: Mutex<Option<RunState>>,
+}
+
+/// Per-size run resources.
+struct RunState {
+    tokens: usize,
+    /// Plan buffer index → buffer, for inputs and computed values.
+    buffers: BTreeMap<usize, wgpu::Buffer>,
+    /// Per kernel step: its params uniform and bind group.
+    steps: Vec<Option<(wgpu::Buffer, wgpu::BindGroup)>>,
+}
+
+impl GpuModel {
+    /// Compiles `g` for the best adapter and uploads its bound `weights`.
+    pub fn new(g: &Graph, weights: &[Tensor], options: GpuOptions) -> Result<GpuModel, String> {
+        interp::check_weights(g, weights)?;
+        let gpu = Gpu::new(options.f16_weights)?;
+        let program = wgsl::lower(
+            g,
+            &Options {
+                max_binding_bytes: options
+                    .max_binding_bytes
+                    .map_or(gpu.max_binding_bytes(), |m| {
+                        m.min(gpu.max_binding_bytes()).max(4)
+                    }),
+                f16_weights: options.f16_weights,
+            },
+        )?;
+        let pipelines = program
+            .plan
+            .kernels
+            .iter()
+            .zip(&program.sources)
+            .map(|(k, src)| gpu.pipeline(k, src))
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut uploaded = BTreeMap::new();
+        for (i, b) in program.plan.buffers.iter().enumerate() {
+            if let Contents::Weights { segments } = &b.contents {
+                let bytes = fill(segments, b.elem, weights)?;
+                uploaded.insert(i, gpu.upload(&b.name, &bytes)?);
+            }
+        }
+        gpu.check_errors("uploading weights")?;
+        Ok(GpuModel {
+            gpu,
+            plan: program.plan,
+            graph: g.clone(),
+            pipelines,
+            weights: uploaded,
+            state: Mutex::new(None),
+        })
+    }
+
+    /// The plan the model runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The adapter the model runs on.
+    pub fn adapter(&self) -> &AdapterSummary {
+        self.gpu.summary()
+    }
+
+    /// Runs the graph on named inputs.
+    pub fn run(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        let tokens = interp::token_count(&self.graph, inputs)?;
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| "the GPU model's state is poisoned by an earlier failure".to_string())?;
+        if guard.as_ref().is_none_or(|s| s.tokens < tokens) {
+            *guard = Some(self.allocate(tokens.max(1))?);
+        }
+        let state = guard.as_ref().expect("allocated above");
+        for (i, b) in self.plan.buffers.iter().enumerate() {
+            if let Contents::Input { name } = &b.contents {
+                let t = &inputs[name];
+                self.gpu
+                    .write(&state.buffers[&i], bytemuck::cast_slice(t.as_f32()));
+            }
+        }
+        let mut encoder = self.gpu.encoder();
+        for (step, res) in self.plan.steps.iter().zip(&state.steps) {
+            match (step, res) {
+                (
+                    Step::Kernel {
+                        kernel,
+                        workgroups,
+                        capacity,
+                        ..
+                    },
+                    Some((params, bind_group)),
+                ) => {
+                    let cap = capacity.map_or(0, |c| c.eval(tokens));
+                    self.gpu
+                        .write(params, bytemuck::cast_slice(&[tokens as u32, cap, 0, 0]));
+                    if let Some((x, y)) = workgroups.count(tokens, self.gpu.max_workgroups()) {
+                        if x > self.gpu.max_workgroups() {
+                            return Err(format!(
+                                "{} needs {x} workgroups at {tokens} tokens, more than the adapter allows ({})",
+                                self.plan.kernels[*kernel].name,
+                                self.gpu.max_workgroups()
+                            ));
+                        }
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: None,
+                            timestamp_writes: None,
+                        });
+                        pass.set_pipeline(&self.pipelines[*kernel].0);
+                        pass.set_bind_group(0, bind_group, &[]);
+                        pass.dispatch_workgroups(x, y, 1);
+                    }
+                }
+                (
+                    Step::Copy {
+                        src,
+                        dst,
+                        dst_offset,
+                        elements,
+                    },
+                    _,
+                ) => {
+                    let n = elements.eval(tokens) as u64 * 4;
+                    if n > 0 {
+                        encoder.copy_buffer_to_buffer(
+                            self.buffer(state, *src),
+                            0,
+                            self.buffer(state, *dst),
+                            dst_offset.eval(tokens) as u64 * 4,
+                            n,
+                        );
+                    }
+                }
+                _ => return Err("internal error: a kernel step without resources".into()),
+            }
+        }
+        let mut reads = Vec::new();
+        for o in &self.plan.outputs {
+            let shape: Vec<usize> = o.shape.iter().map(|d| d.eval(tokens)).collect();
+            let bytes = shape.iter().product::<usize>() as u64 * o.elem.bytes();
+            let staging = self.gpu.staging(bytes.max(4));
+            if bytes > 0 {
+                encoder.copy_buffer_to_buffer(self.buffer(state, o.buffer), 0, &staging, 0, bytes);
+            }
+            reads.push((o, shape, staging, bytes));
+        }
+        self.gpu.submit(encoder);
+        let mut out = BTreeMap::new();
+        for (o, shape, staging, bytes) in reads {
+            let data = self.gpu.read(&staging, bytes)?;
+            let t = match o.elem {
+                Elem::I32 => Tensor::i32(shape, bytemuck::pod_collect_to_vec(&data)),
+                _ => Tensor::f32(shape, bytemuck::pod_collect_to_vec(&data)),
+            };
+            out.insert(o.name.clone(), t);
+        }
+        self.gpu.check_errors("running the kernels")?;
+        Ok(out)
+    }
+
+    fn buffer<'a>(&'a self, state: &'a RunState, i: usize) -> &'a wgpu::Buffer {
+        self.weights.get(&i).unwrap_or_else(|| &state.buffers[&i])
+    }
+
+    /// Buffers and bind groups for runs of up to `tokens` tokens.
+    fn allocate(&self, tokens: usize) -> Result<RunState, String> {
+        let mut buffers = BTreeMap::new();
+        for (i, b) in self.plan.buffers.iter().enumerate() {
+            if matches!(b.contents, Contents::Weights { .. }) {
+                continue;
+            }
+            let bytes = b.elements.eval(tokens) as u64 * b.elem.bytes();
+            if bytes > self.gpu.max_binding_bytes() {
+                return Err(format!(
+                    "`{}` needs {bytes} bytes at {tokens} tokens, more than one storage binding of this adapter holds ({} bytes); run fewer tokens at a time",
+                    b.name,
+                    self.gpu.max_binding_bytes()
+                ));
+            }
+            buffers.insert(i, self.gpu.storage(&b.name, bytes));
+        }
+        let mut state = RunState {
+            tokens,
+            buffers,
+            steps: Vec::new(),
+        };
+        for step in &self.plan.steps {
+            let res = match step {
+                Step::Kernel {
+                    kernel, buffers, ..
+                } => {
+                    let params = self.gpu.uniform(16);
+                    let bound: Vec<&wgpu::Buffer> =
+                        buffers.iter().map(|b| self.buffer(&state, *b)).collect();
+                    let group = self
+                        .gpu
+                        .bind_group(&self.pipelines[*kernel].1, &params, &bound);
+                    Some((params, group))
+                }
+                Step::Copy { .. } => None,
+            };
+            state.steps.push(res);
+        }
+        self.gpu.check_errors("allocating buffers")?;
+        Ok(state)
+    }
+}
+
+/// A weight buffer's bytes from its segments.
+fn fill(segments: &[Segment], elem: Elem, weights: &[Tensor]) -> Result<Vec<u8>, String> {
+    let mut values: Vec<f32> = Vec::new();
+    for s in segments {
+        match s {
+            Segment::Weight {
+                weight,
+                tensor,
+                start,
+                len,
+            } => {
+                let data = match weights.get(*weight).map(|t| &t.data) {
+                    Some(TensorData::F32(d)) => d,
+                    _ => return Err(format!("weight {weight} (`{tensor}`) is not bound as f32")),
+                };
+                let range = *start as usize..(*start + *len) as usize;
+                let part = data.get(range).ok_or_else(|| {
+                    format!(
+                        "weight `{tensor}` has {} elements, the plan reads {start}..{}",
+                        data.len(),
+                        start + len
+                    )
+                })?;
+                values.extend_from_slice(part);
+            }
+            Segment::Fill { value, len } => {
+                values.extend(std::iter::repeat_n(*value, *len as usize))
+            }
+        }
+    }
+    Ok(match elem {
+        Elem::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Elem::F32 => bytemuck::cast_slice(&values).to_vec(),
+        Elem::I32 => return Err("internal error: an i32 weight buffer".into()),
+    })
+}

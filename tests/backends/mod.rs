@@ -1,0 +1,148 @@
+//! What the backend test suites share: example specs, graphs at small dims, and
+//! a random-layer spec generator, so every backend is held to the same cases.
+
+#![allow(dead_code)] // each suite uses its own subset
+
+use crate::common::{small_dims, weights};
+use moec_compiler::ir::Graph;
+use moec_compiler::lower::lower_source;
+use moec_compiler::passes::{run_pipeline, Upto};
+use moec_compiler::tensor::Tensor;
+use std::path::PathBuf;
+
+/// Relative tolerance of every backend against the interpreter.
+pub const REL: f32 = 1e-4;
+
+pub fn graph(source: &str, sets: &[(String, String)], upto: Upto) -> Graph {
+    let mut g = lower_source(source, sets)
+        .unwrap_or_else(|d| panic!("{}", d.render("test.moe", source)))
+        .graph;
+    run_pipeline(&mut g, upto, true).unwrap();
+    g
+}
+
+pub fn example(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// File names of every bundled example, sorted.
+pub fn example_names() -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".moe"))
+        .collect();
+    names.sort();
+    assert!(!names.is_empty());
+    names
+}
+
+/// A graph, its weights and the token counts to run it at.
+pub struct Case {
+    pub what: String,
+    pub graph: Graph,
+    pub weights: Vec<Tensor>,
+    pub tokens: Vec<usize>,
+}
+
+/// Every example, scheduled and dense (all experts on every token), at small dims.
+pub fn example_cases(tokens: &[usize]) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for name in example_names() {
+        let source = example(&name);
+        for (upto, label) in [(Upto::All, "scheduled"), (Upto::None, "dense")] {
+            let g = graph(&source, &small_dims(&source), upto);
+            cases.push(Case {
+                what: format!("{name} {label}"),
+                weights: weights(&g, 7),
+                graph: g,
+                tokens: tokens.to_vec(),
+            });
+        }
+    }
+    cases
+}
+
+/// Zero router weights tie every logit, so every token picks the lowest experts:
+/// Switch (top-1) sends everything to expert 0, Mixtral (top-2) to experts 0 and 1.
+pub fn one_expert_cases() -> Vec<Case> {
+    ["switch.moe", "mixtral.moe"]
+        .into_iter()
+        .map(|name| {
+            let source = example(name);
+            let mut sets = small_dims(&source);
+            if name == "switch.moe" {
+                sets.push(("expert_capacity".into(), "1000".into()));
+            }
+            let g = graph(&source, &sets, Upto::All);
+            let mut w = weights(&g, 3);
+            for (t, d) in w.iter_mut().zip(&g.weights) {
+                if d.key.ends_with(".logits") {
+                    *t = Tensor::zeros(t.shape.clone());
+                }
+            }
+            assert!(w.iter().any(|t| t.as_f32().iter().all(|v| *v == 0.0)));
+            Case {
+                what: format!("{name}, all tokens to the first experts"),
+                graph: g,
+                weights: w,
+                tokens: vec![1, 33],
+            }
+        })
+        .collect()
+}
+
+/// Switch with capacity 2: most slots are dropped.
+pub fn capacity_case() -> Case {
+    let source = example("switch.moe");
+    let mut sets = small_dims(&source);
+    sets.push(("expert_capacity".into(), "2".into()));
+    let g = graph(&source, &sets, Upto::All);
+    Case {
+        what: "switch with capacity 2".into(),
+        weights: weights(&g, 11),
+        graph: g,
+        tokens: vec![7, 33],
+    }
+}
+
+/// A random layer: experts, top-k, odd widths (tails in every loop), the
+/// activation, biases and a capacity.
+pub fn spec(e: u64, k: u64, d: u64, i: u64, act: usize, bias: bool, cap: u64) -> String {
+    let k = 1 + (k - 1) % e;
+    let body = match act {
+        0 => format!(
+            "let gate = linear(h, {i}, bias = {bias}) let up = linear(h, {i}, bias = {bias}) \
+             let down = linear(silu(gate) * up, {d}) return down"
+        ),
+        a => {
+            let f = ["gelu", "gelu_tanh", "relu", "sigmoid"][(a - 1) % 4];
+            format!(
+                "let up = linear(h, {i}, bias = {bias}) let down = linear({f}(up), {d}, bias = {bias}) return down"
+            )
+        }
+    };
+    let capacity = if cap == 0 {
+        String::new()
+    } else {
+        format!(", capacity = fixed({cap}, drop = arrival)")
+    };
+    format!(
+        "model p {{
+  input x: f32[tokens, {d}]
+  expert ffn(h: [n, {d}]) -> [n, {d}] {{ {body} }}
+  router gate(h: [n, {d}]) {{
+    logits = linear(h, {e})
+    scores = softmax(logits)
+    select = topk(scores, {k})
+    normalize = true
+  }}
+  let y = moe(x, experts = {e} * ffn, router = gate{capacity})
+  output y
+}}"
+    )
+}

@@ -1,0 +1,198 @@
+//! `moec build`: the standalone executable it links writes what `moec run --backend
+//! cpu` writes (bit for bit) and what transformers computed (the Mixtral fixture);
+//! a missing linker or runtime library, and bad weights or inputs given to the
+//! executable, are clear errors with exit status 1, never a panic.
+
+use moec_compiler::tensor::Tensor;
+use moec_runtime::io::{read_tensors, write_tensors};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const DIMS: [&str; 4] = ["--set", "hidden_size=16", "--set", "intermediate_size=32"];
+const FIXTURE: &str = "tests/fixtures/mixtral";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(file: &str) -> PathBuf {
+    root().join(FIXTURE).join(file)
+}
+
+/// A fresh directory under cargo's per-test scratch space.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("build")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn moec(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moec"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .output()
+        .expect("moec runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Fails unless the command exited 1 with a message and without a panic; returns stderr.
+fn assert_user_error(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{:?}\n{}", o.status, text(o));
+    assert!(!err.contains("panicked") && !err.trim().is_empty(), "{err}");
+    err
+}
+
+/// `args` for `moec build` of the Mixtral example at the fixture's dims into `exe`.
+fn build_args(exe: &Path) -> Vec<String> {
+    let mut args = vec!["build", "examples/mixtral.moe", "-o", exe.to_str().unwrap()];
+    args.extend(DIMS);
+    args.into_iter().map(String::from).collect()
+}
+
+/// The Mixtral executable, built once for all tests.
+fn mixtral_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let exe = scratch("exe").join("mixtral");
+        let args = build_args(&exe);
+        let o = moec(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("built"), "{}", text(&o));
+        exe
+    })
+}
+
+fn run_exe(weights: &Path, input: &Path, output: &Path) -> Output {
+    Command::new(mixtral_exe())
+        .args(["--weights", weights.to_str().unwrap()])
+        .args(["--input", input.to_str().unwrap()])
+        .args(["--output", output.to_str().unwrap()])
+        .output()
+        .expect("the built executable runs")
+}
+
+#[test]
+fn built_executable_matches_moec_run_and_the_fixture() {
+    let dir = scratch("match");
+    let (got, want_run) = (dir.join("exe.safetensors"), dir.join("run.safetensors"));
+    let (w, x) = (fixture("weights.safetensors"), fixture("input.safetensors"));
+    let o = run_exe(&w, &x, &got);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut args = vec!["run", "examples/mixtral.moe", "--backend", "cpu"];
+    args.extend(DIMS);
+    let paths = [
+        w.to_str().unwrap(),
+        x.to_str().unwrap(),
+        want_run.to_str().unwrap(),
+    ];
+    args.extend([
+        "--weights",
+        paths[0],
+        "--input",
+        paths[1],
+        "--output",
+        paths[2],
+    ]);
+    let o = moec(&args, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let got = read_tensors(&got).unwrap();
+    assert_eq!(got, read_tensors(&want_run).unwrap(), "exe vs moec run");
+    let want = read_tensors(&fixture("expected.safetensors")).unwrap();
+    let (g, w) = (got["y"].as_f32(), want["y"].as_f32());
+    let max = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert_eq!(g.len(), w.len());
+    assert!(g.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-5 * max));
+}
+
+#[test]
+fn built_executable_reports_bad_weights_and_inputs() {
+    let dir = scratch("bad");
+    let (w, x, y) = (
+        fixture("weights.safetensors"),
+        fixture("input.safetensors"),
+        dir.join("y.safetensors"),
+    );
+
+    let missing = dir.join("nope.safetensors");
+    let err = assert_user_error(&run_exe(&missing, &x, &y));
+    assert!(err.contains("nope.safetensors"), "{err}");
+
+    let mut weights = read_tensors(&w).unwrap();
+    let gone = "model.layers.0.block_sparse_moe.gate.weight";
+    assert!(weights.remove(gone).is_some());
+    let partial = dir.join("partial.safetensors");
+    write_tensors(&partial, &weights).unwrap();
+    let err = assert_user_error(&run_exe(&partial, &x, &y));
+    assert!(
+        err.contains(gone) && err.contains("partial.safetensors"),
+        "{err}"
+    );
+
+    let narrow = dir.join("narrow.safetensors");
+    let x8 = Tensor::f32(vec![7, 8], vec![0.5; 56]);
+    write_tensors(&narrow, &BTreeMap::from([("x".to_string(), x8)])).unwrap();
+    let err = assert_user_error(&run_exe(&w, &narrow, &y));
+    assert!(
+        err.contains("narrow.safetensors") && err.contains("input `x`") && err.contains("16"),
+        "{err}"
+    );
+    assert!(!y.exists(), "no output after an error");
+
+    let o = Command::new(mixtral_exe())
+        .args(["--weights", w.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = assert_user_error(&o);
+    assert!(err.contains("--input") && err.contains("usage"), "{err}");
+}
+
+#[test]
+fn build_without_a_linker_is_a_clear_error() {
+    let exe = scratch("no_cc").join("mixtral");
+    let args = build_args(&exe);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = assert_user_error(&moec(&args, &[("CC", "/nonexistent/cc")]));
+    assert!(
+        err.contains("/nonexistent/cc") && err.contains("CC"),
+        "{err}"
+    );
+    assert!(!exe.exists());
+    let leftovers = std::fs::read_dir(exe.parent().unwrap()).unwrap().count();
+    assert_eq!(leftovers, 0, "the object file is removed");
+}
+
+#[test]
+fn build_without_the_runtime_library_is_a_clear_error() {
+    let exe = scratch("no_lib").join("mixtral");
+    let mut args = build_args(&exe);
+    args.extend([
+        "--runtime-lib".into(),
+        "/nonexistent/libmoec_runtime.a".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = assert_user_error(&moec(&args, &[]));
+    assert!(
+        err.contains("/nonexistent/libmoec_runtime.a") && err.contains("cargo build"),
+        "{err}"
+    );
+    let args = build_args(&exe);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = assert_user_error(&moec(&args, &[("MOEC_RUNTIME_LIB", "/nonexistent/rt.a")]));
+    assert!(err.contains("/nonexistent/rt.a"), "{err}");
+    assert!(!exe.exists());
+}
