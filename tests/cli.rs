@@ -174,6 +174,28 @@ fn run_gpu_backend_on_fixture_files_matches_the_fixture() {
 }
 
 #[test]
+fn f16_weights_are_a_gpu_option() {
+    let mut args = vec![
+        "run",
+        "examples/mixtral.moe",
+        "--random-weights",
+        "1",
+        "--tokens",
+        "3",
+    ];
+    args.push("--f16-weights");
+    args.extend(MIXTRAL_FIXTURE_DIMS);
+    let err = assert_user_error(&moec(&args));
+    assert!(
+        err.contains("--f16-weights") && err.contains("--backend gpu"),
+        "{err}"
+    );
+    args.extend(["--backend", "gpu"]);
+    let o = moec(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
 fn gpu_backend_without_an_adapter_is_a_clear_error() {
     // No DX12 on Linux: wgpu finds no adapter at all.
     let o = Command::new(env!("CARGO_BIN_EXE_moec"))

@@ -13,7 +13,7 @@ use moec_compiler::ir::Graph;
 use moec_compiler::stats::stats;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::cpu::CpuModel;
-use moec_runtime::gpu::{GpuModel, GpuOptions};
+use moec_runtime::gpu::GpuModel;
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
 use std::collections::BTreeMap;
@@ -54,6 +54,9 @@ pub struct Args {
     /// Round the random weights to this dtype: bf16 makes the cpu backend stream bf16 panels.
     #[arg(long, value_enum, default_value = "f32")]
     weight_dtype: super::WeightDType,
+    /// gpu backend: store matmul weights as f16 (rounded; needs the adapter's `shader-f16`).
+    #[arg(long)]
+    f16_weights: bool,
     /// cpu backend: matmul segments of at least this many rows use the gemm path
     /// (default: the runtime's measured threshold; 0 always, a huge value never).
     #[arg(long)]
@@ -78,6 +81,7 @@ impl Runner {
 }
 
 pub fn main(args: Args) -> Result<(), String> {
+    let gpu_options = super::gpu_options(args.backend, args.f16_weights)?;
     let backend = match args.backend {
         Backend::Interp => "interp",
         Backend::Cpu => "cpu",
@@ -130,7 +134,7 @@ pub fn main(args: Args) -> Result<(), String> {
                 Runner::Cpu(Box::new(model))
             }
             Backend::Gpu => {
-                let model = GpuModel::new(&g, &weights, GpuOptions::default())?;
+                let model = GpuModel::new(&g, &weights, gpu_options)?;
                 eprintln!("gpu: {}", model.adapter());
                 Runner::Gpu(Box::new(model))
             }

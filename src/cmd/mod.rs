@@ -46,6 +46,20 @@ impl WeightDType {
     }
 }
 
+/// GPU model options from `--f16-weights`, which only the gpu backend takes.
+pub fn gpu_options(
+    backend: Backend,
+    f16_weights: bool,
+) -> Result<moec_runtime::gpu::GpuOptions, String> {
+    if f16_weights && !matches!(backend, Backend::Gpu) {
+        return Err("--f16-weights is an option of the gpu backend (--backend gpu)".into());
+    }
+    Ok(moec_runtime::gpu::GpuOptions {
+        f16_weights,
+        ..Default::default()
+    })
+}
+
 /// The arguments every command that reads a spec takes.
 #[derive(ClapArgs, Clone)]
 pub struct SpecArgs {

@@ -6,7 +6,7 @@
 use super::{Backend, PassArgs, SpecArgs};
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
 use moec_runtime::cpu::CpuModel;
-use moec_runtime::gpu::{GpuModel, GpuOptions};
+use moec_runtime::gpu::GpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
@@ -38,9 +38,13 @@ pub struct Args {
     /// With --random-weights: round them to this dtype (bf16: the cpu backend streams bf16 panels).
     #[arg(long, value_enum, default_value = "f32", requires = "random_weights")]
     weight_dtype: super::WeightDType,
+    /// gpu backend: store matmul weights as f16 (rounded; needs the adapter's `shader-f16`).
+    #[arg(long)]
+    f16_weights: bool,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
+    let gpu_options = super::gpu_options(args.backend, args.f16_weights)?;
     let mut g = super::load(&args.spec)?.graph;
     super::optimize(&mut g, super::upto(args.passes.passes, None)?)?;
     let weights = match (&args.weights, args.random_weights) {
@@ -61,7 +65,7 @@ pub fn main(args: Args) -> Result<(), String> {
     let outputs = match args.backend {
         Backend::Interp => moec_compiler::interp::run(&g, &weights, &inputs),
         Backend::Cpu => CpuModel::new(&g, &weights).and_then(|m| m.run(&inputs)),
-        Backend::Gpu => GpuModel::new(&g, &weights, GpuOptions::default()).and_then(|m| {
+        Backend::Gpu => GpuModel::new(&g, &weights, gpu_options).and_then(|m| {
             eprintln!("gpu: {}", m.adapter());
             m.run(&inputs)
         }),
