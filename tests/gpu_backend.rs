@@ -8,7 +8,7 @@ mod backends;
 #[path = "../compiler/tests/common/mod.rs"]
 mod common;
 
-use backends::{capacity_case, example, example_cases, graph, one_expert_cases, spec, REL};
+use backends::{example, example_cases, graph, random_layer, routing_cases, REL};
 use common::{assert_outputs_close, inputs, small_dims, weights};
 use moec_compiler::interp;
 use moec_compiler::ir::Graph;
@@ -56,16 +56,10 @@ fn examples_match_the_interpreter() {
 }
 
 #[test]
-fn all_tokens_to_one_expert() {
-    for c in one_expert_cases() {
+fn routing_edge_cases_match() {
+    for c in routing_cases() {
         check(&c.graph, &c.weights, &c.tokens, &c.what);
     }
-}
-
-#[test]
-fn capacity_drops_match() {
-    let c = capacity_case();
-    check(&c.graph, &c.weights, &c.tokens, &c.what);
 }
 
 /// More rows than one tile and experts holding several tiles each.
@@ -131,13 +125,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_specs_match_the_interpreter(
-        (e, k, d, i) in (1u64..=9, 1u64..=4, 1u64..=19, 1u64..=21),
-        (act, bias, cap) in (0usize..5, any::<bool>(), 0u64..4),
-        tokens in prop_oneof![Just(0usize), Just(1usize), 2usize..=40],
-        seed in any::<u64>(),
-    ) {
-        let source = spec(e, k, d, i, act, bias, cap);
+    fn random_specs_match_the_interpreter((source, seed, tokens) in random_layer()) {
         let g = graph(&source, &[], Upto::All);
         check(&g, &weights(&g, seed), &[tokens], &format!("seed {seed}:\n{source}"));
     }

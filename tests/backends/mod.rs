@@ -8,6 +8,7 @@ use moec_compiler::ir::Graph;
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::{run_pipeline, Upto};
 use moec_compiler::tensor::Tensor;
+use proptest::prelude::*;
 use std::path::PathBuf;
 
 /// Relative tolerance of every backend against the interpreter.
@@ -69,7 +70,7 @@ pub fn example_cases(tokens: &[usize]) -> Vec<Case> {
 
 /// Zero router weights tie every logit, so every token picks the lowest experts:
 /// Switch (top-1) sends everything to expert 0, Mixtral (top-2) to experts 0 and 1.
-pub fn one_expert_cases() -> Vec<Case> {
+fn one_expert_cases() -> Vec<Case> {
     ["switch.moe", "mixtral.moe"]
         .into_iter()
         .map(|name| {
@@ -96,8 +97,15 @@ pub fn one_expert_cases() -> Vec<Case> {
         .collect()
 }
 
+/// Routing edge cases: all tokens on the first experts, and most slots dropped by capacity.
+pub fn routing_cases() -> Vec<Case> {
+    let mut cases = one_expert_cases();
+    cases.push(capacity_case());
+    cases
+}
+
 /// Switch with capacity 2: most slots are dropped.
-pub fn capacity_case() -> Case {
+fn capacity_case() -> Case {
     let source = example("switch.moe");
     let mut sets = small_dims(&source);
     sets.push(("expert_capacity".into(), "2".into()));
@@ -110,9 +118,22 @@ pub fn capacity_case() -> Case {
     }
 }
 
+/// Random layers: (spec source, weight seed, token count) with 0, 1 and odd token counts.
+pub fn random_layer() -> impl Strategy<Value = (String, u64, usize)> {
+    (
+        (1u64..=9, 1u64..=4, 1u64..=19, 1u64..=21),
+        (0usize..5, any::<bool>(), 0u64..4),
+        prop_oneof![Just(0usize), Just(1usize), 2usize..=40],
+        any::<u64>(),
+    )
+        .prop_map(|((e, k, d, i), (act, bias, cap), tokens, seed)| {
+            (spec(e, k, d, i, act, bias, cap), seed, tokens)
+        })
+}
+
 /// A random layer: experts, top-k, odd widths (tails in every loop), the
 /// activation, biases and a capacity.
-pub fn spec(e: u64, k: u64, d: u64, i: u64, act: usize, bias: bool, cap: u64) -> String {
+fn spec(e: u64, k: u64, d: u64, i: u64, act: usize, bias: bool, cap: u64) -> String {
     let k = 1 + (k - 1) % e;
     let body = match act {
         0 => format!(

@@ -226,6 +226,25 @@ pub enum Op {
 }
 
 impl Op {
+    /// A matmul's epilogue, bias and routing-weight flags (`Linear` has neither
+    /// epilogue nor routing weight); `None` for every other op.
+    pub fn matmul_attrs(&self) -> Option<(Epilogue, bool, bool)> {
+        match *self {
+            Op::Linear { bias } => Some((Epilogue::None, bias, false)),
+            Op::ExpertLinear {
+                epilogue,
+                bias,
+                weighted,
+            }
+            | Op::GroupedLinear {
+                epilogue,
+                bias,
+                weighted,
+            } => Some((epilogue, bias, weighted)),
+            _ => None,
+        }
+    }
+
     /// The op's name in printed IR.
     pub fn name(&self) -> &'static str {
         use Op::*;

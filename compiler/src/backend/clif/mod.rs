@@ -137,19 +137,12 @@ impl MatmulShape {
 /// The matmul a node computes, if it is one (`Linear`, `ExpertLinear`, `GroupedLinear`),
 /// with f32 weight panels (the runtime may choose bf16 ones, `lower_with`).
 pub fn matmul_shape(g: &Graph, n: NodeIndex) -> Option<MatmulShape> {
-    let (epilogue, bias, weighted, rank) = match g.node(n).op {
-        Op::Linear { bias } => (Epilogue::None, bias, false, 2),
-        Op::ExpertLinear {
-            epilogue,
-            bias,
-            weighted,
-        }
-        | Op::GroupedLinear {
-            epilogue,
-            bias,
-            weighted,
-        } => (epilogue, bias, weighted, 3),
-        _ => return None,
+    let op = &g.node(n).op;
+    let (epilogue, bias, weighted) = op.matmul_attrs()?;
+    let rank = if matches!(op, Op::Linear { .. }) {
+        2
+    } else {
+        3
     };
     let w = g.value_type(*g.operands(n).get(1)?);
     let fixed = |i: usize| w.shape.get(i)?.as_fixed().map(|d| d as usize);

@@ -769,20 +769,10 @@ impl Builder<'_> {
         node: &crate::ir::Node,
         wv: Value,
     ) -> Result<Matmul, String> {
-        let (epilogue, bias, weighted) = match node.op {
-            Op::Linear { bias } => (crate::ir::Epilogue::None, bias, false),
-            Op::ExpertLinear {
-                epilogue,
-                bias,
-                weighted,
-            }
-            | Op::GroupedLinear {
-                epilogue,
-                bias,
-                weighted,
-            } => (epilogue, bias, weighted),
-            _ => unreachable!("called for matmuls"),
-        };
+        let (epilogue, bias, weighted) = node
+            .op
+            .matmul_attrs()
+            .ok_or_else(|| format!("internal error: {} is not a matmul", node.op.name()))?;
         let k = width(w);
         let from_weights = self.recipes.contains_key(&wv);
         let weight_elem = if self.options.f16_weights && from_weights {
