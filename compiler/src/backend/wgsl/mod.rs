@@ -1,7 +1,8 @@
 //! WGSL compute kernels for the GPU backend, and the plan that runs them.
 //!
 //! `lower` walks the (scheduled) graph in topological order and emits one
-//! kernel per op — a scatter-add takes three — written by `writer::Module`
+//! kernel per op — a scatter-add takes three; `launch.rs` says which, with
+//! what bindings and workgroup counts — written by `writer::Module`
 //! through `fmt::Write`: per-element ops (`elementwise.rs`), per-row ops
 //! (`rows.rs`), routing (`routing.rs`) and the tiled matmul with fused
 //! epilogues (`matmul.rs`). Equal sources are emitted once. Every module is
@@ -17,6 +18,7 @@
 //! is not affine in the token count; both are reported as errors.
 
 mod elementwise;
+mod launch;
 mod matmul;
 pub mod plan;
 mod routing;
@@ -27,7 +29,7 @@ mod writer;
 pub use plan::*;
 
 use crate::ir::{DType, Dim, Graph, NodeIndex, Op, TensorType, Value};
-use matmul::{Matmul, Rows};
+use launch::Slot;
 use std::collections::HashMap;
 use writer::Module;
 
@@ -116,23 +118,6 @@ struct Builder<'g> {
     materialized: HashMap<(Value, Elem), Vec<usize>>,
 }
 
-/// One kernel dispatch of an op: bindings as operand, output or scratch slots.
-struct Launch {
-    module: Module,
-    slots: Vec<Slot>,
-    workgroups: Workgroups,
-    capacity: Option<CapacityRule>,
-}
-
-#[derive(Clone, Copy)]
-enum Slot {
-    Operand(usize),
-    /// A matmul's weight operand, in chunks of whole rows, maybe as f16.
-    Weights(usize),
-    Output(usize),
-    Scratch(usize),
-}
-
 fn elem(d: DType) -> Elem {
     match d {
         DType::F32 => Elem::F32,
@@ -172,6 +157,17 @@ fn width(ty: &TensorType) -> u64 {
 
 fn fixed_dim(ty: &TensorType, axis: usize) -> u64 {
     ty.shape[axis].as_fixed().unwrap_or(0)
+}
+
+/// Whole rows of `row` elements one binding of `max` bytes holds: all `rows`
+/// when they fit, else as many as fit (0 when not even one does). Weight
+/// buffers are cut, and matmul kernels read them, by this one rule.
+fn rows_per_binding(rows: u64, row: u64, elem: Elem, max: u64) -> u64 {
+    if rows * row * elem.bytes() <= max {
+        rows.max(1)
+    } else {
+        max / (row * elem.bytes())
+    }
 }
 
 /// Elements `start..start + len` of a recipe.
@@ -251,23 +247,21 @@ impl Builder<'_> {
         let total: u64 = segments.iter().map(Segment::elements).sum();
         let max = self.options.max_binding_bytes;
         let name = self.value_name(v);
-        let chunk_elems = if total * elem.bytes() <= max {
-            total.max(1)
-        } else {
-            let row = row.ok_or_else(|| {
-                format!(
+        // A value that may not be split is one row.
+        let row_len = row.unwrap_or(total).max(1);
+        let per = rows_per_binding(total / row_len, row_len, elem, max);
+        if per == 0 {
+            return Err(match row {
+                None => format!(
                     "{name} holds {} bytes, more than one storage binding may hold ({max} bytes); only matmul weights are split across bindings",
                     total * elem.bytes()
-                )
-            })?;
-            let rows = max / (row * elem.bytes());
-            if rows == 0 {
-                return Err(format!(
-                    "{name}: one row of {row} elements is larger than one storage binding ({max} bytes)"
-                ));
-            }
-            rows * row
-        };
+                ),
+                Some(_) => format!(
+                    "{name}: one row of {row_len} elements is larger than one storage binding ({max} bytes)"
+                ),
+            });
+        }
+        let chunk_elems = per * row_len;
         let chunks: Vec<usize> = (0..total.div_ceil(chunk_elems).max(1))
             .map(|c| {
                 let start = c * chunk_elems;
@@ -455,353 +449,5 @@ impl Builder<'_> {
             .insert(module.text.clone(), self.sources.len());
         self.sources.push(module.text);
         self.sources.len() - 1
-    }
-
-    /// The dispatches computing node `n`; scratch buffers it needs go to `scratch`.
-    fn launches(
-        &self,
-        n: NodeIndex,
-        scratch: &mut Vec<(Elem, Dim)>,
-    ) -> Result<Vec<Launch>, String> {
-        use Slot::{Operand as In, Output as Out};
-        let g = self.g;
-        let node = g.node(n);
-        let ops = g.operands(n);
-        let ty = |i: usize| g.value_type(ops[i]);
-        let out_ty = &node.outputs[0];
-        let name = format!("%{} {}", self.names[&n], node.op.name());
-        let fmt_err = |_| format!("internal error: formatting the kernel of {name}");
-        let stride = |items: Dim| Workgroups::Stride { items, size: 64 };
-        let launch = |module: Result<Module, std::fmt::Error>,
-                      slots: Vec<Slot>,
-                      workgroups|
-         -> Result<Launch, String> {
-            Ok(Launch {
-                module: module.map_err(fmt_err)?,
-                slots,
-                workgroups,
-                capacity: None,
-            })
-        };
-        let leading = |t: &TensorType| count(&t.shape[..t.rank().saturating_sub(1)]);
-        let by_tokens = |t: &TensorType| -> Result<(), String> {
-            if t.shape.first() == Some(&Dim::TOKENS) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{name}: the GPU backend needs routing values shaped [tokens, ..], got {t}"
-                ))
-            }
-        };
-        let total = count(&out_ty.shape)?;
-        let one = |l: Result<Launch, String>| l.map(|l| vec![l]);
-        match &node.op {
-            Op::Unary(u) => one(launch(
-                elementwise::unary(*u, total),
-                vec![In(0), Out(0)],
-                stride(total),
-            )),
-            Op::Binary(b) => one(launch(
-                elementwise::binary(*b, &ty(0).shape, &ty(1).shape, total),
-                vec![In(0), In(1), Out(0)],
-                stride(total),
-            )),
-            Op::Softmax | Op::NormalizeSum | Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
-                let row_op = match &node.op {
-                    Op::Softmax => rows::RowOp::Softmax,
-                    Op::NormalizeSum => rows::RowOp::NormalizeSum,
-                    Op::RmsNorm { eps } => rows::RowOp::RmsNorm(eps.get()),
-                    Op::LayerNorm { eps } => rows::RowOp::LayerNorm(eps.get()),
-                    _ => unreachable!("matched above"),
-                };
-                let r = leading(ty(0))?;
-                let mut slots: Vec<Slot> = (0..ops.len()).map(In).collect();
-                slots.push(Out(0));
-                one(launch(
-                    rows::row_op(row_op, r, width(ty(0))),
-                    slots,
-                    stride(r),
-                ))
-            }
-            Op::GroupMask {
-                groups,
-                keep,
-                score,
-            } => {
-                let r = leading(ty(0))?;
-                one(launch(
-                    rows::group_mask(r, width(ty(0)), *groups, *keep, *score),
-                    vec![In(0), Out(0)],
-                    stride(r),
-                ))
-            }
-            Op::TopK { k } => {
-                let r = leading(ty(0))?;
-                one(launch(
-                    rows::topk(r, width(ty(0)), *k),
-                    vec![In(0), Out(0), Out(1)],
-                    stride(r),
-                ))
-            }
-            Op::Gather => one(launch(
-                rows::gather(total, width(ty(0)), width(ty(1))),
-                vec![In(0), In(1), Out(0)],
-                stride(total),
-            )),
-            Op::Capacity {
-                experts,
-                limit,
-                policy,
-            } => {
-                by_tokens(ty(0))?;
-                let k = width(ty(0));
-                let mut l = launch(
-                    routing::capacity(k, *policy),
-                    vec![In(0), In(1), Out(0)],
-                    stride(total),
-                )?;
-                l.capacity = Some(CapacityRule::Slots {
-                    limit: *limit,
-                    k,
-                    experts: *experts,
-                });
-                Ok(vec![l])
-            }
-            Op::ScatterGates { experts } => one(launch(
-                elementwise::scatter_gates(total, *experts, width(ty(0))),
-                vec![In(0), In(1), Out(0)],
-                stride(total),
-            )),
-            Op::ExpertChoice { factor } => {
-                by_tokens(ty(0))?;
-                let experts = width(ty(0));
-                let mut l = launch(
-                    routing::expert_choice(experts),
-                    vec![In(0), Out(0), Out(1)],
-                    stride(total),
-                )?;
-                l.capacity = Some(CapacityRule::ExpertChoice {
-                    factor: factor.get(),
-                    experts,
-                });
-                Ok(vec![l])
-            }
-            Op::DenseCombine => {
-                let experts = ops.len() as u64 - 1;
-                (0..experts)
-                    .step_by(elementwise::COMBINE_GROUP as usize)
-                    .map(|first| {
-                        let count = elementwise::COMBINE_GROUP.min(experts - first);
-                        let mut slots = vec![In(0)];
-                        slots.extend((first..first + count).map(|e| In(1 + e as usize)));
-                        slots.push(Out(0));
-                        let module = elementwise::dense_combine(
-                            total,
-                            width(out_ty),
-                            experts,
-                            first,
-                            count,
-                            first > 0,
-                        );
-                        launch(module, slots, stride(total))
-                    })
-                    .collect()
-            }
-            Op::PassThrough => one(launch(
-                elementwise::pass_through(total, width(ty(0))),
-                vec![In(0), In(1), In(2), Out(0)],
-                stride(total),
-            )),
-            Op::ExpertCounts { experts } => {
-                by_tokens(ty(0))?;
-                one(launch(
-                    routing::expert_counts(*experts, width(ty(0))),
-                    vec![In(0), Out(0)],
-                    stride(Dim::fixed(*experts)),
-                ))
-            }
-            Op::AuxLoss => {
-                by_tokens(ty(0))?;
-                one(launch(
-                    routing::aux_loss(width(ty(0)), width(ty(1))),
-                    vec![In(0), In(1), Out(0)],
-                    Workgroups::One,
-                ))
-            }
-            Op::ZLoss => {
-                by_tokens(ty(0))?;
-                one(launch(
-                    routing::z_loss(width(ty(0))),
-                    vec![In(0), Out(0)],
-                    Workgroups::One,
-                ))
-            }
-            Op::Router(r) => {
-                by_tokens(ty(0))?;
-                let mut slots: Vec<Slot> = (0..ops.len()).map(In).collect();
-                slots.extend([Out(0), Out(1)]);
-                one(launch(
-                    routing::router(r, width(ty(0))),
-                    slots,
-                    stride(Dim::TOKENS),
-                ))
-            }
-            Op::SliceCols { start, len } => {
-                let r = leading(ty(0))?;
-                one(launch(
-                    elementwise::slice_cols(r, width(ty(0)), *start, *len),
-                    vec![In(0), Out(0)],
-                    stride(total),
-                ))
-            }
-            Op::ExpertSum => {
-                let experts = fixed_dim(ty(0), 0);
-                one(launch(
-                    elementwise::expert_sum(experts, total),
-                    vec![In(0), Out(0)],
-                    stride(total),
-                ))
-            }
-            Op::Dispatch { experts } => {
-                by_tokens(ty(0))?;
-                one(launch(
-                    routing::dispatch(*experts, width(ty(0))),
-                    vec![In(0), Out(0), Out(1)],
-                    Workgroups::One,
-                ))
-            }
-            Op::GatherRows { k } => {
-                let slots = count(&ty(1).shape)?;
-                one(launch(
-                    elementwise::gather_rows(slots, width(ty(0)), *k),
-                    vec![In(0), In(1), Out(0)],
-                    stride(total),
-                ))
-            }
-            Op::GatherSlots => one(launch(
-                elementwise::gather_slots(total),
-                vec![In(0), In(1), Out(0)],
-                stride(total),
-            )),
-            Op::ScatterAdd { k } => {
-                let slots = count(&ty(1).shape)?;
-                scratch.push((Elem::I32, slots));
-                Ok(vec![
-                    launch(
-                        elementwise::scatter_clear(slots),
-                        vec![Slot::Scratch(0)],
-                        stride(slots),
-                    )?,
-                    launch(
-                        elementwise::scatter_invert(slots),
-                        vec![In(1), Slot::Scratch(0)],
-                        stride(slots),
-                    )?,
-                    launch(
-                        elementwise::scatter_sum(total, width(ty(0)), *k),
-                        vec![In(0), Slot::Scratch(0), Out(0)],
-                        stride(total),
-                    )?,
-                ])
-            }
-            Op::Linear { bias } => {
-                let w = ty(1);
-                let rows = leading(ty(0))?;
-                let mm = self.matmul(Rows::Plain { rows }, w, fixed_dim(w, 0), node, ops[1])?;
-                let mut slots = vec![In(0), Slot::Weights(1)];
-                if *bias {
-                    slots.push(In(2));
-                }
-                slots.push(Out(0));
-                one(launch(matmul::matmul(&mm), slots, mm.workgroups()))
-            }
-            Op::ExpertLinear { bias, weighted, .. } | Op::GroupedLinear { bias, weighted, .. } => {
-                let (x, w) = (ty(0), ty(1));
-                let experts = fixed_dim(w, 0);
-                let grouped = matches!(node.op, Op::GroupedLinear { .. });
-                let rows = if grouped {
-                    Rows::Grouped {
-                        experts,
-                        rows: leading(x)?,
-                    }
-                } else {
-                    let per_expert_input = x.rank() == 3;
-                    if x.shape[x.rank() - 2] != Dim::TOKENS {
-                        return Err(format!("{name}: expected [tokens, K] rows, got {x}"));
-                    }
-                    Rows::Stacked {
-                        experts,
-                        per_expert_input,
-                    }
-                };
-                let mm = self.matmul(rows, w, fixed_dim(w, 1), node, ops[1])?;
-                let mut slots = vec![In(0), Slot::Weights(1)];
-                let mut next = 2;
-                if grouped {
-                    slots.push(In(2));
-                    next = 3;
-                }
-                if *bias {
-                    slots.push(In(next));
-                    next += 1;
-                }
-                if *weighted {
-                    slots.push(In(next));
-                }
-                slots.push(Out(0));
-                one(launch(matmul::matmul(&mm), slots, mm.workgroups()))
-            }
-            Op::ConcatRows => Err(format!(
-                "{name}: concatenating computed values is not supported by the GPU backend"
-            )),
-            Op::Input { .. } | Op::Weight { .. } | Op::Constant(_) | Op::Stack => {
-                unreachable!("handled by the caller")
-            }
-        }
-    }
-
-    /// The matmul shape of `node` with weights `w` (`n` rows per expert) read from `wv`.
-    fn matmul(
-        &self,
-        rows: Rows,
-        w: &TensorType,
-        n: u64,
-        node: &crate::ir::Node,
-        wv: Value,
-    ) -> Result<Matmul, String> {
-        let (epilogue, bias, weighted) = node
-            .op
-            .matmul_attrs()
-            .ok_or_else(|| format!("internal error: {} is not a matmul", node.op.name()))?;
-        let k = width(w);
-        let from_weights = self.recipes.contains_key(&wv);
-        let weight_elem = if self.options.f16_weights && from_weights {
-            Elem::F16
-        } else {
-            Elem::F32
-        };
-        let total_rows: u64 = w.shape[..w.rank() - 1]
-            .iter()
-            .filter_map(|d| d.as_fixed())
-            .product();
-        let bytes = total_rows * k * weight_elem.bytes();
-        let max = self.options.max_binding_bytes;
-        let (rows_per_chunk, chunks) = if bytes <= max || !from_weights {
-            (total_rows.max(1), 1)
-        } else {
-            let per = (max / (k * weight_elem.bytes())).max(1);
-            (per, total_rows.div_ceil(per))
-        };
-        Ok(Matmul {
-            rows,
-            k,
-            n,
-            epilogue,
-            bias,
-            weighted,
-            weight_elem,
-            rows_per_chunk,
-            chunks,
-        })
     }
 }
