@@ -123,15 +123,21 @@ fn run_cpu_backend_on_fixture_files_matches_the_fixture() {
     run_on_fixture_files("cpu");
 }
 
-#[test]
-fn compile_clif_writes_a_file_per_kernel() {
+/// `moec compile` of the Mixtral fixture's spec for `target` into a fresh directory.
+fn compile_mixtral(target: &str) -> (tempfile::TempDir, PathBuf, Output) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("kernels");
-    let mut args = vec!["compile", "examples/mixtral.moe", "--target", "clif", "-o"];
+    let mut args = vec!["compile", "examples/mixtral.moe", "--target", target, "-o"];
     args.push(dir.to_str().unwrap());
     args.extend(MIXTRAL_FIXTURE_DIMS);
     let o = moec(&args);
     assert!(o.status.success(), "{}", stderr(&o));
+    (tmp, dir, o)
+}
+
+#[test]
+fn compile_clif_writes_a_file_per_kernel() {
+    let (_tmp, dir, o) = compile_mixtral("clif");
     let files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -149,13 +155,7 @@ fn compile_clif_writes_a_file_per_kernel() {
 
 #[test]
 fn compile_wgsl_writes_kernels_and_a_plan() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("kernels");
-    let mut args = vec!["compile", "examples/mixtral.moe", "--target", "wgsl", "-o"];
-    args.push(dir.to_str().unwrap());
-    args.extend(MIXTRAL_FIXTURE_DIMS);
-    let o = moec(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (_tmp, dir, _) = compile_mixtral("wgsl");
     let plan: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
     let kernels = plan["kernels"].as_array().unwrap();

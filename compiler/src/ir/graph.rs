@@ -32,6 +32,21 @@ pub struct Value {
     pub port: u8,
 }
 
+impl Value {
+    /// Node `n`'s outputs paired with their values, port by port.
+    pub fn ports<T>(node: NodeIndex, outs: Vec<T>) -> impl Iterator<Item = (Value, T)> {
+        outs.into_iter().enumerate().map(move |(port, t)| {
+            (
+                Value {
+                    node,
+                    port: port as u8,
+                },
+                t,
+            )
+        })
+    }
+}
+
 impl From<NodeIndex> for Value {
     fn from(node: NodeIndex) -> Value {
         Value { node, port: 0 }

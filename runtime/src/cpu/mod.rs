@@ -215,15 +215,7 @@ impl CpuModel {
                     }
                 }
             };
-            for (port, t) in outs.into_iter().enumerate() {
-                values.insert(
-                    Value {
-                        node: n,
-                        port: port as u8,
-                    },
-                    t,
-                );
-            }
+            values.extend(Value::ports(n, outs));
         }
         g.outputs
             .iter()
@@ -376,15 +368,7 @@ fn weight_values(g: &Graph, weights: &[Tensor]) -> (HashSet<NodeIndex>, HashMap<
                 interp::eval_op(op, &args)
             }
         };
-        for (port, t) in outs.into_iter().enumerate() {
-            values.insert(
-                Value {
-                    node: n,
-                    port: port as u8,
-                },
-                t,
-            );
-        }
+        values.extend(Value::ports(n, outs));
     }
     (fixed, values)
 }
