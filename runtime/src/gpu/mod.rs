@@ -9,7 +9,8 @@
 //! Running ([`GpuModel::run`]): buffers of computed values are sized for the
 //! token count and kept for later runs with as many tokens or fewer; each run
 //! writes the inputs and every step's params (token count, capacity), records
-//! all steps into one command buffer, and reads the outputs back. There is no
+//! all steps into one command buffer, and reads the outputs back through
+//! readback buffers kept with the others. There is no
 //! host round-trip between routing and the expert matmuls. Sizes are checked
 //! against the device's limits before anything is submitted, and wgpu's
 //! validation errors are returned as errors, never panics.
@@ -53,6 +54,8 @@ struct RunState {
     buffers: BTreeMap<usize, wgpu::Buffer>,
     /// Per kernel step: its params uniform and bind group.
     steps: Vec<Option<(wgpu::Buffer, wgpu::BindGroup)>>,
+    /// Per graph output: the buffer it is read back through.
+    readback: Vec<wgpu::Buffer>,
 }
 
 impl GpuModel {
@@ -183,19 +186,18 @@ impl GpuModel {
             }
         }
         let mut reads = Vec::new();
-        for o in &self.plan.outputs {
+        for (o, staging) in self.plan.outputs.iter().zip(&state.readback) {
             let shape: Vec<usize> = o.shape.iter().map(|d| d.eval(tokens)).collect();
             let bytes = shape.iter().product::<usize>() as u64 * o.elem.bytes();
-            let staging = self.gpu.staging(bytes.max(4));
             if bytes > 0 {
-                encoder.copy_buffer_to_buffer(self.buffer(state, o.buffer), 0, &staging, 0, bytes);
+                encoder.copy_buffer_to_buffer(self.buffer(state, o.buffer), 0, staging, 0, bytes);
             }
             reads.push((o, shape, staging, bytes));
         }
         self.gpu.submit(encoder);
         let mut out = BTreeMap::new();
         for (o, shape, staging, bytes) in reads {
-            let data = self.gpu.read(&staging, bytes)?;
+            let data = self.gpu.read(staging, bytes)?;
             let t = match o.elem {
                 Elem::I32 => Tensor::i32(shape, bytemuck::pod_collect_to_vec(&data)),
                 _ => Tensor::f32(shape, bytemuck::pod_collect_to_vec(&data)),
@@ -227,10 +229,20 @@ impl GpuModel {
             }
             buffers.insert(i, self.gpu.storage(&b.name, bytes));
         }
+        let readback = self
+            .plan
+            .outputs
+            .iter()
+            .map(|o| {
+                let elements: usize = o.shape.iter().map(|d| d.eval(tokens)).product();
+                self.gpu.staging(elements as u64 * o.elem.bytes())
+            })
+            .collect();
         let mut state = RunState {
             tokens,
             buffers,
             steps: Vec::new(),
+            readback,
         };
         for step in &self.plan.steps {
             let res = match step {
