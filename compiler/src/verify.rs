@@ -2,7 +2,8 @@
 //!
 //! Checks: operands numbered 0..n with no gaps, each edge's port exists on its
 //! source, each node's stored output types equal its op's typing rule applied to
-//! its operands, weight ids in range with matching shapes, outputs that exist,
+//! its operands, weight ids in range with matching shapes, state ids in range
+//! (each state appended to by one op, as wide as its rows), outputs that exist,
 //! and no cycles. It reports the first violation, naming the node.
 
 use crate::ir::{Graph, Op, TensorType};
@@ -64,6 +65,9 @@ pub fn verify(g: &Graph) -> Result<(), String> {
                     return Err(format!("{}: a constant must be a scalar", at()));
                 }
             }
+            Op::CacheAppend { state } if *state >= g.states.len() => {
+                return Err(format!("{}: state {state} out of range", at()));
+            }
             op => {
                 let vals = g.operands(n);
                 let types: Vec<&TensorType> = vals.iter().map(|v| g.value_type(*v)).collect();
@@ -86,6 +90,28 @@ pub fn verify(g: &Graph) -> Result<(), String> {
         if v.port as usize >= node.outputs.len() {
             return Err(format!("output `{name}` reads a missing port"));
         }
+    }
+    let mut appends = vec![0usize; g.states.len()];
+    for n in g.g.node_indices() {
+        if let Op::CacheAppend { state } = g.g[n].op {
+            appends[state] += 1;
+            let width = g.g[n].outputs[0].width();
+            if width != Some(g.states[state].width) {
+                return Err(format!(
+                    "node {}: state `{}` is {} wide, its rows are {:?}",
+                    n.index(),
+                    g.states[state].name,
+                    g.states[state].width,
+                    width
+                ));
+            }
+        }
+    }
+    if let Some(s) = appends.iter().position(|c| *c != 1) {
+        return Err(format!(
+            "state `{}` is appended to by {} ops, not one",
+            g.states[s].name, appends[s]
+        ));
     }
     if g.topo_order().len() != g.g.node_count() {
         return Err("the graph has a cycle".into());

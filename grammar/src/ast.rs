@@ -52,6 +52,7 @@ pub enum Item {
     Input(Input),
     Expert(Expert),
     Router(Router),
+    Rotary(Rotary),
     Weights(Weights),
     Repeat(Repeat),
     Stmt(Stmt),
@@ -69,6 +70,7 @@ pub enum DTypeName {
     F32,
     F16,
     BF16,
+    I32,
 }
 
 impl fmt::Display for DTypeName {
@@ -77,6 +79,7 @@ impl fmt::Display for DTypeName {
             DTypeName::F32 => "f32",
             DTypeName::F16 => "f16",
             DTypeName::BF16 => "bf16",
+            DTypeName::I32 => "i32",
         })
     }
 }
@@ -120,6 +123,14 @@ pub struct Expert {
 pub struct Router {
     pub name: Ident,
     pub signature: Signature,
+    pub fields: Vec<Field>,
+}
+
+/// `rotary NAME { FIELD = EXPR ... }`: a rotary position embedding's settings,
+/// applied with `rope(x, NAME)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rotary {
+    pub name: Ident,
     pub fields: Vec<Field>,
 }
 

@@ -4,7 +4,7 @@
 
 use crate::ast::*;
 use pest::error::{ErrorVariant, InputLocation};
-use pest::iterators::Pair;
+use pest::iterators::{Pair, Pairs};
 use pest::pratt_parser::{Assoc, Op, PrattParser};
 use pest::Parser;
 use std::sync::OnceLock;
@@ -154,13 +154,14 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::input => "`input`",
         Rule::expert => "`expert`",
         Rule::router => "`router`",
+        Rule::rotary => "`rotary`",
         Rule::weights => "`weights`",
         Rule::repeat => "`repeat`",
         Rule::let_stmt => "`let`",
         Rule::assign => "an assignment",
         Rule::output => "`output`",
         Rule::return_stmt => "`return`",
-        Rule::dtype => "a dtype (f32, f16 or bf16)",
+        Rule::dtype => "a dtype (f32, f16, bf16 or i32)",
         Rule::shape => "a shape like `[tokens, hidden_size]`",
         Rule::signature => "`(NAME: [dims])`",
         Rule::field => "a router field `name = value`",
@@ -207,6 +208,7 @@ fn build_model(pair: Pair<Rule>) -> Result<Spec, ParseError> {
             Rule::input => Item::Input(build_input(p)?),
             Rule::expert => Item::Expert(build_expert(p)?),
             Rule::router => Item::Router(build_router(p)?),
+            Rule::rotary => Item::Rotary(build_rotary(p)?),
             Rule::weights => Item::Weights(build_weights(p)),
             Rule::repeat => Item::Repeat(build_repeat(p)?),
             _ => Item::Stmt(build_stmt(p)?),
@@ -226,6 +228,7 @@ fn dtype_name(pair: &Pair<Rule>) -> DTypeName {
     match pair.as_str() {
         "f32" => DTypeName::F32,
         "f16" => DTypeName::F16,
+        "i32" => DTypeName::I32,
         _ => DTypeName::BF16,
     }
 }
@@ -294,7 +297,25 @@ fn build_router(pair: Pair<Rule>) -> Result<Router, ParseError> {
     let mut inner = pair.into_inner();
     let name = ident(inner.next().expect("router name"));
     let signature = build_signature(inner.next().expect("router signature"))?;
-    let fields = inner
+    Ok(Router {
+        name,
+        signature,
+        fields: build_fields(inner)?,
+    })
+}
+
+fn build_rotary(pair: Pair<Rule>) -> Result<Rotary, ParseError> {
+    let mut inner = pair.into_inner();
+    let name = ident(inner.next().expect("rotary name"));
+    Ok(Rotary {
+        name,
+        fields: build_fields(inner)?,
+    })
+}
+
+/// `name = value` fields of a router or rotary block.
+fn build_fields(pairs: Pairs<Rule>) -> Result<Vec<Field>, ParseError> {
+    pairs
         .map(|f| {
             let mut fi = f.into_inner();
             let name = ident(fi.next().expect("field name"));
@@ -303,12 +324,7 @@ fn build_router(pair: Pair<Rule>) -> Result<Router, ParseError> {
                 value: build_expr(fi.next().expect("field value"))?,
             })
         })
-        .collect::<Result<_, ParseError>>()?;
-    Ok(Router {
-        name,
-        signature,
-        fields,
-    })
+        .collect()
 }
 
 fn build_repeat(pair: Pair<Rule>) -> Result<Repeat, ParseError> {

@@ -5,6 +5,8 @@
 //!   graph's `WeightDecl`s as f32 tensors, with every problem reported at once.
 //! - `random`: deterministic stand-in weights for running a spec without a checkpoint.
 //! - `io`: read and write run inputs and outputs as safetensors files.
+//! - `session`: a graph with prepared weights on an engine (`Model`), run call after call
+//!   with its KV caches (`Session`).
 //! - `aot`: what an executable built by `moec build` carries, and its entry point.
 //!
 //! The runtime depends on the compiler for `Tensor` and `WeightDecl`, never the other way.
@@ -17,6 +19,7 @@ mod file;
 pub mod gpu;
 pub mod io;
 pub mod random;
+pub mod session;
 pub mod weights;
 
 pub use io::{read_tensors, write_tensors, IoError, IoErrorKind};

@@ -5,9 +5,12 @@
 //! Ties are broken towards the lower index everywhere (top-k, groups, expert
 //! choice), and capacity drops follow `DropPolicy`.
 
+mod attention;
 mod kernels;
 
-use crate::ir::{CapacityLimit, DropPolicy, Epilogue, Graph, Op, Value};
+pub use attention::inv_freq;
+
+use crate::ir::{CapacityLimit, DropPolicy, Epilogue, Graph, Op, Syms, Value};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
 use kernels::{
     binary, expert_row, gather, group_mask, map_rows, normalize_sum, ranked, router, rows,
@@ -15,22 +18,82 @@ use kernels::{
 };
 use std::collections::{BTreeMap, HashMap};
 
-/// Runs `g` on bound `weights` (one per `g.weights`, in order) and named inputs.
+/// What a stateful graph carries from one run to the next: the rows appended to
+/// every KV cache so far. A graph without state has an empty one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    /// Positions already held (every cache has this many rows).
+    pub past: usize,
+    /// Each state's rows, `past × width` values, in `Graph::states` order.
+    pub caches: Vec<Vec<f32>>,
+    widths: Vec<usize>,
+}
+
+impl State {
+    /// An empty state for `g`: nothing cached.
+    pub fn new(g: &Graph) -> State {
+        State {
+            past: 0,
+            caches: vec![Vec::new(); g.states.len()],
+            widths: g.states.iter().map(|s| s.width as usize).collect(),
+        }
+    }
+
+    /// Forgets every position from `past` on (a call that failed halfway).
+    pub fn truncate(&mut self, past: usize) {
+        self.past = self.past.min(past);
+        for (c, w) in self.caches.iter_mut().zip(&self.widths) {
+            c.truncate(past * w);
+        }
+    }
+}
+
+/// Runs `g` on bound `weights` (one per `g.weights`, in order) and named inputs,
+/// with nothing cached: a stateful graph starts from an empty state.
 pub fn run(
     g: &Graph,
     weights: &[Tensor],
     inputs: &BTreeMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>, String> {
+    run_with_state(g, weights, inputs, &mut State::new(g))
+}
+
+/// Runs `g` as the next call after `state`: positions continue from `state.past`,
+/// and every cache gets this call's rows appended.
+pub fn run_with_state(
+    g: &Graph,
+    weights: &[Tensor],
+    inputs: &BTreeMap<String, Tensor>,
+    state: &mut State,
+) -> Result<BTreeMap<String, Tensor>, String> {
     let tokens = check_inputs(g, weights, inputs)?;
+    if state.caches.len() != g.states.len() {
+        return Err(format!(
+            "the state holds {} caches, the graph has {}",
+            state.caches.len(),
+            g.states.len()
+        ));
+    }
+    let syms = Syms {
+        tokens,
+        past: state.past,
+    };
     let mut values: HashMap<Value, Tensor> = HashMap::new();
     for n in g.topo_order() {
         let node = g.node(n);
         let args: Vec<&Tensor> = g.operands(n).iter().map(|v| &values[v]).collect();
-        let outs = eval(&node.op, &args, weights, inputs);
+        let outs = match &node.op {
+            Op::Input { name, .. } => vec![inputs[name].clone()],
+            Op::Weight { id, .. } => vec![weights[*id].clone()],
+            op @ (Op::Positions | Op::CacheAppend { .. }) => {
+                vec![eval_stateful(g, op, &args, tokens, state)]
+            }
+            op => eval(op, &args),
+        };
         for (port, t) in outs.into_iter().enumerate() {
             debug_assert_eq!(
                 t.shape,
-                node.outputs[port].concrete_shape(tokens),
+                node.outputs[port].concrete_shape(syms),
                 "{} output shape",
                 node.op.name()
             );
@@ -43,6 +106,7 @@ pub fn run(
             );
         }
     }
+    state.past += tokens;
     Ok(g.outputs
         .iter()
         .map(|(name, v)| (name.clone(), values[v].clone()))
@@ -56,17 +120,74 @@ pub fn check_inputs(
     inputs: &BTreeMap<String, Tensor>,
 ) -> Result<usize, String> {
     check_weights(g, weights)?;
-    token_count(g, inputs)
+    let tokens = token_count(g, inputs)?;
+    check_token_ids(g, inputs)?;
+    Ok(tokens)
 }
 
-/// Evaluates one op that is neither an input nor a weight on its operands, exactly as `run` does.
-/// Backends call it for the ops they do not compile, so those keep the interpreter's semantics.
+/// Evaluates one computed op on its operands, exactly as `run` does. Backends call
+/// it for the ops they do not compile, so those keep the interpreter's semantics.
+/// Leaves and stateful ops (inputs, weights, positions, caches) are the caller's.
 pub fn eval_op(op: &Op, operands: &[&Tensor]) -> Vec<Tensor> {
     assert!(
-        !matches!(op, Op::Input { .. } | Op::Weight { .. }),
-        "eval_op evaluates computed ops only"
+        !matches!(
+            op,
+            Op::Input { .. } | Op::Weight { .. } | Op::Positions | Op::CacheAppend { .. }
+        ),
+        "eval_op evaluates computed, stateless ops only"
     );
-    eval(op, operands, &[], &BTreeMap::new())
+    eval(op, operands)
+}
+
+/// Evaluates a stateful op (`Positions`, `CacheAppend`) of `g` for a call of
+/// `tokens` tokens after `state`; the caller advances `state.past` once the
+/// whole call has run.
+pub fn eval_stateful(
+    g: &Graph,
+    op: &Op,
+    operands: &[&Tensor],
+    tokens: usize,
+    state: &mut State,
+) -> Tensor {
+    match op {
+        Op::Positions => Tensor::i32(
+            vec![tokens],
+            (state.past..state.past + tokens).map(|p| p as i32).collect(),
+        ),
+        Op::CacheAppend { state: s } => {
+            let cache = &mut state.caches[*s];
+            cache.extend_from_slice(operands[0].as_f32());
+            let width = g.states[*s].width as usize;
+            Tensor::f32(vec![cache.len() / width, width], cache.clone())
+        }
+        _ => unreachable!("{} is not stateful", op.name()),
+    }
+}
+
+/// Checks that every token id an `Embedding` reads straight from an input is a
+/// row of its table.
+pub fn check_token_ids(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<(), String> {
+    for n in g.g.node_indices() {
+        if g.node(n).op != Op::Embedding {
+            continue;
+        }
+        let [ids, table]: [Value; 2] = g.operands(n).try_into().expect("embedding has 2 operands");
+        let Op::Input { name, .. } = &g.node(ids.node).op else {
+            continue;
+        };
+        let vocab = g.value_type(table).shape[0].fixed;
+        if let Some((i, id)) = inputs[name]
+            .as_i32()
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id < 0 || **id as u64 >= vocab)
+        {
+            return Err(format!(
+                "token id {id} (at index {i} of `{name}`) is outside the vocabulary of {vocab} tokens"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks bound weights against the graph's weight table (count, shape, f32).
@@ -104,7 +225,7 @@ pub fn token_count(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<usize
             .ok_or_else(|| format!("missing input `{name}` ({ty})"))?;
         let count = *t.shape.first().unwrap_or(&0);
         let want = ty.concrete_shape(count);
-        if t.shape != want || !matches!(t.data, TensorData::F32(_)) {
+        if t.shape != want || t.dtype_name() != ty.dtype.to_string() {
             return Err(format!(
                 "input `{name}` is {} {}, expected {ty}",
                 t.dtype_name(),
@@ -136,17 +257,17 @@ pub fn expert_choice_capacity(factor: f32, tokens: usize, experts: usize) -> usi
     ((tokens as f64 * factor as f64 / experts as f64).ceil() as usize).min(tokens)
 }
 
-fn eval(
-    op: &Op,
-    a: &[&Tensor],
-    weights: &[Tensor],
-    inputs: &BTreeMap<String, Tensor>,
-) -> Vec<Tensor> {
+/// One stateless op on its operands (`run` handles leaves and stateful ops).
+fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
     use Op::*;
     let one = |t: Tensor| vec![t];
     match op {
-        Input { name, .. } => one(inputs[name].clone()),
-        Weight { id, .. } => one(weights[*id].clone()),
+        Input { .. } | Weight { .. } | Positions | CacheAppend { .. } => {
+            unreachable!("`run` evaluates leaves and stateful ops")
+        }
+        Embedding => one(attention::embedding(a[0], a[1])),
+        Rope(r) => one(attention::rope(r, a[0], a[1])),
+        Attention(at) => one(attention::attention(at, a[0], a[1], a[2], a.get(3).copied())),
         Constant(v) => one(Tensor::f32(vec![], vec![v.get()])),
         Linear { bias } => {
             let (x, w) = (a[0], a[1]);
@@ -174,11 +295,15 @@ fn eval(
         NormalizeSum => one(normalize_sum(a[0])),
         RmsNorm { eps } => {
             let w = a[1].as_f32();
+            // Each group of the weight's width is normalized on its own (per-head norms).
             one(map_rows(a[0], |s, o| {
-                let ms: f64 = s.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / s.len() as f64;
-                let inv = 1.0 / (ms + eps.get() as f64).sqrt();
-                for ((o, v), w) in o.iter_mut().zip(s).zip(w) {
-                    *o = (*v as f64 * inv * *w as f64) as f32;
+                for (s, o) in s.chunks(w.len()).zip(o.chunks_mut(w.len())) {
+                    let ms: f64 =
+                        s.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / s.len() as f64;
+                    let inv = 1.0 / (ms + eps.get() as f64).sqrt();
+                    for ((o, v), w) in o.iter_mut().zip(s).zip(w) {
+                        *o = (*v as f64 * inv * *w as f64) as f32;
+                    }
                 }
             }))
         }

@@ -53,6 +53,15 @@ impl From<NodeIndex> for Value {
     }
 }
 
+/// State that outlives a run: one KV cache of `width`-wide rows, one row per position,
+/// appended to by a `CacheAppend` op and owned by the runtime's session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDecl {
+    /// Where it comes from, e.g. `layers.3.self_attn.k` (for messages and printing).
+    pub name: String,
+    pub width: u64,
+}
+
 /// Serializable (serde) so a scheduled graph can be stored in an artifact (`moec build`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Graph {
@@ -61,6 +70,12 @@ pub struct Graph {
     pub inputs: Vec<NodeIndex>,
     pub outputs: Vec<(String, Value)>,
     pub weights: Vec<WeightDecl>,
+    /// Run-to-run state (KV caches), indexed by `Op::CacheAppend { state }`.
+    #[serde(default)]
+    pub states: Vec<StateDecl>,
+    /// The most positions the states hold (a stateful graph's `max_position_embeddings`).
+    #[serde(default)]
+    pub max_positions: Option<u64>,
 }
 
 impl Graph {
@@ -128,6 +143,20 @@ impl Graph {
                 label,
             })
             .into()
+    }
+
+    /// Declares a new state of `width`-wide rows; returns its index.
+    pub fn add_state(&mut self, name: impl Into<String>, width: u64) -> usize {
+        self.states.push(StateDecl {
+            name: name.into(),
+            width,
+        });
+        self.states.len() - 1
+    }
+
+    /// Whether runs of this graph carry state from one call to the next.
+    pub fn is_stateful(&self) -> bool {
+        !self.states.is_empty()
     }
 
     pub fn add_constant(&mut self, v: f32) -> Value {

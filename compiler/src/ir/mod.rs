@@ -10,11 +10,11 @@ mod types;
 mod typing;
 pub mod weight;
 
-pub use graph::{Edge, Graph, Node, Value};
+pub use graph::{Edge, Graph, Node, StateDecl, Value};
 pub use op::{
-    BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, GroupScore, Op, RouterAttrs, Score,
-    UnaryOp,
+    AttentionAttrs, BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, GroupScore, Op,
+    RopeAttrs, RopeScaling, RouterAttrs, Score, UnaryOp,
 };
 pub use petgraph::stable_graph::NodeIndex;
-pub use types::{DType, Dim, TensorType};
+pub use types::{DType, Dim, Syms, TensorType};
 pub use weight::{StorageDType, WeightDecl};

@@ -108,6 +108,67 @@ pub struct RouterAttrs {
     pub scale: F32Bits,
 }
 
+/// How rotary frequencies are rescaled for long contexts: the `rope_type` of a
+/// Hugging Face config, with its parameters (formulas in `interp::rope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RopeScaling {
+    /// `inv_freq[i] = theta^(-2i/d)`.
+    Default,
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear { factor: F32Bits },
+    /// Llama 3: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
+    Llama3 {
+        factor: F32Bits,
+        low_freq_factor: F32Bits,
+        high_freq_factor: F32Bits,
+        original_max_positions: u64,
+    },
+    /// YaRN: interpolation blended with extrapolation over a ramp of dims, and cos/sin scaled
+    /// by an attention factor (`mscale`).
+    Yarn {
+        factor: F32Bits,
+        original_max_positions: u64,
+        beta_fast: F32Bits,
+        beta_slow: F32Bits,
+        /// The attention factor; 0 = derived from `factor`, `mscale` and `mscale_all_dim`.
+        attention_factor: F32Bits,
+        mscale: F32Bits,
+        mscale_all_dim: F32Bits,
+        /// Round the correction range outwards to whole dims.
+        truncate: bool,
+    },
+}
+
+/// A rotary position embedding (see `Op::Rope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RopeAttrs {
+    pub head_dim: u64,
+    /// The leading dims of each head that are rotated (partial rotary: fewer than `head_dim`).
+    pub rotary_dim: u64,
+    pub theta: F32Bits,
+    /// Rotate pairs `(2i, 2i+1)` instead of `(i, i + rotary_dim/2)`.
+    pub interleaved: bool,
+    pub scaling: RopeScaling,
+}
+
+/// Scaled dot-product attention (see `Op::Attention`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AttentionAttrs {
+    pub heads: u64,
+    /// Key/value heads; each serves `heads / kv_heads` query heads (grouped-query attention).
+    pub kv_heads: u64,
+    pub head_dim: u64,
+    pub v_head_dim: u64,
+    /// Multiplies `q·k` before the softmax.
+    pub scale: F32Bits,
+    /// A query sees only keys at or before its own position.
+    pub causal: bool,
+    /// Sliding window: a query at position p sees keys at positions `p-window+1 ..= p`.
+    pub window: Option<u64>,
+    /// A learned per-head logit (operand 3) joins each softmax's denominator (attention sinks).
+    pub sinks: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {
     /// A run-time input. Typing: no operands; output: the declared type.
@@ -177,6 +238,28 @@ pub enum Op {
     /// output `[n, ..]`.
     Stack,
 
+    // ---- Whole models: embeddings, positions, attention and its state ----
+    /// Rows of a table picked by token ids. Typing: ids i32 `[T]`, table f32 `[V, D]`; output f32
+    /// `[T, D]`. Ids outside `0..V` are rejected before a run (`interp::check_inputs`).
+    Embedding,
+    /// The absolute positions of this call's tokens: `past, past + 1, ...`. Typing: no operands;
+    /// output i32 `[tokens]`.
+    Positions,
+    /// Rotary position embedding of every head: x is `[T, heads·head_dim]`, and the first
+    /// `rotary_dim` dims of each head are rotated by angles `position · inv_freq`, the rest pass
+    /// through. Typing: x f32 `[T, H·head_dim]`, positions i32 `[T]`; output like x.
+    Rope(RopeAttrs),
+    /// Appends this call's rows to state `state` (the graph's `states[state]`, a KV cache the
+    /// runtime owns across calls) and reads back every row it holds, oldest first. Stateful:
+    /// passes never merge or remove it. Typing: x f32 `[tokens, W]`; output f32 `[past+tokens, W]`.
+    CacheAppend { state: usize },
+    /// `softmax(scale · q·kᵀ + mask) · v` per query head, query head h reading kv head
+    /// `h / (heads / kv_heads)`. The queries are the last rows of the positions: query i sits
+    /// at position `P - T + i` of the P key rows. Typing: q f32 `[T, H·D]`, k f32 `[P, KV·D]`,
+    /// v f32 `[P, KV·Dv]` with P = T + (a multiple of `past`), then sinks f32 `[H]` if `sinks`;
+    /// output f32 `[T, H·Dv]`.
+    Attention(AttentionAttrs),
+
     // ---- Fused forms, made by the expert-fusion passes ----
     /// The fused router: score, selection bias, group mask, top-k, gather, normalize and scale.
     /// Typing: logits f32 `[T, E]`, and with `selection_bias` a bias `[E]`; outputs: weights f32
@@ -245,6 +328,12 @@ impl Op {
         }
     }
 
+    /// Whether the op reads or writes state that outlives a run: such an op is
+    /// never merged with an equal one, nor removed when its value is unused.
+    pub fn is_stateful(&self) -> bool {
+        matches!(self, Op::CacheAppend { .. })
+    }
+
     /// The op's name in printed IR.
     pub fn name(&self) -> &'static str {
         use Op::*;
@@ -278,6 +367,11 @@ impl Op {
             AuxLoss => "aux_loss",
             ZLoss => "z_loss",
             Stack => "stack",
+            Embedding => "embedding",
+            Positions => "positions",
+            Rope(_) => "rope",
+            CacheAppend { .. } => "cache_append",
+            Attention(_) => "attention",
             Router(_) => "router",
             ConcatRows => "concat_rows",
             SliceCols { .. } => "slice_cols",
@@ -374,6 +468,36 @@ impl Op {
                 a
             }
             Dispatch { experts } => format!("experts={experts}"),
+            Rope(r) => {
+                let mut a = format!(
+                    "head_dim={} rotary_dim={} theta={:?}",
+                    r.head_dim, r.rotary_dim, r.theta
+                );
+                if r.interleaved {
+                    a.push_str(" interleaved");
+                }
+                if r.scaling != RopeScaling::Default {
+                    a.push_str(&format!(" scaling={:?}", r.scaling));
+                }
+                a
+            }
+            CacheAppend { state } => format!("state={state}"),
+            Attention(at) => {
+                let mut a = format!(
+                    "heads={} kv_heads={} head_dim={} v_head_dim={} scale={:?}",
+                    at.heads, at.kv_heads, at.head_dim, at.v_head_dim, at.scale
+                );
+                if at.causal {
+                    a.push_str(" causal");
+                }
+                if let Some(w) = at.window {
+                    a.push_str(&format!(" window={w}"));
+                }
+                if at.sinks {
+                    a.push_str(" sinks");
+                }
+                a
+            }
             GatherRows { k } | ScatterAdd { k } => format!("k={k}"),
             _ => String::new(),
         }

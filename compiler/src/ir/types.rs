@@ -1,5 +1,5 @@
 //! Value types on graph edges: a dtype and a shape whose dims may depend on the
-//! run-time token count.
+//! run-time symbols (`tokens`, `past`).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -21,44 +21,95 @@ impl fmt::Display for DType {
     }
 }
 
-/// One dimension: `per_token · tokens + fixed`. Most dims are fixed (`per_token == 0`);
-/// the token axis is `tokens` (1, 0); a flattened `[tokens, k]` axis would be (k, 0).
+/// The symbols a dim may depend on, bound at run time: the new tokens of this
+/// call (`tokens`) and the tokens already held by the model's state (`past`, the
+/// KV cache). Without state `past` is always 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Syms {
+    pub tokens: usize,
+    pub past: usize,
+}
+
+impl Syms {
+    /// A call of `tokens` new tokens with nothing cached.
+    pub const fn tokens(tokens: usize) -> Syms {
+        Syms { tokens, past: 0 }
+    }
+}
+
+impl From<usize> for Syms {
+    fn from(tokens: usize) -> Syms {
+        Syms::tokens(tokens)
+    }
+}
+
+/// One dimension, affine in the symbols: `per_token·tokens + per_past·past + fixed`.
+/// Most dims are fixed; the token axis is `tokens` (1, 0, 0); a flattened
+/// `[tokens, k]` axis is (k, 0, 0); a KV-cache axis is `past + tokens` (1, 1, 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Dim {
     pub per_token: u64,
+    #[serde(default)]
+    pub per_past: u64,
     pub fixed: u64,
 }
 
 impl Dim {
     pub const TOKENS: Dim = Dim {
         per_token: 1,
+        per_past: 0,
+        fixed: 0,
+    };
+    /// Every position held after a call: the cached ones and the new ones.
+    pub const POSITIONS: Dim = Dim {
+        per_token: 1,
+        per_past: 1,
         fixed: 0,
     };
     pub const fn fixed(n: u64) -> Dim {
         Dim {
             per_token: 0,
+            per_past: 0,
             fixed: n,
         }
     }
-    /// The fixed size, when the dim does not depend on the token count.
+    /// The fixed size, when the dim depends on no symbol.
     pub fn as_fixed(self) -> Option<u64> {
-        (self.per_token == 0).then_some(self.fixed)
+        (self.per_token == 0 && self.per_past == 0).then_some(self.fixed)
     }
-    /// The concrete size for a run with `tokens` tokens.
-    pub fn eval(self, tokens: usize) -> usize {
-        (self.per_token as usize) * tokens + self.fixed as usize
+    /// Whether the dim depends on the cached token count.
+    pub fn uses_past(self) -> bool {
+        self.per_past != 0
+    }
+    /// `self · c`.
+    pub fn scale(self, c: u64) -> Dim {
+        Dim {
+            per_token: self.per_token * c,
+            per_past: self.per_past * c,
+            fixed: self.fixed * c,
+        }
+    }
+    /// The concrete size for a run with these symbols (a plain token count means nothing cached).
+    pub fn eval(self, syms: impl Into<Syms>) -> usize {
+        let s = syms.into();
+        (self.per_token as usize) * s.tokens + (self.per_past as usize) * s.past + self.fixed as usize
     }
 }
 
 impl fmt::Display for Dim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.per_token, self.fixed) {
-            (0, n) => write!(f, "{n}"),
-            (1, 0) => f.write_str("tokens"),
-            (k, 0) => write!(f, "{k}*tokens"),
-            (1, n) => write!(f, "tokens+{n}"),
-            (k, n) => write!(f, "{k}*tokens+{n}"),
+        let mut terms = Vec::new();
+        for (c, sym) in [(self.per_past, "past"), (self.per_token, "tokens")] {
+            match c {
+                0 => {}
+                1 => terms.push(sym.to_string()),
+                c => terms.push(format!("{c}*{sym}")),
+            }
         }
+        if self.fixed != 0 || terms.is_empty() {
+            terms.push(self.fixed.to_string());
+        }
+        f.write_str(&terms.join("+"))
     }
 }
 
@@ -92,8 +143,9 @@ impl TensorType {
     pub fn width(&self) -> Option<u64> {
         self.shape.last().and_then(|d| d.as_fixed())
     }
-    pub fn concrete_shape(&self, tokens: usize) -> Vec<usize> {
-        self.shape.iter().map(|d| d.eval(tokens)).collect()
+    pub fn concrete_shape(&self, syms: impl Into<Syms>) -> Vec<usize> {
+        let syms = syms.into();
+        self.shape.iter().map(|d| d.eval(syms)).collect()
     }
 }
 

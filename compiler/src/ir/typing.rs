@@ -75,10 +75,19 @@ impl Op {
                 arity(if matches!(self, RmsNorm { .. }) { 2 } else { 3 })?;
                 let x = operands[0];
                 expect_f32(x, "norm input")?;
-                for w in &operands[1..] {
-                    if w.shape.as_slice() != [*x.shape.last().ok_or("norm input has no axis")?] {
-                        return Err(format!("norm weight {w} does not match the input {x}"));
-                    }
+                let width = x.width().ok_or("norm input has no fixed width")?;
+                // A weight narrower than the row normalizes each group of its width on its own
+                // (per-head q/k norms); layer norms always span the row.
+                let group = operands[1].shape.first().and_then(|d| d.as_fixed());
+                let fits = |w: &TensorType| {
+                    w.rank() == 1
+                        && w.shape == operands[1].shape
+                        && group.is_some_and(|g| {
+                            g == width || (matches!(self, RmsNorm { .. }) && g > 0 && width % g == 0)
+                        })
+                };
+                if let Some(w) = operands[1..].iter().find(|w| !fits(w)) {
+                    return Err(format!("norm weight {w} does not match the input {x}"));
                 }
                 Ok(vec![x.clone()])
             }
@@ -362,16 +371,109 @@ impl Op {
                 let out = epilogue_width(*epilogue, n)?;
                 Ok(vec![TensorType::f32(vec![x.shape[0], Dim::fixed(out)])])
             }
+            Embedding => {
+                arity(2)?;
+                let (ids, table) = (operands[0], operands[1]);
+                if ids.dtype != DType::I32 || ids.rank() != 1 {
+                    return Err(format!("embedding ids must be i32 [tokens], found {ids}"));
+                }
+                if table.rank() != 2 || table.dtype != DType::F32 {
+                    return Err(format!("embedding table must be f32 [vocab, width], found {table}"));
+                }
+                Ok(vec![TensorType::f32(vec![ids.shape[0], table.shape[1]])])
+            }
+            Positions => {
+                arity(0)?;
+                Ok(vec![TensorType::i32(vec![Dim::TOKENS])])
+            }
+            Rope(r) => {
+                arity(2)?;
+                let (x, pos) = (operands[0], operands[1]);
+                expect_f32(x, "rope input")?;
+                let width = x.width().filter(|_| x.rank() == 2);
+                if r.head_dim == 0 || width.is_none_or(|w| w % r.head_dim != 0) {
+                    return Err(format!(
+                        "rope input must be [tokens, heads·{}], found {x}",
+                        r.head_dim
+                    ));
+                }
+                if r.rotary_dim == 0 || r.rotary_dim % 2 != 0 || r.rotary_dim > r.head_dim {
+                    return Err(format!(
+                        "rotary dims must be even and at most the head dim {}, found {}",
+                        r.head_dim, r.rotary_dim
+                    ));
+                }
+                if pos.dtype != DType::I32 || pos.shape != [x.shape[0]] {
+                    return Err(format!("rope positions must be i32 [{}], found {pos}", x.shape[0]));
+                }
+                Ok(vec![x.clone()])
+            }
+            CacheAppend { .. } => {
+                arity(1)?;
+                let x = operands[0];
+                expect_f32(x, "cached rows")?;
+                if x.rank() != 2 || x.shape[0] != Dim::TOKENS || x.width().is_none() {
+                    return Err(format!("a cache appends [tokens, width] rows, found {x}"));
+                }
+                Ok(vec![TensorType::f32(vec![Dim::POSITIONS, x.shape[1]])])
+            }
+            Attention(a) => {
+                arity(3 + usize::from(a.sinks))?;
+                let (q, k, v) = (operands[0], operands[1], operands[2]);
+                for (t, what) in [(q, "queries"), (k, "keys"), (v, "values")] {
+                    expect_f32(t, what)?;
+                    if t.rank() != 2 || t.width().is_none() {
+                        return Err(format!("attention {what} must be [rows, width], found {t}"));
+                    }
+                }
+                if a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
+                    return Err(format!(
+                        "{} query heads cannot share {} kv heads",
+                        a.heads, a.kv_heads
+                    ));
+                }
+                let want = [
+                    (q, a.heads * a.head_dim, "queries"),
+                    (k, a.kv_heads * a.head_dim, "keys"),
+                    (v, a.kv_heads * a.v_head_dim, "values"),
+                ];
+                if let Some((t, w, what)) = want.iter().find(|(t, w, _)| t.width() != Some(*w)) {
+                    return Err(format!("attention {what} must be {w} wide, found {t}"));
+                }
+                let (rows, keys) = (q.shape[0], k.shape[0]);
+                if keys != v.shape[0]
+                    || keys.per_token != rows.per_token
+                    || keys.fixed != rows.fixed
+                    || rows.per_past != 0
+                {
+                    return Err(format!(
+                        "attention keys {k} and values {v} must hold the queries' {rows} rows after the cached ones"
+                    ));
+                }
+                if a.sinks && operands[3].shape != [Dim::fixed(a.heads)] {
+                    return Err(format!(
+                        "attention sinks must be [{}], found {}",
+                        a.heads, operands[3]
+                    ));
+                }
+                Ok(vec![TensorType::f32(vec![rows, Dim::fixed(a.heads * a.v_head_dim)])])
+            }
             ScatterAdd { k } => {
                 arity(2)?;
                 let (x, order) = (operands[0], operands[1]);
                 expect_f32(x, "scattered rows")?;
                 let s = x.shape.first().copied().ok_or("scatter needs rows")?;
-                if s.per_token % k != 0 || s.fixed % k != 0 || order.shape != [s] || x.rank() != 2 {
+                if s.per_token % k != 0
+                    || s.per_past % k != 0
+                    || s.fixed % k != 0
+                    || order.shape != [s]
+                    || x.rank() != 2
+                {
                     return Err(format!("scatter of {x} by {order} with k = {k}"));
                 }
                 let rows = Dim {
                     per_token: s.per_token / k,
+                    per_past: s.per_past / k,
                     fixed: s.fixed / k,
                 };
                 Ok(vec![TensorType::f32(vec![rows, x.shape[1]])])
@@ -435,10 +537,7 @@ fn epilogue_width(epilogue: Epilogue, n: u64) -> Result<u64, String> {
 
 /// `k` slots per row of `rows`.
 fn scale_dim(rows: Dim, k: u64) -> Dim {
-    Dim {
-        per_token: rows.per_token * k,
-        fixed: rows.fixed * k,
-    }
+    rows.scale(k)
 }
 
 fn expect_f32(t: &TensorType, what: &str) -> Result<(), String> {

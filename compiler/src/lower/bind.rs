@@ -101,6 +101,7 @@ impl<'a> Binder<'a> {
                     DTypeName::F32 => StorageDType::F32,
                     DTypeName::F16 => StorageDType::F16,
                     DTypeName::BF16 => StorageDType::BF16,
+                    DTypeName::I32 => unreachable!("rejected by `Lowerer::new`"),
                 }),
                 bindings: w.bindings.iter().collect(),
             })

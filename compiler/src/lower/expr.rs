@@ -218,8 +218,9 @@ impl Lowerer<'_> {
                 self.node(Op::Softmax, &[x], None, e.span)
                     .map(Operand::Tensor)
             }
+            "rope" => self.rope(e, args, scope, path).map(Operand::Tensor),
             "ceil" | "floor" | "min" | "max" => Ok(Operand::Const(eval_const(e, &self.params)?)),
-            "linear" | "rmsnorm" | "layernorm" | "moe" => Err(Diagnostic::at(
+            "linear" | "rmsnorm" | "layernorm" | "moe" | "embedding" | "attention" => Err(Diagnostic::at(
                 e.span,
                 format!("`{func}` must be the whole right-hand side of a `let`"),
                 "inside an expression",
@@ -240,6 +241,9 @@ impl Lowerer<'_> {
                     "rmsnorm",
                     "layernorm",
                     "moe",
+                    "embedding",
+                    "rope",
+                    "attention",
                     "ceil",
                     "floor",
                     "min",

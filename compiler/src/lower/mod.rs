@@ -4,6 +4,7 @@
 //! spec's `weights` blocks. Shapes are checked here, with the spec's spans, so
 //! users see their own names in errors; the verifier re-checks the result.
 
+mod attention;
 mod bind;
 mod consts;
 mod expr;
@@ -51,6 +52,9 @@ struct Lowerer<'a> {
     param_order: Vec<String>,
     experts: HashMap<String, &'a ast::Expert>,
     routers: HashMap<String, &'a ast::Router>,
+    rotaries: HashMap<String, &'a ast::Rotary>,
+    /// The `Positions` node every `rope` reads, made at the first one.
+    positions: Option<Value>,
     binder: Binder<'a>,
     graph: Graph,
     notes: Vec<Diagnostic>,
@@ -75,6 +79,7 @@ impl<'a> Lowerer<'a> {
         let mut params = Vec::new();
         let mut experts = HashMap::new();
         let mut routers = HashMap::new();
+        let mut rotaries = HashMap::new();
         let mut weights = Vec::new();
         for item in &spec.items {
             match item {
@@ -91,7 +96,21 @@ impl<'a> Lowerer<'a> {
                     routers.insert(r.name.name.clone(), r);
                 }
                 Item::Input(i) => declare(&i.name, "input")?,
-                Item::Weights(w) => weights.push(w),
+                Item::Weights(w) => {
+                    if let Some((DTypeName::I32, span)) = w.dtype {
+                        return Err(Diagnostic::at(
+                            span,
+                            "weights cannot be stored as i32",
+                            "not a weight dtype",
+                        )
+                        .with_help("weights are stored as f32, f16 or bf16"));
+                    }
+                    weights.push(w)
+                }
+                Item::Rotary(r) => {
+                    declare(&r.name, "rotary")?;
+                    rotaries.insert(r.name.name.clone(), r);
+                }
                 Item::Repeat(_) | Item::Stmt(_) => {}
             }
         }
@@ -101,6 +120,8 @@ impl<'a> Lowerer<'a> {
             params: values,
             experts,
             routers,
+            rotaries,
+            positions: None,
             binder: Binder::new(&weights),
             graph: Graph::new(spec.name.name.clone()),
             notes: Vec::new(),
@@ -122,7 +143,11 @@ impl<'a> Lowerer<'a> {
                 }
                 Item::Stmt(stmt) => self.stmt(stmt, &mut scope, None, &mut outputs)?,
                 Item::Repeat(r) => self.repeat(r, &mut scope, &mut outputs)?,
-                Item::Param(_) | Item::Expert(_) | Item::Router(_) | Item::Weights(_) => {}
+                Item::Param(_)
+                | Item::Expert(_)
+                | Item::Router(_)
+                | Item::Rotary(_)
+                | Item::Weights(_) => {}
             }
         }
         if outputs.is_empty() {
@@ -135,6 +160,9 @@ impl<'a> Lowerer<'a> {
         }
         for (name, v) in outputs {
             self.graph.outputs.push((name.name, v));
+        }
+        if self.graph.is_stateful() {
+            self.graph.max_positions = Some(self.max_positions(spec)?);
         }
         self.binder.finish(&self.graph.weights)?;
         let params = self
@@ -149,14 +177,32 @@ impl<'a> Lowerer<'a> {
         })
     }
 
+    /// The most positions a model with KV caches holds: its `max_position_embeddings` param.
+    fn max_positions(&self, spec: &Spec) -> Result<u64, Diagnostic> {
+        match self.params.get("max_position_embeddings") {
+            Some(Const::Int(n)) if *n > 0 => Ok(*n as u64),
+            Some(other) => Err(Diagnostic::at(
+                spec.name.span,
+                format!("max_position_embeddings must be a positive integer, it is {other}"),
+                "in this model",
+            )),
+            None => Err(Diagnostic::at(
+                spec.name.span,
+                "a model with attention needs `param max_position_embeddings = N`",
+                "its KV caches need a size",
+            )
+            .with_help("the param bounds the positions a session holds (prompt and generated tokens)")),
+        }
+    }
+
     fn input_type(&self, input: &ast::Input) -> Result<TensorType, Diagnostic> {
-        if input.dtype != DTypeName::F32 {
+        if !matches!(input.dtype, DTypeName::F32 | DTypeName::I32) {
             return Err(Diagnostic::at(
                 input.dtype_span,
-                format!("input `{}` must be f32", input.name),
+                format!("input `{}` must be f32 or i32", input.name),
                 "not supported",
             )
-            .with_help("f16 and bf16 are storage types for weights; inputs are f32"));
+            .with_help("f16 and bf16 are storage types for weights; inputs are f32 (activations) or i32 (token ids)"));
         }
         let mut shape = Vec::new();
         for (i, d) in input.shape.dims.iter().enumerate() {
@@ -173,6 +219,16 @@ impl<'a> Lowerer<'a> {
                 }
                 _ => shape.push(Dim::fixed(self.dim(d)?)),
             }
+        }
+        if input.dtype == DTypeName::I32 {
+            if shape != [Dim::TOKENS] {
+                return Err(Diagnostic::at(
+                    input.shape.span,
+                    format!("i32 input `{}` must have shape [tokens]", input.name),
+                    "found this shape",
+                ));
+            }
+            return Ok(TensorType::i32(shape));
         }
         if shape.len() != 2 || shape[0] != Dim::TOKENS {
             return Err(Diagnostic::at(
@@ -437,6 +493,16 @@ impl<'a> Lowerer<'a> {
                         )
                         .map(Val::Tensor)
                 }
+                "embedding" => {
+                    return self
+                        .embedding(e, args, scope, &path.child(Seg::name(&name.name)), label)
+                        .map(Val::Tensor)
+                }
+                "attention" => {
+                    return self
+                        .attention(e, args, scope, &path.child(Seg::name(&name.name)), label)
+                        .map(Val::Tensor)
+                }
                 "moe" => {
                     let mut p = path.clone();
                     p.moe = Some(name.name.clone());
@@ -488,10 +554,11 @@ impl<'a> Lowerer<'a> {
         path: &WeightPath,
         label: Option<String>,
     ) -> Result<Value, Diagnostic> {
-        let a = Args::new(e, &func.name, args, &["eps"])?;
+        let layer_norm = func.name == "layernorm";
+        let allowed: &[&str] = if layer_norm { &["eps"] } else { &["eps", "head_dim"] };
+        let a = Args::new(e, &func.name, args, allowed)?;
         let [x] = a.positional::<1>(&format!("{func}(x, eps = ...)"))?;
         let x = self.tensor(x, scope, path)?;
-        let layer_norm = func.name == "layernorm";
         let eps = match a.named("eps") {
             Some(v) => self.float(v, "eps")?,
             None if layer_norm => 1e-5,
@@ -504,7 +571,22 @@ impl<'a> Lowerer<'a> {
                 "here",
             ));
         }
-        let d = self.width(x, e.span)? as usize;
+        let width = self.width(x, e.span)?;
+        // `head_dim = D`: each group of D values (one head) is normalized on its own.
+        let d = match a.named("head_dim") {
+            Some(h) => {
+                let d = self.dim(h)?;
+                if width % d != 0 {
+                    return Err(Diagnostic::at(
+                        h.span,
+                        format!("head_dim {d} does not divide the width {width} of the input"),
+                        "here",
+                    ));
+                }
+                d
+            }
+            None => width,
+        } as usize;
         let eps = F32Bits::new(eps as f32);
         let mut operands = vec![x, self.weight(path, vec![d], e.span)?];
         let op = if layer_norm {

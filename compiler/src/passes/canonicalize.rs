@@ -6,10 +6,11 @@
 //! - constant folding and algebraic identities, as the named rewrites in
 //!   [`simplify`] (each directional, each with its justification);
 //! - common-subexpression elimination: two nodes with an equal `Op` and the same
-//!   operand list become one (all ops are pure). Equal `Op` already keeps apart
-//!   inputs of different names, weights of different ids and constants of
-//!   different bits;
-//! - dead-node elimination (`rewrite::remove_dead`), keeping the graph's inputs.
+//!   operand list become one (every op but the stateful ones is pure; those are
+//!   never merged). Equal `Op` already keeps apart inputs of different names,
+//!   weights of different ids and constants of different bits;
+//! - dead-node elimination (`rewrite::remove_dead`), keeping the graph's inputs
+//!   and its stateful ops.
 //!
 //! What it does not do: fold anything but scalar `Binary` ops (unary or
 //! reduction ops on constants never occur after lowering), reassociate or
@@ -105,6 +106,9 @@ fn cse(g: &mut Graph) -> bool {
     let mut seen: HashMap<(Op, Vec<Value>), NodeIndex> = HashMap::new();
     let mut changed = false;
     for n in g.topo_order() {
+        if g.node(n).op.is_stateful() {
+            continue;
+        }
         let key = (g.node(n).op.clone(), g.operands(n));
         let Some(&keep) = seen.get(&key) else {
             seen.insert(key, n);

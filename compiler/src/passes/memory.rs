@@ -5,8 +5,9 @@
 //!
 //! Every value a kernel computes gets space in one arena; a value's space is
 //! reused once its last user (in `Graph::topo_order`) has run. Inputs, weights,
-//! constants and weight-only values (a `Stack` of weights: prepared once at load
-//! time) live outside the arena.
+//! constants, weight-only values (a `Stack` of weights: prepared once at load
+//! time) and views of state (a `CacheAppend` reads back the cache it appended to,
+//! which the runtime owns across calls) live outside the arena.
 //!
 //! Sizes depend on the token count: a value of type `[tokens, k, D]` takes
 //! `per_token·T + fixed` bytes (the typing rules give at most one token-dependent
@@ -79,7 +80,7 @@ pub fn weight_only(g: &Graph) -> HashSet<NodeIndex> {
     for n in g.topo_order() {
         let only = match g.node(n).op {
             Op::Weight { .. } | Op::Constant(_) => true,
-            Op::Input { .. } => false,
+            Op::Input { .. } | Op::Positions | Op::CacheAppend { .. } => false,
             _ => {
                 g.g.neighbors_directed(n, Direction::Incoming)
                     .all(|m| set.contains(&m))
@@ -100,7 +101,7 @@ pub fn plan(g: &Graph) -> MemoryPlan {
     let end = order.len();
     let mut plan = MemoryPlan::default();
     for &n in &order {
-        if fixed.contains(&n) || matches!(g.node(n).op, Op::Input { .. }) {
+        if fixed.contains(&n) || matches!(g.node(n).op, Op::Input { .. } | Op::CacheAppend { .. }) {
             continue;
         }
         for port in 0..g.node(n).outputs.len() {

@@ -51,6 +51,7 @@ pub fn remove_dead(g: &mut Graph) -> bool {
         .iter()
         .map(|(_, v)| v.node)
         .chain(g.inputs.iter().copied())
+        .chain(g.g.node_indices().filter(|n| g.g[*n].op.is_stateful()))
         .collect();
     while let Some(n) = stack.pop() {
         if live.insert(n) {

@@ -185,13 +185,27 @@ impl CpuModel {
         self
     }
 
-    /// Runs the graph on named inputs; returns the named outputs.
+    /// Runs the graph on named inputs; returns the named outputs. A stateful graph
+    /// starts from an empty state.
     pub fn run(
         &self,
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, String> {
+        self.run_with_state(inputs, &mut interp::State::new(&self.graph))
+    }
+
+    /// Runs the graph as the next call after `state` (see `interp::run_with_state`).
+    pub fn run_with_state(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        state: &mut interp::State,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
         let g = &self.graph;
-        interp::token_count(g, inputs)?;
+        let tokens = interp::token_count(g, inputs)?;
+        interp::check_token_ids(g, inputs)?;
+        if state.caches.len() != g.states.len() {
+            return Err("internal error: the state does not belong to this graph".into());
+        }
         let mut values: HashMap<Value, Tensor> = HashMap::new();
         for n in g.topo_order() {
             if self.fixed.contains(&n) {
@@ -204,6 +218,10 @@ impl CpuModel {
                 match (&node.op, self.kernel_of.get(&n)) {
                     (Op::Input { name, .. }, _) => vec![inputs[name].clone()],
                     (op, Some(&k)) => vec![self.matmul(n, op, k, &args)?],
+                    (op @ (Op::Positions | Op::CacheAppend { .. }), None) => {
+                        let args = args.into_iter().flatten().collect::<Vec<_>>();
+                        vec![interp::eval_stateful(g, op, &args, tokens, state)]
+                    }
                     (op, None) => {
                         let args =
                             args.into_iter()
@@ -217,6 +235,7 @@ impl CpuModel {
             };
             values.extend(Value::ports(n, outs));
         }
+        state.past += tokens;
         g.outputs
             .iter()
             .map(|(name, v)| {

@@ -208,8 +208,5 @@ pub(super) fn dense_combine(
 
 /// `d · c` as a dim.
 pub(super) fn mul(d: Dim, c: u64) -> Dim {
-    Dim {
-        per_token: d.per_token * c,
-        fixed: d.fixed * c,
-    }
+    d.scale(c)
 }

@@ -86,6 +86,11 @@ impl Builder<'_> {
                     Op::LayerNorm { eps } => rows::RowOp::LayerNorm(eps.get()),
                     _ => unreachable!("matched above"),
                 };
+                if ops.len() > 1 && ty(1).width() != ty(0).width() {
+                    return Err(format!(
+                        "{name}: a norm over groups of a row (per-head) is not supported by the GPU backend yet"
+                    ));
+                }
                 let r = leading(ty(0))?;
                 let mut slots: Vec<Slot> = (0..ops.len()).map(In).collect();
                 slots.push(Out(0));
@@ -325,6 +330,13 @@ impl Builder<'_> {
             }
             Op::ConcatRows => Err(format!(
                 "{name}: concatenating computed values is not supported by the GPU backend"
+            )),
+            Op::Embedding
+            | Op::Positions
+            | Op::Rope(_)
+            | Op::CacheAppend { .. }
+            | Op::Attention(_) => Err(format!(
+                "{name}: whole models (embeddings, rope, attention, KV caches) do not run on the GPU backend yet"
             )),
             Op::Input { .. } | Op::Weight { .. } | Op::Constant(_) | Op::Stack => {
                 unreachable!("handled by the caller")

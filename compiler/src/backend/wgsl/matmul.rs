@@ -68,10 +68,7 @@ impl Matmul {
         let (items, extra) = match self.rows {
             Rows::Plain { rows } => (rows, 0),
             Rows::Stacked { experts, .. } => (
-                Dim {
-                    per_token: experts,
-                    fixed: 0,
-                },
+                Dim::TOKENS.scale(experts),
                 experts as u32,
             ),
             Rows::Grouped { experts, rows } => (rows, experts as u32 + 1),

@@ -130,6 +130,9 @@ fn count(dims: &[Dim]) -> Result<Dim, String> {
     let mut per_token = 0u64;
     let mut fixed = 1u64;
     for d in dims {
+        if d.uses_past() {
+            return Err("a value whose size depends on the KV cache is not supported by the GPU backend yet".into());
+        }
         match (per_token, d.per_token) {
             (0, 0) => fixed *= d.fixed,
             (0, p) => {
@@ -148,7 +151,11 @@ fn count(dims: &[Dim]) -> Result<Dim, String> {
             }
         }
     }
-    Ok(Dim { per_token, fixed })
+    Ok(Dim {
+        per_token,
+        per_past: 0,
+        fixed,
+    })
 }
 
 fn width(ty: &TensorType) -> u64 {

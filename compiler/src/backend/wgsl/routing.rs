@@ -87,10 +87,7 @@ pub(super) fn capacity(k: u64, policy: DropPolicy) -> Result<Module, fmt::Error>
     let mut m = Module::new("capacity: drop slots over their expert's limit", false)?;
     m.bind_all(&[read("idx", I32), read("w", F32), write("out", I32)])?;
     m.stride_loop(
-        Dim {
-            per_token: k,
-            fixed: 0,
-        },
+        Dim::TOKENS.scale(k),
         SIZE,
     )?;
     let before = match policy {
@@ -112,10 +109,7 @@ pub(super) fn expert_choice(experts: u64) -> Result<Module, fmt::Error> {
     m.bind_all(&[read("s", F32), write("scores", F32), write("slots", I32)])?;
     selection_helpers(&mut m)?;
     m.stride_loop(
-        Dim {
-            per_token: experts,
-            fixed: 0,
-        },
+        Dim::TOKENS.scale(experts),
         SIZE,
     )?;
     writeln!(

@@ -1,0 +1,205 @@
+//! Running a compiled graph call after call: a [`Model`] is a graph with its
+//! weights prepared for one backend (the reference interpreter, or the CPU
+//! backend's compiled kernels); a [`Session`] is one sequence run on it, owning
+//! the KV caches a stateful graph declares, so each call appends its tokens to
+//! what the earlier calls left.
+//!
+//! A session refuses a call that would hold more positions than its limit
+//! (the spec's `max_position_embeddings`, or a smaller one the caller asks for),
+//! and token ids outside the vocabulary, before anything runs.
+//! It does not tokenize or sample: `generate` builds on it.
+
+use crate::cpu::CpuModel;
+use moec_compiler::interp::{self, State};
+use moec_compiler::ir::{DType, Graph, Op};
+use moec_compiler::tensor::Tensor;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The reference interpreter.
+    Interp,
+    /// JIT-compiled kernels on `threads` worker threads (None: one per core).
+    Cpu { threads: Option<usize> },
+}
+
+/// What went wrong running a model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionError {
+    /// The call would need more positions than the session holds.
+    PositionLimit {
+        held: usize,
+        new: usize,
+        limit: usize,
+    },
+    /// The inputs do not fit the graph (names, shapes, token ids).
+    Input(String),
+    /// The graph is not a causal language model (`input_ids` in, `logits` out).
+    NotALanguageModel(String),
+    /// The backend failed to compile or run the graph.
+    Backend(String),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::PositionLimit { held, new, limit } => write!(
+                f,
+                "{new} new tokens after {held} do not fit: this model holds at most {limit} positions (max_position_embeddings)"
+            ),
+            SessionError::Input(m) | SessionError::Backend(m) => f.write_str(m),
+            SessionError::NotALanguageModel(m) => write!(f, "not a language model: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+enum Prepared {
+    Interp(Vec<Tensor>),
+    Cpu(Box<CpuModel>),
+}
+
+/// A graph with its weights, prepared for one engine.
+pub struct Model {
+    graph: Graph,
+    prepared: Prepared,
+}
+
+impl Model {
+    /// Prepares `graph` (optimized or not) with its bound `weights` for `engine`.
+    pub fn new(graph: Graph, weights: Vec<Tensor>, engine: Engine) -> Result<Model, SessionError> {
+        interp::check_weights(&graph, &weights).map_err(SessionError::Input)?;
+        let prepared = match engine {
+            Engine::Interp => Prepared::Interp(weights),
+            Engine::Cpu { threads } => {
+                let m = CpuModel::new(&graph, &weights).map_err(SessionError::Backend)?;
+                Prepared::Cpu(Box::new(match threads {
+                    Some(t) => m.with_threads(t),
+                    None => m,
+                }))
+            }
+        };
+        Ok(Model { graph, prepared })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The most positions a session can hold: the graph's own limit, for a stateful graph.
+    pub fn max_positions(&self) -> Option<usize> {
+        self.graph.max_positions.map(|m| m as usize)
+    }
+
+    /// A new session with nothing cached, holding at most `limit` positions (the
+    /// model's own limit when None or larger).
+    pub fn session(&self, limit: Option<usize>) -> Session<'_> {
+        let own = self.max_positions().unwrap_or(usize::MAX);
+        Session {
+            model: self,
+            state: State::new(&self.graph),
+            limit: limit.map_or(own, |l| l.min(own)),
+        }
+    }
+
+    fn run(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        state: &mut State,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        match &self.prepared {
+            Prepared::Interp(weights) => interp::run_with_state(&self.graph, weights, inputs, state),
+            Prepared::Cpu(m) => m.run_with_state(inputs, state),
+        }
+    }
+}
+
+/// One sequence on a model: its KV caches and how many positions they hold.
+pub struct Session<'m> {
+    model: &'m Model,
+    state: State,
+    limit: usize,
+}
+
+impl Session<'_> {
+    /// Runs the next call: named inputs in, named outputs out; caches grow by the call's tokens.
+    pub fn run(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, SessionError> {
+        let g = &self.model.graph;
+        let new = interp::token_count(g, inputs).map_err(SessionError::Input)?;
+        if g.is_stateful() && self.state.past + new > self.limit {
+            return Err(SessionError::PositionLimit {
+                held: self.state.past,
+                new,
+                limit: self.limit,
+            });
+        }
+        let before = self.state.past;
+        self.model.run(inputs, &mut self.state).map_err(|e| {
+            // A failed call leaves the caches as they were.
+            self.state.truncate(before);
+            SessionError::Input(e)
+        })
+    }
+
+    /// Runs token ids through a language model (`input input_ids: i32[tokens]`,
+    /// `output logits`), returning the logits `[ids.len(), vocab]`.
+    pub fn forward(&mut self, ids: &[i32]) -> Result<Tensor, SessionError> {
+        let name = self.model.ids_input()?;
+        let inputs = BTreeMap::from([(name, Tensor::i32(vec![ids.len()], ids.to_vec()))]);
+        let mut out = self.run(&inputs)?;
+        out.remove("logits").ok_or_else(|| {
+            SessionError::NotALanguageModel("the spec has no output `logits`".into())
+        })
+    }
+
+    /// Positions the caches hold.
+    pub fn position(&self) -> usize {
+        self.state.past
+    }
+
+    /// The most positions this session holds.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Empties the caches.
+    pub fn reset(&mut self) {
+        self.state = State::new(&self.model.graph);
+    }
+}
+
+impl Model {
+    /// The name of the one i32 input a language model reads its token ids from.
+    fn ids_input(&self) -> Result<String, SessionError> {
+        let ids: Vec<&String> = self
+            .graph
+            .inputs
+            .iter()
+            .filter_map(|n| match &self.graph.node(*n).op {
+                Op::Input { name, ty } if ty.dtype == DType::I32 => Some(name),
+                _ => None,
+            })
+            .collect();
+        match (ids.as_slice(), self.graph.inputs.len()) {
+            ([name], 1) => Ok((*name).clone()),
+            _ => Err(SessionError::NotALanguageModel(
+                "a language model reads one input, `input_ids: i32[tokens]`".into(),
+            )),
+        }
+    }
+
+    /// The width of the `logits` output: the vocabulary size.
+    pub fn vocab_size(&self) -> Option<usize> {
+        let (_, v) = self.graph.outputs.iter().find(|(n, _)| n == "logits")?;
+        self.graph
+            .value_type(*v)
+            .width()
+            .map(|w| w as usize)
+    }
+}
