@@ -138,6 +138,32 @@ impl Workers {
             gemm_rows,
         }
     }
+
+    /// Splits `out` into one run of whole `item`-long items per thread and calls
+    /// `f(first item, its run)` for each, the caller's thread taking one.
+    pub fn split_mut<T: Send>(
+        &self,
+        out: &mut [T],
+        item: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        let items = out.len() / item.max(1);
+        let per = items.div_ceil(self.threads).max(1);
+        match &self.pool {
+            Some(pool) if items > 1 => pool.in_place_scope(|scope| {
+                let mut runs = out.chunks_mut(per * item.max(1)).enumerate();
+                let first = runs.next();
+                for (i, run) in runs {
+                    let f = &f;
+                    scope.spawn(move |_| f(i * per, run));
+                }
+                if let Some((_, run)) = first {
+                    f(0, run);
+                }
+            }),
+            _ => f(0, out),
+        }
+    }
 }
 
 /// Rows `rows` that use expert `expert`: x rows from `x0`, output rows from `out0`,

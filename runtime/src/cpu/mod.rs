@@ -25,6 +25,7 @@
 //! executable built by `moec build` passes the ones linked into it (`crate::aot`).
 
 mod jit;
+mod layers;
 mod matmul;
 
 pub use jit::{host_isa, target, KernelFn};
@@ -35,7 +36,7 @@ use matmul::{Call, Packed, Panels, Segment, Workers};
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16};
 use moec_compiler::backend::clif::{self, MatmulShape, WeightDType};
 use moec_compiler::interp;
-use moec_compiler::ir::{Graph, NodeIndex, Op, Value};
+use moec_compiler::ir::{Graph, NodeIndex, Op, Syms, Value};
 use moec_compiler::passes::memory::weight_only;
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -207,20 +208,60 @@ impl CpuModel {
             return Err("internal error: the state does not belong to this graph".into());
         }
         let mut values: HashMap<Value, Tensor> = HashMap::new();
+        // A cache's rows are read where they live, in the state, not copied out.
+        let mut cache_views: HashMap<Value, usize> = HashMap::new();
         for n in g.topo_order() {
             if self.fixed.contains(&n) {
                 continue;
             }
             let outs = {
                 let get = |v: &Value| values.get(v).or_else(|| self.consts.get(v));
-                let args: Vec<Option<&Tensor>> = g.operands(n).iter().map(get).collect();
+                let operands = g.operands(n);
+                let args: Vec<Option<&Tensor>> = operands.iter().map(get).collect();
                 let node = g.node(n);
                 match (&node.op, self.kernel_of.get(&n)) {
                     (Op::Input { name, .. }, _) => vec![inputs[name].clone()],
                     (op, Some(&k)) => vec![self.matmul(n, op, k, &args)?],
-                    (op @ (Op::Positions | Op::CacheAppend { .. }), None) => {
-                        let args = args.into_iter().flatten().collect::<Vec<_>>();
-                        vec![interp::eval_stateful(g, op, &args, tokens, state)]
+                    (Op::CacheAppend { state: s }, None) => {
+                        let rows = arg_f32(op_arg(&args, 0, "cache_append")?)?;
+                        state.caches[*s].extend_from_slice(rows);
+                        cache_views.insert(n.into(), *s);
+                        continue;
+                    }
+                    (Op::Positions, None) => {
+                        vec![interp::eval_stateful(g, &Op::Positions, &[], tokens, state)]
+                    }
+                    (Op::Attention(a), None) => {
+                        let view = |i: usize| -> Result<&[f32], String> {
+                            match cache_views.get(&operands[i]) {
+                                Some(s) => Ok(&state.caches[*s]),
+                                None => arg_f32(op_arg(&args, i, "attention")?),
+                            }
+                        };
+                        let q = arg_f32(op_arg(&args, 0, "attention")?)?;
+                        let sinks = match a.sinks {
+                            true => Some(arg_f32(op_arg(&args, 3, "attention")?)?),
+                            false => None,
+                        };
+                        let out = layers::attention(a, q, view(1)?, view(2)?, sinks, &self.workers)?;
+                        vec![Tensor::f32(node.outputs[0].concrete_shape(syms(tokens, state)), out)]
+                    }
+                    (Op::Rope(r), None) => {
+                        let x = op_arg(&args, 0, "rope")?;
+                        let pos = op_arg(&args, 1, "rope")?.as_i32();
+                        vec![Tensor::f32(x.shape.clone(), layers::rope(r, arg_f32(x)?, pos)?)]
+                    }
+                    (Op::RmsNorm { eps }, None) => {
+                        let x = op_arg(&args, 0, "rmsnorm")?;
+                        let w = arg_f32(op_arg(&args, 1, "rmsnorm")?)?;
+                        let out = layers::rms_norm(arg_f32(x)?, w, eps.get(), &self.workers)?;
+                        vec![Tensor::f32(x.shape.clone(), out)]
+                    }
+                    (Op::Embedding, None) => {
+                        let (ids, table) = (op_arg(&args, 0, "embedding")?, op_arg(&args, 1, "embedding")?);
+                        let width = table.shape[1];
+                        let out = layers::embedding(ids.as_i32(), arg_f32(table)?, width)?;
+                        vec![Tensor::f32(vec![ids.len(), width], out)]
                     }
                     (op, None) => {
                         let args =
@@ -328,6 +369,29 @@ impl CpuModel {
             .get(&n)
             .copied()
             .ok_or_else(|| "internal error: not a matmul".into())
+    }
+}
+
+/// Operand `i` of an op run natively, computed earlier in the run.
+fn op_arg<'t>(args: &[Option<&'t Tensor>], i: usize, op: &str) -> Result<&'t Tensor, String> {
+    args.get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| format!("internal error: {op} operand {i} missing"))
+}
+
+fn arg_f32(t: &Tensor) -> Result<&[f32], String> {
+    match &t.data {
+        TensorData::F32(v) => Ok(v),
+        TensorData::I32(_) => Err("internal error: an i32 operand where f32 was expected".into()),
+    }
+}
+
+/// The symbols of a call of `tokens` tokens after `state` (whose caches it has appended to).
+fn syms(tokens: usize, state: &interp::State) -> Syms {
+    Syms {
+        tokens,
+        past: state.past,
     }
 }
 
