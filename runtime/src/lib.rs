@@ -5,6 +5,8 @@
 //!   graph's `WeightDecl`s as f32 tensors, with every problem reported at once.
 //! - `random`: deterministic stand-in weights for running a spec without a checkpoint.
 //! - `io`: read and write run inputs and outputs as safetensors files.
+//! - `budget`: the bytes a model will need (weights, KV caches, activations), checked against
+//!   the memory available before loading.
 //! - `session`: a graph with prepared weights on an engine (`Model`), run call after call
 //!   with its KV caches (`Session`).
 //! - `aot`: what an executable built by `moec build` carries, and its entry point.
@@ -13,6 +15,7 @@
 //! Errors are plain data implementing `std::error::Error`; rendering them is the CLI's job.
 
 pub mod aot;
+pub mod budget;
 pub mod cpu;
 mod decode;
 mod file;

@@ -527,13 +527,19 @@ impl<'a> Lowerer<'a> {
         path: &WeightPath,
         label: Option<String>,
     ) -> Result<Value, Diagnostic> {
-        let a = Args::new(e, "linear", args, &["bias"])?;
+        let a = Args::new(e, "linear", args, &["bias", "tied"])?;
         let [x, out] = a.positional::<2>("linear(x, out)")?;
         let x = self.tensor(x, scope, path)?;
         let out = self.dim(out)?;
         let bias = self.weight_flag(a.named("bias"), "bias", &path.child(Seg::name("bias")))?;
         let width = self.width(x, e.span)?;
-        let w = self.weight(path, vec![out as usize, width as usize], e.span)?;
+        let w = match a.named("tied") {
+            Some(t) => {
+                self.binder.absent(path);
+                self.tied_table(t, scope, out, width)?
+            }
+            None => self.weight(path, vec![out as usize, width as usize], e.span)?,
+        };
         let mut operands = vec![x, w];
         if bias {
             operands.push(self.weight(
@@ -543,6 +549,48 @@ impl<'a> Lowerer<'a> {
             )?);
         }
         self.node(Op::Linear { bias }, &operands, label, e.span)
+    }
+
+    /// `tied = NAME`: the table of the embedding `NAME`, reused as an `[out, width]`
+    /// weight (tied input and output embeddings).
+    fn tied_table(
+        &mut self,
+        t: &Expr,
+        scope: &Scope,
+        out: u64,
+        width: u64,
+    ) -> Result<Value, Diagnostic> {
+        let not_embedding = || {
+            Diagnostic::at(
+                t.span,
+                format!("`tied = {t}` must name an embedding"),
+                "not an embedding",
+            )
+            .with_help("write `let embed_tokens = embedding(ids, vocab, width)` and `tied = embed_tokens`")
+        };
+        let v = match &t.kind {
+            ExprKind::Path(p) if p.len() == 1 => match scope.vars.get(&p[0].name) {
+                Some((Val::Tensor(v), _)) => *v,
+                _ => return Err(not_embedding()),
+            },
+            _ => return Err(not_embedding()),
+        };
+        if self.graph.node(v.node).op != Op::Embedding {
+            return Err(not_embedding());
+        }
+        let table = self.graph.operands(v.node)[1];
+        let shape = &self.graph.value_type(table).shape;
+        if shape.as_slice() != [Dim::fixed(out), Dim::fixed(width)] {
+            return Err(Diagnostic::at(
+                t.span,
+                format!(
+                    "the embedding table is {}, this linear needs [{out}, {width}]",
+                    self.graph.value_type(table)
+                ),
+                "shapes differ",
+            ));
+        }
+        Ok(table)
     }
 
     fn norm(
