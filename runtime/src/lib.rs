@@ -6,6 +6,8 @@
 //! - `random`: deterministic stand-in weights for running a spec without a checkpoint.
 //! - `io`: read and write run inputs and outputs as safetensors files.
 //! - `aot`: what an executable built by `moec build` carries, and its entry point.
+//! - `generate`: text generation around any model with a KV cache (`generate::Decoder`): the
+//!   loop, sampling, end-of-sequence ids, and `tokenizer.json` text in and out.
 //!
 //! The runtime depends on the compiler for `Tensor` and `WeightDecl`, never the other way.
 //! Errors are plain data implementing `std::error::Error`; rendering them is the CLI's job.
@@ -14,9 +16,11 @@ pub mod aot;
 pub mod cpu;
 mod decode;
 mod file;
+pub mod generate;
 pub mod gpu;
 pub mod io;
 pub mod random;
+mod rng;
 pub mod weights;
 
 pub use io::{read_tensors, write_tensors, IoError, IoErrorKind};
