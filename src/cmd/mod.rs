@@ -6,6 +6,7 @@ pub mod bench;
 pub mod build;
 pub mod check;
 pub mod compile;
+pub mod generate;
 pub mod graph;
 pub mod run;
 
