@@ -122,7 +122,7 @@ pub fn generate(
     let max_positions = decoder.max_positions();
     let mut ids = Vec::new();
     let (mut prefill, mut decode) = (Duration::ZERO, Duration::ZERO);
-    // Some(stop) once the sequence may not grow: checked before each token is chosen.
+    // Some(stop) once no new token may be added: checked before the prefill and after each token.
     let limit = |new: usize| {
         if new >= opts.max_new_tokens {
             Some(StopReason::MaxNewTokens)
