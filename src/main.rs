@@ -1,4 +1,5 @@
-//! `moec`, the command line: check, graph, run, bench, compile and build `.moe` specs.
+//! `moec`, the command line: check, graph, run, bench, compile and build `.moe` specs, and
+//! generate text with a whole model.
 //!
 //! Every failure is reported as a message on stderr and exit status 1; spec
 //! errors carry file:line:col and a source snippet.
@@ -33,6 +34,8 @@ enum Command {
     Compile(cmd::compile::Args),
     /// Build a standalone executable that runs a spec on the CPU (ahead of time).
     Build(cmd::build::Args),
+    /// Generate text with a whole model from a prompt (greedy, or sampled with --temperature).
+    Generate(cmd::generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd::bench::main(a),
         Command::Compile(a) => cmd::compile::main(a),
         Command::Build(a) => cmd::build::main(a),
+        Command::Generate(a) => cmd::generate::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -386,3 +386,68 @@ fn bench_runs_on_a_weights_file_and_reports_json() {
     let err = assert_user_error(&moec(&["bench", "examples/mixtral.moe", "--weights", w]));
     assert!(err.contains("weights.safetensors"), "{err}");
 }
+
+/// `moec generate` on a checkpoint directory holding only `files`: the message it exits with.
+fn generate_error(files: &[(&str, &str)], args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let weights = dir.path().to_str().unwrap();
+    let mut all = vec!["generate", "examples/mixtral.moe", "--weights", weights];
+    all.extend(args);
+    assert_user_error(&moec(&all))
+}
+
+#[test]
+fn generate_checks_its_arguments_before_opening_a_model() {
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["--prompt", "hi", "--prompt-ids", "1"],
+            "give the prompt once",
+        ),
+        (&[], "no prompt: give --prompt TEXT or --prompt-ids 1,2,3"),
+        (&["--prompt-ids", "1,x"], "--prompt-ids: expected token ids"),
+        (&["--prompt-ids", "-1"], "--prompt-ids: expected token ids"),
+        (
+            &["--prompt-ids", "1", "--temperature", "1", "--top-p", "0"],
+            "top-p must be above 0 and at most 1, found 0",
+        ),
+        (
+            &["--prompt-ids", "1", "--temperature", "-1"],
+            "the temperature must be a number above 0, found -1",
+        ),
+        (
+            &["--prompt-ids", "1", "--top-k", "2"],
+            "give --temperature T",
+        ),
+    ];
+    for (args, expected) in cases {
+        let err = generate_error(&[], args);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn generate_from_text_needs_a_tokenizer() {
+    let err = generate_error(&[], &["--prompt", "hello"]);
+    assert!(
+        err.contains("has no tokenizer.json") && err.contains("--prompt-ids 1,2,3"),
+        "{err}"
+    );
+    let err = generate_error(&[("tokenizer.json", "{}")], &["--prompt", "hello"]);
+    assert!(
+        err.contains("tokenizer.json: not a tokenizer.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generate_names_a_malformed_generation_config() {
+    let files = [("generation_config.json", r#"{"eos_token_id": "</s>"}"#)];
+    let err = generate_error(&files, &["--prompt-ids", "1,2"]);
+    assert!(
+        err.contains("generation_config.json: `eos_token_id` must be a token id"),
+        "{err}"
+    );
+}

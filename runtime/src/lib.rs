@@ -10,6 +10,8 @@
 //! - `session`: a graph with prepared weights on an engine (`Model`), run call after call
 //!   with its KV caches (`Session`).
 //! - `aot`: what an executable built by `moec build` carries, and its entry point.
+//! - `generate`: text generation around any model with a KV cache (`generate::Decoder`): the
+//!   loop, sampling, end-of-sequence ids, and `tokenizer.json` text in and out.
 //!
 //! The runtime depends on the compiler for `Tensor` and `WeightDecl`, never the other way.
 //! Errors are plain data implementing `std::error::Error`; rendering them is the CLI's job.
@@ -19,9 +21,11 @@ pub mod budget;
 pub mod cpu;
 mod decode;
 mod file;
+pub mod generate;
 pub mod gpu;
 pub mod io;
 pub mod random;
+mod rng;
 pub mod session;
 pub mod weights;
 

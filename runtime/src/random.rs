@@ -12,6 +12,8 @@ use moec_compiler::ir::{Graph, Op};
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 
+use crate::rng::SplitMix64;
+
 /// One f32 tensor per decl, in order, of the decl's shape.
 pub fn random_weights(decls: &[WeightDecl], seed: u64) -> Vec<Tensor> {
     decls.iter().map(|decl| random_weight(decl, seed)).collect()
@@ -63,23 +65,4 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and well mixed even from similar seeds.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1), on a grid of 2^-23.
-    fn symmetric(&mut self) -> f32 {
-        let unit = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        2.0 * unit - 1.0
-    }
 }

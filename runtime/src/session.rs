@@ -12,9 +12,11 @@
 use crate::cpu::CpuModel;
 use moec_compiler::interp::{self, State};
 use moec_compiler::ir::{DType, Graph, Op};
-use moec_compiler::tensor::Tensor;
+use crate::generate::{BoxError, Decoder};
+use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,11 +97,11 @@ impl Model {
     }
 
     /// A new session with nothing cached, holding at most `limit` positions (the
-    /// model's own limit when None or larger).
-    pub fn session(&self, limit: Option<usize>) -> Session<'_> {
+    /// model's own limit when None or larger). Sessions share the model.
+    pub fn session(self: &Arc<Model>, limit: Option<usize>) -> Session {
         let own = self.max_positions().unwrap_or(usize::MAX);
         Session {
-            model: self,
+            model: Arc::clone(self),
             state: State::new(&self.graph),
             limit: limit.map_or(own, |l| l.min(own)),
         }
@@ -118,13 +120,13 @@ impl Model {
 }
 
 /// One sequence on a model: its KV caches and how many positions they hold.
-pub struct Session<'m> {
-    model: &'m Model,
+pub struct Session {
+    model: Arc<Model>,
     state: State,
     limit: usize,
 }
 
-impl Session<'_> {
+impl Session {
     /// Runs the next call: named inputs in, named outputs out; caches grow by the call's tokens.
     pub fn run(
         &mut self,
@@ -201,5 +203,30 @@ impl Model {
             .value_type(*v)
             .width()
             .map(|w| w as usize)
+    }
+}
+
+impl Decoder for Session {
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size().unwrap_or(0)
+    }
+
+    fn max_positions(&self) -> usize {
+        self.limit
+    }
+
+    fn position(&self) -> usize {
+        self.state.past
+    }
+
+    fn reset(&mut self) {
+        Session::reset(self)
+    }
+
+    fn forward(&mut self, ids: &[i32]) -> Result<Vec<f32>, BoxError> {
+        match Session::forward(self, ids)?.data {
+            TensorData::F32(v) => Ok(v),
+            TensorData::I32(_) => Err("the `logits` output is i32".into()),
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod build;
 pub mod check;
 pub mod compile;
+pub mod generate;
 pub mod graph;
 pub mod run;
 
@@ -132,4 +133,27 @@ pub fn upto<'a>(passes: Passes, after: Option<&'a str>) -> Result<Upto<'a>, Stri
 /// Runs the pipeline up to `upto`, verifying after every step: a failure is a compiler bug.
 pub fn optimize(g: &mut Graph, upto: Upto) -> Result<(), String> {
     run_pipeline(g, upto, true).map_err(|e| format!("internal error: {e}"))
+}
+
+/// Compiles the spec (every pass), checks that the model fits in the memory
+/// available, binds the weights at `weights` and prepares them for `engine`.
+pub fn open_model(
+    spec: &SpecArgs,
+    weights: &std::path::Path,
+    engine: moec_runtime::session::Engine,
+) -> Result<std::sync::Arc<moec_runtime::session::Model>, String> {
+    use moec_runtime::budget::{available_memory, MemoryNeeds};
+    use moec_runtime::weights::{bind, WeightSource};
+    let mut g = load(spec)?.graph;
+    optimize(&mut g, Upto::All)?;
+    let positions = g.max_positions.unwrap_or(0) as usize;
+    let needs = MemoryNeeds::of(&g, engine, positions.max(1), positions);
+    if let Some(available) = available_memory() {
+        needs.check(available)?;
+    }
+    let source = WeightSource::open(weights).map_err(|e| e.to_string())?;
+    let bound = bind(&g.weights, &source).map_err(|e| e.to_string())?;
+    moec_runtime::session::Model::new(g, bound, engine)
+        .map(std::sync::Arc::new)
+        .map_err(|e| e.to_string())
 }
