@@ -71,15 +71,19 @@ fn run_writes_outputs_named_after_the_spec() {
 
 /// `moec run --backend BACKEND` on the Mixtral fixture's files writes its expected output.
 fn run_on_fixture_files(backend: &str) {
+    let w = Path::new("tests/fixtures/mixtral/weights.safetensors");
+    run_matches_the_fixture(backend, w, &MIXTRAL_FIXTURE_DIMS);
+}
+
+/// `moec run --backend BACKEND --weights W [ARGS]` on the Mixtral fixture's input writes
+/// the fixture's expected output.
+fn run_matches_the_fixture(backend: &str, w: &Path, extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("y.safetensors");
     let dir = Path::new("tests/fixtures/mixtral");
     let mut args = vec!["run", "examples/mixtral.moe", "--backend", backend];
-    args.extend(MIXTRAL_FIXTURE_DIMS);
-    let (w, x) = (
-        dir.join("weights.safetensors"),
-        dir.join("input.safetensors"),
-    );
+    args.extend(extra);
+    let x = dir.join("input.safetensors");
     args.extend([
         "--weights",
         w.to_str().unwrap(),
@@ -121,6 +125,77 @@ fn run_on_fixture_files_matches_the_fixture() {
 #[test]
 fn run_cpu_backend_on_fixture_files_matches_the_fixture() {
     run_on_fixture_files("cpu");
+}
+
+/// A checkpoint directory laid out as Hugging Face does it: `config.json` beside
+/// `model.safetensors` (the Mixtral fixture's weights).
+fn mixtral_checkpoint(config: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("tests/fixtures/mixtral/weights.safetensors"),
+        tmp.path().join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("config.json"), config).unwrap();
+    tmp
+}
+
+const MIXTRAL_FIXTURE_CONFIG: &str = r#"{
+  "model_type": "mixtral", "hidden_size": 16, "intermediate_size": 32,
+  "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000, "rope_scaling": null
+}"#;
+
+#[test]
+fn run_takes_params_from_the_checkpoint_config() {
+    let ckpt = mixtral_checkpoint(MIXTRAL_FIXTURE_CONFIG);
+    run_matches_the_fixture("interp", ckpt.path(), &[]);
+}
+
+#[test]
+fn check_lists_params_with_where_they_came_from() {
+    let ckpt = mixtral_checkpoint(
+        &MIXTRAL_FIXTURE_CONFIG.replace("\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 1"),
+    );
+    let dir = ckpt.path().to_str().unwrap();
+    let args = ["check", "examples/mixtral.moe", "--weights", dir];
+    let o = moec(&[&args[..], &["--set", "num_experts_per_tok=2"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let params: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| *l != "params:")
+        .skip(1)
+        .take(4)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        params,
+        [
+            ["hidden_size", "=", "16", "config.json"],
+            ["intermediate_size", "=", "32", "config.json"],
+            ["num_local_experts", "=", "8", "config.json"],
+            ["num_experts_per_tok", "=", "2", "--set"],
+        ],
+        "{out}"
+    );
+    assert!(out.contains("binds all 25 weights"), "{out}");
+    // Without config.json the same spec keeps its defaults, which these weights do not fit.
+    std::fs::remove_file(ckpt.path().join("config.json")).unwrap();
+    let err = assert_user_error(&moec(&args));
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn a_malformed_checkpoint_config_is_an_error_naming_it() {
+    let ckpt = mixtral_checkpoint("{\n  \"hidden_size\": 16,\n}");
+    let dir = ckpt.path().to_str().unwrap();
+    for command in ["check", "graph"] {
+        let err = assert_user_error(&moec(&[command, "examples/mixtral.moe", "--weights", dir]));
+        assert!(
+            err.contains("config.json:3:1: invalid JSON: trailing comma"),
+            "{command}: {err}"
+        );
+    }
 }
 
 /// `moec compile` of the Mixtral fixture's spec for `target` into a fresh directory.

@@ -2,6 +2,7 @@
 //! it, and the reference interpreter that defines what every graph means.
 
 pub mod backend;
+pub mod config;
 pub mod diagnostic;
 pub mod interp;
 pub mod ir;

@@ -58,11 +58,15 @@ pub enum Item {
     Stmt(Stmt),
 }
 
-/// `param NAME = EXPR`: a compile-time constant, overridable with `--set`.
+/// `param NAME = EXPR [from "a.b", "c"]`: a compile-time constant, taken from a
+/// checkpoint's config.json when it has the field, overridable with `--set`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Param {
     pub name: Ident,
     pub value: Expr,
+    /// The config.json fields (dotted paths) listed after `from`, in order; empty
+    /// when there is no `from` (the field named like the param).
+    pub from: Vec<StringLit>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -165,6 +169,41 @@ pub enum Stmt {
     Assign(Let),
     /// `output NAME` or `output NAME = EXPR`.
     Output { name: Ident, value: Option<Expr> },
+    /// `if C { ... } else if C { ... } else { ... }`.
+    If(If),
+}
+
+impl Stmt {
+    /// The `let`s this statement makes: itself, or those in any branch of an `if`.
+    pub fn lets(&self) -> Vec<&Let> {
+        match self {
+            Stmt::Let(l) => vec![l],
+            Stmt::If(i) => i
+                .branches
+                .iter()
+                .flat_map(|b| &b.body)
+                .chain(&i.otherwise)
+                .flat_map(Stmt::lets)
+                .collect(),
+            Stmt::Assign(_) | Stmt::Output { .. } => Vec::new(),
+        }
+    }
+}
+
+/// A compile-time choice between statements: the body of the first branch whose
+/// condition is true, else `otherwise` (empty without an `else`), stands in place of
+/// the `if`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct If {
+    pub branches: Vec<Branch>,
+    pub otherwise: Vec<Stmt>,
+}
+
+/// `if COND { body }` or `else if COND { body }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Branch {
+    pub cond: Expr,
+    pub body: Vec<Stmt>,
 }
 
 /// `weights "prefix" as bf16 { key = "tensor.name" ... }`: binds the model's
@@ -234,6 +273,28 @@ pub enum BinOp {
     Mul,
     Div,
     Rem,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
+}
+
+impl BinOp {
+    /// `== != < <= > >=`.
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+        )
+    }
+    /// `and`, `or`.
+    pub fn is_logical(self) -> bool {
+        matches!(self, BinOp::And | BinOp::Or)
+    }
 }
 
 impl fmt::Display for BinOp {
@@ -244,6 +305,14 @@ impl fmt::Display for BinOp {
             BinOp::Mul => "*",
             BinOp::Div => "/",
             BinOp::Rem => "%",
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::And => "and",
+            BinOp::Or => "or",
         })
     }
 }
@@ -253,6 +322,8 @@ pub enum ExprKind {
     Int(i64),
     Float(f64),
     Bool(bool),
+    /// `"text"`.
+    Str(String),
     /// `name` or `name.field`.
     Path(Vec<Ident>),
     Call {
@@ -261,6 +332,19 @@ pub enum ExprKind {
     },
     List(Vec<Expr>),
     Neg(Box<Expr>),
+    /// `not e`.
+    Not(Box<Expr>),
+    /// `list[i]`.
+    Index {
+        base: Box<Expr>,
+        index: Box<Expr>,
+    },
+    /// `if cond then a else b`: a compile-time choice.
+    If {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        otherwise: Box<Expr>,
+    },
     Binary {
         op: BinOp,
         lhs: Box<Expr>,
@@ -281,6 +365,7 @@ impl fmt::Display for Expr {
             ExprKind::Int(v) => write!(f, "{v}"),
             ExprKind::Float(v) => write!(f, "{v:?}"),
             ExprKind::Bool(v) => write!(f, "{v}"),
+            ExprKind::Str(v) => write!(f, "\"{v}\""),
             ExprKind::Path(parts) => {
                 let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
                 f.write_str(&names.join("."))
@@ -309,6 +394,13 @@ impl fmt::Display for Expr {
                 f.write_str("]")
             }
             ExprKind::Neg(e) => write!(f, "-{e}"),
+            ExprKind::Not(e) => write!(f, "not {e}"),
+            ExprKind::Index { base, index } => write!(f, "{base}[{index}]"),
+            ExprKind::If {
+                cond,
+                then,
+                otherwise,
+            } => write!(f, "(if {cond} then {then} else {otherwise})"),
             ExprKind::Binary { op, lhs, rhs } => write!(f, "({lhs} {op} {rhs})"),
         }
     }

@@ -9,4 +9,4 @@ pub mod ast;
 mod parse;
 
 pub use ast::Span;
-pub use parse::{parse, ParseError};
+pub use parse::{parse, parse_expr, ParseError};

@@ -31,6 +31,17 @@ pub fn parse(source: &str) -> Result<Spec, ParseError> {
     build_model(model)
 }
 
+/// Parses one expression, such as a `--set` value written in spec syntax (`[1, 2]`).
+pub fn parse_expr(source: &str) -> Result<Expr, ParseError> {
+    pest::set_error_detail(true);
+    let mut pairs =
+        MoeParser::parse(Rule::expr_text, source).map_err(|e| syntax_error(source, e))?;
+    let text = pairs
+        .next()
+        .expect("the expr_text rule always yields one pair");
+    build_expr(text.into_inner().next().expect("an expression"))
+}
+
 fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
     let (start, end) = match err.location {
         InputLocation::Pos(p) => (p, p),
@@ -62,7 +73,14 @@ fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
             negatives,
         } => {
             let mut wanted: Vec<&str> = positives.iter().map(|r| rule_name(*r)).collect();
-            wanted.extend(literals.iter().map(String::as_str));
+            // Indexing is one of the operators that may follow an operand: no `[` of its own.
+            let indexing = positives.contains(&Rule::index);
+            wanted.extend(
+                literals
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|l| !(indexing && *l == "`[`")),
+            );
             wanted.sort_unstable();
             wanted.dedup();
             if wanted.is_empty() && !negatives.is_empty() {
@@ -151,6 +169,7 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::keyword => "a keyword",
         Rule::model => "`model NAME { ... }`",
         Rule::param => "`param`",
+        Rule::param_from => "`from \"config.field\"`",
         Rule::input => "`input`",
         Rule::expert => "`expert`",
         Rule::router => "`router`",
@@ -160,6 +179,8 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::let_stmt => "`let`",
         Rule::assign => "an assignment",
         Rule::output => "`output`",
+        Rule::if_stmt => "`if`",
+        Rule::block => "`{`",
         Rule::return_stmt => "`return`",
         Rule::dtype => "a dtype (f32, f16, bf16 or i32)",
         Rule::shape => "a shape like `[tokens, hidden_size]`",
@@ -169,19 +190,38 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::key | Rule::key_segment => "a weight key",
         Rule::string | Rule::string_body => "a string in double quotes",
         Rule::transposed => "`transposed`",
-        Rule::expr | Rule::call | Rule::list | Rule::path | Rule::number | Rule::boolean => {
-            "an expression"
-        }
+        Rule::expr
+        | Rule::call
+        | Rule::list
+        | Rule::path
+        | Rule::number
+        | Rule::boolean
+        | Rule::if_expr => "an expression",
         Rule::arg | Rule::arg_name => "an argument",
-        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::rem => "an operator",
+        Rule::add
+        | Rule::sub
+        | Rule::mul
+        | Rule::div
+        | Rule::rem
+        | Rule::eq
+        | Rule::ne
+        | Rule::lt
+        | Rule::le
+        | Rule::gt
+        | Rule::ge
+        | Rule::and
+        | Rule::or => "an operator",
+        Rule::index | Rule::postfix => "an operator",
         Rule::neg => "`-`",
+        Rule::not => "`not`",
         Rule::item => {
             "a declaration (param, input, expert, router, let, output, repeat or weights)"
         }
-        Rule::statement => "a statement (let, output or an assignment)",
+        Rule::statement => "a statement (let, output, if or an assignment)",
         Rule::infix => "an operator",
         Rule::prefix | Rule::primary => "an expression",
         Rule::spec | Rule::WHITESPACE | Rule::COMMENT => "a model",
+        Rule::expr_text => "an expression",
     }
 }
 
@@ -211,7 +251,7 @@ fn build_model(pair: Pair<Rule>) -> Result<Spec, ParseError> {
             Rule::rotary => Item::Rotary(build_rotary(p)?),
             Rule::weights => Item::Weights(build_weights(p)),
             Rule::repeat => Item::Repeat(build_repeat(p)?),
-            _ => Item::Stmt(build_stmt(p)?),
+            _ => Item::Stmt(build_stmt(p, 0)?),
         });
     }
     Ok(Spec { name, items })
@@ -221,7 +261,10 @@ fn build_param(pair: Pair<Rule>) -> Result<Param, ParseError> {
     let mut inner = pair.into_inner();
     let name = ident(inner.next().expect("param name"));
     let value = build_expr(inner.next().expect("param value"))?;
-    Ok(Param { name, value })
+    let from = inner
+        .next()
+        .map_or_else(Vec::new, |f| f.into_inner().map(string_lit).collect());
+    Ok(Param { name, value, from })
 }
 
 fn dtype_name(pair: &Pair<Rule>) -> DTypeName {
@@ -332,7 +375,7 @@ fn build_repeat(pair: Pair<Rule>) -> Result<Repeat, ParseError> {
     let mut inner = pair.into_inner();
     let var = ident(inner.next().expect("repeat variable"));
     let count = build_expr(inner.next().expect("repeat count"))?;
-    let body = inner.map(build_stmt).collect::<Result<_, _>>()?;
+    let body = inner.map(|s| build_stmt(s, 0)).collect::<Result<_, _>>()?;
     Ok(Repeat {
         var,
         count,
@@ -341,10 +384,15 @@ fn build_repeat(pair: Pair<Rule>) -> Result<Repeat, ParseError> {
     })
 }
 
-fn build_stmt(pair: Pair<Rule>) -> Result<Stmt, ParseError> {
+/// How deep `if` statements may nest (every later stage walks them recursively).
+const MAX_BLOCK_DEPTH: usize = 64;
+
+/// A statement inside `depth` enclosing `if` blocks.
+fn build_stmt(pair: Pair<Rule>, depth: usize) -> Result<Stmt, ParseError> {
     Ok(match pair.as_rule() {
         Rule::let_stmt => Stmt::Let(build_let(pair)?),
         Rule::assign => Stmt::Assign(build_let(pair)?),
+        Rule::if_stmt => Stmt::If(build_if(pair, depth)?),
         _ => {
             let mut inner = pair.into_inner();
             let name = ident(inner.next().expect("output name"));
@@ -352,6 +400,46 @@ fn build_stmt(pair: Pair<Rule>) -> Result<Stmt, ParseError> {
             Stmt::Output { name, value }
         }
     })
+}
+
+/// `if C { ... } else if C { ... } else { ... }`: conditions each followed by their
+/// block, then maybe a lone `else` block.
+fn build_if(pair: Pair<Rule>, depth: usize) -> Result<If, ParseError> {
+    let mut branches = Vec::new();
+    let mut otherwise = Vec::new();
+    let mut inner = pair.into_inner();
+    while let Some(p) = inner.next() {
+        if p.as_rule() == Rule::expr {
+            let cond = build_expr(p)?;
+            let block = inner.next().expect("a block follows each condition");
+            branches.push(Branch {
+                cond,
+                body: build_block(block, depth)?,
+            });
+        } else {
+            otherwise = build_block(p, depth)?;
+        }
+    }
+    Ok(If {
+        branches,
+        otherwise,
+    })
+}
+
+fn build_block(pair: Pair<Rule>, depth: usize) -> Result<Vec<Stmt>, ParseError> {
+    if depth >= MAX_BLOCK_DEPTH {
+        let start = pair.as_span().start();
+        return Err(ParseError {
+            span: Span::new(start, start + 1),
+            message: format!(
+                "`if` statements nested too deeply (more than {MAX_BLOCK_DEPTH} levels)"
+            ),
+            label: "too deep".into(),
+        });
+    }
+    pair.into_inner()
+        .map(|s| build_stmt(s, depth + 1))
+        .collect()
 }
 
 fn string_lit(pair: Pair<Rule>) -> StringLit {
@@ -422,12 +510,23 @@ fn build_binding(pair: Pair<Rule>) -> Binding {
 fn pratt() -> &'static PrattParser<Rule> {
     static PRATT: OnceLock<PrattParser<Rule>> = OnceLock::new();
     PRATT.get_or_init(|| {
+        // Lowest first: `or`, `and`, `not`, comparisons, `+ -`, `* / %`, `-x`, `x[i]`.
         PrattParser::new()
+            .op(Op::infix(Rule::or, Assoc::Left))
+            .op(Op::infix(Rule::and, Assoc::Left))
+            .op(Op::prefix(Rule::not))
+            .op(Op::infix(Rule::eq, Assoc::Left)
+                | Op::infix(Rule::ne, Assoc::Left)
+                | Op::infix(Rule::lt, Assoc::Left)
+                | Op::infix(Rule::le, Assoc::Left)
+                | Op::infix(Rule::gt, Assoc::Left)
+                | Op::infix(Rule::ge, Assoc::Left))
             .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
             .op(Op::infix(Rule::mul, Assoc::Left)
                 | Op::infix(Rule::div, Assoc::Left)
                 | Op::infix(Rule::rem, Assoc::Left))
             .op(Op::prefix(Rule::neg))
+            .op(Op::postfix(Rule::index))
     })
 }
 
@@ -459,10 +558,23 @@ fn build_expr_at(pair: Pair<Rule>, depth: usize) -> Result<Expr, ParseError> {
     pratt()
         .map_primary(|p| build_primary(p, depth))
         .map_prefix(|op, rhs| {
-            let rhs = rhs?;
+            let rhs = Box::new(rhs?);
             let span = span_of(&op).to(rhs.span);
+            let kind = match op.as_rule() {
+                Rule::not => ExprKind::Not(rhs),
+                _ => ExprKind::Neg(rhs),
+            };
+            Ok(Expr { kind, span })
+        })
+        .map_postfix(move |base, op| {
+            let base = Box::new(base?);
+            let span = base.span.to(span_of(&op));
+            let index = op.into_inner().next().expect("an index expression");
             Ok(Expr {
-                kind: ExprKind::Neg(Box::new(rhs)),
+                kind: ExprKind::Index {
+                    base,
+                    index: Box::new(build_expr_at(index, depth)?),
+                },
                 span,
             })
         })
@@ -473,7 +585,15 @@ fn build_expr_at(pair: Pair<Rule>, depth: usize) -> Result<Expr, ParseError> {
                 Rule::sub => BinOp::Sub,
                 Rule::mul => BinOp::Mul,
                 Rule::div => BinOp::Div,
-                _ => BinOp::Rem,
+                Rule::rem => BinOp::Rem,
+                Rule::eq => BinOp::Eq,
+                Rule::ne => BinOp::Ne,
+                Rule::lt => BinOp::Lt,
+                Rule::le => BinOp::Le,
+                Rule::gt => BinOp::Gt,
+                Rule::ge => BinOp::Ge,
+                Rule::and => BinOp::And,
+                _ => BinOp::Or,
             };
             let span = lhs.span.to(rhs.span);
             Ok(Expr {
@@ -494,6 +614,18 @@ fn build_primary(pair: Pair<Rule>, depth: usize) -> Result<Expr, ParseError> {
         Rule::expr => return build_expr_at(pair, depth),
         Rule::number => parse_number(pair.as_str(), span)?,
         Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
+        Rule::string => ExprKind::Str(string_lit(pair).value),
+        Rule::if_expr => {
+            let mut inner = pair.into_inner();
+            let mut next = || build_expr_at(inner.next().expect("if-expression part"), depth);
+            let (cond, then, otherwise) = (next()?, next()?, next()?);
+            span = Span::new(span.start, otherwise.span.end);
+            ExprKind::If {
+                cond: Box::new(cond),
+                then: Box::new(then),
+                otherwise: Box::new(otherwise),
+            }
+        }
         Rule::path => {
             let parts: Vec<Ident> = pair.into_inner().map(ident).collect();
             // The pair's span includes the whitespace after the path; the names do not.

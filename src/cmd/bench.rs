@@ -42,7 +42,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Weights: a safetensors file, a sharded `model.safetensors.index.json`, or a
-    /// directory (default: random weights from `--seed`).
+    /// directory, whose config.json (if any) supplies params (default: random weights
+    /// from `--seed`).
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Worker threads of the cpu backend (default: one per core).
@@ -114,7 +115,7 @@ pub fn main(args: Args) -> Result<(), String> {
         &[(Passes::All, "scheduled"), (Passes::None, "dense")]
     };
     for &(passes, label) in graphs {
-        let mut g = super::load(&args.spec)?.graph;
+        let mut g = super::load(&args.spec, args.weights.as_deref())?.graph;
         super::optimize(&mut g, super::upto(passes, None)?)?;
         let weights = match &source {
             Some(source) => bind(&g.weights, source).map_err(|e| e.to_string())?,

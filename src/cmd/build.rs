@@ -12,7 +12,7 @@
 //! of `libmoec_runtime.a` and `deps/libmoec_runtime-*.a` beside the `moec`
 //! executable (where cargo puts it when it builds moec).
 
-use super::{PassArgs, SpecArgs};
+use super::{ConfigArgs, PassArgs, SpecArgs};
 use moec_compiler::backend::clif::{self, object};
 use moec_runtime::aot::Artifact;
 use moec_runtime::cpu::{host_isa, target};
@@ -25,6 +25,8 @@ use std::time::SystemTime;
 pub struct Args {
     #[command(flatten)]
     spec: SpecArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(flatten)]
     passes: PassArgs,
     /// The executable to write.
@@ -54,7 +56,7 @@ const SYSTEM_LIBS: &[&str] = &[
 const LIB: &str = "libmoec_runtime.a";
 
 pub fn main(args: Args) -> Result<(), String> {
-    let mut g = super::load(&args.spec)?.graph;
+    let mut g = super::load(&args.spec, args.config.weights.as_deref())?.graph;
     super::optimize(&mut g, super::upto(args.passes.passes, None)?)?;
     let lib = runtime_lib(args.runtime_lib)?;
     let isa = host_isa(true)?;

@@ -1,7 +1,9 @@
-//! `moec check SPEC [--weights W]`: the spec's diagnostics, a summary, and, given
-//! weights, every missing, mis-shaped or mistyped tensor at once.
+//! `moec check SPEC [--weights W]`: the spec's diagnostics, a summary, every param
+//! with its value and where the value came from (default, config.json, `--set`),
+//! and, given weights, every missing, mis-shaped or mistyped tensor at once.
 
 use super::SpecArgs;
+use moec_compiler::lower::{Const, ParamSource};
 use moec_runtime::weights::{bind, unused, WeightSource};
 use std::path::PathBuf;
 
@@ -9,34 +11,30 @@ use std::path::PathBuf;
 pub struct Args {
     #[command(flatten)]
     spec: SpecArgs,
-    /// Also check a weights file (safetensors, sharded index json, or a directory).
+    /// Also check a weights file (safetensors, sharded index json, or a directory; a
+    /// directory's config.json supplies params).
     #[arg(long)]
     weights: Option<PathBuf>,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
-    let lowered = super::load(&args.spec)?;
+    let lowered = super::load(&args.spec, args.weights.as_deref())?;
     let g = &lowered.graph;
     moec_compiler::verify::verify(g)
         .map_err(|e| format!("internal error: the lowered graph is invalid: {e}"))?;
-    let params: Vec<String> = lowered
-        .params
-        .iter()
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect();
     let weight_count: usize = g
         .weights
         .iter()
         .map(|w| w.shape.iter().product::<usize>())
         .sum();
     println!(
-        "ok: model {} ({} nodes, {} weight tensors, {} weight values)\n  params: {}",
+        "ok: model {} ({} nodes, {} weight tensors, {} weight values)",
         g.name,
         g.g.node_count(),
         g.weights.len(),
         weight_count,
-        params.join(" ")
     );
+    print!("{}", params_table(&lowered.params));
     if let Some(path) = &args.weights {
         let source = WeightSource::open(path).map_err(|e| e.to_string())?;
         let extra = unused(&g.weights, &source);
@@ -57,4 +55,27 @@ pub fn main(args: Args) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// One line per param: `name = value   source`, in aligned columns.
+fn params_table(params: &[(String, Const, ParamSource)]) -> String {
+    let rows: Vec<(&str, String, String)> = params
+        .iter()
+        .map(|(name, value, source)| {
+            let source = match source {
+                ParamSource::Default => "default".to_string(),
+                ParamSource::Set => "--set".to_string(),
+                ParamSource::Config(path) if path == name => "config.json".to_string(),
+                ParamSource::Config(path) => format!("config.json {path}"),
+            };
+            (name.as_str(), value.to_string(), source)
+        })
+        .collect();
+    let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let value_width = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
+    let mut out = String::from("params:\n");
+    for (name, value, source) in rows {
+        out += &format!("  {name:<name_width$} = {value:<value_width$}   {source}\n");
+    }
+    out
 }

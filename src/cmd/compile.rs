@@ -10,7 +10,7 @@
 //!   them, dispatch order and sizes), enough for any wgpu host to run them;
 //!   `--max-binding-bytes` and `--f16-weights` pick what the plan assumes.
 
-use super::{PassArgs, SpecArgs};
+use super::{ConfigArgs, PassArgs, SpecArgs};
 use clap::ValueEnum;
 use moec_compiler::backend::clif::{clif_text, Target as ClifTarget};
 use moec_compiler::backend::wgsl;
@@ -29,6 +29,8 @@ pub struct Args {
     #[command(flatten)]
     spec: SpecArgs,
     #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
     passes: PassArgs,
     /// What to generate.
     #[arg(long, value_enum)]
@@ -45,7 +47,7 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> Result<(), String> {
-    let mut g = super::load(&args.spec)?.graph;
+    let mut g = super::load(&args.spec, args.config.weights.as_deref())?.graph;
     super::optimize(&mut g, super::upto(args.passes.passes, None)?)?;
     let files: Vec<(String, String)> = match args.target {
         Target::Clif => clif_text(&g, &ClifTarget::default())

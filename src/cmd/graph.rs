@@ -2,7 +2,7 @@
 //! [--stats [--tokens N]]`: prints the graph IR after the selected passes, or with
 //! `--stats` its cost figures next to the dense (lowered) graph's.
 
-use super::{PassArgs, SpecArgs};
+use super::{ConfigArgs, PassArgs, SpecArgs};
 use clap::ValueEnum;
 use moec_compiler::{print, stats};
 use std::io::Write;
@@ -18,6 +18,8 @@ pub enum Format {
 pub struct Args {
     #[command(flatten)]
     spec: SpecArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(flatten)]
     passes: PassArgs,
     /// Run the pipeline up to and including this step (`all`: every step).
@@ -36,7 +38,7 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<(), String> {
     let upto = super::upto(args.passes.passes, args.after.as_deref())?;
-    let dense = super::load(&args.spec)?.graph;
+    let dense = super::load(&args.spec, args.config.weights.as_deref())?.graph;
     let mut g = dense.clone();
     super::optimize(&mut g, upto)?;
     let text = if args.stats {

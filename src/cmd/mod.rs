@@ -1,6 +1,6 @@
-//! One module per subcommand, and the front end they share: read a spec, apply
-//! `--set`, lower it, render any diagnostic against the file, and run the pass
-//! pipeline (`--passes`).
+//! One module per subcommand, and the front end they share: read a spec, take its
+//! params from a checkpoint's config.json (`--weights DIR`) and `--set`, lower it,
+//! render any diagnostic against the file, and run the pass pipeline (`--passes`).
 
 pub mod bench;
 pub mod build;
@@ -11,12 +11,14 @@ pub mod graph;
 pub mod run;
 
 use clap::{Args as ClapArgs, ValueEnum};
+use moec_compiler::config::HfConfig;
+use moec_compiler::diagnostic::Diagnostic;
 use moec_compiler::ir::Graph;
-use moec_compiler::lower::{lower_source, Lowered};
+use moec_compiler::lower::{lower, Lowered, ParamInputs};
 use moec_compiler::passes::{self, run_pipeline, Upto};
 use moec_compiler::tensor::Tensor;
 use moec_runtime::random::round_to_bf16;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where a graph runs (`run` and `bench`).
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -71,6 +73,14 @@ pub struct SpecArgs {
     pub sets: Vec<(String, String)>,
 }
 
+/// `--weights DIR` for the commands that read only a checkpoint's config.json.
+#[derive(ClapArgs, Clone)]
+pub struct ConfigArgs {
+    /// A checkpoint directory: its config.json supplies params (its weights are not read).
+    #[arg(long, value_name = "DIR")]
+    pub weights: Option<PathBuf>,
+}
+
 fn parse_set(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
@@ -81,12 +91,24 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
-/// Reads and lowers the spec; errors come back rendered.
-pub fn load(args: &SpecArgs) -> Result<Lowered, String> {
+/// Reads and lowers the spec, its params taken from the config.json of the checkpoint
+/// directory `weights` (if it has one) and `--set`; errors come back rendered.
+pub fn load(args: &SpecArgs, weights: Option<&Path>) -> Result<Lowered, String> {
     let name = args.spec.display().to_string();
     let source = std::fs::read_to_string(&args.spec)
         .map_err(|e| format!("{name}: cannot read the spec: {e}"))?;
-    let lowered = lower_source(&source, &args.sets).map_err(|d| d.render(&name, &source))?;
+    let config = match weights {
+        Some(dir) if dir.is_dir() => HfConfig::open(dir).map_err(|e| e.to_string())?,
+        _ => None,
+    };
+    let inputs = ParamInputs {
+        sets: args.sets.clone(),
+        config,
+    };
+    let lowered = moec_grammar::parse(&source)
+        .map_err(Diagnostic::from)
+        .and_then(|spec| lower(&spec, &inputs))
+        .map_err(|d| d.render(&name, &source))?;
     for note in &lowered.notes {
         eprintln!(
             "{}",
@@ -144,7 +166,7 @@ pub fn open_model(
 ) -> Result<std::sync::Arc<moec_runtime::session::Model>, String> {
     use moec_runtime::budget::{available_memory, MemoryNeeds};
     use moec_runtime::weights::{bind, WeightSource};
-    let mut g = load(spec)?.graph;
+    let mut g = load(spec, Some(weights))?.graph;
     optimize(&mut g, Upto::All)?;
     let positions = g.max_positions.unwrap_or(0) as usize;
     let needs = MemoryNeeds::of(&g, engine, positions.max(1), positions);

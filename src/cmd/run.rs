@@ -18,7 +18,8 @@ pub struct Args {
     spec: SpecArgs,
     #[command(flatten)]
     passes: PassArgs,
-    /// Weights: a safetensors file, a sharded `model.safetensors.index.json`, or a directory.
+    /// Weights: a safetensors file, a sharded `model.safetensors.index.json`, or a directory
+    /// (whose config.json, if any, supplies params).
     #[arg(long, conflicts_with = "random_weights")]
     weights: Option<PathBuf>,
     /// Use deterministic random weights from this seed instead of a file.
@@ -45,7 +46,7 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<(), String> {
     let gpu_options = super::gpu_options(args.backend, args.f16_weights)?;
-    let mut g = super::load(&args.spec)?.graph;
+    let mut g = super::load(&args.spec, args.weights.as_deref())?.graph;
     super::optimize(&mut g, super::upto(args.passes.passes, None)?)?;
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => {

@@ -217,8 +217,14 @@ impl Lowerer<'_> {
     /// `type = "default" | "linear" | "llama3" | "yarn"` (Hugging Face's `rope_type`).
     fn rope_type(&self, e: &Expr) -> Result<RopeKind, Diagnostic> {
         let c = eval_const(e, &self.params)?;
-        let kind: Option<RopeKind> = match &c {
-            // TEMP-STR: restored when string constants land
+        let kind = match &c {
+            Const::Str(s) => match s.as_str() {
+                "default" => Some(RopeKind::Default),
+                "linear" => Some(RopeKind::Linear),
+                "llama3" => Some(RopeKind::Llama3),
+                "yarn" => Some(RopeKind::Yarn),
+                _ => None,
+            },
             _ => None,
         };
         kind.ok_or_else(|| {

@@ -88,6 +88,8 @@ pub struct Binder<'a> {
     blocks: Vec<Block<'a>>,
     used: HashMap<(usize, usize), bool>,
     patterns: Vec<String>,
+    /// First key segments of weights that branches not taken would have made.
+    skipped: std::collections::HashSet<String>,
 }
 
 impl<'a> Binder<'a> {
@@ -108,6 +110,7 @@ impl<'a> Binder<'a> {
             .collect();
         Binder {
             blocks,
+            skipped: Default::default(),
             used: HashMap::new(),
             patterns: Vec::new(),
         }
@@ -204,11 +207,20 @@ impl<'a> Binder<'a> {
         }
     }
 
-    /// Errors for bindings that matched no weight, and for tensors bound to two weights.
+    /// Notes that a branch not taken would have made weights whose keys start with
+    /// `name`: their bindings are right for the configurations that take it.
+    pub fn skipped(&mut self, name: &str) {
+        self.skipped.insert(name.to_string());
+    }
+
+    /// Errors for bindings that matched no weight (unless only a branch not taken
+    /// makes it), and for tensors bound to two weights.
     pub fn finish(&self, decls: &[WeightDecl]) -> Result<(), Diagnostic> {
         for (bi, block) in self.blocks.iter().enumerate() {
             for (ki, b) in block.bindings.iter().enumerate() {
-                if !self.used.contains_key(&(bi, ki)) {
+                if !self.used.contains_key(&(bi, ki))
+                    && !self.skipped.contains(&b.key.segments[0].name.name)
+                {
                     let mut patterns = self.patterns.clone();
                     patterns.sort();
                     return Err(Diagnostic::at(

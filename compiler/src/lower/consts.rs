@@ -1,17 +1,23 @@
-//! Compile-time constants: params with their `--set` overrides, and the
-//! arithmetic on them (`4 * hidden_size`, `ceil(x / 2)`).
+//! Compile-time constants: the values params, the repeat variable and constant
+//! expressions have (numbers, bools, strings, lists), and the evaluation of
+//! constant expressions (`4 * hidden_size`, `ceil(x / 2)`, `layer < k`,
+//! `layer_types[layer] == "full_attention"`, `if c then a else b`).
 
 use crate::diagnostic::Diagnostic;
-use moec_grammar::ast::{BinOp, Expr, ExprKind, Param};
+use moec_grammar::ast::{Arg, BinOp, Expr, ExprKind, Ident};
 use moec_grammar::Span;
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Const {
     Int(i64),
     Float(f64),
     Bool(bool),
+    Str(String),
+    /// Elements of one kind (see [`Const::list`]).
+    List(Vec<Const>),
 }
 
 impl fmt::Display for Const {
@@ -20,6 +26,17 @@ impl fmt::Display for Const {
             Const::Int(v) => write!(f, "{v}"),
             Const::Float(v) => write!(f, "{v:?}"),
             Const::Bool(v) => write!(f, "{v}"),
+            Const::Str(v) => write!(f, "\"{v}\""),
+            Const::List(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str("]")
+            }
         }
     }
 }
@@ -30,157 +47,73 @@ impl Const {
             Const::Int(_) => "an integer",
             Const::Float(_) => "a number",
             Const::Bool(_) => "a bool",
+            Const::Str(_) => "a string",
+            Const::List(_) => "a list",
+        }
+    }
+    /// The kind, with a list's element kind: `a list of strings`.
+    pub fn type_name(&self) -> String {
+        let plural = |c: &Const| match c {
+            Const::Int(_) => "integers",
+            Const::Float(_) => "numbers",
+            Const::Bool(_) => "bools",
+            Const::Str(_) => "strings",
+            Const::List(_) => "lists",
+        };
+        match self {
+            Const::List(items) => match items.first() {
+                Some(first) => format!("a list of {}", plural(first)),
+                None => "an empty list".to_string(),
+            },
+            other => other.kind().to_string(),
         }
     }
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             Const::Int(v) => Some(v as f64),
             Const::Float(v) => Some(v),
-            Const::Bool(_) => None,
+            _ => None,
         }
     }
-}
-
-/// Parses a `--set` value: `64`, `2.5`, `true`.
-pub fn parse_override(text: &str) -> Option<Const> {
-    let t = text.trim();
-    match t {
-        "true" => Some(Const::Bool(true)),
-        "false" => Some(Const::Bool(false)),
-        _ => t.parse::<i64>().map(Const::Int).ok().or_else(|| {
-            t.parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .map(Const::Float)
-        }),
-    }
-}
-
-/// Evaluates params, applying overrides in place of defaults. A param may read params
-/// declared after it (item order does not matter); each is evaluated once the params
-/// it reads are, and a cycle is an error.
-pub fn eval_params(
-    params: &[&Param],
-    overrides: &[(String, String)],
-) -> Result<HashMap<String, Const>, Diagnostic> {
-    for (name, _) in overrides {
-        if !params.iter().any(|p| p.name.name == *name) {
-            let mut d = Diagnostic::error(format!("--set {name}: the spec has no param `{name}`"));
-            let known: Vec<&str> = params.iter().map(|p| p.name.name.as_str()).collect();
-            if let Some(close) = closest(name, &known) {
-                d = d.with_help(format!("did you mean `{close}`?"));
-            } else if !known.is_empty() {
-                d = d.with_help(format!("params: {}", known.join(", ")));
-            }
-            return Err(d);
-        }
-    }
-    let mut env = HashMap::new();
-    let mut pending: Vec<&Param> = params.to_vec();
-    while !pending.is_empty() {
-        let waiting = |p: &Param, env: &HashMap<String, Const>| {
-            let mut names = Vec::new();
-            free_names(&p.value, &mut names);
-            names
+    /// A list of these elements: all of one kind, except that integers among numbers
+    /// become numbers. `Err(i)`: element `i` differs from those before it.
+    pub fn list(mut items: Vec<Const>) -> Result<Const, usize> {
+        if items.iter().any(|c| matches!(c, Const::Float(_)))
+            && items
                 .iter()
-                .any(|n| !env.contains_key(*n) && params.iter().any(|q| q.name.name == **n))
-        };
-        let (ready, blocked): (Vec<&Param>, Vec<&Param>) =
-            pending.iter().partition(|p| !waiting(p, &env));
-        let Some(first) = ready.first() else {
-            return Err(param_cycle(&blocked));
-        };
-        // One at a time, in declaration order, so errors come out in a stable order.
-        let p = *first;
-        pending.retain(|q| !std::ptr::eq(*q, p));
-        let default = eval_const(&p.value, &env)?;
-        let value = match overrides.iter().rev().find(|(n, _)| *n == p.name.name) {
-            None => default,
-            Some((_, text)) => {
-                let v = parse_override(text).ok_or_else(|| {
-                    Diagnostic::at(
-                        p.value.span,
-                        format!("--set {}={text}: `{text}` is not a number or bool", p.name),
-                        format!("`{}` is declared as {} here", p.name, default.kind()),
-                    )
-                })?;
-                match (default, v) {
-                    (Const::Int(_), Const::Int(_)) | (Const::Bool(_), Const::Bool(_)) => v,
-                    (Const::Float(_), Const::Int(i)) => Const::Float(i as f64),
-                    (Const::Float(_), Const::Float(_)) => v,
-                    _ => {
-                        return Err(Diagnostic::at(
-                            p.value.span,
-                            format!(
-                                "--set {}={text}: `{}` is {}, not {}",
-                                p.name,
-                                p.name,
-                                default.kind(),
-                                v.kind()
-                            ),
-                            format!("declared as {} here", default.kind()),
-                        ))
-                    }
+                .all(|c| matches!(c, Const::Int(_) | Const::Float(_)))
+        {
+            for c in &mut items {
+                if let Const::Int(v) = *c {
+                    *c = Const::Float(v as f64);
                 }
             }
-        };
-        env.insert(p.name.name.clone(), value);
-    }
-    Ok(env)
-}
-
-/// The names an expression reads (`a` in `2 * a`; not call names or fields).
-fn free_names<'e>(e: &'e Expr, out: &mut Vec<&'e str>) {
-    match &e.kind {
-        ExprKind::Path(parts) if parts.len() == 1 => out.push(&parts[0].name),
-        ExprKind::Neg(inner) => free_names(inner, out),
-        ExprKind::Binary { lhs, rhs, .. } => {
-            free_names(lhs, out);
-            free_names(rhs, out);
         }
-        ExprKind::Call { args, .. } => args.iter().for_each(|a| free_names(&a.value, out)),
-        ExprKind::List(items) => items.iter().for_each(|i| free_names(i, out)),
-        _ => {}
-    }
-}
-
-/// The error for params that wait on each other. Every param in `blocked` reads another
-/// param in `blocked`, so following those reads from the first one finds a cycle.
-fn param_cycle(blocked: &[&Param]) -> Diagnostic {
-    let mut path: Vec<&Param> = vec![blocked[0]];
-    let cycle = loop {
-        let p = path[path.len() - 1];
-        let mut names = Vec::new();
-        free_names(&p.value, &mut names);
-        let next = blocked
+        match items
             .iter()
-            .copied()
-            .find(|q| names.contains(&q.name.name.as_str()))
-            .expect("a blocked param reads a blocked param");
-        if let Some(i) = path.iter().position(|q| std::ptr::eq(*q, next)) {
-            break path.split_off(i);
+            .position(|c| std::mem::discriminant(c) != std::mem::discriminant(&items[0]))
+        {
+            Some(i) => Err(i),
+            None => Ok(Const::List(items)),
         }
-        path.push(next);
-    };
-    let p = cycle[0];
-    if cycle.len() == 1 {
-        return Diagnostic::at(
-            p.name.span,
-            format!("param `{}` is defined in terms of itself", p.name),
-            "reads itself",
-        )
-        .with_related(p.value.span, "here");
     }
-    let all: Vec<String> = cycle.iter().map(|q| format!("`{}`", q.name)).collect();
-    let mut d = Diagnostic::at(
-        p.name.span,
-        format!("params {} read each other in a cycle", all.join(", ")),
-        "part of the cycle",
-    );
-    for q in &cycle[1..] {
-        d = d.with_related(q.name.span, "part of the cycle");
+    /// `value` as a value of this one's type (an integer is fine for a number, any list
+    /// for an empty one), or `None` if it has another type.
+    pub fn conform(&self, value: Const) -> Option<Const> {
+        match (self, value) {
+            (Const::Float(_), Const::Int(v)) => Some(Const::Float(v as f64)),
+            (Const::List(want), Const::List(items)) => match want.first() {
+                None => Some(Const::List(items)),
+                Some(first) => items
+                    .into_iter()
+                    .map(|item| first.conform(item))
+                    .collect::<Option<Vec<_>>>()
+                    .map(Const::List),
+            },
+            (want, v) if std::mem::discriminant(want) == std::mem::discriminant(&v) => Some(v),
+            _ => None,
+        }
     }
-    d.with_help("give one of them a value that does not read the others")
 }
 
 /// The closest of `candidates` to `name`, if any is reasonably close.
@@ -208,14 +141,17 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Evaluates an expression that must be a compile-time constant.
+/// Evaluates an expression that must be a compile-time constant. `and`, `or` and
+/// `if ... then ... else` evaluate only the operands that decide the result, so
+/// `i < len(l) and l[i] == "x"` is fine for any `i`.
 pub fn eval_const(expr: &Expr, env: &HashMap<String, Const>) -> Result<Const, Diagnostic> {
     match &expr.kind {
         ExprKind::Int(v) => Ok(Const::Int(*v)),
         ExprKind::Float(v) => Ok(Const::Float(*v)),
         ExprKind::Bool(v) => Ok(Const::Bool(*v)),
+        ExprKind::Str(v) => Ok(Const::Str(v.clone())),
         ExprKind::Path(parts) if parts.len() == 1 => {
-            env.get(&parts[0].name).copied().ok_or_else(|| {
+            env.get(&parts[0].name).cloned().ok_or_else(|| {
                 let known: Vec<&str> = env.keys().map(String::as_str).collect();
                 let d = Diagnostic::at(
                     expr.span,
@@ -228,58 +164,112 @@ pub fn eval_const(expr: &Expr, env: &HashMap<String, Const>) -> Result<Const, Di
                 }
             })
         }
+        ExprKind::List(items) => {
+            let values = items
+                .iter()
+                .map(|i| eval_const(i, env))
+                .collect::<Result<Vec<_>, _>>()?;
+            let kinds: Vec<&str> = values.iter().map(Const::kind).collect();
+            Const::list(values).map_err(|i| {
+                Diagnostic::at(
+                    items[i].span,
+                    format!(
+                        "a list holds values of one type: this is {}, the first is {}",
+                        kinds[i], kinds[0]
+                    ),
+                    kinds[i],
+                )
+                .with_related(items[0].span, kinds[0])
+            })
+        }
         ExprKind::Neg(inner) => match eval_const(inner, env)? {
-            Const::Int(v) => Ok(Const::Int(-v)),
+            Const::Int(v) => v
+                .checked_neg()
+                .map(Const::Int)
+                .ok_or_else(|| Diagnostic::at(expr.span, format!("-({v}) overflows"), "here")),
             Const::Float(v) => Ok(Const::Float(-v)),
-            Const::Bool(_) => Err(Diagnostic::at(expr.span, "cannot negate a bool", "a bool")),
+            other => Err(Diagnostic::at(
+                expr.span,
+                format!("cannot negate {}", other.kind()),
+                other.kind(),
+            )),
         },
+        ExprKind::Not(inner) => Ok(Const::Bool(!eval_bool(inner, env, "`not`")?)),
+        ExprKind::Binary { op, lhs, rhs } if op.is_logical() => {
+            let what = format!("`{op}`");
+            let l = eval_bool(lhs, env, &what)?;
+            // The right operand decides only when the left one does not.
+            Ok(Const::Bool(match (op, l) {
+                (BinOp::And, false) => false,
+                (BinOp::Or, true) => true,
+                _ => eval_bool(rhs, env, &what)?,
+            }))
+        }
         ExprKind::Binary { op, lhs, rhs } => {
             let (a, b) = (eval_const(lhs, env)?, eval_const(rhs, env)?);
-            arith(*op, a, b, expr.span)
+            if op.is_comparison() {
+                compare(*op, a, b, expr.span)
+            } else {
+                arith(*op, a, b, expr.span)
+            }
+        }
+        ExprKind::Index { base, index } => {
+            let list = match eval_const(base, env)? {
+                Const::List(items) => items,
+                other => {
+                    return Err(Diagnostic::at(
+                        base.span,
+                        format!("only lists can be indexed; `{base}` is {}", other.kind()),
+                        format!("{other}"),
+                    ))
+                }
+            };
+            let i = match eval_const(index, env)? {
+                Const::Int(i) => i,
+                other => {
+                    return Err(Diagnostic::at(
+                        index.span,
+                        format!(
+                            "a list index must be an integer, `{index}` is {}",
+                            other.kind()
+                        ),
+                        format!("{other}"),
+                    ))
+                }
+            };
+            usize::try_from(i)
+                .ok()
+                .and_then(|u| list.get(u).cloned())
+                .ok_or_else(|| {
+                    Diagnostic::at(
+                        index.span,
+                        format!(
+                            "index {i} is out of range: `{base}` has {} element(s)",
+                            list.len()
+                        ),
+                        format!("index {i}"),
+                    )
+                    .with_related(base.span, format!("length {}", list.len()))
+                })
+        }
+        ExprKind::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            if eval_bool(cond, env, "an `if` condition")? {
+                eval_const(then, env)
+            } else {
+                eval_const(otherwise, env)
+            }
         }
         ExprKind::Call { func, args }
-            if matches!(func.name.as_str(), "ceil" | "floor" | "min" | "max") =>
+            if matches!(
+                func.name.as_str(),
+                "ceil" | "floor" | "min" | "max" | "len" | "contains"
+            ) =>
         {
-            let vals = args
-                .iter()
-                .map(|a| match &a.name {
-                    Some(n) => Err(Diagnostic::at(
-                        n.span,
-                        format!("`{func}` takes no named arguments"),
-                        "unexpected",
-                    )),
-                    None => eval_const(&a.value, env),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let want = if matches!(func.name.as_str(), "ceil" | "floor") {
-                1
-            } else {
-                2
-            };
-            if vals.len() != want {
-                return Err(Diagnostic::at(
-                    expr.span,
-                    format!("`{func}` takes {want} argument(s), found {}", vals.len()),
-                    "wrong number of arguments",
-                ));
-            }
-            let nums = vals
-                .iter()
-                .map(|v| {
-                    v.as_f64().ok_or_else(|| {
-                        Diagnostic::at(expr.span, format!("`{func}` of a bool"), "a bool")
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let all_int = vals.iter().all(|v| matches!(v, Const::Int(_)));
-            Ok(match func.name.as_str() {
-                "ceil" => Const::Int(nums[0].ceil() as i64),
-                "floor" => Const::Int(nums[0].floor() as i64),
-                "min" if all_int => Const::Int(nums[0].min(nums[1]) as i64),
-                "max" if all_int => Const::Int(nums[0].max(nums[1]) as i64),
-                "min" => Const::Float(nums[0].min(nums[1])),
-                _ => Const::Float(nums[0].max(nums[1])),
-            })
+            call(expr, func, args, env)
         }
         _ => Err(Diagnostic::at(
             expr.span,
@@ -289,6 +279,156 @@ pub fn eval_const(expr: &Expr, env: &HashMap<String, Const>) -> Result<Const, Di
     }
 }
 
+/// Evaluates a constant that must be a bool: `what` (an `if` condition, the operand
+/// of `and`) says what it is in the error.
+pub fn eval_bool(e: &Expr, env: &HashMap<String, Const>, what: &str) -> Result<bool, Diagnostic> {
+    match eval_const(e, env)? {
+        Const::Bool(b) => Ok(b),
+        other => Err(Diagnostic::at(
+            e.span,
+            format!("{what} must be a bool, `{e}` is {}", other.kind()),
+            format!("is {other}"),
+        )
+        .with_help("compare it to get a bool: `==`, `!=`, `<`, `<=`, `>`, `>=`")),
+    }
+}
+
+/// `ceil(x)`, `floor(x)`, `min(a, b)`, `max(a, b)`, `len(list)`.
+fn call(
+    expr: &Expr,
+    func: &Ident,
+    args: &[Arg],
+    env: &HashMap<String, Const>,
+) -> Result<Const, Diagnostic> {
+    let vals = args
+        .iter()
+        .map(|a| match &a.name {
+            Some(n) => Err(Diagnostic::at(
+                n.span,
+                format!("`{func}` takes no named arguments"),
+                "unexpected",
+            )),
+            None => eval_const(&a.value, env),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let want = if matches!(func.name.as_str(), "min" | "max" | "contains") {
+        2
+    } else {
+        1
+    };
+    if vals.len() != want {
+        return Err(Diagnostic::at(
+            expr.span,
+            format!("`{func}` takes {want} argument(s), found {}", vals.len()),
+            "wrong number of arguments",
+        ));
+    }
+    if func.name == "contains" {
+        // `contains(list, x)`: whether an element equals x (as `==` compares them).
+        return match &vals[0] {
+            Const::List(items) => {
+                let mut found = false;
+                for item in items {
+                    found |= compare(BinOp::Eq, item.clone(), vals[1].clone(), expr.span)?
+                        == Const::Bool(true);
+                }
+                Ok(Const::Bool(found))
+            }
+            other => Err(Diagnostic::at(
+                args[0].value.span,
+                format!(
+                    "`contains` takes a list first, `{}` is {}",
+                    args[0].value,
+                    other.kind()
+                ),
+                format!("{other}"),
+            )),
+        };
+    }
+    if func.name == "len" {
+        return match &vals[0] {
+            Const::List(items) => Ok(Const::Int(items.len() as i64)),
+            other => Err(Diagnostic::at(
+                args[0].value.span,
+                format!(
+                    "`len` takes a list, `{}` is {}",
+                    args[0].value,
+                    other.kind()
+                ),
+                format!("{other}"),
+            )),
+        };
+    }
+    let nums = vals
+        .iter()
+        .map(|v| {
+            v.as_f64().ok_or_else(|| {
+                Diagnostic::at(expr.span, format!("`{func}` of {}", v.kind()), v.kind())
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let all_int = vals.iter().all(|v| matches!(v, Const::Int(_)));
+    Ok(match func.name.as_str() {
+        "ceil" => Const::Int(nums[0].ceil() as i64),
+        "floor" => Const::Int(nums[0].floor() as i64),
+        "min" if all_int => Const::Int(nums[0].min(nums[1]) as i64),
+        "max" if all_int => Const::Int(nums[0].max(nums[1]) as i64),
+        "min" => Const::Float(nums[0].min(nums[1])),
+        _ => Const::Float(nums[0].max(nums[1])),
+    })
+}
+
+/// `== != < <= > >=`: numbers with numbers (an integer equals the same number), and
+/// `==`/`!=` between two strings or two bools.
+fn compare(op: BinOp, a: Const, b: Const, span: Span) -> Result<Const, Diagnostic> {
+    let ordering = match (&a, &b) {
+        (Const::Int(x), Const::Int(y)) => Some(x.cmp(y)),
+        (Const::Str(x), Const::Str(y)) if matches!(op, BinOp::Eq | BinOp::Ne) => Some(x.cmp(y)),
+        (Const::Bool(x), Const::Bool(y)) if matches!(op, BinOp::Eq | BinOp::Ne) => Some(x.cmp(y)),
+        (Const::Str(_), Const::Str(_)) | (Const::Bool(_), Const::Bool(_)) => {
+            return Err(Diagnostic::at(
+                span,
+                format!(
+                    "`{op}` compares numbers; {} only compare with `==` and `!=`",
+                    plural(&a)
+                ),
+                "in this comparison",
+            ))
+        }
+        _ => match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => x.partial_cmp(&y),
+            _ => {
+                return Err(Diagnostic::at(
+                    span,
+                    format!("cannot compare {} with {}", a.kind(), b.kind()),
+                    "in this comparison",
+                ))
+            }
+        },
+    };
+    // NaN compares unequal to everything.
+    let holds = match ordering {
+        None => op == BinOp::Ne,
+        Some(o) => match op {
+            BinOp::Eq => o == Ordering::Equal,
+            BinOp::Ne => o != Ordering::Equal,
+            BinOp::Lt => o == Ordering::Less,
+            BinOp::Le => o != Ordering::Greater,
+            BinOp::Gt => o == Ordering::Greater,
+            _ => o != Ordering::Less,
+        },
+    };
+    Ok(Const::Bool(holds))
+}
+
+fn plural(c: &Const) -> &'static str {
+    match c {
+        Const::Str(_) => "strings",
+        _ => "bools",
+    }
+}
+
+/// `+ - * / %` on numbers.
 fn arith(op: BinOp, a: Const, b: Const, span: Span) -> Result<Const, Diagnostic> {
     let err = |msg: String| Diagnostic::at(span, msg, "in this expression");
     match (a, b) {
@@ -298,29 +438,29 @@ fn arith(op: BinOp, a: Const, b: Const, span: Span) -> Result<Const, Diagnostic>
                 BinOp::Sub => x.checked_sub(y),
                 BinOp::Mul => x.checked_mul(y),
                 BinOp::Div | BinOp::Rem if y == 0 => return Err(err("division by zero".into())),
-                BinOp::Div if x % y != 0 => {
+                BinOp::Div if x.wrapping_rem(y) != 0 => {
                     return Err(err(format!("{x} / {y} is not a whole number")).with_help(
                         "integer params divide exactly; write floor(...) or ceil(...) to round",
                     ))
                 }
-                BinOp::Div => Some(x / y),
-                BinOp::Rem => Some(x % y),
+                BinOp::Div => x.checked_div(y),
+                _ => x.checked_rem(y),
             };
             r.map(Const::Int)
                 .ok_or_else(|| err(format!("{x} {op} {y} overflows")))
         }
-        (Const::Bool(_), _) | (_, Const::Bool(_)) => {
-            Err(err(format!("cannot apply `{op}` to a bool")))
-        }
-        _ => {
-            let (x, y) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
-            Ok(Const::Float(match op {
+        (a, b) => match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => Ok(Const::Float(match op {
                 BinOp::Add => x + y,
                 BinOp::Sub => x - y,
                 BinOp::Mul => x * y,
                 BinOp::Div => x / y,
-                BinOp::Rem => x % y,
-            }))
-        }
+                _ => x % y,
+            })),
+            _ => {
+                let odd = if a.as_f64().is_none() { &a } else { &b };
+                Err(err(format!("cannot apply `{op}` to {}", odd.kind())))
+            }
+        },
     }
 }

@@ -1,9 +1,11 @@
 //! Expressions inside dataflow statements: names, arithmetic (tensor with
-//! tensor, or with a constant), activations and calls, and the checked
-//! argument lists that every call site shares.
+//! tensor, or with a constant), activations and calls, constant expressions
+//! among them (comparisons, `and`/`or`/`not`, indexing, `len`, `if` choices),
+//! and the checked argument lists that every call site shares.
 
 use super::bind::WeightPath;
-use super::consts::{closest, eval_const, Const};
+use super::consts::{closest, eval_bool, eval_const, Const};
+use super::params::free_names;
 use super::{Lowerer, Scope, Val};
 use crate::diagnostic::Diagnostic;
 use crate::ir::{BinaryOp, Op, UnaryOp, Value};
@@ -34,8 +36,26 @@ impl Lowerer<'_> {
         path: &WeightPath,
     ) -> Result<Operand, Diagnostic> {
         match &e.kind {
-            ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) => {
+            ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) | ExprKind::Str(_) => {
                 Ok(Operand::Const(eval_const(e, &self.params)?))
+            }
+            ExprKind::Not(_) | ExprKind::Index { .. } => {
+                self.constant(e, scope).map(Operand::Const)
+            }
+            ExprKind::Binary { op, .. } if op.is_comparison() || op.is_logical() => {
+                self.constant(e, scope).map(Operand::Const)
+            }
+            ExprKind::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                let taken = if self.condition(cond, scope)? {
+                    then
+                } else {
+                    otherwise
+                };
+                self.expr(taken, scope, path)
             }
             ExprKind::Path(parts) => self.path(e, parts, scope),
             ExprKind::Neg(inner) => match self.expr(inner, scope, path)? {
@@ -78,7 +98,7 @@ impl Lowerer<'_> {
             };
         }
         if parts.len() == 1 && self.params.contains_key(&head.name) {
-            return Ok(Operand::Const(self.params[&head.name]));
+            return Ok(Operand::Const(self.params[&head.name].clone()));
         }
         let what = if self.experts.contains_key(&head.name) {
             " (an expert template: use it in `experts = N * name`)"
@@ -100,6 +120,35 @@ impl Lowerer<'_> {
         })
     }
 
+    /// A constant expression among dataflow: an error if it reads a tensor.
+    pub(super) fn constant(&self, e: &Expr, scope: &Scope) -> Result<Const, Diagnostic> {
+        self.reads_no_tensor(e, scope)?;
+        eval_const(e, &self.params)
+    }
+
+    /// The condition of an `if`: a constant bool.
+    pub(super) fn condition(&self, cond: &Expr, scope: &Scope) -> Result<bool, Diagnostic> {
+        self.reads_no_tensor(cond, scope)?;
+        eval_bool(cond, &self.params, "an `if` condition")
+    }
+
+    fn reads_no_tensor(&self, e: &Expr, scope: &Scope) -> Result<(), Diagnostic> {
+        let mut names = Vec::new();
+        free_names(e, &mut names);
+        match names.into_iter().find(|n| scope.vars.contains_key(&n.name)) {
+            Some(name) => Err(Diagnostic::at(
+                name.span,
+                format!("`{e}` is decided at compile time, but `{name}` is a tensor"),
+                "a tensor",
+            )
+            .with_help(
+                "comparisons, `and`, `or`, `not`, indexing, `len` and `if` conditions \
+                 take params and constants",
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn binary(
         &mut self,
         e: &Expr,
@@ -109,18 +158,16 @@ impl Lowerer<'_> {
         le: &Expr,
         re: &Expr,
     ) -> Result<Operand, Diagnostic> {
-        let bop = match op {
-            BinOp::Add => BinaryOp::Add,
-            BinOp::Sub => BinaryOp::Sub,
-            BinOp::Mul => BinaryOp::Mul,
-            BinOp::Div => BinaryOp::Div,
-            BinOp::Rem => {
-                return Err(Diagnostic::at(
-                    e.span,
-                    "`%` only applies to constants",
-                    "on a tensor",
-                ))
-            }
+        let tensor_op = || match op {
+            BinOp::Add => Ok(BinaryOp::Add),
+            BinOp::Sub => Ok(BinaryOp::Sub),
+            BinOp::Mul => Ok(BinaryOp::Mul),
+            BinOp::Div => Ok(BinaryOp::Div),
+            _ => Err(Diagnostic::at(
+                e.span,
+                format!("`{op}` only applies to constants"),
+                "on a tensor",
+            )),
         };
         let scalar = |this: &Self, c: Const, ce: &Expr| -> Result<f32, Diagnostic> {
             Ok(this.float(ce, "a scalar operand").map_err(|_| {
@@ -136,6 +183,7 @@ impl Lowerer<'_> {
                 Ok(Operand::Const(eval_const(e, &self.params)?))
             }
             (Operand::Tensor(a), Operand::Tensor(b)) => {
+                let bop = tensor_op()?;
                 let (ta, tb) = (
                     self.graph.value_type(a).clone(),
                     self.graph.value_type(b).clone(),
@@ -153,11 +201,13 @@ impl Lowerer<'_> {
                     .map(Operand::Tensor)
             }
             (Operand::Tensor(a), Operand::Const(c)) => {
+                let bop = tensor_op()?;
                 let c = self.graph.add_constant(scalar(self, c, re)?);
                 self.node(Op::Binary(bop), &[a, c], None, e.span)
                     .map(Operand::Tensor)
             }
             (Operand::Const(c), Operand::Tensor(b)) => {
+                let bop = tensor_op()?;
                 let v = scalar(self, c, le)?;
                 match bop {
                     BinaryOp::Add | BinaryOp::Mul => {
@@ -219,7 +269,9 @@ impl Lowerer<'_> {
                     .map(Operand::Tensor)
             }
             "rope" => self.rope(e, args, scope, path).map(Operand::Tensor),
-            "ceil" | "floor" | "min" | "max" => Ok(Operand::Const(eval_const(e, &self.params)?)),
+            "ceil" | "floor" | "min" | "max" | "len" | "contains" => {
+                self.constant(e, scope).map(Operand::Const)
+            }
             "linear" | "rmsnorm" | "layernorm" | "moe" | "embedding" | "attention" => Err(Diagnostic::at(
                 e.span,
                 format!("`{func}` must be the whole right-hand side of a `let`"),
@@ -248,6 +300,8 @@ impl Lowerer<'_> {
                     "floor",
                     "min",
                     "max",
+                    "len",
+                    "contains",
                 ];
                 let d = Diagnostic::at(
                     func.span,

@@ -1,14 +1,17 @@
-//! AST to graph IR. Params are evaluated first (with `--set` overrides); then the
-//! dataflow statements are lowered in order, experts instantiated per expert,
-//! `repeat` bodies unrolled per layer, and every weight resolved against the
-//! spec's `weights` blocks. Shapes are checked here, with the spec's spans, so
-//! users see their own names in errors; the verifier re-checks the result.
+//! AST to graph IR. Params are evaluated first (defaults, config.json, `--set`); then
+//! the dataflow statements are lowered in order, experts instantiated per expert,
+//! `repeat` bodies unrolled per layer, `if` statements replaced by their taken
+//! branch, and every weight resolved against the spec's `weights` blocks. Shapes
+//! are checked here, with the spec's spans, so users see their own names in
+//! errors; the verifier re-checks the result.
 
 mod attention;
 mod bind;
 mod consts;
 mod expr;
+mod flow;
 mod moe;
+mod params;
 mod router;
 
 use crate::diagnostic::Diagnostic;
@@ -19,6 +22,7 @@ pub use consts::Const;
 use expr::Args;
 use moec_grammar::ast::{self, Arg, DTypeName, Expr, ExprKind, Ident, Item, Spec, Stmt};
 use moec_grammar::Span;
+pub use params::{ParamInputs, ParamSource};
 use std::collections::HashMap;
 
 /// A lowered spec: the graph, and notes worth telling the user (not errors).
@@ -26,12 +30,13 @@ use std::collections::HashMap;
 pub struct Lowered {
     pub graph: Graph,
     pub notes: Vec<Diagnostic>,
-    pub params: Vec<(String, Const)>,
+    /// Every param in declaration order: its value and where the value came from.
+    pub params: Vec<(String, Const, ParamSource)>,
 }
 
-/// Lowers a parsed spec with `--set name=value` overrides.
-pub fn lower(spec: &Spec, overrides: &[(String, String)]) -> Result<Lowered, Diagnostic> {
-    Lowerer::new(spec, overrides)?.run(spec)
+/// Lowers a parsed spec, its params decided by `inputs` (`--set`, config.json).
+pub fn lower(spec: &Spec, inputs: &ParamInputs) -> Result<Lowered, Diagnostic> {
+    Lowerer::new(spec, inputs)?.run(spec)
 }
 
 /// What a name in a dataflow scope stands for.
@@ -48,8 +53,9 @@ struct Scope {
 }
 
 struct Lowerer<'a> {
+    /// Param values, and the repeat variable while its body is lowered.
     params: HashMap<String, Const>,
-    param_order: Vec<String>,
+    param_values: Vec<(String, Const, ParamSource)>,
     experts: HashMap<String, &'a ast::Expert>,
     routers: HashMap<String, &'a ast::Router>,
     rotaries: HashMap<String, &'a ast::Rotary>,
@@ -63,7 +69,7 @@ struct Lowerer<'a> {
 }
 
 impl<'a> Lowerer<'a> {
-    fn new(spec: &'a Spec, overrides: &[(String, String)]) -> Result<Lowerer<'a>, Diagnostic> {
+    fn new(spec: &'a Spec, inputs: &ParamInputs) -> Result<Lowerer<'a>, Diagnostic> {
         let mut declared: HashMap<String, Span> = HashMap::new();
         let mut declare = |name: &Ident, what: &str| -> Result<(), Diagnostic> {
             if let Some(prev) = declared.insert(name.name.clone(), name.span) {
@@ -114,10 +120,13 @@ impl<'a> Lowerer<'a> {
                 Item::Repeat(_) | Item::Stmt(_) => {}
             }
         }
-        let values = consts::eval_params(&params, overrides)?;
+        let param_values = params::eval_params(&params, inputs)?;
         Ok(Lowerer {
-            param_order: params.iter().map(|p| p.name.name.clone()).collect(),
-            params: values,
+            params: param_values
+                .iter()
+                .map(|(n, v, _)| (n.clone(), v.clone()))
+                .collect(),
+            param_values,
             experts,
             routers,
             rotaries,
@@ -165,15 +174,10 @@ impl<'a> Lowerer<'a> {
             self.graph.max_positions = Some(self.max_positions(spec)?);
         }
         self.binder.finish(&self.graph.weights)?;
-        let params = self
-            .param_order
-            .iter()
-            .map(|n| (n.clone(), self.params[n]))
-            .collect();
         Ok(Lowered {
             graph: self.graph,
             notes: self.notes,
-            params,
+            params: self.param_values,
         })
     }
 
@@ -269,9 +273,9 @@ impl<'a> Lowerer<'a> {
     }
 
     fn float(&self, e: &Expr, what: &str) -> Result<f64, Diagnostic> {
-        eval_const(e, &self.params)?
-            .as_f64()
-            .ok_or_else(|| Diagnostic::at(e.span, format!("{what} must be a number"), "a bool"))
+        let v = eval_const(e, &self.params)?;
+        v.as_f64()
+            .ok_or_else(|| Diagnostic::at(e.span, format!("{what} must be a number"), v.kind()))
     }
 
     fn bool(&self, e: &Expr, what: &str) -> Result<bool, Diagnostic> {
@@ -309,12 +313,15 @@ impl<'a> Lowerer<'a> {
         outputs: &mut Vec<(Ident, Value)>,
     ) -> Result<(), Diagnostic> {
         let count = self.int(&r.count, "the repeat count")?;
-        let mut stacked: Vec<(Ident, Vec<Value>)> = Vec::new();
+        self.declare_repeat_var(&r.var, scope)?;
+        let mut per_layer = Vec::new();
         for layer in 0..count as usize {
+            self.params
+                .insert(r.var.name.clone(), Const::Int(layer as i64));
             let mut inner = scope.clone();
             let mut layer_outputs = Vec::new();
             for stmt in &r.body {
-                if let Stmt::Let(l) = stmt {
+                for l in stmt.lets() {
                     if scope.vars.contains_key(&l.name.name) {
                         return Err(Diagnostic::at(
                             l.name.span,
@@ -338,15 +345,11 @@ impl<'a> Lowerer<'a> {
                 let carried = inner.vars[&name].clone();
                 scope.vars.insert(name, carried);
             }
-            for (i, (name, v)) in layer_outputs.into_iter().enumerate() {
-                if layer == 0 {
-                    stacked.push((name, vec![v]));
-                } else {
-                    stacked[i].1.push(v);
-                }
-            }
+            per_layer.push(layer_outputs);
         }
-        for (name, values) in stacked {
+        self.params.remove(&r.var.name);
+        self.declared.remove(&r.var.name);
+        for (name, values) in flow::stack_by_name(per_layer)? {
             let node = self
                 .graph
                 .add(Op::Stack, &values, Some(name.name.clone()))
@@ -460,6 +463,7 @@ impl<'a> Lowerer<'a> {
                 };
                 self.add_output(outputs, name.clone(), v)?;
             }
+            Stmt::If(i) => self.if_stmt(i, scope, layer, outputs)?,
         }
         Ok(())
     }
@@ -473,6 +477,19 @@ impl<'a> Lowerer<'a> {
         scope: &Scope,
         path: &WeightPath,
     ) -> Result<Val, Diagnostic> {
+        if let ExprKind::If {
+            cond,
+            then,
+            otherwise,
+        } = &e.kind
+        {
+            let taken = if self.condition(cond, scope)? {
+                then
+            } else {
+                otherwise
+            };
+            return self.let_value(name, taken, scope, path);
+        }
         if let ExprKind::Call { func, args } = &e.kind {
             let label = Some(name.name.clone());
             match func.name.as_str() {
@@ -681,8 +698,13 @@ impl<'a> Lowerer<'a> {
     }
 }
 
-/// Lowers source text, with parse errors as diagnostics too.
+/// Lowers source text with `--set name=value` overrides (and no config.json), with
+/// parse errors as diagnostics too.
 pub fn lower_source(source: &str, overrides: &[(String, String)]) -> Result<Lowered, Diagnostic> {
     let spec = moec_grammar::parse(source)?;
-    lower(&spec, overrides)
+    let inputs = ParamInputs {
+        sets: overrides.to_vec(),
+        config: None,
+    };
+    lower(&spec, &inputs)
 }
