@@ -148,3 +148,26 @@ fn deeply_nested_ifs_are_an_error_not_a_crash() {
     let ok = format!("model m {{ {} }}", "if c { ".repeat(64) + &"}".repeat(64));
     assert!(parse(&ok).is_ok());
 }
+
+#[test]
+fn router_is_a_name_too() {
+    let spec = parse(
+        "model m {
+          router router(h: [n, 4]) { logits = linear(h, 4) select = topk(scores, 2) }
+          let router_out = 1
+          router = 2
+          let y = moe(x, experts = 4 * e, router = router)
+          weights { router.logits = \"mlp.router.weight\" }
+        }",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let Item::Router(r) = &spec.items[0] else {
+        panic!("{:?}", spec.items[0])
+    };
+    assert_eq!(r.name.name, "router");
+    assert!(matches!(spec.items[2], Item::Stmt(Stmt::Assign(_))));
+    let Item::Weights(w) = &spec.items[4] else {
+        panic!()
+    };
+    assert_eq!(w.bindings[0].key.to_string(), "router.logits");
+}

@@ -10,9 +10,9 @@
 //! It does not tokenize or sample: `generate` builds on it.
 
 use crate::cpu::CpuModel;
+use crate::generate::{BoxError, Decoder};
 use moec_compiler::interp::{self, State};
 use moec_compiler::ir::{DType, Graph, Op};
-use crate::generate::{BoxError, Decoder};
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -113,7 +113,9 @@ impl Model {
         state: &mut State,
     ) -> Result<BTreeMap<String, Tensor>, String> {
         match &self.prepared {
-            Prepared::Interp(weights) => interp::run_with_state(&self.graph, weights, inputs, state),
+            Prepared::Interp(weights) => {
+                interp::run_with_state(&self.graph, weights, inputs, state)
+            }
             Prepared::Cpu(m) => m.run_with_state(inputs, state),
         }
     }
@@ -199,10 +201,7 @@ impl Model {
     /// The width of the `logits` output: the vocabulary size.
     pub fn vocab_size(&self) -> Option<usize> {
         let (_, v) = self.graph.outputs.iter().find(|(n, _)| n == "logits")?;
-        self.graph
-            .value_type(*v)
-            .width()
-            .map(|w| w as usize)
+        self.graph.value_type(*v).width().map(|w| w as usize)
     }
 }
 
