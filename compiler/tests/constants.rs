@@ -252,3 +252,17 @@ fn layers_choose_dense_or_moe_blocks() {
         3 + 2 * (1 + 4 * 3)
     );
 }
+
+#[test]
+fn clamp_min_and_max_of_constants_stay_constants() {
+    let l = lower(
+        "model m { param a = clamp(9, 0, 4) param b = clamp(-0.5, -1, 1.5) param c = min(3, 2.5)
+          param d = max(2, 7) input x: f32[tokens, 2] let y = x * clamp(a, 1, 2) output y }",
+    );
+    assert_eq!(param(&l, "a"), Const::Int(4));
+    assert_eq!(param(&l, "b"), Const::Float(-0.5));
+    assert_eq!(param(&l, "c"), Const::Float(2.5));
+    assert_eq!(param(&l, "d"), Const::Int(7));
+    assert_eq!(count(&l.graph, |o| matches!(o, Op::Binary(_))), 1);
+    assert_eq!(run(&l.graph)["y"].as_f32(), &[2.0, 4.0]);
+}

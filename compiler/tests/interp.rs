@@ -347,3 +347,49 @@ fn zero_tokens_give_empty_outputs() {
     assert_eq!(out["y"].shape, vec![0, 2]);
     assert_eq!(out["aux"].as_f32(), &[0.0]);
 }
+
+#[test]
+fn min_max_and_clamp_with_constants_and_tensors() {
+    let spec = "model m { param limit = 1.5 input x: f32[tokens, 3]
+        let a = linear(x, 3)
+        let lo = min(a, limit)
+        let hi = max(-1, a)
+        let c = clamp(a, -limit, limit)
+        let both = min(a, x) + max(x, a)
+        output lo output hi output c output both
+        weights { a = \"a\" } }";
+    // a = x·Wᵀ with W = diag(2, -3, 0.5).
+    let w = vec![2.0, 0.0, 0.0, 0.0, -3.0, 0.0, 0.0, 0.0, 0.5];
+    let xs = vec![vec![1.0, 2.0, -4.0], vec![-0.5, 0.25, 10.0]];
+    let out = run(spec, &[("a", w)], &xs);
+    let a: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| vec![2.0 * x[0], -3.0 * x[1], 0.5 * x[2]])
+        .collect();
+    let each = |f: &dyn Fn(f32, f32) -> f32| -> Vec<Vec<f32>> {
+        a.iter()
+            .zip(&xs)
+            .map(|(a, x)| a.iter().zip(x).map(|(a, x)| f(*a, *x)).collect())
+            .collect()
+    };
+    // a = [2, -6, -2], [-1, -0.75, 5]
+    assert_close(&out["lo"], &[vec![1.5, -6.0, -2.0], vec![-1.0, -0.75, 1.5]]);
+    assert_close(&out["hi"], &[vec![2.0, -1.0, -1.0], vec![-1.0, -0.75, 5.0]]);
+    assert_close(&out["c"], &[vec![1.5, -1.5, -1.5], vec![-1.0, -0.75, 1.5]]);
+    assert_close(&out["both"], &each(&|a, x| a + x));
+}
+
+#[test]
+fn min_and_max_propagate_nan() {
+    let spec = "model m { input x: f32[tokens, 2]
+        let lo = min(x, 0) let hi = max(x, 0) let c = clamp(x, -1, 1)
+        output lo output hi output c }";
+    let out = run(spec, &[], &[vec![f32::NAN, 3.0]]);
+    for name in ["lo", "hi", "c"] {
+        let v = out[name].as_f32();
+        assert!(v[0].is_nan(), "{name}: {v:?}");
+    }
+    assert_eq!(out["lo"].as_f32()[1], 0.0);
+    assert_eq!(out["hi"].as_f32()[1], 3.0);
+    assert_eq!(out["c"].as_f32()[1], 1.0);
+}

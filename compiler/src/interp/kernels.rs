@@ -208,13 +208,7 @@ pub(super) fn binary(op: BinaryOp, x: &Tensor, y: &Tensor) -> Tensor {
                 yi += (rem % dim) * stride;
                 rem /= dim;
             }
-            let b = ys[yi];
-            match op {
-                BinaryOp::Add => a + b,
-                BinaryOp::Sub => a - b,
-                BinaryOp::Mul => a * b,
-                BinaryOp::Div => a / b,
-            }
+            op.apply(a, ys[yi])
         })
         .collect();
     Tensor::f32(x.shape.clone(), out)

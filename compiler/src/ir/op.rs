@@ -47,6 +47,30 @@ pub enum BinaryOp {
     Sub,
     Mul,
     Div,
+    /// The smaller operand; NaN if either is NaN (`torch.minimum`, a `clamp` bound).
+    Min,
+    /// The larger operand; NaN if either is NaN.
+    Max,
+}
+
+impl BinaryOp {
+    /// The op on two f32 values: what the interpreter computes and constant folding folds.
+    pub fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+            BinaryOp::Min | BinaryOp::Max if a.is_nan() || b.is_nan() => f32::NAN,
+            BinaryOp::Min => a.min(b),
+            BinaryOp::Max => a.max(b),
+        }
+    }
+
+    /// Whether `a op b == b op a`, so a constant on the left can move to the right.
+    pub fn commutes(self) -> bool {
+        !matches!(self, BinaryOp::Sub | BinaryOp::Div)
+    }
 }
 
 /// How a group of experts is scored for group-limited routing.
@@ -351,6 +375,8 @@ impl Op {
             Binary(BinaryOp::Sub) => "sub",
             Binary(BinaryOp::Mul) => "mul",
             Binary(BinaryOp::Div) => "div",
+            Binary(BinaryOp::Min) => "min",
+            Binary(BinaryOp::Max) => "max",
             Softmax => "softmax",
             NormalizeSum => "normalize_sum",
             RmsNorm { .. } => "rmsnorm",

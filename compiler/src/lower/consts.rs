@@ -266,7 +266,7 @@ pub fn eval_const(expr: &Expr, env: &HashMap<String, Const>) -> Result<Const, Di
         ExprKind::Call { func, args }
             if matches!(
                 func.name.as_str(),
-                "ceil" | "floor" | "min" | "max" | "len" | "contains"
+                "ceil" | "floor" | "min" | "max" | "clamp" | "len" | "contains"
             ) =>
         {
             call(expr, func, args, env)
@@ -293,7 +293,8 @@ pub fn eval_bool(e: &Expr, env: &HashMap<String, Const>, what: &str) -> Result<b
     }
 }
 
-/// `ceil(x)`, `floor(x)`, `min(a, b)`, `max(a, b)`, `len(list)`.
+/// `ceil(x)`, `floor(x)`, `min(a, b)`, `max(a, b)`, `clamp(x, lo, hi)`, `len(list)`,
+/// `contains(list, x)`.
 fn call(
     expr: &Expr,
     func: &Ident,
@@ -311,10 +312,10 @@ fn call(
             None => eval_const(&a.value, env),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let want = if matches!(func.name.as_str(), "min" | "max" | "contains") {
-        2
-    } else {
-        1
+    let want = match func.name.as_str() {
+        "min" | "max" | "contains" => 2,
+        "clamp" => 3,
+        _ => 1,
     };
     if vals.len() != want {
         return Err(Diagnostic::at(
@@ -374,7 +375,21 @@ fn call(
         "min" if all_int => Const::Int(nums[0].min(nums[1]) as i64),
         "max" if all_int => Const::Int(nums[0].max(nums[1]) as i64),
         "min" => Const::Float(nums[0].min(nums[1])),
-        _ => Const::Float(nums[0].max(nums[1])),
+        "max" => Const::Float(nums[0].max(nums[1])),
+        "clamp" if nums[1] > nums[2] => {
+            return Err(Diagnostic::at(
+                args[1].value.span,
+                format!(
+                    "clamp's lower bound {} is above its upper bound {}",
+                    vals[1], vals[2]
+                ),
+                "lower bound",
+            )
+            .with_related(args[2].value.span, "upper bound")
+            .with_help("write `clamp(x, min, max)` with min ≤ max"))
+        }
+        "clamp" if all_int => Const::Int(nums[0].max(nums[1]).min(nums[2]) as i64),
+        _ => Const::Float(nums[0].max(nums[1]).min(nums[2])),
     })
 }
 

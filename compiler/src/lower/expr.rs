@@ -4,9 +4,9 @@
 //! and the checked argument lists that every call site shares.
 
 use super::bind::WeightPath;
-use super::consts::{closest, eval_bool, eval_const, Const};
+use super::consts::{closest, eval_bool, eval_const};
 use super::params::free_names;
-use super::{Lowerer, Scope, Val};
+use super::{Const, Lowerer, Scope, Val};
 use crate::diagnostic::Diagnostic;
 use crate::ir::{BinaryOp, Op, UnaryOp, Value};
 use moec_grammar::ast::{Arg, BinOp, Expr, ExprKind, Ident};
@@ -158,17 +158,35 @@ impl Lowerer<'_> {
         le: &Expr,
         re: &Expr,
     ) -> Result<Operand, Diagnostic> {
-        let tensor_op = || match op {
-            BinOp::Add => Ok(BinaryOp::Add),
-            BinOp::Sub => Ok(BinaryOp::Sub),
-            BinOp::Mul => Ok(BinaryOp::Mul),
-            BinOp::Div => Ok(BinaryOp::Div),
-            _ => Err(Diagnostic::at(
-                e.span,
-                format!("`{op}` only applies to constants"),
-                "on a tensor",
-            )),
+        if let (Operand::Const(_), Operand::Const(_)) = (&l, &r) {
+            return Ok(Operand::Const(eval_const(e, &self.params)?));
+        }
+        let bop = match op {
+            BinOp::Add => BinaryOp::Add,
+            BinOp::Sub => BinaryOp::Sub,
+            BinOp::Mul => BinaryOp::Mul,
+            BinOp::Div => BinaryOp::Div,
+            _ => {
+                return Err(Diagnostic::at(
+                    e.span,
+                    format!("`{op}` only applies to constants"),
+                    "on a tensor",
+                ))
+            }
         };
+        self.tensor_binary(e, bop, (l, le), (r, re))
+            .map(Operand::Tensor)
+    }
+
+    /// `l op r` where at least one side is a tensor: two tensors of one type, or a
+    /// tensor and a number (broadcast as a scalar constant).
+    fn tensor_binary(
+        &mut self,
+        e: &Expr,
+        bop: BinaryOp,
+        (l, le): (Operand, &Expr),
+        (r, re): (Operand, &Expr),
+    ) -> Result<Value, Diagnostic> {
         let scalar = |this: &Self, c: Const, ce: &Expr| -> Result<f32, Diagnostic> {
             Ok(this.float(ce, "a scalar operand").map_err(|_| {
                 Diagnostic::at(
@@ -180,10 +198,9 @@ impl Lowerer<'_> {
         };
         match (l, r) {
             (Operand::Const(_), Operand::Const(_)) => {
-                Ok(Operand::Const(eval_const(e, &self.params)?))
+                unreachable!("constant operands are evaluated by the caller")
             }
             (Operand::Tensor(a), Operand::Tensor(b)) => {
-                let bop = tensor_op()?;
                 let (ta, tb) = (
                     self.graph.value_type(a).clone(),
                     self.graph.value_type(b).clone(),
@@ -191,38 +208,32 @@ impl Lowerer<'_> {
                 if ta != tb {
                     return Err(Diagnostic::at(
                         e.span,
-                        format!("shape mismatch in `{op}`: {ta} and {tb}"),
+                        format!("shape mismatch in `{}`: {ta} and {tb}", symbol(bop)),
                         "these differ",
                     )
                     .with_related(le.span, format!("this is {ta}"))
                     .with_related(re.span, format!("this is {tb}")));
                 }
                 self.node(Op::Binary(bop), &[a, b], None, e.span)
-                    .map(Operand::Tensor)
             }
             (Operand::Tensor(a), Operand::Const(c)) => {
-                let bop = tensor_op()?;
                 let c = self.graph.add_constant(scalar(self, c, re)?);
                 self.node(Op::Binary(bop), &[a, c], None, e.span)
-                    .map(Operand::Tensor)
             }
             (Operand::Const(c), Operand::Tensor(b)) => {
-                let bop = tensor_op()?;
                 let v = scalar(self, c, le)?;
                 match bop {
-                    BinaryOp::Add | BinaryOp::Mul => {
+                    _ if bop.commutes() => {
                         let c = self.graph.add_constant(v);
                         self.node(Op::Binary(bop), &[b, c], None, e.span)
-                            .map(Operand::Tensor)
                     }
                     BinaryOp::Sub => {
                         let neg = self.graph.add_constant(-1.0);
                         let nb = self.node(Op::Binary(BinaryOp::Mul), &[b, neg], None, e.span)?;
                         let c = self.graph.add_constant(v);
                         self.node(Op::Binary(BinaryOp::Add), &[nb, c], None, e.span)
-                            .map(Operand::Tensor)
                     }
-                    BinaryOp::Div => Err(Diagnostic::at(
+                    _ => Err(Diagnostic::at(
                         e.span,
                         "cannot divide a constant by a tensor",
                         "here",
@@ -230,6 +241,72 @@ impl Lowerer<'_> {
                 }
             }
         }
+    }
+
+    /// `min(a, b)`, `max(a, b)`, `clamp(x, lo, hi)`: constants when every argument is
+    /// one, else elementwise (`clamp` is `min(max(x, lo), hi)`, as `torch.clamp`).
+    fn min_max(
+        &mut self,
+        e: &Expr,
+        func: &Ident,
+        args: &[Arg],
+        scope: &Scope,
+        path: &WeightPath,
+    ) -> Result<Operand, Diagnostic> {
+        let a = Args::new(e, &func.name, args, &[])?;
+        let exprs: Vec<&Expr> = if func.name == "clamp" {
+            a.positional::<3>("clamp(x, min, max)")?.to_vec()
+        } else {
+            a.positional::<2>(&format!("{func}(a, b)"))?.to_vec()
+        };
+        let mut vals = Vec::new();
+        for x in &exprs {
+            vals.push(self.expr(x, scope, path)?);
+        }
+        if vals.iter().all(|v| matches!(v, Operand::Const(_))) {
+            return self.constant(e, scope).map(Operand::Const);
+        }
+        let mut vals = vals.into_iter().zip(exprs);
+        let first = vals.next().expect("two or three arguments");
+        let second = vals.next().expect("two or three arguments");
+        let Some(hi) = vals.next() else {
+            let bop = if func.name == "min" {
+                BinaryOp::Min
+            } else {
+                BinaryOp::Max
+            };
+            return self
+                .tensor_binary(e, bop, first, second)
+                .map(Operand::Tensor);
+        };
+        if let (Some(l), Some(h)) = (self.const_f64(second.1), self.const_f64(hi.1)) {
+            if l > h {
+                return Err(Diagnostic::at(
+                    second.1.span,
+                    format!("clamp's lower bound {l} is above its upper bound {h}"),
+                    "lower bound",
+                )
+                .with_related(hi.1.span, "upper bound")
+                .with_help("write `clamp(x, min, max)` with min ≤ max"));
+            }
+        }
+        if let Operand::Const(c) = &first.0 {
+            return Err(Diagnostic::at(
+                first.1.span,
+                format!("clamp's first argument must be a tensor, `{}` is {}", first.1, c.kind()),
+                "not a tensor",
+            )
+            .with_help("`clamp(x, min, max)` bounds a tensor x; `min(a, b)` and `max(a, b)` take either order"));
+        }
+        let x_expr = first.1;
+        let lower = self.tensor_binary(e, BinaryOp::Max, first, second)?;
+        self.tensor_binary(e, BinaryOp::Min, (Operand::Tensor(lower), x_expr), hi)
+            .map(Operand::Tensor)
+    }
+
+    /// A constant argument's number, if it is one.
+    fn const_f64(&self, e: &Expr) -> Option<f64> {
+        eval_const(e, &self.params).ok().and_then(|c| c.as_f64())
     }
 
     pub(super) fn call(
@@ -269,9 +346,8 @@ impl Lowerer<'_> {
                     .map(Operand::Tensor)
             }
             "rope" => self.rope(e, args, scope, path).map(Operand::Tensor),
-            "ceil" | "floor" | "min" | "max" | "len" | "contains" => {
-                self.constant(e, scope).map(Operand::Const)
-            }
+            "min" | "max" | "clamp" => self.min_max(e, func, args, scope, path),
+            "ceil" | "floor" | "len" | "contains" => self.constant(e, scope).map(Operand::Const),
             "linear" | "rmsnorm" | "layernorm" | "moe" | "embedding" | "attention" => {
                 Err(Diagnostic::at(
                     e.span,
@@ -302,6 +378,7 @@ impl Lowerer<'_> {
                     "floor",
                     "min",
                     "max",
+                    "clamp",
                     "len",
                     "contains",
                 ];
@@ -316,6 +393,18 @@ impl Lowerer<'_> {
                 })
             }
         }
+    }
+}
+
+/// How the spec spells a tensor op, for errors.
+fn symbol(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "+",
+        BinaryOp::Sub => "-",
+        BinaryOp::Mul => "*",
+        BinaryOp::Div => "/",
+        BinaryOp::Min => "min",
+        BinaryOp::Max => "max",
     }
 }
 

@@ -59,7 +59,7 @@ fn simplify(g: &mut Graph) -> bool {
         let out = Value::from(n);
         let replacement = match (op, ca, cb) {
             // fold_binary_consts: c1 ⊕ c2 == the constant, computed in f32 as the interpreter does.
-            (_, Some(x), Some(y)) => Some(g.add_constant(apply(op, x, y))),
+            (_, Some(x), Some(y)) => Some(g.add_constant(op.apply(x, y))),
             // mul_x_one: x·1 == x (exact, NaN and -0 included).
             (BinaryOp::Mul, _, Some(1.0)) => Some(a),
             // div_x_one: x/1 == x (exact).
@@ -88,15 +88,6 @@ fn double_negation(g: &Graph, v: Value) -> Option<Value> {
     }
     let [x, c]: [Value; 2] = g.operands(v.node).try_into().ok()?;
     (constant(g, c) == Some(-1.0)).then_some(x)
-}
-
-fn apply(op: BinaryOp, x: f32, y: f32) -> f32 {
-    match op {
-        BinaryOp::Add => x + y,
-        BinaryOp::Sub => x - y,
-        BinaryOp::Mul => x * y,
-        BinaryOp::Div => x / y,
-    }
 }
 
 /// Common-subexpression elimination: in topological order, a node equal to an

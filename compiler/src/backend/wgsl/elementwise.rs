@@ -38,13 +38,15 @@ pub(super) fn binary(op: BinaryOp, a: &[Dim], b: &[Dim], n: Dim) -> Result<Modul
         }
         writeln!(m, "        rem = rem / {};", dim(a[axis]))?;
     }
-    let sym = match op {
-        BinaryOp::Add => "+",
-        BinaryOp::Sub => "-",
-        BinaryOp::Mul => "*",
-        BinaryOp::Div => "/",
+    let value = match op {
+        BinaryOp::Add => "a[i] + b[bi]",
+        BinaryOp::Sub => "a[i] - b[bi]",
+        BinaryOp::Mul => "a[i] * b[bi]",
+        BinaryOp::Div => "a[i] / b[bi]",
+        BinaryOp::Min => "min(a[i], b[bi])",
+        BinaryOp::Max => "max(a[i], b[bi])",
     };
-    writeln!(m, "        out[i] = a[i] {sym} b[bi];")?;
+    writeln!(m, "        out[i] = {value};")?;
     m.end_loop()?;
     Ok(m)
 }
