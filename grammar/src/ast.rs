@@ -222,13 +222,23 @@ pub struct StringLit {
     pub span: Span,
 }
 
-/// `experts[e].gate = "experts.{e}.w1.weight" [transposed]`.
+/// `experts[e].gate = "experts.{e}.w1.weight" [transposed] [columns(start, step)]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Binding {
     pub key: Key,
     pub tensor: StringLit,
     /// The tensor is stored `[in, out]` instead of the `[out, in]` of a Hugging Face `Linear`.
     pub transposed: bool,
+    pub columns: Option<Columns>,
+}
+
+/// `columns(start, step)`: the weight is every `step`-th entry of the stored tensor's last
+/// axis, from `start` (interleaved fused projections such as GPT-OSS's `gate_up_proj`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Columns {
+    pub start: Expr,
+    pub step: Expr,
+    pub span: Span,
 }
 
 /// A dotted weight path such as `experts[e].gate` or `gate.logits`.

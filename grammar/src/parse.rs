@@ -190,6 +190,7 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::key | Rule::key_segment => "a weight key",
         Rule::string | Rule::string_body => "a string in double quotes",
         Rule::transposed => "`transposed`",
+        Rule::columns => "`columns(start, step)`",
         Rule::expr
         | Rule::call
         | Rule::list
@@ -249,7 +250,7 @@ fn build_model(pair: Pair<Rule>) -> Result<Spec, ParseError> {
             Rule::expert => Item::Expert(build_expert(p)?),
             Rule::router => Item::Router(build_router(p)?),
             Rule::rotary => Item::Rotary(build_rotary(p)?),
-            Rule::weights => Item::Weights(build_weights(p)),
+            Rule::weights => Item::Weights(build_weights(p)?),
             Rule::repeat => Item::Repeat(build_repeat(p)?),
             _ => Item::Stmt(build_stmt(p, 0)?),
         });
@@ -451,7 +452,7 @@ fn string_lit(pair: Pair<Rule>) -> StringLit {
     }
 }
 
-fn build_weights(pair: Pair<Rule>) -> Weights {
+fn build_weights(pair: Pair<Rule>) -> Result<Weights, ParseError> {
     let span = span_of(&pair);
     let mut w = Weights {
         prefix: None,
@@ -463,13 +464,13 @@ fn build_weights(pair: Pair<Rule>) -> Weights {
         match p.as_rule() {
             Rule::string => w.prefix = Some(string_lit(p)),
             Rule::dtype => w.dtype = Some((dtype_name(&p), span_of(&p))),
-            _ => w.bindings.push(build_binding(p)),
+            _ => w.bindings.push(build_binding(p)?),
         }
     }
-    w
+    Ok(w)
 }
 
-fn build_binding(pair: Pair<Rule>) -> Binding {
+fn build_binding(pair: Pair<Rule>) -> Result<Binding, ParseError> {
     let mut inner = pair.into_inner();
     let key_pair = inner.next().expect("binding key");
     let (key_start, key_text) = (key_pair.as_span().start(), key_pair.as_str());
@@ -496,15 +497,31 @@ fn build_binding(pair: Pair<Rule>) -> Binding {
     };
     let key_span = Span::new(key_start, key_end);
     let tensor = string_lit(inner.next().expect("binding tensor"));
-    let transposed = inner.next().is_some();
-    Binding {
+    let mut transposed = false;
+    let mut columns = None;
+    for p in inner {
+        match p.as_rule() {
+            Rule::transposed => transposed = true,
+            _ => {
+                let span = span_of(&p);
+                let mut args = p.into_inner();
+                columns = Some(Columns {
+                    start: build_expr(args.next().expect("columns start"))?,
+                    step: build_expr(args.next().expect("columns step"))?,
+                    span,
+                });
+            }
+        }
+    }
+    Ok(Binding {
         key: Key {
             segments,
             span: key_span,
         },
         tensor,
         transposed,
-    }
+        columns,
+    })
 }
 
 fn pratt() -> &'static PrattParser<Rule> {

@@ -22,6 +22,18 @@ impl FloatDType {
         }
     }
 
+    /// Value `i` of `bytes`, widened to f32 exactly.
+    pub fn value(self, bytes: &[u8], i: usize) -> f32 {
+        match self {
+            FloatDType::F32 => {
+                let b = &bytes[4 * i..4 * i + 4];
+                f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            }
+            FloatDType::F16 => f16::from_bits(u16_at(bytes, i)).to_f32(),
+            FloatDType::BF16 => bf16::from_bits(u16_at(bytes, i)).to_f32(),
+        }
+    }
+
     /// The values of `bytes`, widened to f32 exactly.
     pub fn widen(self, bytes: &[u8]) -> Vec<f32> {
         match self {
@@ -54,6 +66,10 @@ pub(crate) fn narrow_i32(dtype: Dtype, bytes: &[u8]) -> Option<Result<Vec<i32>, 
         ),
         _ => None,
     }
+}
+
+fn u16_at(bytes: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])
 }
 
 fn u16s(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {

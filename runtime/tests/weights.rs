@@ -107,6 +107,62 @@ fn slices_then_transposes() {
     assert_eq!(got[0].as_f32(), &[6.0, 9.0, 7.0, 10.0, 8.0, 11.0]);
 }
 
+#[test]
+fn interleaved_columns_of_a_stacked_transposed_tensor() {
+    let dir = TempDir::new().unwrap();
+    // GPT-OSS: gate_up_proj [E = 2, in = 2, 2·out = 6], columns gate, up, gate, up, ...;
+    // its bias [E, 6] interleaved the same way.
+    let path = single(
+        &dir,
+        &[iota("gate_up", &[2, 2, 6]), iota("gate_up_bias", &[2, 6])],
+    );
+    let gate = |e| columns(transposed(expert(decl("g", "gate_up", &[3, 2]), e)), 0, 2);
+    let up = |e| columns(transposed(expert(decl("u", "gate_up", &[3, 2]), e)), 1, 2);
+    let bias = |e, start| columns(expert(decl("b", "gate_up_bias", &[3]), e), start, 2);
+    let got = bind(
+        &[gate(1), up(1), bias(1, 0), bias(1, 1), gate(0)],
+        &open(&path),
+    )
+    .unwrap();
+    // Expert 1 is 12..24: row 0 = 12..18, row 1 = 18..24; gate = columns 0, 2, 4.
+    assert_eq!(got[0].shape, vec![3, 2]);
+    assert_eq!(got[0].as_f32(), &[12.0, 18.0, 14.0, 20.0, 16.0, 22.0]);
+    assert_eq!(got[1].as_f32(), &[13.0, 19.0, 15.0, 21.0, 17.0, 23.0]);
+    assert_eq!(got[2].as_f32(), &[6.0, 8.0, 10.0]);
+    assert_eq!(got[3].as_f32(), &[7.0, 9.0, 11.0]);
+    assert_eq!(got[4].as_f32(), &[0.0, 6.0, 2.0, 8.0, 4.0, 10.0]);
+}
+
+#[test]
+fn columns_of_bf16_and_of_a_plain_matrix() {
+    let dir = TempDir::new().unwrap();
+    // [2, 4] bf16: 1, 2, 3, 4 / 5, 6, 7, 8; the last two columns, untransposed.
+    let bits = [
+        0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0, 0x4100,
+    ];
+    let path = single(&dir, &[bits16("w", Dtype::BF16, &[2, 4], &bits)]);
+    let got = bind(&[columns(decl("w", "w", &[2, 2]), 2, 1)], &open(&path)).unwrap();
+    assert_eq!(got[0].as_f32(), &[3.0, 4.0, 7.0, 8.0]);
+}
+
+#[test]
+fn shape_errors_describe_columns() {
+    let dir = TempDir::new().unwrap();
+    let path = single(&dir, &[iota("gate_up", &[4, 2, 5])]);
+    // Entries 1, 3, 5 of a last axis of 5.
+    let d = columns(
+        transposed(expert(decl("experts[0].up", "gate_up", &[3, 2]), 0)),
+        1,
+        2,
+    );
+    let errors = bind_err(&[d], &open(&path));
+    let file = path.display();
+    assert_eq!(
+        errors.to_string(),
+        format!("{file}: tensor \"gate_up\" has shape [4, 2, 5], expected [E, 2, ≥6] with E > 0 (experts[0].up, columns 1::2, stored transposed)")
+    );
+}
+
 /// A sharded checkpoint: `a` in shard 1, `b` in shard 2, `c` in a corrupt shard 3 and `d` in
 /// a shard that does not exist.
 fn sharded(dir: &TempDir) -> std::path::PathBuf {

@@ -12,6 +12,20 @@ pub enum StorageDType {
     BF16,
 }
 
+/// Entries `start, start + step, ...` of an axis (`columns(start, step)` in a binding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ColumnSlice {
+    pub start: usize,
+    pub step: usize,
+}
+
+impl ColumnSlice {
+    /// The stored index of entry `i`.
+    pub fn at(self, i: usize) -> usize {
+        self.start + self.step * i
+    }
+}
+
 /// One weight tensor of the graph, and where to find it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WeightDecl {
@@ -23,6 +37,9 @@ pub struct WeightDecl {
     pub expert_slice: Option<usize>,
     /// The file stores the matrix `[in, out]`; the graph wants `[out, in]`.
     pub transposed: bool,
+    /// The weight is every `step`-th entry of the stored tensor's last axis (as the file
+    /// stores it, before transposing), from `start`: as many as `shape` needs.
+    pub columns: Option<ColumnSlice>,
     /// The shape the graph wants after slicing and transposing.
     pub shape: Vec<usize>,
     /// The dtype the file must store, if the spec says.

@@ -2,9 +2,10 @@
 //! `weights { key = "name" }` blocks, fills `{e}`/`{layer}` templates, and
 //! reports bindings that match nothing or tensors bound twice.
 
+use super::consts::{eval_const, Const};
 use crate::diagnostic::Diagnostic;
-use crate::ir::{StorageDType, WeightDecl};
-use moec_grammar::ast::{Binding, DTypeName, Weights};
+use crate::ir::{ColumnSlice, StorageDType, WeightDecl};
+use moec_grammar::ast::{Binding, Columns, DTypeName, Expr, Weights};
 use moec_grammar::Span;
 use std::collections::HashMap;
 
@@ -116,12 +117,14 @@ impl<'a> Binder<'a> {
         }
     }
 
-    /// Resolves a weight of `shape` at `path`; `owner` is the spec location that creates it.
+    /// Resolves a weight of `shape` at `path`; `owner` is the spec location that creates it,
+    /// `params` the constants a binding's `columns(...)` may read.
     pub fn resolve(
         &mut self,
         path: &WeightPath,
         shape: Vec<usize>,
         owner: Span,
+        params: &HashMap<String, Const>,
     ) -> Result<WeightDecl, Diagnostic> {
         let pattern = path.pattern();
         if !self.patterns.contains(&pattern) {
@@ -151,6 +154,7 @@ impl<'a> Binder<'a> {
                 tensor: key,
                 expert_slice: None,
                 transposed: false,
+                columns: None,
                 shape,
                 storage: None,
                 span: owner,
@@ -170,11 +174,17 @@ impl<'a> Binder<'a> {
                     }
                     _ => name,
                 };
+                let columns = b
+                    .columns
+                    .as_ref()
+                    .map(|c| column_slice(c, params))
+                    .transpose()?;
                 Ok(WeightDecl {
                     key,
                     tensor,
                     expert_slice: *slice,
                     transposed: b.transposed,
+                    columns,
                     shape,
                     storage: block.storage,
                     span: b.key.span,
@@ -235,9 +245,10 @@ impl<'a> Binder<'a> {
                 }
             }
         }
-        let mut seen: HashMap<(&str, Option<usize>), &WeightDecl> = HashMap::new();
+        let mut seen: HashMap<(&str, Option<usize>, Option<ColumnSlice>), &WeightDecl> =
+            HashMap::new();
         for d in decls {
-            if let Some(prev) = seen.insert((d.tensor.as_str(), d.expert_slice), d) {
+            if let Some(prev) = seen.insert((d.tensor.as_str(), d.expert_slice, d.columns), d) {
                 // The same binding reached from two layers of a `repeat` lacks `{layer}`.
                 let strip = |k: &str| {
                     k.strip_prefix("layers.")
@@ -303,6 +314,25 @@ fn match_key(b: &Binding, path: &WeightPath) -> Option<KeyMatch> {
         }
     }
     Some(KeyMatch { slice, vars })
+}
+
+/// `columns(start, step)`, evaluated: start ≥ 0, step ≥ 1.
+fn column_slice(c: &Columns, params: &HashMap<String, Const>) -> Result<ColumnSlice, Diagnostic> {
+    let int = |e: &Expr, what: &str, least: i64| {
+        match eval_const(e, params)? {
+        Const::Int(v) if v >= least => Ok(v as usize),
+        other => Err(Diagnostic::at(
+            e.span,
+            format!("the columns' {what} must be an integer of at least {least}, `{e}` is {other}"),
+            "here",
+        )
+        .with_help("`columns(start, step)` reads entries start, start + step, ... of the stored tensor's last axis")),
+    }
+    };
+    Ok(ColumnSlice {
+        start: int(&c.start, "start", 0)?,
+        step: int(&c.step, "step", 1)?,
+    })
 }
 
 /// Replaces `{var}` in a tensor-name template.

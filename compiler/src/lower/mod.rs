@@ -688,7 +688,7 @@ impl<'a> Lowerer<'a> {
         shape: Vec<usize>,
         owner: Span,
     ) -> Result<Value, Diagnostic> {
-        let decl = self.binder.resolve(path, shape, owner)?;
+        let decl = self.binder.resolve(path, shape, owner, &self.params)?;
         Ok(self.graph.add_weight(decl))
     }
 

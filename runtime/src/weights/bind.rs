@@ -3,13 +3,14 @@
 //! Two phases. First every decl is checked against the file headers only (the tensor exists,
 //! its dtype is F32/F16/BF16 and the one the spec requires, its shape fits the decl) and every
 //! problem is collected; nothing is read if anything is wrong. Then each tensor's bytes (one
-//! expert's slice of a stacked tensor, for `expert_slice`) are widened to f32 and transposed
-//! when the file stores `[in, out]`.
+//! expert's slice of a stacked tensor, for `expert_slice`) are widened to f32, with only the
+//! `columns` the decl reads, and transposed when the file stores `[in, out]`: one pass that
+//! decodes each value into its place.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use moec_compiler::ir::weight::{StorageDType, WeightDecl};
+use moec_compiler::ir::weight::{ColumnSlice, StorageDType, WeightDecl};
 use moec_compiler::tensor::Tensor;
 
 use super::error::{WeightError, WeightErrorKind, WeightErrors};
@@ -100,12 +101,22 @@ impl<'s> Checker<'s> {
             }
         }
         let stored = stored_shape(decl);
+        let fits = |file: &[usize]| match decl.columns {
+            None => file == stored,
+            // The last axis holds at least the entries the slice reads.
+            Some(c) => match (file.split_last(), stored.split_last()) {
+                (Some((&have, rest)), Some((&n, want))) => {
+                    rest == want && (n == 0 || c.at(n - 1) < have)
+                }
+                _ => false,
+            },
+        };
         let shape_ok = match decl.expert_slice {
-            None => raw.shape == stored,
+            None => fits(raw.shape),
             Some(e) => raw
                 .shape
                 .split_first()
-                .is_some_and(|(&n, rest)| n > e && rest == stored),
+                .is_some_and(|(&n, rest)| n > e && fits(rest)),
         };
         if !shape_ok {
             self.errors.push(error(WeightErrorKind::Shape {
@@ -115,6 +126,7 @@ impl<'s> Checker<'s> {
                 expected: stored,
                 expert: decl.expert_slice,
                 transposed: decl.transposed,
+                columns: decl.columns,
             }));
         }
         dtype
@@ -142,6 +154,7 @@ fn storage(dtype: FloatDType) -> StorageDType {
 
 /// The decl's shape as the file stores it (for a stacked tensor, one expert's part): the last
 /// two dims swapped when `transposed`. Transposing a tensor of rank below 2 changes nothing.
+/// With `columns`, the last dim is the number of entries read, not the file's.
 fn stored_shape(decl: &WeightDecl) -> Vec<usize> {
     let mut shape = decl.shape.clone();
     if decl.transposed && shape.len() >= 2 {
@@ -151,7 +164,8 @@ fn stored_shape(decl: &WeightDecl) -> Vec<usize> {
     shape
 }
 
-/// Reads a checked tensor: slices, widens, transposes.
+/// Reads a checked tensor: slices out the expert, widens, picks the columns and transposes,
+/// decoding each value once straight into its place.
 fn read(decl: &WeightDecl, raw: &RawTensor<'_>, dtype: FloatDType) -> Tensor {
     let bytes = match decl.expert_slice {
         Some(e) => {
@@ -160,23 +174,34 @@ fn read(decl: &WeightDecl, raw: &RawTensor<'_>, dtype: FloatDType) -> Tensor {
         }
         None => raw.bytes,
     };
-    let values = dtype.widen(bytes);
-    let values = match decl.shape.len() {
-        n if decl.transposed && n >= 2 => {
-            transpose_last_two(&values, decl.shape[n - 1], decl.shape[n - 2])
-        }
-        _ => values,
+    if !decl.transposed && decl.columns.is_none() {
+        return Tensor::f32(decl.shape.clone(), dtype.widen(bytes));
+    }
+    let file_cols = *raw.shape.last().expect("a sliced tensor has an axis");
+    let columns = decl.columns.unwrap_or(ColumnSlice { start: 0, step: 1 });
+    let shape = &decl.shape;
+    let rank = shape.len();
+    // The graph's matrices `[rows, cols]` (a vector is one row); the file's rows have
+    // `file_cols` entries.
+    let (rows, cols) = match rank {
+        0 => (1, 1),
+        1 => (1, shape[0]),
+        _ => (shape[rank - 2], shape[rank - 1]),
     };
-    Tensor::f32(decl.shape.clone(), values)
-}
-
-/// Transposes each `[rows, cols]` matrix of a row-major batch of them.
-fn transpose_last_two(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(values.len());
-    for matrix in values.chunks_exact((rows * cols).max(1)) {
-        for c in 0..cols {
-            out.extend((0..rows).map(|r| matrix[r * cols + c]));
+    let transposed = decl.transposed && rank >= 2;
+    let file_rows = if transposed { cols } else { rows };
+    let matrices = shape.iter().product::<usize>() / (rows * cols).max(1);
+    let mut out = Vec::with_capacity(matrices * rows * cols);
+    for m in 0..matrices {
+        let base = m * file_rows * file_cols;
+        for r in 0..rows {
+            for c in 0..cols {
+                // The graph's (r, c) is the file's (c, r) when transposed; the file's column
+                // index goes through the slice.
+                let (fr, fc) = if transposed { (c, r) } else { (r, c) };
+                out.push(dtype.value(bytes, base + fr * file_cols + columns.at(fc)));
+            }
         }
     }
-    out
+    Tensor::f32(shape.clone(), out)
 }

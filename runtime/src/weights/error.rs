@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use moec_compiler::ir::weight::StorageDType;
+use moec_compiler::ir::weight::{ColumnSlice, StorageDType};
 use moec_compiler::tensor::ShapeDisplay;
 
 use crate::file::OpenError;
@@ -46,6 +46,8 @@ pub enum WeightErrorKind {
         expected: Vec<usize>,
         expert: Option<usize>,
         transposed: bool,
+        /// The decl reads these entries of the last axis (`expected` counts them).
+        columns: Option<ColumnSlice>,
     },
     /// The spec requires a storage dtype (`as bf16`) and the file stores another.
     DType {
@@ -118,20 +120,27 @@ impl fmt::Display for WeightError {
                 expected,
                 expert,
                 transposed,
+                columns,
             } => {
                 write!(
                     f,
                     "tensor \"{tensor}\" has shape {}, expected ",
                     ShapeDisplay(found)
                 )?;
+                let mut dims: Vec<String> = expected.iter().map(usize::to_string).collect();
+                if let (Some(c), Some(n)) = (columns, expected.last()) {
+                    // The last axis needs room for every entry read.
+                    let last = dims.len() - 1;
+                    dims[last] = format!("≥{}", if *n == 0 { 0 } else { c.at(n - 1) + 1 });
+                }
                 match expert {
-                    Some(e) => {
-                        let dims: Vec<String> = expected.iter().map(usize::to_string).collect();
-                        write!(f, "[E, {}] with E > {e}", dims.join(", "))?;
-                    }
-                    None => write!(f, "{}", ShapeDisplay(expected))?,
+                    Some(e) => write!(f, "[E, {}] with E > {e}", dims.join(", "))?,
+                    None => write!(f, "[{}]", dims.join(", "))?,
                 }
                 write!(f, " ({key}")?;
+                if let Some(c) = columns {
+                    write!(f, ", columns {}::{}", c.start, c.step)?;
+                }
                 if *transposed {
                     f.write_str(", stored transposed")?;
                 }

@@ -63,6 +63,7 @@ pub fn decl(key: &str, tensor: &str, shape: &[usize]) -> WeightDecl {
         tensor: tensor.into(),
         expert_slice: None,
         transposed: false,
+        columns: None,
         shape: shape.to_vec(),
         storage: None,
         span: Span::new(0, 0),
@@ -81,5 +82,10 @@ pub fn transposed(mut decl: WeightDecl) -> WeightDecl {
 
 pub fn stored_as(mut decl: WeightDecl, dtype: StorageDType) -> WeightDecl {
     decl.storage = Some(dtype);
+    decl
+}
+
+pub fn columns(mut decl: WeightDecl, start: usize, step: usize) -> WeightDecl {
+    decl.columns = Some(moec_compiler::ir::weight::ColumnSlice { start, step });
     decl
 }
