@@ -328,7 +328,8 @@ def worker_llama(args):
     from llama_cpp import Llama
 
     llm = Llama(model_path=args.gguf, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=args.threads,
-                n_threads_batch=args.threads, logits_all=False, verbose=False, seed=0)
+                n_threads_batch=args.threads, logits_all=False, verbose=False, seed=0,
+                flash_attn=args.impl == "flash-attn")
     ids = prompt_ids(args.prompt_len)
 
     def last_logits():
@@ -507,6 +508,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--experts", default="eager,grouped_mm", help="transformers experts implementations")
     ap.add_argument("--dtypes", default="f32,bf16")
+    ap.add_argument("--llama-fa", default="off,on",
+                    help="llama.cpp flash attention: off (llama-cpp-python's default), on, or both")
     ap.add_argument("--skip", default="", help="contenders to leave out: moec,transformers,llama.cpp")
     ap.add_argument("--quiet-load", type=float, default=0.7, help="wait for a 1-minute load average at most this")
     ap.add_argument("--max-wait", type=float, default=1200, help="seconds of waiting for quiet, in all")
@@ -529,7 +532,7 @@ def main():
         return worker_llama(args)
     if args.quick:
         args.prompt_len, args.new_tokens, args.repeats, args.warmup = 64, 8, 1, 0
-        args.experts, args.no_write, args.max_wait = "eager", True, 0
+        args.experts, args.llama_fa, args.no_write, args.max_wait = "eager", "off", True, 0
     dtypes = args.dtypes.split(",")
     impls = [e for e in args.experts.split(",") if e]
     skip = set(filter(None, args.skip.split(",")))
@@ -573,14 +576,15 @@ def main():
 
     contenders = [] if "transformers" in skip else [(f"transformers {i}", "torch", i) for i in impls]
     if lver:
-        contenders.append(("llama.cpp", "llama", None))
+        contenders += [("llama.cpp" + ("" if fa == "off" else " flash-attn"), "llama",
+                        "flash-attn" if fa == "on" else "off") for fa in args.llama_fa.split(",") if fa]
     for d in dtypes:
         for name, kind, impl in contenders:
             cmd = [sys.executable, SCRIPT, "--worker", kind, "--dtype", d, *common]
             if kind == "torch":
                 cmd += ["--ckpt", ckpt[d], "--impl", impl] + (["--generate-check"] if not args.quick else [])
             else:
-                cmd += ["--gguf", gguf[d]]
+                cmd += ["--gguf", gguf[d], "--impl", impl]
             quiet.wait(f"{name} {d}")
             load = loadavg()
             res = sh(cmd)
@@ -637,11 +641,12 @@ def main():
     t_head = ["target"] + dtypes
     t_rows = []
     if "moec" not in skip:
-        row1, row2, row3 = ["decode ≥ llama.cpp"], [f"decode weight stream ≥ {TARGET_BW:.0%} of read BW"], \
+        row1, row2, row3 = ["decode ≥ llama.cpp (its faster row)"], [f"decode weight stream ≥ {TARGET_BW:.0%} of read BW"], \
             [f"prefill({args.prompt_len}) ≥ {TARGET_PREFILL}× faster transformers"]
         for d in dtypes:
             m = summary.get(f"{d} moec")
-            l = summary.get(f"{d} llama.cpp")
+            lc = [summary[k] for k in summary if k.startswith(f"{d} llama.cpp")]
+            l = max(lc, key=lambda s: s["decode"]) if lc else None
             row1.append("—" if not (m and l) else
                         f"{m['decode'] / l['decode']:.2f}× " + ("met" if m["decode"] >= l["decode"] else "**missed**"))
             row2.append("—" if not (m and bw) else
@@ -694,7 +699,7 @@ def main():
     except OSError:
         rustc = "rustc: not found"
     tf = next((v for k, v in results.items() if k[1].startswith("transformers")), None)
-    ll = next((v for k, v in results.items() if k[1] == "llama.cpp"), None)
+    ll = next((v for k, v in results.items() if k[1].startswith("llama.cpp")), None)
     versions = [moec_version + f" ({rustc})"]
     if tf:
         versions.append(f"torch {tf['torch']}, transformers {tf['transformers']}")
@@ -732,7 +737,9 @@ def main():
         "the same way (wall clock) for transformers (a forward over the prompt with a `DynamicCache` and "
         "`logits_to_keep=1`, as `generate` does, then single-token forwards; "
         + ("same ids as `model.generate(do_sample=False)`" if gen_ok else "**ids differ from `model.generate`**")
-        + ") and llama.cpp (`Llama.eval`, prompt in one batch of 512). moec's numbers are the ones "
+        + ") and llama.cpp (`Llama.eval`, the prompt in one batch of 512, KV cache f16 (its default), flash "
+        "attention off (llama-cpp-python's default) or on (the `flash-attn` rows); the GGUF file's tensors are "
+        "those of the checkpoint, norms and router in f32). moec's numbers are the ones "
         "`moec generate --json` prints (one process per run: a cold session each time).",
         f"- 1-minute load average when each section started (threshold {args.quiet_load}, polled every 30 s): "
         f"{loads}." + (f" **Never quiet for: {', '.join(noisy)}**." if noisy else ""),

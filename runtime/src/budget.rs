@@ -32,7 +32,11 @@ impl MemoryNeeds {
             Engine::Interp => 1,
             Engine::Cpu { .. } => 2,
         };
-        let caches = g.states.iter().map(|s| s.width * positions as u64 * 4).sum();
+        let caches = g
+            .states
+            .iter()
+            .map(|s| s.width * positions as u64 * 4)
+            .sum();
         let plan = memory::plan(g);
         let activations = plan.peak_bytes(tokens);
         MemoryNeeds {

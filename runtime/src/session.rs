@@ -9,13 +9,16 @@
 //! and token ids outside the vocabulary, before anything runs.
 //! It does not tokenize or sample: `generate` builds on it.
 
+use crate::budget::{available_memory, MemoryNeeds};
 use crate::cpu::CpuModel;
+use crate::generate::{BoxError, Decoder};
+use crate::weights::{bind, WeightSource};
 use moec_compiler::interp::{self, State};
 use moec_compiler::ir::{DType, Graph, Op};
-use crate::generate::{BoxError, Decoder};
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Where a model runs.
@@ -42,6 +45,10 @@ pub enum SessionError {
     NotALanguageModel(String),
     /// The backend failed to compile or run the graph.
     Backend(String),
+    /// The checkpoint's weights are missing, mis-shaped or unreadable.
+    Weights(String),
+    /// The model would not fit in the memory available.
+    Memory(String),
 }
 
 impl fmt::Display for SessionError {
@@ -51,7 +58,10 @@ impl fmt::Display for SessionError {
                 f,
                 "{new} new tokens after {held} do not fit: this model holds at most {limit} positions (max_position_embeddings)"
             ),
-            SessionError::Input(m) | SessionError::Backend(m) => f.write_str(m),
+            SessionError::Input(m)
+            | SessionError::Backend(m)
+            | SessionError::Weights(m)
+            | SessionError::Memory(m) => f.write_str(m),
             SessionError::NotALanguageModel(m) => write!(f, "not a language model: {m}"),
         }
     }
@@ -71,6 +81,23 @@ pub struct Model {
 }
 
 impl Model {
+    /// Opens `graph` on the checkpoint at `weights` (a directory, a safetensors
+    /// file or a sharded index): checks first that the weights, the KV caches at
+    /// the position limit and the activations fit in the memory available, then
+    /// binds the weights and prepares them for `engine`.
+    pub fn open(graph: Graph, weights: &Path, engine: Engine) -> Result<Model, SessionError> {
+        let positions = graph.max_positions.unwrap_or(0) as usize;
+        let needs = MemoryNeeds::of(&graph, engine, positions.max(1), positions);
+        if let Some(available) = available_memory() {
+            needs.check(available).map_err(SessionError::Memory)?;
+        }
+        let source =
+            WeightSource::open(weights).map_err(|e| SessionError::Weights(e.to_string()))?;
+        let bound =
+            bind(&graph.weights, &source).map_err(|e| SessionError::Weights(e.to_string()))?;
+        Model::new(graph, bound, engine)
+    }
+
     /// Prepares `graph` (optimized or not) with its bound `weights` for `engine`.
     pub fn new(graph: Graph, weights: Vec<Tensor>, engine: Engine) -> Result<Model, SessionError> {
         interp::check_weights(&graph, &weights).map_err(SessionError::Input)?;
@@ -113,7 +140,9 @@ impl Model {
         state: &mut State,
     ) -> Result<BTreeMap<String, Tensor>, String> {
         match &self.prepared {
-            Prepared::Interp(weights) => interp::run_with_state(&self.graph, weights, inputs, state),
+            Prepared::Interp(weights) => {
+                interp::run_with_state(&self.graph, weights, inputs, state)
+            }
             Prepared::Cpu(m) => m.run_with_state(inputs, state),
         }
     }
@@ -199,10 +228,7 @@ impl Model {
     /// The width of the `logits` output: the vocabulary size.
     pub fn vocab_size(&self) -> Option<usize> {
         let (_, v) = self.graph.outputs.iter().find(|(n, _)| n == "logits")?;
-        self.graph
-            .value_type(*v)
-            .width()
-            .map(|w| w as usize)
+        self.graph.value_type(*v).width().map(|w| w as usize)
     }
 }
 

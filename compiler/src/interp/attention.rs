@@ -86,9 +86,13 @@ pub fn inv_freq(r: &RopeAttrs) -> (Vec<f32>, f32) {
             };
             let (d, base) = (dim as f64, base as f64);
             let correction = |rotations: f64| {
-                d * (original_max_positions as f64 / (rotations * 2.0 * PI)).ln() / (2.0 * base.ln())
+                d * (original_max_positions as f64 / (rotations * 2.0 * PI)).ln()
+                    / (2.0 * base.ln())
             };
-            let (mut low, mut high) = (correction(beta_fast.get() as f64), correction(beta_slow.get() as f64));
+            let (mut low, mut high) = (
+                correction(beta_fast.get() as f64),
+                correction(beta_slow.get() as f64),
+            );
             if truncate {
                 (low, high) = (low.floor(), high.ceil());
             }
@@ -157,16 +161,18 @@ pub(super) fn attention(
     for i in 0..t {
         let pos = past + i;
         let last = if a.causal { pos } else { p - 1 };
-        let first = a
-            .window
-            .map_or(0, |w| (pos + 1).saturating_sub(w as usize));
+        let first = a.window.map_or(0, |w| (pos + 1).saturating_sub(w as usize));
         for h in 0..heads {
             let kv = h / group;
             let qrow = &qs[i * qw + h * d..i * qw + (h + 1) * d];
             let mut max = f64::NEG_INFINITY;
             for (j, s) in scores.iter_mut().enumerate().take(last + 1).skip(first) {
                 let krow = &ks[j * kw + kv * d..j * kw + (kv + 1) * d];
-                let dot: f64 = qrow.iter().zip(krow).map(|(x, y)| *x as f64 * *y as f64).sum();
+                let dot: f64 = qrow
+                    .iter()
+                    .zip(krow)
+                    .map(|(x, y)| *x as f64 * *y as f64)
+                    .sum();
                 *s = dot * a.scale.get() as f64;
                 max = max.max(*s);
             }

@@ -152,7 +152,9 @@ pub fn eval_stateful(
     match op {
         Op::Positions => Tensor::i32(
             vec![tokens],
-            (state.past..state.past + tokens).map(|p| p as i32).collect(),
+            (state.past..state.past + tokens)
+                .map(|p| p as i32)
+                .collect(),
         ),
         Op::CacheAppend { state: s } => {
             let cache = &mut state.caches[*s];
@@ -267,7 +269,13 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
         }
         Embedding => one(attention::embedding(a[0], a[1])),
         Rope(r) => one(attention::rope(r, a[0], a[1])),
-        Attention(at) => one(attention::attention(at, a[0], a[1], a[2], a.get(3).copied())),
+        Attention(at) => one(attention::attention(
+            at,
+            a[0],
+            a[1],
+            a[2],
+            a.get(3).copied(),
+        )),
         Constant(v) => one(Tensor::f32(vec![], vec![v.get()])),
         Linear { bias } => {
             let (x, w) = (a[0], a[1]);

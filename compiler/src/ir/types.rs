@@ -92,7 +92,9 @@ impl Dim {
     /// The concrete size for a run with these symbols (a plain token count means nothing cached).
     pub fn eval(self, syms: impl Into<Syms>) -> usize {
         let s = syms.into();
-        (self.per_token as usize) * s.tokens + (self.per_past as usize) * s.past + self.fixed as usize
+        (self.per_token as usize) * s.tokens
+            + (self.per_past as usize) * s.past
+            + self.fixed as usize
     }
 }
 

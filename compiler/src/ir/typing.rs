@@ -83,7 +83,8 @@ impl Op {
                     w.rank() == 1
                         && w.shape == operands[1].shape
                         && group.is_some_and(|g| {
-                            g == width || (matches!(self, RmsNorm { .. }) && g > 0 && width % g == 0)
+                            g == width
+                                || (matches!(self, RmsNorm { .. }) && g > 0 && width % g == 0)
                         })
                 };
                 if let Some(w) = operands[1..].iter().find(|w| !fits(w)) {
@@ -378,7 +379,9 @@ impl Op {
                     return Err(format!("embedding ids must be i32 [tokens], found {ids}"));
                 }
                 if table.rank() != 2 || table.dtype != DType::F32 {
-                    return Err(format!("embedding table must be f32 [vocab, width], found {table}"));
+                    return Err(format!(
+                        "embedding table must be f32 [vocab, width], found {table}"
+                    ));
                 }
                 Ok(vec![TensorType::f32(vec![ids.shape[0], table.shape[1]])])
             }
@@ -404,7 +407,10 @@ impl Op {
                     ));
                 }
                 if pos.dtype != DType::I32 || pos.shape != [x.shape[0]] {
-                    return Err(format!("rope positions must be i32 [{}], found {pos}", x.shape[0]));
+                    return Err(format!(
+                        "rope positions must be i32 [{}], found {pos}",
+                        x.shape[0]
+                    ));
                 }
                 Ok(vec![x.clone()])
             }
@@ -456,7 +462,10 @@ impl Op {
                         a.heads, operands[3]
                     ));
                 }
-                Ok(vec![TensorType::f32(vec![rows, Dim::fixed(a.heads * a.v_head_dim)])])
+                Ok(vec![TensorType::f32(vec![
+                    rows,
+                    Dim::fixed(a.heads * a.v_head_dim),
+                ])])
             }
             ScatterAdd { k } => {
                 arity(2)?;

@@ -151,7 +151,9 @@ impl Lowerer<'_> {
                 if r % 2 != 0 || r > head_dim {
                     return Err(Diagnostic::at(
                         v.span,
-                        format!("rotary_dim must be even and at most head_dim {head_dim}, found {r}"),
+                        format!(
+                            "rotary_dim must be even and at most head_dim {head_dim}, found {r}"
+                        ),
                         "here",
                     ));
                 }
@@ -163,7 +165,10 @@ impl Lowerer<'_> {
         if theta.get() <= 1.0 || !theta.get().is_finite() {
             return Err(Diagnostic::at(
                 field("theta").map_or(name.span, |v| v.span),
-                format!("theta must be a finite number above 1, found {:?}", theta.get()),
+                format!(
+                    "theta must be a finite number above 1, found {:?}",
+                    theta.get()
+                ),
                 "here",
             ));
         }
@@ -261,7 +266,11 @@ impl Lowerer<'_> {
         );
         let required = |n: &str| {
             a.named(n).ok_or_else(|| {
-                Diagnostic::at(e.span, format!("attention needs `{n} = ...`"), "missing argument")
+                Diagnostic::at(
+                    e.span,
+                    format!("attention needs `{n} = ...`"),
+                    "missing argument",
+                )
             })
         };
         let heads = self.int(required("heads")?, "heads")?;
@@ -313,13 +322,13 @@ impl Lowerer<'_> {
             Some(w) => match eval_const(w, &self.params)? {
                 Const::Int(0) => None,
                 Const::Int(n) if n > 0 => Some(n as u64),
-                other => {
-                    return Err(Diagnostic::at(
-                        w.span,
-                        format!("window must be a positive number of positions or 0 (none), found {other}"),
-                        "here",
-                    ))
-                }
+                other => return Err(Diagnostic::at(
+                    w.span,
+                    format!(
+                        "window must be a positive number of positions or 0 (none), found {other}"
+                    ),
+                    "here",
+                )),
             },
             None => None,
         };
@@ -332,11 +341,16 @@ impl Lowerer<'_> {
         let mut cached = Vec::new();
         for (x, part) in [(k, "k"), (v, "v")] {
             let width = self.width(x, e.span)?;
-            let state = self.graph.add_state(path.child(Seg::name(part)).key(), width);
+            let state = self
+                .graph
+                .add_state(path.child(Seg::name(part)).key(), width);
             cached.push(self.node(
                 Op::CacheAppend { state },
                 &[x],
-                Some(format!("{}.{part}", label.as_deref().unwrap_or("attention"))),
+                Some(format!(
+                    "{}.{part}",
+                    label.as_deref().unwrap_or("attention")
+                )),
                 e.span,
             )?);
         }

@@ -272,14 +272,16 @@ impl Lowerer<'_> {
             "ceil" | "floor" | "min" | "max" | "len" | "contains" => {
                 self.constant(e, scope).map(Operand::Const)
             }
-            "linear" | "rmsnorm" | "layernorm" | "moe" | "embedding" | "attention" => Err(Diagnostic::at(
-                e.span,
-                format!("`{func}` must be the whole right-hand side of a `let`"),
-                "inside an expression",
-            )
-            .with_help(format!(
-                "the `let`'s name names its weights: `let name = {func}(...)`"
-            ))),
+            "linear" | "rmsnorm" | "layernorm" | "moe" | "embedding" | "attention" => {
+                Err(Diagnostic::at(
+                    e.span,
+                    format!("`{func}` must be the whole right-hand side of a `let`"),
+                    "inside an expression",
+                )
+                .with_help(format!(
+                    "the `let`'s name names its weights: `let name = {func}(...)`"
+                )))
+            }
             _ => {
                 const KNOWN: &[&str] = &[
                     "linear",

@@ -48,9 +48,9 @@ impl Lowerer<'_> {
                             for key in ["experts", "shared", "shared_gate"] {
                                 self.binder.skipped(key);
                             }
-                            let router = args.iter().find(|a| {
-                                a.name.as_ref().is_some_and(|n| n.name == "router")
-                            });
+                            let router = args
+                                .iter()
+                                .find(|a| a.name.as_ref().is_some_and(|n| n.name == "router"));
                             if let Some(ExprKind::Path(p)) = router.map(|a| &a.value.kind) {
                                 self.binder.skipped(&p[0].name);
                             }

@@ -195,7 +195,9 @@ impl<'a> Lowerer<'a> {
                 "a model with attention needs `param max_position_embeddings = N`",
                 "its KV caches need a size",
             )
-            .with_help("the param bounds the positions a session holds (prompt and generated tokens)")),
+            .with_help(
+                "the param bounds the positions a session holds (prompt and generated tokens)",
+            )),
         }
     }
 
@@ -583,7 +585,9 @@ impl<'a> Lowerer<'a> {
                 format!("`tied = {t}` must name an embedding"),
                 "not an embedding",
             )
-            .with_help("write `let embed_tokens = embedding(ids, vocab, width)` and `tied = embed_tokens`")
+            .with_help(
+                "write `let embed_tokens = embedding(ids, vocab, width)` and `tied = embed_tokens`",
+            )
         };
         let v = match &t.kind {
             ExprKind::Path(p) if p.len() == 1 => match scope.vars.get(&p[0].name) {
@@ -620,7 +624,11 @@ impl<'a> Lowerer<'a> {
         label: Option<String>,
     ) -> Result<Value, Diagnostic> {
         let layer_norm = func.name == "layernorm";
-        let allowed: &[&str] = if layer_norm { &["eps"] } else { &["eps", "head_dim"] };
+        let allowed: &[&str] = if layer_norm {
+            &["eps"]
+        } else {
+            &["eps", "head_dim"]
+        };
         let a = Args::new(e, &func.name, args, allowed)?;
         let [x] = a.positional::<1>(&format!("{func}(x, eps = ...)"))?;
         let x = self.tensor(x, scope, path)?;

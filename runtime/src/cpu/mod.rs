@@ -243,13 +243,20 @@ impl CpuModel {
                             true => Some(arg_f32(op_arg(&args, 3, "attention")?)?),
                             false => None,
                         };
-                        let out = layers::attention(a, q, view(1)?, view(2)?, sinks, &self.workers)?;
-                        vec![Tensor::f32(node.outputs[0].concrete_shape(syms(tokens, state)), out)]
+                        let out =
+                            layers::attention(a, q, view(1)?, view(2)?, sinks, &self.workers)?;
+                        vec![Tensor::f32(
+                            node.outputs[0].concrete_shape(syms(tokens, state)),
+                            out,
+                        )]
                     }
                     (Op::Rope(r), None) => {
                         let x = op_arg(&args, 0, "rope")?;
                         let pos = op_arg(&args, 1, "rope")?.as_i32();
-                        vec![Tensor::f32(x.shape.clone(), layers::rope(r, arg_f32(x)?, pos)?)]
+                        vec![Tensor::f32(
+                            x.shape.clone(),
+                            layers::rope(r, arg_f32(x)?, pos)?,
+                        )]
                     }
                     (Op::RmsNorm { eps }, None) => {
                         let x = op_arg(&args, 0, "rmsnorm")?;
@@ -258,7 +265,10 @@ impl CpuModel {
                         vec![Tensor::f32(x.shape.clone(), out)]
                     }
                     (Op::Embedding, None) => {
-                        let (ids, table) = (op_arg(&args, 0, "embedding")?, op_arg(&args, 1, "embedding")?);
+                        let (ids, table) = (
+                            op_arg(&args, 0, "embedding")?,
+                            op_arg(&args, 1, "embedding")?,
+                        );
                         let width = table.shape[1];
                         let out = layers::embedding(ids.as_i32(), arg_f32(table)?, width)?;
                         vec![Tensor::f32(vec![ids.len(), width], out)]

@@ -67,10 +67,7 @@ impl Matmul {
         let y = self.width().div_ceil(TILE_N as u64) as u32;
         let (items, extra) = match self.rows {
             Rows::Plain { rows } => (rows, 0),
-            Rows::Stacked { experts, .. } => (
-                Dim::TOKENS.scale(experts),
-                experts as u32,
-            ),
+            Rows::Stacked { experts, .. } => (Dim::TOKENS.scale(experts), experts as u32),
             Rows::Grouped { experts, rows } => (rows, experts as u32 + 1),
         };
         Workgroups::Tiles {

@@ -86,10 +86,7 @@ pub(super) fn router(r: &RouterAttrs, experts: u64) -> Result<Module, fmt::Error
 pub(super) fn capacity(k: u64, policy: DropPolicy) -> Result<Module, fmt::Error> {
     let mut m = Module::new("capacity: drop slots over their expert's limit", false)?;
     m.bind_all(&[read("idx", I32), read("w", F32), write("out", I32)])?;
-    m.stride_loop(
-        Dim::TOKENS.scale(k),
-        SIZE,
-    )?;
+    m.stride_loop(Dim::TOKENS.scale(k), SIZE)?;
     let before = match policy {
         DropPolicy::Arrival => "arrival2 < arrival",
         DropPolicy::Score => "w[s2] > w[i] || (w[s2] == w[i] && arrival2 < arrival)",
@@ -108,10 +105,7 @@ pub(super) fn expert_choice(experts: u64) -> Result<Module, fmt::Error> {
     let mut m = Module::new("expert choice: each expert takes its best tokens", false)?;
     m.bind_all(&[read("s", F32), write("scores", F32), write("slots", I32)])?;
     selection_helpers(&mut m)?;
-    m.stride_loop(
-        Dim::TOKENS.scale(experts),
-        SIZE,
-    )?;
+    m.stride_loop(Dim::TOKENS.scale(experts), SIZE)?;
     writeln!(
         m,
         "        let t = i / {experts}u;\n        let e = i % {experts}u;\n        let v = key(s[i]);\n        var rank = 0u;\n        for (var t2 = 0u; t2 < tokens; t2++) {{\n            let v2 = key(s[t2 * {experts}u + e]);\n            if (v2 > v || (v2 == v && t2 < t)) {{\n                rank++;\n            }}\n        }}\n        scores[i] = s[i];\n        slots[i] = select(-1, i32(e), rank < params.capacity);"
