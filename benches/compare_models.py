@@ -328,7 +328,8 @@ def worker_llama(args):
     from llama_cpp import Llama
 
     llm = Llama(model_path=args.gguf, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=args.threads,
-                n_threads_batch=args.threads, logits_all=False, verbose=False, seed=0)
+                n_threads_batch=args.threads, logits_all=False, verbose=False, seed=0,
+                flash_attn=args.impl == "flash-attn")
     ids = prompt_ids(args.prompt_len)
 
     def last_logits():
@@ -507,6 +508,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--experts", default="eager,grouped_mm", help="transformers experts implementations")
     ap.add_argument("--dtypes", default="f32,bf16")
+    ap.add_argument("--llama-fa", default="off,on",
+                    help="llama.cpp flash attention: off (llama-cpp-python's default), on, or both")
     ap.add_argument("--skip", default="", help="contenders to leave out: moec,transformers,llama.cpp")
     ap.add_argument("--quiet-load", type=float, default=0.7, help="wait for a 1-minute load average at most this")
     ap.add_argument("--max-wait", type=float, default=1200, help="seconds of waiting for quiet, in all")
@@ -529,7 +532,7 @@ def main():
         return worker_llama(args)
     if args.quick:
         args.prompt_len, args.new_tokens, args.repeats, args.warmup = 64, 8, 1, 0
-        args.experts, args.no_write, args.max_wait = "eager", True, 0
+        args.experts, args.llama_fa, args.no_write, args.max_wait = "eager", "off", True, 0
     dtypes = args.dtypes.split(",")
     impls = [e for e in args.experts.split(",") if e]
     skip = set(filter(None, args.skip.split(",")))
@@ -561,26 +564,26 @@ def main():
     if "moec" not in skip:
         spec, sets, spec_how = moec_spec(moec, data, ckpt["f32"])
         log(f"moec: {spec_how}")
-        gen_help = sh([moec, "generate", "--help"]).stdout
         for d in dtypes:
-            extra = ["--weight-dtype", "bf16"] if d == "bf16" and "--weight-dtype" in gen_help else []
             quiet.wait(f"moec {d}")
             load = loadavg()
-            res, shown = run_moec(moec, spec, sets, ckpt[d], extra, args)
-            res.update(load=load, weight_dtype="bf16" if extra else "f32")
+            res, shown = run_moec(moec, spec, sets, ckpt[d], [], args)
+            # The CPU backend packs bf16 panels for every matmul whose weights are all bf16 values.
+            res.update(load=load, weight_dtype=d)
             results[(d, "moec")] = res
             commands.append(shown)
 
     contenders = [] if "transformers" in skip else [(f"transformers {i}", "torch", i) for i in impls]
     if lver:
-        contenders.append(("llama.cpp", "llama", None))
+        contenders += [("llama.cpp" + ("" if fa == "off" else " flash-attn"), "llama",
+                        "flash-attn" if fa == "on" else "off") for fa in args.llama_fa.split(",") if fa]
     for d in dtypes:
         for name, kind, impl in contenders:
             cmd = [sys.executable, SCRIPT, "--worker", kind, "--dtype", d, *common]
             if kind == "torch":
                 cmd += ["--ckpt", ckpt[d], "--impl", impl] + (["--generate-check"] if not args.quick else [])
             else:
-                cmd += ["--gguf", gguf[d]]
+                cmd += ["--gguf", gguf[d], "--impl", impl]
             quiet.wait(f"{name} {d}")
             load = loadavg()
             res = sh(cmd)
@@ -625,7 +628,7 @@ def main():
             mp = med(m["runs"], "prefill") if m else None
             md_ = med(m["runs"], "decode") if m else None
             rows.append([
-                d, name + (" (bf16 read as f32)" if name == "moec" and wdt != d else ""),
+                d, name,
                 f"{pre:.1f}", f"{dec:.2f}",
                 "—" if name == "moec" or mp is None else f"{mp / pre:.2f}×",
                 "—" if name == "moec" or md_ is None else f"{md_ / dec:.2f}×",
@@ -637,11 +640,12 @@ def main():
     t_head = ["target"] + dtypes
     t_rows = []
     if "moec" not in skip:
-        row1, row2, row3 = ["decode ≥ llama.cpp"], [f"decode weight stream ≥ {TARGET_BW:.0%} of read BW"], \
+        row1, row2, row3 = ["decode ≥ llama.cpp (its faster row)"], [f"decode weight stream ≥ {TARGET_BW:.0%} of read BW"], \
             [f"prefill({args.prompt_len}) ≥ {TARGET_PREFILL}× faster transformers"]
         for d in dtypes:
             m = summary.get(f"{d} moec")
-            l = summary.get(f"{d} llama.cpp")
+            lc = [summary[k] for k in summary if k.startswith(f"{d} llama.cpp")]
+            l = max(lc, key=lambda s: s["decode"]) if lc else None
             row1.append("—" if not (m and l) else
                         f"{m['decode'] / l['decode']:.2f}× " + ("met" if m["decode"] >= l["decode"] else "**missed**"))
             row2.append("—" if not (m and bw) else
@@ -694,7 +698,7 @@ def main():
     except OSError:
         rustc = "rustc: not found"
     tf = next((v for k, v in results.items() if k[1].startswith("transformers")), None)
-    ll = next((v for k, v in results.items() if k[1] == "llama.cpp"), None)
+    ll = next((v for k, v in results.items() if k[1].startswith("llama.cpp")), None)
     versions = [moec_version + f" ({rustc})"]
     if tf:
         versions.append(f"torch {tf['torch']}, transformers {tf['transformers']}")
@@ -732,7 +736,9 @@ def main():
         "the same way (wall clock) for transformers (a forward over the prompt with a `DynamicCache` and "
         "`logits_to_keep=1`, as `generate` does, then single-token forwards; "
         + ("same ids as `model.generate(do_sample=False)`" if gen_ok else "**ids differ from `model.generate`**")
-        + ") and llama.cpp (`Llama.eval`, prompt in one batch of 512). moec's numbers are the ones "
+        + ") and llama.cpp (`Llama.eval`, the prompt in one batch of 512, KV cache f16 (its default), flash "
+        "attention off (llama-cpp-python's default) or on (the `flash-attn` rows); the GGUF file's tensors are "
+        "those of the checkpoint, norms and router in f32). moec's numbers are the ones "
         "`moec generate --json` prints (one process per run: a cold session each time).",
         f"- 1-minute load average when each section started (threshold {args.quiet_load}, polled every 30 s): "
         f"{loads}." + (f" **Never quiet for: {', '.join(noisy)}**." if noisy else ""),
@@ -750,9 +756,9 @@ def main():
         "transformers eager's at the same precision (random weights give small logit gaps, so bf16 rounding "
         "differences soon change a choice).",
     ]
-    if any(r.get("weight_dtype") == "f32" for k, r in results.items() if k[0] == "bf16" and k[1] == "moec"):
-        md.append("`moec generate` has no `--weight-dtype`: it widens the bf16 checkpoint to f32 when binding "
-                  "weights, so its bf16 row streams f32 weights (its bytes counted as f32).")
+    md.append("moec reads the bf16 checkpoint widened to f32 and its CPU backend packs bf16 panels for every "
+              "matmul whose weights are all bf16 values (here all of them, lm_head and router included), so its "
+              "bf16 row streams bf16 weights; the embedding table stays f32 (one row per token).")
     if t_rows:
         md += ["", "Targets:", "", markdown(t_head, t_rows)]
     if breakdown:

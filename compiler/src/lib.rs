@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod config;
 pub mod diagnostic;
+pub mod driver;
 pub mod interp;
 pub mod ir;
 pub mod lower;

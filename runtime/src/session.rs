@@ -9,14 +9,17 @@
 //! and token ids outside the vocabulary, before anything runs.
 //! It does not tokenize or sample: `generate` builds on it.
 
+use crate::budget::{available_memory, MemoryNeeds};
 use crate::cpu::CpuModel;
 use crate::generate::{BoxError, Decoder};
+use crate::weights::{bind, WeightSource};
 use moec_compiler::interp::{self, State};
 use moec_compiler::ir::{DType, Graph, Op};
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::path::Path;
+use std::rc::Rc;
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +45,10 @@ pub enum SessionError {
     NotALanguageModel(String),
     /// The backend failed to compile or run the graph.
     Backend(String),
+    /// The checkpoint's weights are missing, mis-shaped or unreadable.
+    Weights(String),
+    /// The model would not fit in the memory available.
+    Memory(String),
 }
 
 impl fmt::Display for SessionError {
@@ -51,7 +58,10 @@ impl fmt::Display for SessionError {
                 f,
                 "{new} new tokens after {held} do not fit: this model holds at most {limit} positions (max_position_embeddings)"
             ),
-            SessionError::Input(m) | SessionError::Backend(m) => f.write_str(m),
+            SessionError::Input(m)
+            | SessionError::Backend(m)
+            | SessionError::Weights(m)
+            | SessionError::Memory(m) => f.write_str(m),
             SessionError::NotALanguageModel(m) => write!(f, "not a language model: {m}"),
         }
     }
@@ -71,6 +81,23 @@ pub struct Model {
 }
 
 impl Model {
+    /// Opens `graph` on the checkpoint at `weights` (a directory, a safetensors
+    /// file or a sharded index): checks first that the weights, the KV caches at
+    /// the position limit and the activations fit in the memory available, then
+    /// binds the weights and prepares them for `engine`.
+    pub fn open(graph: Graph, weights: &Path, engine: Engine) -> Result<Model, SessionError> {
+        let bound = load_weights(&graph, weights, engine)?;
+        Model::new(graph, bound, engine)
+    }
+
+    /// A model on CPU code prepared elsewhere (kernels linked ahead of time).
+    pub fn from_cpu(graph: Graph, cpu: CpuModel) -> Model {
+        Model {
+            graph,
+            prepared: Prepared::Cpu(Box::new(cpu)),
+        }
+    }
+
     /// Prepares `graph` (optimized or not) with its bound `weights` for `engine`.
     pub fn new(graph: Graph, weights: Vec<Tensor>, engine: Engine) -> Result<Model, SessionError> {
         interp::check_weights(&graph, &weights).map_err(SessionError::Input)?;
@@ -98,10 +125,10 @@ impl Model {
 
     /// A new session with nothing cached, holding at most `limit` positions (the
     /// model's own limit when None or larger). Sessions share the model.
-    pub fn session(self: &Arc<Model>, limit: Option<usize>) -> Session {
+    pub fn session(self: &Rc<Model>, limit: Option<usize>) -> Session {
         let own = self.max_positions().unwrap_or(usize::MAX);
         Session {
-            model: Arc::clone(self),
+            model: Rc::clone(self),
             state: State::new(&self.graph),
             limit: limit.map_or(own, |l| l.min(own)),
         }
@@ -121,9 +148,26 @@ impl Model {
     }
 }
 
+/// The weights of `graph` from the checkpoint at `weights` (a directory, a
+/// safetensors file or a sharded index), after checking that they, the KV caches
+/// at the position limit and the activations fit in the memory available.
+pub fn load_weights(
+    graph: &Graph,
+    weights: &Path,
+    engine: Engine,
+) -> Result<Vec<Tensor>, SessionError> {
+    let positions = graph.max_positions.unwrap_or(0) as usize;
+    let needs = MemoryNeeds::of(graph, engine, positions.max(1), positions);
+    if let Some(available) = available_memory() {
+        needs.check(available).map_err(SessionError::Memory)?;
+    }
+    let source = WeightSource::open(weights).map_err(|e| SessionError::Weights(e.to_string()))?;
+    bind(&graph.weights, &source).map_err(|e| SessionError::Weights(e.to_string()))
+}
+
 /// One sequence on a model: its KV caches and how many positions they hold.
 pub struct Session {
-    model: Arc<Model>,
+    model: Rc<Model>,
     state: State,
     limit: usize,
 }

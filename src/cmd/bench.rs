@@ -115,8 +115,12 @@ pub fn main(args: Args) -> Result<(), String> {
         &[(Passes::All, "scheduled"), (Passes::None, "dense")]
     };
     for &(passes, label) in graphs {
-        let mut g = super::load(&args.spec, args.weights.as_deref())?.graph;
-        super::optimize(&mut g, super::upto(passes, None)?)?;
+        let g = super::compile(
+            &args.spec,
+            args.weights.as_deref(),
+            super::upto(passes, None)?,
+        )?
+        .graph;
         let weights = match &source {
             Some(source) => bind(&g.weights, source).map_err(|e| e.to_string())?,
             None => random_weights(&g.weights, args.seed),

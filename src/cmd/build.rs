@@ -56,8 +56,8 @@ const SYSTEM_LIBS: &[&str] = &[
 const LIB: &str = "libmoec_runtime.a";
 
 pub fn main(args: Args) -> Result<(), String> {
-    let mut g = super::load(&args.spec, args.config.weights.as_deref())?.graph;
-    super::optimize(&mut g, super::upto(args.passes.passes, None)?)?;
+    let upto = super::upto(args.passes.passes, None)?;
+    let g = super::compile(&args.spec, args.config.weights.as_deref(), upto)?.graph;
     let lib = runtime_lib(args.runtime_lib)?;
     let isa = host_isa(true)?;
     let program = clif::lower(&g, &target(&isa));

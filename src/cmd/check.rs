@@ -4,6 +4,7 @@
 
 use super::SpecArgs;
 use moec_compiler::lower::{Const, ParamSource};
+use moec_compiler::passes::Upto;
 use moec_runtime::weights::{bind, unused, WeightSource};
 use std::path::PathBuf;
 
@@ -18,7 +19,7 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> Result<(), String> {
-    let lowered = super::load(&args.spec, args.weights.as_deref())?;
+    let lowered = super::compile(&args.spec, args.weights.as_deref(), Upto::None)?;
     let g = &lowered.graph;
     moec_compiler::verify::verify(g)
         .map_err(|e| format!("internal error: the lowered graph is invalid: {e}"))?;

@@ -47,8 +47,8 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> Result<(), String> {
-    let mut g = super::load(&args.spec, args.config.weights.as_deref())?.graph;
-    super::optimize(&mut g, super::upto(args.passes.passes, None)?)?;
+    let upto = super::upto(args.passes.passes, None)?;
+    let g = super::compile(&args.spec, args.config.weights.as_deref(), upto)?.graph;
     let files: Vec<(String, String)> = match args.target {
         Target::Clif => clif_text(&g, &ClifTarget::default())
             .into_iter()

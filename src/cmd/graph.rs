@@ -4,6 +4,7 @@
 
 use super::{ConfigArgs, PassArgs, SpecArgs};
 use clap::ValueEnum;
+use moec_compiler::passes::{run_pipeline, Upto};
 use moec_compiler::{print, stats};
 use std::io::Write;
 
@@ -38,9 +39,9 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<(), String> {
     let upto = super::upto(args.passes.passes, args.after.as_deref())?;
-    let dense = super::load(&args.spec, args.config.weights.as_deref())?.graph;
+    let dense = super::compile(&args.spec, args.config.weights.as_deref(), Upto::None)?.graph;
     let mut g = dense.clone();
-    super::optimize(&mut g, upto)?;
+    run_pipeline(&mut g, upto, true).map_err(|e| format!("internal error: {e}"))?;
     let text = if args.stats {
         stats::table(
             &stats::stats(&g, args.tokens),

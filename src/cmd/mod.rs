@@ -11,11 +11,8 @@ pub mod graph;
 pub mod run;
 
 use clap::{Args as ClapArgs, ValueEnum};
-use moec_compiler::config::HfConfig;
-use moec_compiler::diagnostic::Diagnostic;
-use moec_compiler::ir::Graph;
-use moec_compiler::lower::{lower, Lowered, ParamInputs};
-use moec_compiler::passes::{self, run_pipeline, Upto};
+use moec_compiler::driver::{Compiled, Compiler};
+use moec_compiler::passes::{self, Upto};
 use moec_compiler::tensor::Tensor;
 use moec_runtime::random::round_to_bf16;
 use std::path::{Path, PathBuf};
@@ -91,33 +88,21 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
-/// Reads and lowers the spec, its params taken from the config.json of the checkpoint
-/// directory `weights` (if it has one) and `--set`; errors come back rendered.
-pub fn load(args: &SpecArgs, weights: Option<&Path>) -> Result<Lowered, String> {
-    let name = args.spec.display().to_string();
-    let source = std::fs::read_to_string(&args.spec)
-        .map_err(|e| format!("{name}: cannot read the spec: {e}"))?;
-    let config = match weights {
-        Some(dir) if dir.is_dir() => HfConfig::open(dir).map_err(|e| e.to_string())?,
-        _ => None,
-    };
-    let inputs = ParamInputs {
-        sets: args.sets.clone(),
-        config,
-    };
-    let lowered = moec_grammar::parse(&source)
-        .map_err(Diagnostic::from)
-        .and_then(|spec| lower(&spec, &inputs))
-        .map_err(|d| d.render(&name, &source))?;
-    for note in &lowered.notes {
-        eprintln!(
-            "{}",
-            note.render(&name, &source)
-                .replacen("×", "note:", 1)
-                .trim_end()
-        );
+/// Compiles the spec through `upto` of the pipeline, with params from the config.json
+/// of `weights` (a checkpoint directory, if it has one) and `--set`; notes go to
+/// stderr, errors come back rendered.
+pub fn compile(args: &SpecArgs, weights: Option<&Path>, upto: Upto) -> Result<Compiled, String> {
+    let mut compiler = Compiler::new().sets(args.sets.clone()).upto(upto);
+    if let Some(dir) = weights.filter(|w| w.is_dir()) {
+        compiler = compiler.checkpoint(dir);
     }
-    Ok(lowered)
+    let compiled = compiler
+        .compile_file(&args.spec)
+        .map_err(|e| e.to_string())?;
+    for note in &compiled.notes {
+        eprintln!("{}", note.replacen("×", "note:", 1).trim_end());
+    }
+    Ok(compiled)
 }
 
 /// Which passes a command runs.
@@ -152,30 +137,15 @@ pub fn upto<'a>(passes: Passes, after: Option<&'a str>) -> Result<Upto<'a>, Stri
     }
 }
 
-/// Runs the pipeline up to `upto`, verifying after every step: a failure is a compiler bug.
-pub fn optimize(g: &mut Graph, upto: Upto) -> Result<(), String> {
-    run_pipeline(g, upto, true).map_err(|e| format!("internal error: {e}"))
-}
-
-/// Compiles the spec (every pass), checks that the model fits in the memory
-/// available, binds the weights at `weights` and prepares them for `engine`.
+/// Compiles the spec with the params of the checkpoint at `weights` and opens it
+/// on `engine` (memory checked, weights bound and prepared).
 pub fn open_model(
     spec: &SpecArgs,
-    weights: &std::path::Path,
+    weights: &Path,
     engine: moec_runtime::session::Engine,
-) -> Result<std::sync::Arc<moec_runtime::session::Model>, String> {
-    use moec_runtime::budget::{available_memory, MemoryNeeds};
-    use moec_runtime::weights::{bind, WeightSource};
-    let mut g = load(spec, Some(weights))?.graph;
-    optimize(&mut g, Upto::All)?;
-    let positions = g.max_positions.unwrap_or(0) as usize;
-    let needs = MemoryNeeds::of(&g, engine, positions.max(1), positions);
-    if let Some(available) = available_memory() {
-        needs.check(available)?;
-    }
-    let source = WeightSource::open(weights).map_err(|e| e.to_string())?;
-    let bound = bind(&g.weights, &source).map_err(|e| e.to_string())?;
-    moec_runtime::session::Model::new(g, bound, engine)
-        .map(std::sync::Arc::new)
+) -> Result<std::rc::Rc<moec_runtime::session::Model>, String> {
+    let g = compile(spec, Some(weights), Upto::All)?.graph;
+    moec_runtime::session::Model::open(g, weights, engine)
+        .map(std::rc::Rc::new)
         .map_err(|e| e.to_string())
 }

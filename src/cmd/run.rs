@@ -46,8 +46,8 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<(), String> {
     let gpu_options = super::gpu_options(args.backend, args.f16_weights)?;
-    let mut g = super::load(&args.spec, args.weights.as_deref())?.graph;
-    super::optimize(&mut g, super::upto(args.passes.passes, None)?)?;
+    let upto = super::upto(args.passes.passes, None)?;
+    let g = super::compile(&args.spec, args.weights.as_deref(), upto)?.graph;
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => {
             let source = WeightSource::open(path).map_err(|e| e.to_string())?;

@@ -1,0 +1,193 @@
+//! Whole models against Hugging Face transformers: every checkpoint in
+//! `tests/fixtures/models/<case>/` (written by transformers' own
+//! `save_pretrained`, with expected outputs from transformers, made by
+//! `make_model_fixtures.py`) is compiled from `models/<model_type>.moe` with the
+//! params of its config.json, and run on the interpreter and the CPU backend:
+//! - the logits of one forward pass over the prompt;
+//! - greedy decoding through the KV cache (prefill, then one token per call):
+//!   each step's logits and the chosen ids, as `model.generate(do_sample=False)`;
+//! - the same ids without the cache: every step recomputed from the whole sequence.
+
+use moec_compiler::driver::Compiler;
+use moec_compiler::tensor::{Tensor, TensorData};
+use moec_runtime::io::read_tensors;
+use moec_runtime::session::{Engine, Model, Session};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// (fixture directory, model spec).
+const CASES: &[(&str, &str)] = &[
+    ("mixtral", "mixtral"),
+    ("qwen2_moe", "qwen2_moe"),
+    ("qwen3_moe", "qwen3_moe"),
+    ("qwen3_moe_tied", "qwen3_moe"),
+    ("olmoe", "olmoe"),
+];
+
+const ENGINES: &[Engine] = &[Engine::Interp, Engine::Cpu { threads: Some(2) }];
+
+/// Largest |a − b| relative to the largest |b|.
+const TOLERANCE: f32 = 1e-4;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Fixture {
+    dir: PathBuf,
+    prompt: Vec<i32>,
+    greedy: Vec<i32>,
+    logits: Tensor,
+    decode_logits: Tensor,
+}
+
+fn fixture(case: &str) -> Fixture {
+    let dir = root().join("tests/fixtures/models").join(case);
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids = |k: &str| -> Vec<i32> {
+        expected[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap() as i32)
+            .collect()
+    };
+    let mut tensors = read_tensors(&dir.join("expected.safetensors")).unwrap();
+    Fixture {
+        prompt: ids("prompt_ids"),
+        greedy: ids("greedy_ids"),
+        logits: tensors.remove("logits").unwrap(),
+        decode_logits: tensors.remove("decode_logits").unwrap(),
+        dir,
+    }
+}
+
+fn open(case: &str, spec: &str, f: &Fixture, engine: Engine) -> Rc<Model> {
+    let compiled = Compiler::new()
+        .checkpoint(&f.dir)
+        .compile_file(&root().join("models").join(format!("{spec}.moe")))
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    Rc::new(Model::open(compiled.graph, &f.dir, engine).unwrap_or_else(|e| panic!("{case}: {e}")))
+}
+
+fn f32s(t: &Tensor) -> &[f32] {
+    match &t.data {
+        TensorData::F32(v) => v,
+        TensorData::I32(_) => panic!("expected f32"),
+    }
+}
+
+/// Relative error of `got` against `want`, rows of equal width.
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / max
+}
+
+fn argmax(row: &[f32]) -> i32 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as i32
+}
+
+fn last_row(logits: &Tensor) -> &[f32] {
+    let v = f32s(logits);
+    &v[v.len() - logits.shape[1]..]
+}
+
+fn logits(session: &mut Session, ids: &[i32]) -> Tensor {
+    session.forward(ids).unwrap()
+}
+
+#[test]
+fn forward_logits_match_transformers() {
+    for &(case, spec) in CASES {
+        let f = fixture(case);
+        for &engine in ENGINES {
+            let model = open(case, spec, &f, engine);
+            let got = logits(&mut model.session(None), &f.prompt);
+            assert_eq!(got.shape, f.logits.shape, "{case} {engine:?}");
+            let err = rel_err(f32s(&got), f32s(&f.logits));
+            assert!(err <= TOLERANCE, "{case} {engine:?}: logits off by {err:e}");
+        }
+    }
+}
+
+#[test]
+fn greedy_decoding_with_the_cache_matches_generate() {
+    for &(case, spec) in CASES {
+        let f = fixture(case);
+        let vocab = f.logits.shape[1];
+        for &engine in ENGINES {
+            let model = open(case, spec, &f, engine);
+            let mut session = model.session(None);
+            let mut step = logits(&mut session, &f.prompt);
+            let mut ids = Vec::new();
+            for i in 0..f.greedy.len() {
+                let want = &f32s(&f.decode_logits)[i * vocab..(i + 1) * vocab];
+                let err = rel_err(last_row(&step), want);
+                assert!(
+                    err <= TOLERANCE,
+                    "{case} {engine:?} step {i}: off by {err:e}"
+                );
+                let id = argmax(last_row(&step));
+                ids.push(id);
+                step = logits(&mut session, &[id]);
+            }
+            assert_eq!(ids, f.greedy, "{case} {engine:?}");
+            assert_eq!(session.position(), f.prompt.len() + f.greedy.len());
+        }
+    }
+}
+
+#[test]
+fn decoding_without_the_cache_gives_the_same_ids() {
+    for &(case, spec) in CASES {
+        let f = fixture(case);
+        let model = open(case, spec, &f, Engine::Cpu { threads: Some(2) });
+        let mut seq = f.prompt.clone();
+        for (i, want) in f.greedy.iter().enumerate() {
+            let got = argmax(last_row(&logits(&mut model.session(None), &seq)));
+            assert_eq!(got, *want, "{case} step {i}");
+            seq.push(got);
+        }
+    }
+}
+
+#[test]
+fn a_call_past_the_position_limit_is_refused_and_changes_nothing() {
+    let f = fixture("mixtral");
+    let model = open("mixtral", "mixtral", &f, Engine::Interp);
+    let mut session = model.session(Some(12));
+    let before = logits(&mut session, &f.prompt);
+    let err = session.forward(&[5, 6]).unwrap_err().to_string();
+    assert!(
+        err.contains("2 new tokens after 11") && err.contains("at most 12 positions"),
+        "{err}"
+    );
+    assert_eq!(session.position(), 11);
+    let next = logits(&mut session, &[argmax(last_row(&before))]);
+    assert_eq!(argmax(last_row(&next)), f.greedy[1]);
+}
+
+#[test]
+fn token_ids_outside_the_vocabulary_are_refused() {
+    let f = fixture("mixtral");
+    let model = open("mixtral", "mixtral", &f, Engine::Cpu { threads: Some(1) });
+    let mut session = model.session(None);
+    let err = session.forward(&[1, 320]).unwrap_err().to_string();
+    assert!(
+        err.contains("token id 320") && err.contains("vocabulary of 320"),
+        "{err}"
+    );
+    assert_eq!(session.position(), 0);
+}
