@@ -8,7 +8,9 @@ mod backends;
 #[path = "../compiler/tests/common/mod.rs"]
 mod common;
 
-use backends::{example, example_cases, graph, random_layer, routing_cases, REL};
+use backends::{
+    clamped_glu_cases, example, example_cases, graph, random_layer, routing_cases, REL,
+};
 use common::{assert_outputs_close, inputs, small_dims, weights};
 use moec_compiler::interp;
 use moec_compiler::ir::Graph;
@@ -60,6 +62,13 @@ fn bf16_weights_match_the_interpreter() {
         let g = graph(&source, &small_dims(&source), Upto::All);
         let w: Vec<Tensor> = weights(&g, 5).into_iter().map(round_to_bf16).collect();
         check(&g, &w, &TOKENS, &format!("{name} bf16"));
+    }
+}
+
+#[test]
+fn clamped_glu_epilogue_matches() {
+    for c in clamped_glu_cases() {
+        check(&c.graph, &c.weights, &c.tokens, &c.what);
     }
 }
 

@@ -8,7 +8,9 @@ mod backends;
 #[path = "../compiler/tests/common/mod.rs"]
 mod common;
 
-use backends::{example, example_cases, graph, random_layer, routing_cases, REL};
+use backends::{
+    clamped_glu_cases, example, example_cases, graph, random_layer, routing_cases, REL,
+};
 use common::{assert_outputs_close, inputs, small_dims, weights};
 use moec_compiler::interp;
 use moec_compiler::ir::Graph;
@@ -51,6 +53,13 @@ fn check_with(
 #[test]
 fn examples_match_the_interpreter() {
     for c in example_cases(&TOKENS) {
+        check(&c.graph, &c.weights, &c.tokens, &c.what);
+    }
+}
+
+#[test]
+fn clamped_glu_epilogue_matches() {
+    for c in clamped_glu_cases() {
         check(&c.graph, &c.weights, &c.tokens, &c.what);
     }
 }

@@ -11,7 +11,7 @@ use cranelift_codegen::settings;
 use cranelift_codegen::verify_function;
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16, PANEL};
 use moec_compiler::backend::clif::{clif_text, lower, matmul, MatmulShape, Target, WeightDType};
-use moec_compiler::ir::{Epilogue, UnaryOp};
+use moec_compiler::ir::{Epilogue, F32Bits, UnaryOp};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::{run_pipeline, Upto};
 use std::path::PathBuf;
@@ -82,6 +82,10 @@ fn shape_sweep_verifies() {
         Epilogue::Glu(UnaryOp::Silu),
         Epilogue::Glu(UnaryOp::GeluTanh),
         Epilogue::Act(UnaryOp::Sigmoid),
+        Epilogue::ClampedGlu {
+            alpha: F32Bits::new(1.702),
+            limit: F32Bits::new(7.0),
+        },
     ];
     for epilogue in epilogues {
         for (k, n) in [(1, 2), (3, 6), (8, 16), (13, 22)] {

@@ -393,3 +393,95 @@ fn min_and_max_propagate_nan() {
     assert_eq!(out["hi"].as_f32()[1], 3.0);
     assert_eq!(out["c"].as_f32()[1], 1.0);
 }
+
+/// GPT-OSS's MoE block by hand: top-2 of 2 experts on the biased logits, softmax over the
+/// two, clamped GLU experts with biases, the down bias scaled by the routing weight. Run
+/// as lowered and after the pass pipeline (the clamped-GLU epilogue of a grouped matmul).
+#[test]
+fn clamped_glu_experts_by_hand() {
+    let spec = "model m { param limit = 1.0 param alpha = 1.702 input x: f32[tokens, 2]
+        expert e(h: [n, 2]) -> [n, 2] {
+          let gate = linear(h, 2, bias = true) let up = linear(h, 2, bias = true)
+          let g = min(gate, limit) let u = clamp(up, -limit, limit)
+          let down = linear((u + 1) * (g * sigmoid(alpha * g)), 2, bias = true) return down }
+        router router(h: [n, 2]) { logits = linear(h, 2, bias = true)
+          scores = softmax(logits, after_topk = true) select = topk(logits, 2) }
+        let y = moe(x, experts = 2 * e, router = router) output y
+        weights { router.logits = \"r\" router.logits.bias = \"rb\"
+          experts[e].gate = \"g{e}\" experts[e].gate.bias = \"gb{e}\"
+          experts[e].up = \"u{e}\" experts[e].up.bias = \"ub{e}\"
+          experts[e].down = \"d{e}\" experts[e].down.bias = \"db{e}\" } }";
+    let mats = |e: usize, s: f32| -> Vec<f32> {
+        (0..4)
+            .map(|i| s * (1.0 + i as f32 + e as f32) * if i % 3 == 0 { 1.0 } else { -0.5 })
+            .collect()
+    };
+    let mut w: Vec<(String, Vec<f32>)> = vec![
+        ("r".into(), vec![1.0, -1.0, 0.5, 2.0]),
+        ("rb".into(), vec![0.25, -0.5]),
+    ];
+    for e in 0..2 {
+        w.push((format!("g{e}"), mats(e, 0.9)));
+        w.push((format!("gb{e}"), vec![0.1, -0.2]));
+        w.push((format!("u{e}"), mats(e, -1.1)));
+        w.push((format!("ub{e}"), vec![0.3, 0.05]));
+        w.push((format!("d{e}"), mats(e, 0.4)));
+        w.push((format!("db{e}"), vec![0.5, -0.25 * e as f32]));
+    }
+    let named: Vec<(&str, Vec<f32>)> = w.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+    let find = |n: &str| w.iter().find(|(k, _)| k == n).unwrap().1.clone();
+    let xs = tokens();
+    // Gate above the limit, up above it, up below its negative: each must occur.
+    let mut hits = [0; 3];
+    let want: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let add = |a: Vec<f32>, b: Vec<f32>| -> Vec<f32> {
+                a.iter().zip(&b).map(|(a, b)| a + b).collect()
+            };
+            let p = softmax(&add(matvec(&find("r"), x), find("rb")));
+            let mut y = vec![0.0f32; 2];
+            for (e, pe) in p.iter().enumerate() {
+                let gate = add(matvec(&find(&format!("g{e}")), x), find(&format!("gb{e}")));
+                let up = add(matvec(&find(&format!("u{e}")), x), find(&format!("ub{e}")));
+                let h: Vec<f32> = gate
+                    .iter()
+                    .zip(&up)
+                    .map(|(g, u)| {
+                        hits[0] += usize::from(*g > 1.0);
+                        hits[1] += usize::from(*u > 1.0);
+                        hits[2] += usize::from(*u < -1.0);
+                        let g = g.min(1.0);
+                        let u = u.clamp(-1.0, 1.0);
+                        (u + 1.0) * g * sigmoid(1.702 * g)
+                    })
+                    .collect();
+                let out = add(matvec(&find(&format!("d{e}")), &h), find(&format!("db{e}")));
+                for (y, o) in y.iter_mut().zip(&out) {
+                    *y += pe * o;
+                }
+            }
+            y
+        })
+        .collect();
+    assert!(hits.iter().all(|h| *h > 0), "clamps hit: {hits:?}");
+    assert_close(&run(spec, &named, &xs)["y"], &want);
+
+    let mut g = lower_source(spec, &[]).unwrap().graph;
+    moec_compiler::passes::run_pipeline(&mut g, moec_compiler::passes::Upto::All, true).unwrap();
+    assert!(g.g.node_weights().any(|n| matches!(
+        n.op,
+        moec_compiler::ir::Op::GroupedLinear {
+            epilogue: moec_compiler::ir::Epilogue::ClampedGlu { .. },
+            ..
+        }
+    )));
+    let bound: Vec<Tensor> = g
+        .weights
+        .iter()
+        .map(|d| Tensor::f32(d.shape.clone(), find(&d.tensor)))
+        .collect();
+    let input = Tensor::f32(vec![xs.len(), 2], xs.concat());
+    let out = interp::run(&g, &bound, &BTreeMap::from([("x".to_string(), input)])).unwrap();
+    assert_close(&out["y"], &want);
+}

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{assert_outputs_close, inputs, small_dims, weights};
-use moec_compiler::ir::{Dim, Graph, Op};
+use moec_compiler::ir::{Dim, Epilogue, F32Bits, Graph, Op};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::{fuse_experts, fuse_router, schedule, PassFn};
 use moec_compiler::{interp, verify};
@@ -268,4 +268,63 @@ fn an_unreadable_expert_leaves_its_layer_dense_and_equal() {
     assert_eq!(count(&g, |o| *o == Op::DenseCombine), 1);
     // The router still fuses; the shared expert is not reached without a fused combine.
     assert_eq!(count(&g, |o| matches!(o, Op::Router(_))), 1);
+}
+
+/// GPT-OSS's experts with a limit small enough that random activations hit every clamp.
+fn clamped_spec(product: &str) -> String {
+    format!(
+        "model m {{ input x: f32[tokens, 6]
+           expert e(h: [n, 6]) -> [n, 6] {{
+             let a = linear(h, 10, bias = true) let b = linear(h, 10, bias = true)
+             let g = min(a, 0.3) let u = b
+             let c = linear({product}, 6, bias = true) return c }}
+           router r(h: [n, 6]) {{ logits = linear(h, 8, bias = true)
+             scores = softmax(logits, after_topk = true) select = topk(logits, 2) }}
+           let y = moe(x, experts = 8 * e, router = r) output y }}"
+    )
+}
+
+#[test]
+fn clamped_glu_experts_fuse_and_stay_equal() {
+    let clamped = |o: &Op| {
+        matches!(
+            o,
+            Op::GroupedLinear {
+                epilogue: Epilogue::ClampedGlu { .. },
+                bias: true,
+                ..
+            }
+        )
+    };
+    for product in [
+        "(clamp(u, -0.3, 0.3) + 1) * (g * sigmoid(1.702 * g))",
+        "(sigmoid(g * 1.702) * g) * (1 + min(max(u, -0.3), 0.3))",
+    ] {
+        let g = check_spec(&clamped_spec(product));
+        assert_eq!(count(&g, clamped), 1, "{product}");
+        assert_eq!(count(&g, |o| *o == Op::DenseCombine), 0, "{product}");
+        let Some(Op::GroupedLinear { epilogue, .. }) =
+            g.g.node_weights().map(|n| &n.op).find(|o| clamped(o))
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            *epilogue,
+            Epilogue::ClampedGlu {
+                alpha: F32Bits::new(1.702),
+                limit: F32Bits::new(0.3)
+            }
+        );
+    }
+    // Near misses: another up limit, `+ 2`, the sigmoid of the unclamped gate, max for min.
+    for product in [
+        "(clamp(u, -0.3, 0.5) + 1) * (g * sigmoid(1.702 * g))",
+        "(clamp(u, -0.3, 0.3) + 2) * (g * sigmoid(1.702 * g))",
+        "(clamp(u, -0.3, 0.3) + 1) * (g * sigmoid(1.702 * a))",
+        "(max(min(u, -0.3), 0.3) + 1) * (g * sigmoid(1.702 * g))",
+    ] {
+        let g = check_spec(&clamped_spec(product));
+        assert_eq!(count(&g, clamped), 0, "{product}");
+        assert_eq!(count(&g, |o| *o == Op::DenseCombine), 1, "{product}");
+    }
 }

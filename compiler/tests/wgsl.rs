@@ -208,3 +208,28 @@ fn plan_round_trips_through_json() {
         assert_eq!(back, p.plan);
     }
 }
+
+/// GPT-OSS's clamped-GLU experts, dense (min/max elementwise kernels) and scheduled (the
+/// clamped-GLU epilogue in a grouped matmul), validate; the epilogue's constants are in the text.
+#[test]
+fn clamped_glu_experts_validate() {
+    let source = "model m { input x: f32[tokens, 6]
+        expert e(h: [n, 6]) -> [n, 6] {
+          let gate = linear(h, 10, bias = true) let up = linear(h, 10, bias = true)
+          let g = min(gate, 7.0) let u = clamp(up, -7.0, 7.0)
+          let down = linear((u + 1) * (g * sigmoid(1.702 * g)), 6, bias = true) return down }
+        router router(h: [n, 6]) { logits = linear(h, 8, bias = true)
+          scores = softmax(logits, after_topk = true) select = topk(logits, 2) }
+        let mlp = moe(x, experts = 8 * e, router = router) output mlp }";
+    for upto in [Upto::None, Upto::All] {
+        let g = graph(source, &[], upto);
+        let p = lower(&g, &Options::default()).unwrap();
+        let text = p.sources.join("\n");
+        if upto == Upto::All {
+            assert!(text.contains("min(max(acc_up[i][j]"), "{text}");
+            assert!(text.contains("1.702"), "{text}");
+        } else {
+            assert!(text.contains("min(a[i], b[bi])") && text.contains("max(a[i], b[bi])"));
+        }
+    }
+}

@@ -104,6 +104,34 @@ pub fn routing_cases() -> Vec<Case> {
     cases
 }
 
+/// GPT-OSS's MoE block (biased router, softmax over the top-k logits, clamped-GLU experts
+/// with biases) with a limit small enough that random activations hit every clamp, and
+/// widths that leave the last weight panel partial; scheduled (the clamped-GLU epilogue
+/// fused into a grouped matmul) and dense.
+pub fn clamped_glu_cases() -> Vec<Case> {
+    let source = "model gpt_oss_block { param limit = 0.3 param alpha = 1.702
+        input x: f32[tokens, 6]
+        expert e(h: [n, 6]) -> [n, 6] {
+          let gate = linear(h, 10, bias = true) let up = linear(h, 10, bias = true)
+          let g = min(gate, limit) let u = clamp(up, -limit, limit)
+          let down = linear((u + 1) * (g * sigmoid(alpha * g)), 6, bias = true) return down }
+        router router(h: [n, 6]) { logits = linear(h, 8, bias = true)
+          scores = softmax(logits, after_topk = true) select = topk(logits, 2) }
+        let mlp = moe(x, experts = 8 * e, router = router) output mlp }";
+    [(Upto::All, "scheduled"), (Upto::None, "dense")]
+        .into_iter()
+        .map(|(upto, label)| {
+            let g = graph(source, &[], upto);
+            Case {
+                what: format!("clamped GLU experts, {label}"),
+                weights: weights(&g, 5),
+                graph: g,
+                tokens: vec![0, 1, 7, 33],
+            }
+        })
+        .collect()
+}
+
 /// Switch with capacity 2: most slots are dropped.
 fn capacity_case() -> Case {
     let source = example("switch.moe");

@@ -177,15 +177,31 @@ pub(super) fn expert_row(
                     .sum::<f64>()) as f32
         })
         .collect();
+    if epilogue.is_glu() {
+        let half = n / 2;
+        return (0..half)
+            .map(|j| glu(epilogue, h[j], h[half + j]))
+            .collect();
+    }
     match epilogue {
-        Epilogue::None => h,
         Epilogue::Act(u) => h.iter().map(|v| activation(u, *v)).collect(),
-        Epilogue::Glu(u) => {
-            let half = n / 2;
-            (0..half)
-                .map(|j| activation(u, h[j]) * h[half + j])
-                .collect()
+        _ => h,
+    }
+}
+
+/// A GLU epilogue's output for one (gate, up) pair, as `Epilogue` defines it.
+pub(super) fn glu(epilogue: Epilogue, gate: f32, up: f32) -> f32 {
+    match epilogue {
+        Epilogue::Glu(u) => activation(u, gate) * up,
+        Epilogue::ClampedGlu { alpha, limit } => {
+            let limit = limit.get();
+            let g = BinaryOp::Min.apply(gate, limit);
+            let u = BinaryOp::Min.apply(BinaryOp::Max.apply(up, -limit), limit);
+            let x = g as f64;
+            let swish = x / (1.0 + (-(alpha.get() as f64) * x).exp());
+            ((u as f64 + 1.0) * swish) as f32
         }
+        Epilogue::None | Epilogue::Act(_) => unreachable!("not a GLU epilogue"),
     }
 }
 

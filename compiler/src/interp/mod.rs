@@ -10,7 +10,7 @@ mod kernels;
 
 pub use attention::inv_freq;
 
-use crate::ir::{CapacityLimit, DropPolicy, Epilogue, Graph, Op, Syms, Value};
+use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
 use kernels::{
     binary, expert_row, gather, group_mask, map_rows, normalize_sum, ranked, router, rows,
@@ -528,10 +528,7 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
                 }
             }
             if data.is_empty() {
-                width = match epilogue {
-                    Epilogue::Glu(_) => w.shape[1] / 2,
-                    _ => w.shape[1],
-                };
+                width = epilogue.width(w.shape[1] as u64) as usize;
             }
             one(Tensor::f32(vec![e, t, width], data))
         }
@@ -596,10 +593,7 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
         } => {
             let (x, w, offsets) = (a[0], a[1], a[2].as_i32());
             let (r, k) = (x.shape[0], x.shape[1]);
-            let width = match epilogue {
-                Epilogue::Glu(_) => w.shape[1] / 2,
-                _ => w.shape[1],
-            };
+            let width = epilogue.width(w.shape[1] as u64) as usize;
             let b = bias.then(|| a[3]);
             let rw = weighted.then(|| a[3 + usize::from(*bias)].as_f32());
             let mut out = vec![0.0f32; r * width];

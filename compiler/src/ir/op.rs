@@ -100,7 +100,9 @@ pub enum DropPolicy {
     Score,
 }
 
-/// What a stacked or grouped matmul applies to its result before storing it.
+/// What a stacked or grouped matmul applies to its result before storing it. The scalar
+/// formulas here are the definition; `interp::kernels::epilogue` computes them, and the CLIF
+/// and WGSL matmuls emit the same arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Epilogue {
     None,
@@ -108,6 +110,29 @@ pub enum Epilogue {
     Act(UnaryOp),
     /// Gated linear unit over a fused `[gate; up]` projection: `act(h[..N/2]) · h[N/2..]`.
     Glu(UnaryOp),
+    /// GPT-OSS's clamped GLU over a fused `[gate; up]` projection (the layout of `Glu`): with
+    /// `g = min(gate, limit)` and `u = clamp(up, -limit, limit)` (`min(max(up, -limit), limit)`),
+    /// `(u + 1) · g · sigmoid(alpha · g)`.
+    ClampedGlu {
+        alpha: F32Bits,
+        limit: F32Bits,
+    },
+}
+
+impl Epilogue {
+    /// Whether the weight rows are `[gate; up]` halves whose pairs make one output each.
+    pub fn is_glu(self) -> bool {
+        matches!(self, Epilogue::Glu(_) | Epilogue::ClampedGlu { .. })
+    }
+
+    /// Outputs per row of a matmul over `n` weight rows.
+    pub fn width(self, n: u64) -> u64 {
+        if self.is_glu() {
+            n / 2
+        } else {
+            n
+        }
+    }
 }
 
 /// The router's score function.
@@ -482,6 +507,9 @@ impl Op {
                     Epilogue::None => String::new(),
                     Epilogue::Act(u) => format!("act={u:?}"),
                     Epilogue::Glu(u) => format!("glu={u:?}"),
+                    Epilogue::ClampedGlu { alpha, limit } => {
+                        format!("clamped_glu alpha={alpha:?} limit={limit:?}")
+                    }
                 };
                 for (on, word) in [(*bias, "bias"), (*weighted, "weighted")] {
                     if on {

@@ -535,13 +535,10 @@ fn check_bias_and_weights(
 }
 
 fn epilogue_width(epilogue: Epilogue, n: u64) -> Result<u64, String> {
-    match epilogue {
-        Epilogue::Glu(_) if !n.is_multiple_of(2) => {
-            Err(format!("a GLU epilogue needs an even width, found {n}"))
-        }
-        Epilogue::Glu(_) => Ok(n / 2),
-        _ => Ok(n),
+    if epilogue.is_glu() && !n.is_multiple_of(2) {
+        return Err(format!("a GLU epilogue needs an even width, found {n}"));
     }
+    Ok(epilogue.width(n))
 }
 
 /// `k` slots per row of `rows`.

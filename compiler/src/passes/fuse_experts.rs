@@ -7,7 +7,11 @@
 //! - `linear(h, w[, b])` → `ExpertLinear` with no epilogue;
 //! - `act(linear(h, w[, b]))` → `Epilogue::Act(act)`;
 //! - `act(linear(h, wg[, bg])) * linear(h, wu[, bu])` (either operand order) →
-//!   one `ExpertLinear` over `concat_rows(stack(wg), stack(wu))` with `Epilogue::Glu(act)`.
+//!   one `ExpertLinear` over `concat_rows(stack(wg), stack(wu))` with `Epilogue::Glu(act)`;
+//! - GPT-OSS's clamped GLU, `(clamp(up, -L, L) + 1) * (g * sigmoid(α * g))` with
+//!   `g = min(gate, L)`, `gate`/`up` linears of h (products in either operand order,
+//!   `clamp` as lowering spells it: `min(max(up, -L), L)`) → the same with
+//!   `Epilogue::ClampedGlu { alpha: α, limit: L }`.
 //!
 //! Weights (and biases) are stacked across the group with `Stack`; GLU biases are
 //! concatenated per expert first. The first layer reads `x` ([T, K], shared); later
@@ -26,7 +30,7 @@
 //! shared expert it cannot read stays as its plain linears.
 
 use super::rewrite::{remove_dead, replace_uses, used_only_by, value_users};
-use crate::ir::{BinaryOp, Epilogue, Graph, NodeIndex, Op, TensorType, Value};
+use crate::ir::{BinaryOp, Epilogue, F32Bits, Graph, NodeIndex, Op, TensorType, Value};
 
 /// Fuses the experts of every `DenseCombine` it can read; true when it fused any.
 pub fn run(g: &mut Graph) -> Result<bool, String> {
@@ -122,6 +126,9 @@ fn layer_at(g: &Graph, out: Value) -> Option<Layer> {
     if g.node(out.node).op != Op::Binary(BinaryOp::Mul) {
         return None;
     }
+    if let Some(layer) = clamped_glu_at(g, out) {
+        return Some(layer);
+    }
     let ops = g.operands(out.node);
     for (a, up) in [(ops[0], ops[1]), (ops[1], ops[0])] {
         let Some((u, gate)) = unary_at(g, a) else {
@@ -151,6 +158,88 @@ fn layer_at(g: &Graph, out: Value) -> Option<Layer> {
         }
     }
     None
+}
+
+/// The operands of `v` when it is `Binary(op)`.
+fn binary_at(g: &Graph, v: Value, op: BinaryOp) -> Option<(Value, Value)> {
+    (g.node(v.node).op == Op::Binary(op)).then(|| {
+        let ops = g.operands(v.node);
+        (ops[0], ops[1])
+    })
+}
+
+/// `v`'s value when it is a `Constant`.
+fn constant_at(g: &Graph, v: Value) -> Option<f32> {
+    match g.node(v.node).op {
+        Op::Constant(c) => Some(c.get()),
+        _ => None,
+    }
+}
+
+/// `a · b` at `v` where `first` accepts one operand: what it returned, that operand and the
+/// other (both orders tried).
+fn product_at<T>(
+    g: &Graph,
+    v: Value,
+    first: impl Fn(Value) -> Option<T>,
+) -> Option<(T, Value, Value)> {
+    let (a, b) = binary_at(g, v, BinaryOp::Mul)?;
+    first(a)
+        .map(|t| (t, a, b))
+        .or_else(|| first(b).map(|t| (t, b, a)))
+}
+
+/// GPT-OSS's clamped GLU at `out`: `(clamp(up, -L, L) + 1) · (g · sigmoid(α · g))` with
+/// `g = min(gate, L)`, when every value inside is private to the pattern.
+fn clamped_glu_at(g: &Graph, out: Value) -> Option<Layer> {
+    let private = |v: Value, users: &[NodeIndex]| used_only_by(g, v, users);
+    // The up side: `min(max(up, -L), L) + 1`.
+    let up_side = |v: Value| {
+        let (u, one) = binary_at(g, v, BinaryOp::Add)?;
+        let (lower, hi) = binary_at(g, u, BinaryOp::Min)?;
+        let (up, lo) = binary_at(g, lower, BinaryOp::Max)?;
+        let limit = constant_at(g, hi)?;
+        let fits = constant_at(g, one) == Some(1.0)
+            && constant_at(g, lo) == Some(-limit)
+            && private(v, &[out.node])
+            && private(u, &[v.node])
+            && private(lower, &[u.node])
+            && private(up, &[lower.node]);
+        fits.then_some((up, limit))
+    };
+    let ((up, limit), _, gate_side) = product_at(g, out, up_side)?;
+    // The gate side: `g · sigmoid(α · g)` with `g = min(gate, L)`.
+    let sigmoid = |v: Value| match unary_at(g, v)? {
+        (crate::ir::UnaryOp::Sigmoid, a) => Some(a),
+        _ => None,
+    };
+    let (scaled, sig, clamped) = product_at(g, gate_side, sigmoid)?;
+    let ((), _, alpha) = product_at(g, scaled, |v| (v == clamped).then_some(()))?;
+    let alpha = constant_at(g, alpha)?;
+    let (gate, hi) = binary_at(g, clamped, BinaryOp::Min)?;
+    let (xg, wg, bg) = linear_at(g, gate)?;
+    let (xu, wu, bu) = linear_at(g, up)?;
+    let fits = constant_at(g, hi) == Some(limit)
+        && private(gate_side, &[out.node])
+        && private(sig, &[gate_side.node])
+        && private(scaled, &[sig.node])
+        && private(clamped, &[scaled.node, gate_side.node])
+        && private(gate, &[clamped.node])
+        && xg == xu
+        && gate.node != up.node
+        && g.value_type(wg) == g.value_type(wu)
+        && bg.is_some() == bu.is_some();
+    fits.then(|| Layer {
+        epilogue: Epilogue::ClampedGlu {
+            alpha: F32Bits::new(alpha),
+            limit: F32Bits::new(limit),
+        },
+        weights: vec![wg, wu],
+        biases: bg.into_iter().chain(bu).collect(),
+        readers: vec![gate.node, up.node],
+        input: xg,
+        label: g.node(out.node).label.clone(),
+    })
 }
 
 /// Reads an expert back from `out` (read only by `user`): its layers in order and its input.
@@ -190,7 +279,7 @@ fn fuse_group(
                 Ok(g.add(Op::Stack, &vals, None)?.into())
             };
         let first = layer(0);
-        let glu = matches!(first.epilogue, Epilogue::Glu(_));
+        let glu = first.epilogue.is_glu();
         let w = if glu {
             let (wg, wu) = (stack(g, 0, |l| &l.weights)?, stack(g, 1, |l| &l.weights)?);
             g.add(Op::ConcatRows, &[wg, wu], None)?.into()

@@ -26,7 +26,7 @@
 use super::math::{activation, splat};
 use super::pack::PANEL;
 use super::{MatmulShape, Target, WeightDType};
-use crate::ir::Epilogue;
+use crate::ir::{Epilogue, UnaryOp};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     types, AbiParam, BlockArg, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
@@ -274,6 +274,9 @@ fn emit_tile(
                 let g = activation(b, u, a0);
                 vec![b.ins().fmul(g, a1)]
             }
+            Epilogue::ClampedGlu { alpha, limit } => {
+                vec![clamped_glu(b, (alpha.get(), limit.get()), a0, a1)]
+            }
         };
         if shape.weighted {
             let ri = b.ins().iadd_imm_s(r, i as i64);
@@ -321,6 +324,27 @@ fn emit_tile(
     }
     b.ins().jump(after, &[]);
     b.switch_to_block(after);
+}
+
+/// `Epilogue::ClampedGlu` on a gate vector and its up vector: `g = min(gate, limit)`,
+/// `u = min(max(up, -limit), limit)`, `(u + 1) · g · sigmoid(alpha · g)` (fmin/fmax keep NaN).
+fn clamped_glu(
+    b: &mut FunctionBuilder,
+    (alpha, limit): (f32, f32),
+    gate: Value,
+    up: Value,
+) -> Value {
+    let (hi, lo) = (splat(b, limit), splat(b, -limit));
+    let g = b.ins().fmin(gate, hi);
+    let u = b.ins().fmax(up, lo);
+    let u = b.ins().fmin(u, hi);
+    let a = splat(b, alpha);
+    let ag = b.ins().fmul(g, a);
+    let s = activation(b, UnaryOp::Sigmoid, ag);
+    let glu = b.ins().fmul(g, s);
+    let one = splat(b, 1.0);
+    let u1 = b.ins().fadd(u, one);
+    b.ins().fmul(u1, glu)
 }
 
 /// A panel's packed weights, and how to read one k-step of them.

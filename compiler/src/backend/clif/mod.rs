@@ -85,16 +85,14 @@ pub struct MatmulShape {
 impl MatmulShape {
     /// Outputs per row.
     pub fn width(&self) -> usize {
-        match self.epilogue {
-            Epilogue::Glu(_) => self.n / 2,
-            _ => self.n,
-        }
+        self.epilogue.width(self.n as u64) as usize
     }
     /// Output columns one packed panel produces.
     pub fn panel_cols(&self) -> usize {
-        match self.epilogue {
-            Epilogue::Glu(_) => pack::PANEL / 2,
-            _ => pack::PANEL,
+        if self.epilogue.is_glu() {
+            pack::PANEL / 2
+        } else {
+            pack::PANEL
         }
     }
     /// Packed panels per expert.
@@ -119,6 +117,10 @@ impl MatmulShape {
             Epilogue::None => String::new(),
             Epilogue::Act(u) => format!("_{}", Op::Unary(u).name()),
             Epilogue::Glu(u) => format!("_glu_{}", Op::Unary(u).name()),
+            // The constants' bits keep kernels of different constants apart.
+            Epilogue::ClampedGlu { alpha, limit } => {
+                format!("_clamped_glu_{:08x}_{:08x}", alpha.0, limit.0)
+            }
         };
         format!(
             "matmul_k{}_n{}{epi}{}{}{}",

@@ -13,24 +13,20 @@
 //! are slots 0..4 and the high halves slots 4..8 (`bf16_position`).
 
 use super::{MatmulShape, WeightDType};
-use crate::ir::Epilogue;
 
 /// Floats per panel k-step: two f32x4 vectors.
 pub const PANEL: usize = 8;
 
 /// The weight column (row of `[N, K]`) in slot `j` of panel `p`, if any.
 fn column(shape: &MatmulShape, p: usize, j: usize) -> Option<usize> {
-    match shape.epilogue {
-        Epilogue::Glu(_) => {
-            let h = shape.n / 2;
-            let half = PANEL / 2;
-            let c = p * half + j % half;
-            (c < h).then_some(if j < half { c } else { h + c })
-        }
-        _ => {
-            let c = p * PANEL + j;
-            (c < shape.n).then_some(c)
-        }
+    if shape.epilogue.is_glu() {
+        let h = shape.n / 2;
+        let half = PANEL / 2;
+        let c = p * half + j % half;
+        (c < h).then_some(if j < half { c } else { h + c })
+    } else {
+        let c = p * PANEL + j;
+        (c < shape.n).then_some(c)
     }
 }
 

@@ -2,7 +2,7 @@
 //! `GroupedLinear`: each workgroup computes a 32×32 output tile from 16-deep
 //! slices of x and w staged in workgroup memory, each invocation a 4×4 block
 //! (GLU: a gate block and an up block), with the epilogue (bias, activation,
-//! `act(gate)·up`, routing weight) applied before the single store.
+//! `act(gate)·up` or the clamped GLU, routing weight) applied before the single store.
 //!
 //! Which rows a workgroup owns is data-dependent for grouped matmuls: the grid
 //! is bounded by ⌈R/32⌉ + E + 1 tiles, workgroup `i` walks the dispatch offsets
@@ -16,7 +16,7 @@
 use super::plan::Elem;
 use super::plan::Elem::{F32, I32};
 use super::plan::Workgroups;
-use super::writer::{dim, read, write, Module};
+use super::writer::{dim, float, read, write, Module};
 use crate::ir::{Dim, Epilogue};
 use std::fmt::{self, Write};
 
@@ -57,10 +57,7 @@ pub(super) struct Matmul {
 
 impl Matmul {
     fn width(&self) -> u64 {
-        match self.epilogue {
-            Epilogue::Glu(_) => self.n / 2,
-            _ => self.n,
-        }
+        self.epilogue.width(self.n)
     }
 
     pub fn workgroups(&self) -> Workgroups {
@@ -109,7 +106,7 @@ pub(super) fn matmul(mm: &Matmul) -> Result<Module, fmt::Error> {
         m.bind(read("rw", F32))?;
     }
     m.bind(write("out", F32))?;
-    let glu = matches!(mm.epilogue, Epilogue::Glu(_));
+    let glu = mm.epilogue.is_glu();
     let (tm, tn, tk) = (TILE_M, TILE_N, TILE_K);
     writeln!(
         m,
@@ -173,25 +170,31 @@ pub(super) fn matmul(mm: &Matmul) -> Result<Module, fmt::Error> {
         "            }}\n        }}\n        workgroupBarrier();\n    }}\n    for (var i = 0u; i < 4u; i++) {{\n        let r = info.y + lid.y * 4u + i;\n        if (r >= info.z) {{\n            break;\n        }}\n        for (var j = 0u; j < 4u; j++) {{\n            let c = n0 + lid.x * 4u + j;\n            if (c >= {width}u) {{\n                break;\n            }}\n            var h = acc[i][j];"
     )?;
     let n = mm.n;
-    match (mm.epilogue, mm.bias) {
-        (Epilogue::Glu(_), bias) => {
-            let (bg, bu) = if bias {
-                (
-                    format!(" + bias[e * {n}u + c]"),
-                    format!(" + bias[e * {n}u + {half}u + c]"),
-                )
-            } else {
-                (String::new(), String::new())
-            };
-            writeln!(m, "            h = act(h{bg}) * (acc_up[i][j]{bu});")?;
+    if glu {
+        let (bg, bu) = if mm.bias {
+            (
+                format!(" + bias[e * {n}u + c]"),
+                format!(" + bias[e * {n}u + {half}u + c]"),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        match mm.epilogue {
+            Epilogue::ClampedGlu { alpha, limit } => {
+                let (a, l, nl) = (float(alpha.get()), float(limit.get()), float(-limit.get()));
+                writeln!(
+                    m,
+                    "            let g = min(h{bg}, {l});\n            let u = min(max(acc_up[i][j]{bu}, {nl}), {l});\n            h = (u + 1.0) * g / (1.0 + exp(-({a} * g)));"
+                )?;
+            }
+            _ => writeln!(m, "            h = act(h{bg}) * (acc_up[i][j]{bu});")?,
         }
-        (epi, bias) => {
-            if bias {
-                writeln!(m, "            h += bias[e * {n}u + c];")?;
-            }
-            if let Epilogue::Act(_) = epi {
-                writeln!(m, "            h = act(h);")?;
-            }
+    } else {
+        if mm.bias {
+            writeln!(m, "            h += bias[e * {n}u + c];")?;
+        }
+        if let Epilogue::Act(_) = mm.epilogue {
+            writeln!(m, "            h = act(h);")?;
         }
     }
     if mm.weighted {
