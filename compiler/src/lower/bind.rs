@@ -270,6 +270,8 @@ impl<'a> Binder<'a> {
                 }
                 return Err(err.with_help(if same_in_layers {
                     "inside `repeat`, put the repeat variable (e.g. `{layer}`) in the tensor name"
+                } else if d.columns.is_some() {
+                    "weights that share a tensor read different columns of it: check the two `columns(...)`"
                 } else {
                     "each weight needs a tensor of its own; check the two names"
                 }));
