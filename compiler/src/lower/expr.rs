@@ -4,7 +4,7 @@
 //! and the checked argument lists that every call site shares.
 
 use super::bind::WeightPath;
-use super::consts::{closest, eval_bool, eval_const, Const};
+use super::consts::{self, closest, eval_bool, eval_const, Const};
 use super::params::free_names;
 use super::{Lowerer, Scope, Val};
 use crate::diagnostic::Diagnostic;
@@ -269,9 +269,7 @@ impl Lowerer<'_> {
                     .map(Operand::Tensor)
             }
             "rope" => self.rope(e, args, scope, path).map(Operand::Tensor),
-            "ceil" | "floor" | "min" | "max" | "len" | "contains" => {
-                self.constant(e, scope).map(Operand::Const)
-            }
+            f if consts::FUNCTIONS.contains(&f) => self.constant(e, scope).map(Operand::Const),
             "linear" | "rmsnorm" | "layernorm" | "moe" | "embedding" | "attention" => {
                 Err(Diagnostic::at(
                     e.span,
@@ -298,21 +296,16 @@ impl Lowerer<'_> {
                     "embedding",
                     "rope",
                     "attention",
-                    "ceil",
-                    "floor",
-                    "min",
-                    "max",
-                    "len",
-                    "contains",
                 ];
                 let d = Diagnostic::at(
                     func.span,
                     format!("unknown function `{func}`"),
                     "not a function",
                 );
-                Err(match closest(&func.name, KNOWN) {
+                let known: Vec<&str> = KNOWN.iter().chain(consts::FUNCTIONS).copied().collect();
+                Err(match closest(&func.name, &known) {
                     Some(c) => d.with_help(format!("did you mean `{c}`?")),
-                    None => d.with_help(format!("functions: {}", KNOWN.join(", "))),
+                    None => d.with_help(format!("functions: {}", known.join(", "))),
                 })
             }
         }
