@@ -13,7 +13,7 @@ use moec_compiler::tensor::{Tensor, TensorData};
 use moec_runtime::io::read_tensors;
 use moec_runtime::session::{Engine, Model, Session};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// (fixture directory, model spec).
 const CASES: &[(&str, &str)] = &[
@@ -63,12 +63,12 @@ fn fixture(case: &str) -> Fixture {
     }
 }
 
-fn open(case: &str, spec: &str, f: &Fixture, engine: Engine) -> Arc<Model> {
+fn open(case: &str, spec: &str, f: &Fixture, engine: Engine) -> Rc<Model> {
     let compiled = Compiler::new()
         .checkpoint(&f.dir)
         .compile_file(&root().join("models").join(format!("{spec}.moe")))
         .unwrap_or_else(|e| panic!("{case}: {e}"));
-    Arc::new(Model::open(compiled.graph, &f.dir, engine).unwrap_or_else(|e| panic!("{case}: {e}")))
+    Rc::new(Model::open(compiled.graph, &f.dir, engine).unwrap_or_else(|e| panic!("{case}: {e}")))
 }
 
 fn f32s(t: &Tensor) -> &[f32] {

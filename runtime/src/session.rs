@@ -19,7 +19,7 @@ use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,10 +125,10 @@ impl Model {
 
     /// A new session with nothing cached, holding at most `limit` positions (the
     /// model's own limit when None or larger). Sessions share the model.
-    pub fn session(self: &Arc<Model>, limit: Option<usize>) -> Session {
+    pub fn session(self: &Rc<Model>, limit: Option<usize>) -> Session {
         let own = self.max_positions().unwrap_or(usize::MAX);
         Session {
-            model: Arc::clone(self),
+            model: Rc::clone(self),
             state: State::new(&self.graph),
             limit: limit.map_or(own, |l| l.min(own)),
         }
@@ -150,7 +150,7 @@ impl Model {
 
 /// One sequence on a model: its KV caches and how many positions they hold.
 pub struct Session {
-    model: Arc<Model>,
+    model: Rc<Model>,
     state: State,
     limit: usize,
 }

@@ -66,7 +66,7 @@ pub struct Args {
 
 /// A graph ready to run on the chosen backend.
 enum Runner {
-    Interp(Graph, Vec<Tensor>),
+    Interp(Box<Graph>, Vec<Tensor>),
     Cpu(Box<CpuModel>),
     Gpu(Box<GpuModel>),
 }
@@ -127,7 +127,7 @@ pub fn main(args: Args) -> Result<(), String> {
         };
         let weights = args.weight_dtype.round(weights);
         let runner = match args.backend {
-            Backend::Interp => Runner::Interp(g.clone(), weights),
+            Backend::Interp => Runner::Interp(Box::new(g.clone()), weights),
             Backend::Cpu => {
                 let mut model = CpuModel::new(&g, &weights)?;
                 if let Some(n) = args.threads {

@@ -143,9 +143,9 @@ pub fn open_model(
     spec: &SpecArgs,
     weights: &Path,
     engine: moec_runtime::session::Engine,
-) -> Result<std::sync::Arc<moec_runtime::session::Model>, String> {
+) -> Result<std::rc::Rc<moec_runtime::session::Model>, String> {
     let g = compile(spec, Some(weights), Upto::All)?.graph;
     moec_runtime::session::Model::open(g, weights, engine)
-        .map(std::sync::Arc::new)
+        .map(std::rc::Rc::new)
         .map_err(|e| e.to_string())
 }

@@ -291,7 +291,7 @@ impl Lowerer<'_> {
             self.width(v, e.span)?,
         );
         let whole = |w: u64, h: u64, what: &str| {
-            if w % h == 0 {
+            if w.is_multiple_of(h) {
                 Ok(w / h)
             } else {
                 Err(Diagnostic::at(
@@ -322,13 +322,15 @@ impl Lowerer<'_> {
             Some(w) => match eval_const(w, &self.params)? {
                 Const::Int(0) => None,
                 Const::Int(n) if n > 0 => Some(n as u64),
-                other => return Err(Diagnostic::at(
-                    w.span,
-                    format!(
+                other => {
+                    return Err(Diagnostic::at(
+                        w.span,
+                        format!(
                         "window must be a positive number of positions or 0 (none), found {other}"
                     ),
-                    "here",
-                )),
+                        "here",
+                    ))
+                }
             },
             None => None,
         };

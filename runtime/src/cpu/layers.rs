@@ -31,7 +31,7 @@ pub fn embedding(ids: &[i32], table: &[f32], width: usize) -> Result<Vec<f32>, S
 /// RMSNorm of each `w.len()`-wide group of `x`: `v / rms(v) · w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, workers: &Workers) -> Result<Vec<f32>, String> {
     let g = w.len();
-    if g == 0 || x.len() % g != 0 {
+    if g == 0 || !x.len().is_multiple_of(g) {
         return Err(format!(
             "internal error: rmsnorm of {} values in groups of {g}",
             x.len()
@@ -59,7 +59,7 @@ pub fn rope(r: &RopeAttrs, x: &[f32], positions: &[i32]) -> Result<Vec<f32>, Str
         return Ok(Vec::new());
     }
     let width = x.len() / rows;
-    if x.len() != rows * width || hd == 0 || width % hd != 0 || rot > hd {
+    if x.len() != rows * width || hd == 0 || !width.is_multiple_of(hd) || rot > hd {
         return Err(format!(
             "internal error: rope over {} values, {rows} positions, heads of {hd}",
             x.len()
