@@ -269,6 +269,8 @@ impl Lowerer<'_> {
                     .map(Operand::Tensor)
             }
             "rope" => self.rope(e, args, scope, path).map(Operand::Tensor),
+            "slice" => self.slice(e, args, scope, path).map(Operand::Tensor),
+            "concat" => self.concat(e, args, scope, path).map(Operand::Tensor),
             f if consts::FUNCTIONS.contains(&f) => self.constant(e, scope).map(Operand::Const),
             "linear" | "rmsnorm" | "layernorm" | "moe" | "embedding" | "attention" => {
                 Err(Diagnostic::at(
@@ -296,6 +298,8 @@ impl Lowerer<'_> {
                     "embedding",
                     "rope",
                     "attention",
+                    "slice",
+                    "concat",
                 ];
                 let d = Diagnostic::at(
                     func.span,
