@@ -22,6 +22,7 @@ const CASES: &[(&str, &str)] = &[
     ("qwen3_moe", "qwen3_moe"),
     ("qwen3_moe_tied", "qwen3_moe"),
     ("olmoe", "olmoe"),
+    ("deepseek_v3", "deepseek_v3"),
 ];
 
 const ENGINES: &[Engine] = &[Engine::Interp, Engine::Cpu { threads: Some(2) }];
