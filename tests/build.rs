@@ -196,3 +196,97 @@ fn build_without_the_runtime_library_is_a_clear_error() {
     assert!(err.contains("/nonexistent/rt.a"), "{err}");
     assert!(!exe.exists());
 }
+
+/// A whole model built into an executable generates transformers' greedy ids and
+/// writes the logits `moec run --backend cpu` writes, with no spec and no moec.
+#[test]
+fn a_whole_model_executable_generates_and_runs_like_moec() {
+    let dir = root().join("tests/fixtures/models/mixtral");
+    let ckpt = dir.to_str().unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids = |k: &str| -> Vec<i64> {
+        expected[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
+    };
+    let prompt: Vec<String> = ids("prompt_ids").iter().map(i64::to_string).collect();
+    let prompt = prompt.join(",");
+    let out = scratch("model");
+    let exe = out.join("mixtral_model");
+    let built = moec(
+        &[
+            "build",
+            "models/mixtral.moe",
+            "--weights",
+            ckpt,
+            "-o",
+            exe.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(built.status.success(), "{}", text(&built));
+
+    let run = |cmd: &mut Command| {
+        let o = cmd.current_dir(root()).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        o
+    };
+    let generated = run(Command::new(&exe).args([
+        "--weights",
+        ckpt,
+        "--prompt-ids",
+        &prompt,
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]));
+    let line: serde_json::Value = serde_json::from_slice(&generated.stdout).unwrap();
+    let got: Vec<i64> = line["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(got, ids("greedy_ids"));
+
+    let input = out.join("ids.safetensors");
+    let ids_tensor = Tensor::i32(
+        vec![ids("prompt_ids").len()],
+        ids("prompt_ids").iter().map(|v| *v as i32).collect(),
+    );
+    write_tensors(
+        &input,
+        &BTreeMap::from([("input_ids".to_string(), ids_tensor)]),
+    )
+    .unwrap();
+    let (aot, jit) = (out.join("aot.safetensors"), out.join("jit.safetensors"));
+    run(Command::new(&exe).args([
+        "--weights",
+        ckpt,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        aot.to_str().unwrap(),
+    ]));
+    let o = moec(
+        &[
+            "run",
+            "models/mixtral.moe",
+            "--weights",
+            ckpt,
+            "--backend",
+            "cpu",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            jit.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(read_tensors(&aot).unwrap(), read_tensors(&jit).unwrap());
+}

@@ -18,13 +18,15 @@
 //! the node's shape. Every failure is a message on stderr and exit status 1.
 
 use crate::cpu::{CpuModel, KernelFn};
+use crate::generate::command::{self, Request};
 use crate::io::{read_tensors, write_tensors};
-use crate::weights::{bind, WeightSource};
+use crate::session::{load_weights, Engine, Model};
 use moec_compiler::backend::clif::{self, Program};
 use moec_compiler::ir::{Graph, NodeIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// What an artifact's `format` must be for this runtime to read it.
 const FORMAT: &str = concat!("moec-aot ", env!("CARGO_PKG_VERSION"));
@@ -101,59 +103,114 @@ impl Artifact {
     }
 }
 
+/// What the executable was asked to do.
+enum Mode {
+    /// `--input X --output Y`: outputs for the inputs in a file, like `moec run`.
+    Run { input: PathBuf, output: PathBuf },
+    /// `--prompt TEXT | --prompt-ids IDS`: text from a language model, like `moec generate`.
+    Generate(Request),
+}
+
 /// The executable's options.
 struct Options {
     weights: PathBuf,
-    input: PathBuf,
-    output: PathBuf,
+    mode: Mode,
     threads: Option<usize>,
 }
 
 fn usage(program: &str) -> String {
     format!(
-        "usage: {program} --weights FILE --input FILE --output FILE [--threads N]\n\
-         Runs the MoE graph built into this executable (`moec build`) on the CPU:\n\
-         weights: a safetensors file, a sharded `model.safetensors.index.json`, or a directory;\n\
-         input: a safetensors file with one tensor per input; the outputs are written to --output."
+        "usage: {program} --weights W --input FILE --output FILE [--threads N]\n\
+         \x20      {program} --weights DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n\
+         \x20          [--temperature T [--top-k K] [--top-p P] [--seed S]] [--json] [--threads N]\n\
+         Runs the model built into this executable (`moec build`) on the CPU, as `moec run` and\n\
+         `moec generate` do: weights are a safetensors file, a sharded index or a checkpoint\n\
+         directory (with tokenizer.json and generation_config.json for generation); the input\n\
+         file holds one tensor per input, and the outputs are written to --output."
     )
 }
 
 /// Parses `args` (without the program name).
 fn parse(program: &str, args: impl IntoIterator<Item = String>) -> Result<Options, String> {
-    let (mut weights, mut input, mut output, mut threads) = (None, None, None, None);
+    const FLAGS: &[&str] = &[
+        "--weights",
+        "--input",
+        "--output",
+        "--threads",
+        "--prompt",
+        "--prompt-ids",
+        "--max-new-tokens",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--seed",
+    ];
+    let mut values: HashMap<&str, String> = HashMap::new();
+    let mut json = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
+        if arg == "--json" {
+            json = true;
+            continue;
+        }
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg, None),
         };
-        let slot = match flag.as_str() {
-            "--weights" => &mut weights,
-            "--input" => &mut input,
-            "--output" => &mut output,
-            "--threads" => &mut threads,
-            _ => return Err(format!("unknown argument `{flag}`\n{}", usage(program))),
+        let Some(&known) = FLAGS.iter().find(|f| **f == flag) else {
+            return Err(format!("unknown argument `{flag}`\n{}", usage(program)));
         };
         let value = inline
             .or_else(|| args.next())
             .ok_or_else(|| format!("{flag} needs a value\n{}", usage(program)))?;
-        *slot = Some(value);
+        values.insert(known, value);
     }
-    let need = |v: Option<String>, flag: &str| {
-        v.map(PathBuf::from)
+    fn number<T: std::str::FromStr>(
+        values: &HashMap<&str, String>,
+        flag: &str,
+    ) -> Result<Option<T>, String> {
+        values
+            .get(flag)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|_| format!("{flag}: expected a number, found `{v}`"))
+            })
+            .transpose()
+    }
+    let path = |flag: &str| {
+        values
+            .get(flag)
+            .map(PathBuf::from)
             .ok_or_else(|| format!("missing {flag} FILE\n{}", usage(program)))
     };
-    let threads = threads
-        .map(|t| {
-            t.parse::<usize>()
-                .map_err(|_| format!("--threads: expected a number, found `{t}`"))
+    let weights = path("--weights")?;
+    let prompting = values.contains_key("--prompt") || values.contains_key("--prompt-ids");
+    let mode = if prompting {
+        Mode::Generate(Request {
+            weights: weights.clone(),
+            prompt: command::prompt(
+                values.get("--prompt").cloned(),
+                values.get("--prompt-ids").map(String::as_str),
+            )?,
+            max_new_tokens: number(&values, "--max-new-tokens")?.unwrap_or(32),
+            sampling: command::sampling(
+                number(&values, "--temperature")?,
+                number(&values, "--top-k")?,
+                number(&values, "--top-p")?,
+                number(&values, "--seed")?.unwrap_or(0),
+            )?,
+            json,
         })
-        .transpose()?;
+    } else {
+        Mode::Run {
+            input: path("--input")?,
+            output: path("--output")?,
+        }
+    };
     Ok(Options {
-        weights: need(weights, "--weights")?,
-        input: need(input, "--input")?,
-        output: need(output, "--output")?,
-        threads,
+        weights,
+        mode,
+        threads: number(&values, "--threads")?,
     })
 }
 
@@ -169,22 +226,41 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
     let opts = parse(&program, args)?;
     let names: Vec<&str> = names.lines().collect();
     let (g, kernel_of) = Artifact::load(artifact, &names)?;
-    let source = WeightSource::open(&opts.weights).map_err(|e| e.to_string())?;
-    let weights = bind(&g.weights, &source).map_err(|e| e.to_string())?;
-    let inputs = read_tensors(&opts.input).map_err(|e| e.to_string())?;
-    // SAFETY: `Artifact::load` checked that every matmul node maps to a kernel
-    // whose table entries are named after its shape's functions, and `moec build`
-    // emitted the table and the names from the same `Program`, in the same order.
-    let model = unsafe { CpuModel::linked(&g, &weights, kernel_of, code) }?;
-    let model = match opts.threads {
-        Some(t) => model.with_threads(t),
-        None => model,
+    let engine = Engine::Cpu {
+        threads: opts.threads,
     };
-    let outputs = model
-        .run(&inputs)
-        .map_err(|e| format!("{}: {e}", opts.input.display()))?;
-    write_tensors(&opts.output, &outputs).map_err(|e| e.to_string())?;
-    println!("wrote {}", opts.output.display());
+    // Loads the weights (memory checked first) and prepares the linked kernels.
+    let open = |weights: &Path| -> Result<Model, String> {
+        let bound = load_weights(&g, weights, engine).map_err(|e| e.to_string())?;
+        // SAFETY: `Artifact::load` checked that every matmul node maps to a kernel
+        // whose table entries are named after its shape's functions, and `moec build`
+        // emitted the table and the names from the same `Program`, in the same order.
+        let cpu = unsafe { CpuModel::linked(&g, &bound, kernel_of.clone(), code) }?;
+        let cpu = match opts.threads {
+            Some(t) => cpu.with_threads(t),
+            None => cpu,
+        };
+        Ok(Model::from_cpu(g.clone(), cpu))
+    };
+    match &opts.mode {
+        Mode::Run { input, output } => {
+            let inputs = read_tensors(input).map_err(|e| e.to_string())?;
+            let model = Rc::new(open(&opts.weights)?);
+            let outputs = model
+                .session(None)
+                .run(&inputs)
+                .map_err(|e| format!("{}: {e}", input.display()))?;
+            write_tensors(output, &outputs).map_err(|e| e.to_string())?;
+            println!("wrote {}", output.display());
+        }
+        Mode::Generate(request) => {
+            command::run(
+                request,
+                || Ok(Box::new(Rc::new(open(&request.weights)?).session(None))),
+                &mut std::io::stdout(),
+            )?;
+        }
+    }
     Ok(())
 }
 

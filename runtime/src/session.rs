@@ -86,16 +86,16 @@ impl Model {
     /// the position limit and the activations fit in the memory available, then
     /// binds the weights and prepares them for `engine`.
     pub fn open(graph: Graph, weights: &Path, engine: Engine) -> Result<Model, SessionError> {
-        let positions = graph.max_positions.unwrap_or(0) as usize;
-        let needs = MemoryNeeds::of(&graph, engine, positions.max(1), positions);
-        if let Some(available) = available_memory() {
-            needs.check(available).map_err(SessionError::Memory)?;
-        }
-        let source =
-            WeightSource::open(weights).map_err(|e| SessionError::Weights(e.to_string()))?;
-        let bound =
-            bind(&graph.weights, &source).map_err(|e| SessionError::Weights(e.to_string()))?;
+        let bound = load_weights(&graph, weights, engine)?;
         Model::new(graph, bound, engine)
+    }
+
+    /// A model on CPU code prepared elsewhere (kernels linked ahead of time).
+    pub fn from_cpu(graph: Graph, cpu: CpuModel) -> Model {
+        Model {
+            graph,
+            prepared: Prepared::Cpu(Box::new(cpu)),
+        }
     }
 
     /// Prepares `graph` (optimized or not) with its bound `weights` for `engine`.
@@ -146,6 +146,23 @@ impl Model {
             Prepared::Cpu(m) => m.run_with_state(inputs, state),
         }
     }
+}
+
+/// The weights of `graph` from the checkpoint at `weights` (a directory, a
+/// safetensors file or a sharded index), after checking that they, the KV caches
+/// at the position limit and the activations fit in the memory available.
+pub fn load_weights(
+    graph: &Graph,
+    weights: &Path,
+    engine: Engine,
+) -> Result<Vec<Tensor>, SessionError> {
+    let positions = graph.max_positions.unwrap_or(0) as usize;
+    let needs = MemoryNeeds::of(graph, engine, positions.max(1), positions);
+    if let Some(available) = available_memory() {
+        needs.check(available).map_err(SessionError::Memory)?;
+    }
+    let source = WeightSource::open(weights).map_err(|e| SessionError::Weights(e.to_string()))?;
+    bind(&graph.weights, &source).map_err(|e| SessionError::Weights(e.to_string()))
 }
 
 /// One sequence on a model: its KV caches and how many positions they hold.

@@ -7,6 +7,7 @@
 //! Nothing here knows how a model computes its logits or keeps its cache; that is the
 //! implementor's business. Nothing here knows about the command line either.
 
+pub mod command;
 mod eos;
 mod run;
 mod sample;
