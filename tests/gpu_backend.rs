@@ -71,6 +71,19 @@ fn routing_edge_cases_match() {
     }
 }
 
+/// Column slices of every head (and of whole rows), as multi-head latent attention splits
+/// its projections.
+#[test]
+fn per_head_slices_match() {
+    let source = "model m { input x: f32[tokens, 12]
+        let rot = slice(x, start = 2, len = 2, heads = 3)
+        let tail = slice(x, start = 9, len = 3)
+        output y = slice(rot, start = 1, len = 1, heads = 3) + tail
+        output rot }";
+    let g = graph(source, &[], Upto::All);
+    check(&g, &[], &TOKENS, "per-head slices");
+}
+
 /// More rows than one tile and experts holding several tiles each.
 #[test]
 fn many_tokens_span_tiles() {

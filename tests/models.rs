@@ -22,6 +22,7 @@ const CASES: &[(&str, &str)] = &[
     ("qwen3_moe", "qwen3_moe"),
     ("qwen3_moe_tied", "qwen3_moe"),
     ("olmoe", "olmoe"),
+    ("deepseek_v3", "deepseek_v3"),
     ("gpt_oss", "gpt_oss"),
 ];
 

@@ -44,7 +44,8 @@ pub fn stats(g: &Graph, tokens: usize) -> Stats {
         peak_bytes: memory::plan(g).peak_bytes(tokens),
         ..Stats::default()
     };
-    for n in g.topo_order() {
+    // Every figure is a sum over nodes: any order will do.
+    for n in g.g.node_indices() {
         let node = g.node(n);
         if weight_only.contains(&n) || matches!(node.op, Op::Input { .. }) {
             continue;

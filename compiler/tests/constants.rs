@@ -101,6 +101,41 @@ fn comparisons_follow_numbers_not_types() {
 }
 
 #[test]
+fn ln_and_sqrt_give_numbers() {
+    // DeepSeek-V3's softmax scale: (0.1 · ln(40) + 1)² / sqrt(192).
+    let l = lower(
+        "model m {
+           param e = ln(1)
+           param r = sqrt(16)
+           param mscale = 0.1 * ln(40.0) + 1
+           param scale = mscale * mscale / sqrt(128 + 64)
+           input x: f32[tokens, 2]
+           output x
+         }",
+    );
+    assert_eq!(param(&l, "e"), Const::Float(0.0));
+    assert_eq!(param(&l, "r"), Const::Float(4.0));
+    let Const::Float(scale) = param(&l, "scale") else {
+        panic!("scale is not a number")
+    };
+    // 0.1 · 3.6888794541139363 + 1 = 1.3688879454113936; squared / 13.856406460551018.
+    assert!((scale - 0.135_233_778_860_880_1).abs() < 1e-15, "{scale}");
+}
+
+#[test]
+fn ln_and_sqrt_reject_numbers_outside_their_domain() {
+    for (source, message) in [
+        ("ln(0)", "`ln` of 0 is not defined"),
+        ("sqrt(-1.5)", "`sqrt` of -1.5 is not defined"),
+        ("ln(\"e\")", "`ln` of a string"),
+    ] {
+        let spec = format!("model m {{ param a = {source} input x: f32[tokens, 2] output x }}");
+        let d = lower_source(&spec, &[]).expect_err(source);
+        assert_eq!(d.message, message, "{source}");
+    }
+}
+
+#[test]
 fn the_repeat_variable_is_the_layer_index() {
     // x · 1 · 2 · 3
     let l = lower(

@@ -485,3 +485,46 @@ fn clamped_glu_experts_by_hand() {
     let out = interp::run(&g, &bound, &BTreeMap::from([("x".to_string(), input)])).unwrap();
     assert_close(&out["y"], &want);
 }
+
+#[test]
+fn slices_and_concats_of_heads() {
+    // x has 2 heads of 3 columns: [x0 x1 x2 | x3 x4 x5].
+    let spec = "model m { input x: f32[tokens, 6]
+        let tail = slice(x, start = 1, len = 2, heads = 2)
+        let first = slice(x, start = 0, len = 1)
+        let shared = concat(tail, first, heads = 2, broadcast = true)
+        let paired = concat(tail, slice(x, start = 0, len = 2, heads = 2), heads = 2)
+        let joined = concat(first, x)
+        output tail output shared output paired output joined }";
+    let xs = vec![
+        vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        vec![10.0, 11.0, 12.0, 13.0, 14.0, 15.0],
+    ];
+    let out = run(spec, &[], &xs);
+    assert_close(
+        &out["tail"],
+        &[vec![1.0, 2.0, 4.0, 5.0], vec![11.0, 12.0, 14.0, 15.0]],
+    );
+    assert_close(
+        &out["shared"],
+        &[
+            vec![1.0, 2.0, 0.0, 4.0, 5.0, 0.0],
+            vec![11.0, 12.0, 10.0, 14.0, 15.0, 10.0],
+        ],
+    );
+    assert_close(
+        &out["paired"],
+        &[
+            vec![1.0, 2.0, 0.0, 1.0, 4.0, 5.0, 3.0, 4.0],
+            vec![11.0, 12.0, 10.0, 11.0, 14.0, 15.0, 13.0, 14.0],
+        ],
+    );
+    assert_close(
+        &out["joined"],
+        &[
+            vec![0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+            vec![10.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0],
+        ],
+    );
+    assert_eq!(out["shared"].shape, vec![2, 6]);
+}

@@ -6,6 +6,7 @@
 //! choice), and capacity drops follow `DropPolicy`.
 
 mod attention;
+mod heads;
 mod kernels;
 
 pub use attention::inv_freq;
@@ -485,13 +486,14 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
             shape[axis] = a.iter().map(|t| t.shape[axis]).sum();
             one(Tensor::f32(shape, data))
         }
-        SliceCols { start, len } => {
-            let (t, e) = (a[0].shape[0], a[0].shape[1]);
-            let (s, l) = (*start as usize, *len as usize);
-            let data = (0..t)
-                .flat_map(|i| a[0].as_f32()[i * e + s..i * e + s + l].to_vec())
-                .collect();
-            one(Tensor::f32(vec![t, l], data))
+        SliceCols { heads, start, len } => one(heads::slice_cols(
+            a[0],
+            *heads as usize,
+            *start as usize,
+            *len as usize,
+        )),
+        ConcatCols { heads, broadcast } => {
+            one(heads::concat_cols(a[0], a[1], *heads as usize, *broadcast))
         }
         ExpertLinear {
             epilogue,

@@ -177,6 +177,12 @@ impl Graph {
         &self.g[v.node].outputs[v.port as usize]
     }
 
+    /// One more than the largest node index: the length of a table indexed by
+    /// `NodeIndex::index()` (removed nodes leave holes, so it can exceed the node count).
+    pub fn node_bound(&self) -> usize {
+        petgraph::visit::NodeIndexable::node_bound(&self.g)
+    }
+
     /// The node's operands in operand order.
     pub fn operands(&self, n: NodeIndex) -> Vec<Value> {
         let mut edges: Vec<(u32, Value)> = self
@@ -197,30 +203,48 @@ impl Graph {
     }
 
     /// Nodes in a deterministic topological order: operands before users, and
-    /// among ready nodes the one created first.
+    /// among ready nodes the lowest index (the one created first, unless it took
+    /// the slot of a removed node).
+    ///
+    /// Kahn's algorithm, with the ready nodes split at a cursor that walks the
+    /// indices once: a node that becomes ready at or past the cursor is found by
+    /// the walk, one that becomes ready behind it goes to a min-heap, and every
+    /// heap entry is lower than anything the walk can find. Graphs whose edges
+    /// mostly point from lower to higher indices (as lowering builds them) leave
+    /// the heap nearly empty: O(n + e), plus O(log n) per node created out of order.
     pub fn topo_order(&self) -> Vec<NodeIndex> {
-        use std::collections::{BTreeSet, HashMap};
-        let mut pending: HashMap<NodeIndex, usize> = self
-            .g
-            .node_indices()
-            .map(|n| (n, self.g.edges_directed(n, Direction::Incoming).count()))
-            .collect();
-        let mut ready: BTreeSet<NodeIndex> = pending
-            .iter()
-            .filter(|(_, c)| **c == 0)
-            .map(|(n, _)| *n)
-            .collect();
-        let mut order = Vec::with_capacity(pending.len());
-        while let Some(n) = ready.pop_first() {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        // Operands not yet placed, per index; removed nodes' slots never become ready.
+        let mut pending = vec![usize::MAX; self.node_bound()];
+        for n in self.g.node_indices() {
+            pending[n.index()] = self.g.edges_directed(n, Direction::Incoming).count();
+        }
+        let mut behind = BinaryHeap::new();
+        let mut cursor = 0;
+        let mut order = Vec::with_capacity(self.g.node_count());
+        loop {
+            let n = match behind.pop() {
+                Some(Reverse(n)) => n,
+                None => {
+                    while cursor < pending.len() && pending[cursor] != 0 {
+                        cursor += 1;
+                    }
+                    if cursor == pending.len() {
+                        return order;
+                    }
+                    cursor += 1;
+                    NodeIndex::new(cursor - 1)
+                }
+            };
             order.push(n);
             for e in self.g.edges_directed(n, Direction::Outgoing) {
-                let c = pending.get_mut(&e.target()).expect("every node counted");
-                *c -= 1;
-                if *c == 0 {
-                    ready.insert(e.target());
+                let t = e.target().index();
+                pending[t] -= 1;
+                if pending[t] == 0 && t < cursor {
+                    behind.push(Reverse(e.target()));
                 }
             }
         }
-        order
     }
 }

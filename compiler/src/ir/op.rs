@@ -318,8 +318,15 @@ pub enum Op {
     /// can be built as `[N_gate + N_up]`). Typing: operands `[.., N_i, K]` (or `[N_i]`) equal but
     /// in N; output `[.., ΣN_i, K]` (or `[ΣN_i]`).
     ConcatRows,
-    /// Columns `start..start+len` of a `[T, E]` value. Typing: f32 `[T, E]`; output `[T, len]`.
-    SliceCols { start: u64, len: u64 },
+    /// Columns `start..start+len` of each of a row's `heads` equal blocks (heads; `heads = 1`:
+    /// of the whole row), blocks kept in order. Typing: f32 `[T, H·D]` with `start + len ≤ D`;
+    /// output `[T, H·len]`.
+    SliceCols { heads: u64, start: u64, len: u64 },
+    /// Per head, a's columns then b's: each row becomes `[a_0 | b_0 | a_1 | b_1 | …]` over
+    /// `heads` heads (`heads = 1`: a plain column concat); with `broadcast`, b is one head
+    /// that every head gets. Typing: a f32 `[R, H·A]`, b f32 `[R, H·B]` (`[R, B]` with
+    /// `broadcast`); output `[R, H·(A+B)]`.
+    ConcatCols { heads: u64, broadcast: bool },
     /// Stacked experts' linear layer on every token: `out[e, t] = epi(x_e[t] · w[e]ᵀ + b[e]) · g[t, e]`.
     /// Typing: x f32 `[T, K]` (one input for all experts) or `[E, T, K]`, w `[E, N, K]`, then b
     /// `[E, N]` if `bias`, then gates `[T, E]` if `weighted`; output `[E, T, N']` with N' = N/2 for a
@@ -426,6 +433,7 @@ impl Op {
             Router(_) => "router",
             ConcatRows => "concat_rows",
             SliceCols { .. } => "slice_cols",
+            ConcatCols { .. } => "concat_cols",
             ExpertLinear { .. } => "expert_linear",
             ExpertSum => "expert_sum",
             Dispatch { .. } => "dispatch",
@@ -492,7 +500,17 @@ impl Op {
                 }
                 a
             }
-            SliceCols { start, len } => format!("start={start} len={len}"),
+            SliceCols { heads, start, len } => match heads {
+                1 => format!("start={start} len={len}"),
+                h => format!("heads={h} start={start} len={len}"),
+            },
+            ConcatCols { heads, broadcast } => {
+                let mut a = format!("heads={heads}");
+                if *broadcast {
+                    a.push_str(" broadcast");
+                }
+                a
+            }
             ExpertLinear {
                 epilogue,
                 bias,

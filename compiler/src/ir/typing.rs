@@ -269,15 +269,31 @@ impl Op {
                     shape,
                 }])
             }
-            SliceCols { start, len } => {
+            SliceCols { heads, start, len } => {
                 arity(1)?;
-                let e = routing_width(operands[0])?;
-                if *len == 0 || start + len > e {
-                    return Err(format!("columns {start}..{} of {e}", start + len));
+                let d = head_width(operands[0], *heads)?;
+                if *len == 0 || start + len > d {
+                    return Err(format!(
+                        "columns {start}..{} of {heads} head(s) of {d}",
+                        start + len
+                    ));
                 }
                 Ok(vec![TensorType::f32(vec![
                     operands[0].shape[0],
-                    Dim::fixed(*len),
+                    Dim::fixed(heads * len),
+                ])])
+            }
+            ConcatCols { heads, broadcast } => {
+                arity(2)?;
+                let (a, b) = (operands[0], operands[1]);
+                let a_dims = head_width(a, *heads)?;
+                let b_dims = head_width(b, if *broadcast { 1 } else { *heads })?;
+                if a.shape[0] != b.shape[0] {
+                    return Err(format!("cannot concatenate the columns of {a} and {b}"));
+                }
+                Ok(vec![TensorType::f32(vec![
+                    a.shape[0],
+                    Dim::fixed(heads * (a_dims + b_dims)),
                 ])])
             }
             ExpertLinear {
@@ -561,6 +577,18 @@ fn routing_width(t: &TensorType) -> Result<u64, String> {
             .as_fixed()
             .ok_or_else(|| format!("expert axis of {t} must be fixed")),
         _ => Err(format!("expected f32 [tokens, experts], found {t}")),
+    }
+}
+
+/// An f32 `[rows, heads·D]` value; returns D.
+fn head_width(t: &TensorType, heads: u64) -> Result<u64, String> {
+    match (t.dtype, t.shape.as_slice(), t.width()) {
+        (DType::F32, [_, _], Some(w)) if heads > 0 && w > 0 && w.is_multiple_of(heads) => {
+            Ok(w / heads)
+        }
+        _ => Err(format!(
+            "expected f32 [rows, {heads} heads · width], found {t}"
+        )),
     }
 }
 

@@ -116,6 +116,11 @@ impl Const {
     }
 }
 
+/// The functions a constant expression may call.
+pub const FUNCTIONS: &[&str] = &[
+    "ceil", "floor", "min", "max", "clamp", "ln", "sqrt", "len", "contains",
+];
+
 /// The closest of `candidates` to `name`, if any is reasonably close.
 pub fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
@@ -263,12 +268,7 @@ pub fn eval_const(expr: &Expr, env: &HashMap<String, Const>) -> Result<Const, Di
                 eval_const(otherwise, env)
             }
         }
-        ExprKind::Call { func, args }
-            if matches!(
-                func.name.as_str(),
-                "ceil" | "floor" | "min" | "max" | "clamp" | "len" | "contains"
-            ) =>
-        {
+        ExprKind::Call { func, args } if FUNCTIONS.contains(&func.name.as_str()) => {
             call(expr, func, args, env)
         }
         _ => Err(Diagnostic::at(
@@ -293,8 +293,8 @@ pub fn eval_bool(e: &Expr, env: &HashMap<String, Const>, what: &str) -> Result<b
     }
 }
 
-/// `ceil(x)`, `floor(x)`, `min(a, b)`, `max(a, b)`, `clamp(x, lo, hi)`, `len(list)`,
-/// `contains(list, x)`.
+/// `ceil(x)`, `floor(x)`, `min(a, b)`, `max(a, b)`, `clamp(x, lo, hi)`, `ln(x)` (x > 0),
+/// `sqrt(x)` (x ≥ 0), `len(list)`, `contains(list, x)`.
 fn call(
     expr: &Expr,
     func: &Ident,
@@ -369,7 +369,26 @@ fn call(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let all_int = vals.iter().all(|v| matches!(v, Const::Int(_)));
+    let domain = |ok: bool, what: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(Diagnostic::at(
+                expr.span,
+                format!("`{func}` of {} is not defined", vals[0]),
+                format!("{func} takes {what}"),
+            ))
+        }
+    };
     Ok(match func.name.as_str() {
+        "ln" => {
+            domain(nums[0] > 0.0, "a positive number")?;
+            Const::Float(nums[0].ln())
+        }
+        "sqrt" => {
+            domain(nums[0] >= 0.0, "a number ≥ 0")?;
+            Const::Float(nums[0].sqrt())
+        }
         "ceil" => Const::Int(nums[0].ceil() as i64),
         "floor" => Const::Int(nums[0].floor() as i64),
         "min" if all_int => Const::Int(nums[0].min(nums[1]) as i64),

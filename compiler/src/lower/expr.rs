@@ -4,9 +4,9 @@
 //! and the checked argument lists that every call site shares.
 
 use super::bind::WeightPath;
-use super::consts::{closest, eval_bool, eval_const};
+use super::consts::{self, closest, eval_bool, eval_const, Const};
 use super::params::free_names;
-use super::{Const, Lowerer, Scope, Val};
+use super::{Lowerer, Scope, Val};
 use crate::diagnostic::Diagnostic;
 use crate::ir::{BinaryOp, Op, UnaryOp, Value};
 use moec_grammar::ast::{Arg, BinOp, Expr, ExprKind, Ident};
@@ -348,6 +348,9 @@ impl Lowerer<'_> {
             "rope" => self.rope(e, args, scope, path).map(Operand::Tensor),
             "min" | "max" | "clamp" => self.min_max(e, func, args, scope, path),
             "ceil" | "floor" | "len" | "contains" => self.constant(e, scope).map(Operand::Const),
+            "slice" => self.slice(e, args, scope, path).map(Operand::Tensor),
+            "concat" => self.concat(e, args, scope, path).map(Operand::Tensor),
+            f if consts::FUNCTIONS.contains(&f) => self.constant(e, scope).map(Operand::Const),
             "linear" | "rmsnorm" | "layernorm" | "moe" | "embedding" | "attention" => {
                 Err(Diagnostic::at(
                     e.span,
@@ -374,22 +377,18 @@ impl Lowerer<'_> {
                     "embedding",
                     "rope",
                     "attention",
-                    "ceil",
-                    "floor",
-                    "min",
-                    "max",
-                    "clamp",
-                    "len",
-                    "contains",
+                    "slice",
+                    "concat",
                 ];
                 let d = Diagnostic::at(
                     func.span,
                     format!("unknown function `{func}`"),
                     "not a function",
                 );
-                Err(match closest(&func.name, KNOWN) {
+                let known: Vec<&str> = KNOWN.iter().chain(consts::FUNCTIONS).copied().collect();
+                Err(match closest(&func.name, &known) {
                     Some(c) => d.with_help(format!("did you mean `{c}`?")),
-                    None => d.with_help(format!("functions: {}", KNOWN.join(", "))),
+                    None => d.with_help(format!("functions: {}", known.join(", "))),
                 })
             }
         }

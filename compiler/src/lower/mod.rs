@@ -10,6 +10,7 @@ mod bind;
 mod consts;
 mod expr;
 mod flow;
+mod heads;
 mod moe;
 mod params;
 mod router;

@@ -20,18 +20,23 @@
 use super::rewrite::{remove_dead, replace_uses};
 use crate::ir::{BinaryOp, Graph, NodeIndex, Op, Value};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 
 /// Runs every rewrite and CSE until nothing changes, then removes dead nodes.
+///
+/// A round that rewrote and merged nothing is the fixed point: it removed only
+/// dead nodes, and that makes no new rewrite or duplicate (both read only a live
+/// node and its operands, which stay as they were), so no further round runs.
 pub fn run(g: &mut Graph) -> Result<bool, String> {
     let mut changed = false;
     loop {
-        let mut round = simplify(g);
-        round |= cse(g);
-        round |= remove_dead(g);
-        if !round {
+        let simplified = simplify(g);
+        let merged = cse(g);
+        let removed = remove_dead(g);
+        changed |= simplified || merged || removed;
+        if !simplified && !merged {
             return Ok(changed);
         }
-        changed = true;
     }
 }
 
@@ -93,16 +98,32 @@ fn double_negation(g: &Graph, v: Value) -> Option<Value> {
 /// Common-subexpression elimination: in topological order, a node equal to an
 /// earlier one (same op, same operands after earlier merges) is replaced by it.
 /// The survivor keeps its label, or takes the duplicate's when it has none.
+///
+/// Earlier nodes are found by the hash of their op and operands; nodes of equal
+/// hash but unequal contents (collisions) take the next `probe` under that hash.
+/// A node's operands are final once it is visited (they come earlier in the order),
+/// so comparing with the graph as it is now is comparing with the node as seen.
 fn cse(g: &mut Graph) -> bool {
-    let mut seen: HashMap<(Op, Vec<Value>), NodeIndex> = HashMap::new();
+    let hasher = RandomState::new();
+    let mut seen: HashMap<(u64, u32), NodeIndex> = HashMap::with_capacity(g.g.node_count());
     let mut changed = false;
     for n in g.topo_order() {
-        if g.node(n).op.is_stateful() {
+        let op = &g.node(n).op;
+        if op.is_stateful() {
             continue;
         }
-        let key = (g.node(n).op.clone(), g.operands(n));
-        let Some(&keep) = seen.get(&key) else {
-            seen.insert(key, n);
+        let operands = g.operands(n);
+        let hash = hasher.hash_one((op, &operands));
+        let mut probe = 0;
+        let keep = loop {
+            match seen.get(&(hash, probe)) {
+                None => break None,
+                Some(&k) if g.node(k).op == *op && g.operands(k) == operands => break Some(k),
+                Some(_) => probe += 1,
+            }
+        };
+        let Some(keep) = keep else {
+            seen.insert((hash, probe), n);
             continue;
         };
         for port in 0..g.node(n).outputs.len() as u8 {

@@ -348,6 +348,7 @@ fn fuse_combine(g: &mut Graph, combine: NodeIndex) -> Result<bool, String> {
         } else {
             g.add(
                 Op::SliceCols {
+                    heads: 1,
                     start: *start as u64,
                     len: members.len() as u64,
                 },

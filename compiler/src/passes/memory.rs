@@ -76,8 +76,13 @@ pub fn byte_size(t: &TensorType) -> (u64, u64) {
 /// Nodes whose value depends on weights and constants only (weights, constants,
 /// and ops over nothing else): a backend prepares them once, at load time.
 pub fn weight_only(g: &Graph) -> HashSet<NodeIndex> {
+    weight_only_in_order(g, &g.topo_order())
+}
+
+/// [`weight_only`], given `g`'s topological order.
+fn weight_only_in_order(g: &Graph, order: &[NodeIndex]) -> HashSet<NodeIndex> {
     let mut set = HashSet::new();
-    for n in g.topo_order() {
+    for &n in order {
         let only = match g.node(n).op {
             Op::Weight { .. } | Op::Constant(_) => true,
             Op::Input { .. } | Op::Positions | Op::CacheAppend { .. } => false,
@@ -93,85 +98,138 @@ pub fn weight_only(g: &Graph) -> HashSet<NodeIndex> {
     set
 }
 
+/// An arena value while planning: its live range (topological positions) and footprint.
+struct Buffer {
+    value: Value,
+    live: (usize, usize),
+    footprint: (u64, u64),
+}
+
 /// Plans every computed value of `g` into one arena.
 pub fn plan(g: &Graph) -> MemoryPlan {
     let order = g.topo_order();
-    let pos: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let fixed = weight_only(g);
+    let mut pos = vec![usize::MAX; g.node_bound()];
+    for (i, n) in order.iter().enumerate() {
+        pos[n.index()] = i;
+    }
+    let fixed = weight_only_in_order(g, &order);
+    let outputs: HashSet<Value> = g.outputs.iter().map(|(_, v)| *v).collect();
     let end = order.len();
-    let mut plan = MemoryPlan::default();
+    // Every arena value, in order of definition.
+    let mut buffers = Vec::new();
     for &n in &order {
         if fixed.contains(&n) || matches!(g.node(n).op, Op::Input { .. } | Op::CacheAppend { .. }) {
             continue;
         }
-        for port in 0..g.node(n).outputs.len() {
-            let v = Value {
+        for (port, ty) in g.node(n).outputs.iter().enumerate() {
+            let value = Value {
                 node: n,
                 port: port as u8,
             };
-            let last =
-                g.g.edges_directed(n, Direction::Outgoing)
-                    .filter(|e| e.weight().port as usize == port)
-                    .map(|e| pos[&e.target()])
-                    .max()
-                    .unwrap_or(pos[&n]);
-            let last = if g.outputs.iter().any(|(_, o)| *o == v) {
+            let last = if outputs.contains(&value) {
                 end
             } else {
-                last
+                g.g.edges_directed(n, Direction::Outgoing)
+                    .filter(|e| e.weight().port as usize == port)
+                    .map(|e| pos[e.target().index()])
+                    .max()
+                    .unwrap_or(pos[n.index()])
             };
-            plan.live.insert(v, (pos[&n], last));
-            let (a, b) = byte_size(&g.node(n).outputs[port]);
-            plan.footprints
-                .insert(v, if a > 0 && b > 0 { (a + b, b) } else { (a, b) });
+            let (a, b) = byte_size(ty);
+            buffers.push(Buffer {
+                value,
+                live: (pos[n.index()], last),
+                footprint: if a > 0 && b > 0 { (a + b, b) } else { (a, b) },
+            });
+        }
+    }
+    // The buffers (indices into `buffers`) whose last use is at each position.
+    let mut dies_at: Vec<Vec<usize>> = vec![Vec::new(); end];
+    for (k, buffer) in buffers.iter().enumerate() {
+        if buffer.live.1 < end {
+            dies_at[buffer.live.1].push(k);
         }
     }
     let (mut per_token, mut fixed_arena) = (Arena::default(), Arena::default());
-    for (i, &n) in order.iter().enumerate() {
-        let outs = (0..g.node(n).outputs.len() as u8).map(|port| Value { node: n, port });
-        for v in outs.filter(|v| plan.live.contains_key(v)) {
-            let (a, b) = plan.footprints[&v];
-            plan.offsets
-                .insert(v, (per_token.alloc(v, a), fixed_arena.alloc(v, b)));
+    let mut offsets: Vec<(u64, u64)> = Vec::with_capacity(buffers.len());
+    for (i, dying) in dies_at.iter().enumerate() {
+        while let Some(buffer) = buffers.get(offsets.len()).filter(|b| b.live.0 == i) {
+            let (a, b) = buffer.footprint;
+            offsets.push((per_token.alloc(a), fixed_arena.alloc(b)));
         }
-        for (v, _) in plan.live.iter().filter(|(_, (_, last))| *last == i) {
-            per_token.free(*v);
-            fixed_arena.free(*v);
+        for &k in dying {
+            let ((a_off, b_off), (a, b)) = (offsets[k], buffers[k].footprint);
+            per_token.free(a_off, a);
+            fixed_arena.free(b_off, b);
         }
     }
-    plan.peak_per_token = per_token.peak;
-    plan.peak_fixed = fixed_arena.peak;
-    plan
+    MemoryPlan {
+        offsets: buffers.iter().map(|b| b.value).zip(offsets).collect(),
+        footprints: buffers.iter().map(|b| (b.value, b.footprint)).collect(),
+        live: buffers.iter().map(|b| (b.value, b.live)).collect(),
+        peak_per_token: per_token.peak,
+        peak_fixed: fixed_arena.peak,
+    }
 }
 
-/// One coordinate: live intervals, first-fit.
-#[derive(Default)]
+/// One coordinate, first-fit: the free ranges between live buffers.
 struct Arena {
-    live: Vec<(u64, u64, Value)>,
+    /// `(start, end)`, in address order, never adjacent (freeing merges them);
+    /// the last one is unbounded. A buffer goes at the start of the first range it
+    /// fits in, which is the lowest offset clear of every live buffer.
+    free: Vec<(u64, u64)>,
     peak: u64,
 }
 
+impl Default for Arena {
+    fn default() -> Arena {
+        Arena {
+            free: vec![(0, u64::MAX)],
+            peak: 0,
+        }
+    }
+}
+
 impl Arena {
-    /// Places `size` bytes at the lowest offset that fits between live intervals.
+    /// Places `size` bytes at the lowest offset that fits between live buffers.
     /// An empty request takes offset 0 and occupies nothing.
-    fn alloc(&mut self, v: Value, size: u64) -> u64 {
+    fn alloc(&mut self, size: u64) -> u64 {
         if size == 0 {
             return 0;
         }
-        self.live.sort_unstable();
-        let mut at = 0;
-        for &(start, end, _) in &self.live {
-            if start >= at + size {
-                break;
-            }
-            at = at.max(end);
+        let i = self
+            .free
+            .iter()
+            .position(|(start, end)| end - start >= size)
+            .expect("the last free range is unbounded");
+        let at = self.free[i].0;
+        if self.free[i].1 - at == size {
+            self.free.remove(i);
+        } else {
+            self.free[i].0 += size;
         }
-        self.live.push((at, at + size, v));
         self.peak = self.peak.max(at + size);
         at
     }
 
-    fn free(&mut self, v: Value) {
-        self.live.retain(|(_, _, w)| *w != v);
+    /// Frees the `size` bytes at `at` that `alloc` returned, merging them with the
+    /// free ranges on either side.
+    fn free(&mut self, at: u64, size: u64) {
+        if size == 0 {
+            return;
+        }
+        let end = at + size;
+        let i = self.free.partition_point(|(start, _)| *start < at);
+        let joins_before = i > 0 && self.free[i - 1].1 == at;
+        let joins_after = self.free[i].0 == end;
+        match (joins_before, joins_after) {
+            (true, true) => {
+                self.free[i - 1].1 = self.free[i].1;
+                self.free.remove(i);
+            }
+            (true, false) => self.free[i - 1].1 = end,
+            (false, true) => self.free[i].0 = at,
+            (false, false) => self.free.insert(i, (at, end)),
+        }
     }
 }

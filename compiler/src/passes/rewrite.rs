@@ -45,7 +45,7 @@ pub fn users(g: &Graph, n: NodeIndex) -> Vec<NodeIndex> {
 /// (renumbering weight ids). Inputs are kept even when unused: they are the
 /// graph's interface (and give the token count). Returns whether anything was removed.
 pub fn remove_dead(g: &mut Graph) -> bool {
-    let mut live = std::collections::HashSet::new();
+    let mut live = vec![false; g.node_bound()];
     let mut stack: Vec<NodeIndex> = g
         .outputs
         .iter()
@@ -54,17 +54,45 @@ pub fn remove_dead(g: &mut Graph) -> bool {
         .chain(g.g.node_indices().filter(|n| g.g[*n].op.is_stateful()))
         .collect();
     while let Some(n) = stack.pop() {
-        if live.insert(n) {
+        if !std::mem::replace(&mut live[n.index()], true) {
             stack.extend(g.g.neighbors_directed(n, Direction::Incoming));
         }
     }
-    let dead: Vec<NodeIndex> = g.g.node_indices().filter(|n| !live.contains(n)).collect();
+    let dead: Vec<NodeIndex> = g.g.node_indices().filter(|n| !live[n.index()]).collect();
     let changed = !dead.is_empty();
+    detach_edges_into(g, &dead, &live);
     for n in dead {
         g.g.remove_node(n);
     }
     compact_weights(g);
     changed
+}
+
+/// Removes every edge into the `dead` nodes, cheaply. Removing an edge walks both
+/// its endpoints' edge lists (most recent first) up to it, so removing the edges
+/// of a wide fan-out (a moe input read by every expert, a combine reading every
+/// expert) one node at a time would walk those lists once per edge. Here each
+/// source's list is unlinked from its front, sources from the last created down,
+/// so that an edge is (nearly) first in both of its lists. Only edges go; which
+/// nodes are removed, and in what order, stays the caller's.
+fn detach_edges_into(g: &mut Graph, dead: &[NodeIndex], live: &[bool]) {
+    let mut sources: Vec<NodeIndex> = dead
+        .iter()
+        .flat_map(|d| g.g.neighbors_directed(*d, Direction::Incoming))
+        .collect();
+    sources.sort_unstable_by(|a, b| b.cmp(a));
+    sources.dedup();
+    let mut doomed = Vec::new();
+    for n in sources {
+        doomed.extend(
+            g.g.edges_directed(n, Direction::Outgoing)
+                .filter(|e| !live[e.target().index()])
+                .map(|e| e.id()),
+        );
+        for e in doomed.drain(..) {
+            g.g.remove_edge(e);
+        }
+    }
 }
 
 /// Drops weight declarations no node refers to and renumbers the rest, keeping order.
@@ -111,7 +139,10 @@ pub fn value_users(g: &Graph, v: Value) -> Vec<NodeIndex> {
 }
 
 /// Whether `v` is read by no node outside `allowed` and is not a graph output:
-/// a value a fusion may absorb.
+/// a value a fusion may absorb. Stops at the first other reader, so asking it of a
+/// value with many readers costs no more than of a private one.
 pub fn used_only_by(g: &Graph, v: Value, allowed: &[NodeIndex]) -> bool {
-    value_users(g, v).iter().all(|u| allowed.contains(u)) && !g.outputs.iter().any(|(_, o)| *o == v)
+    g.g.edges_directed(v.node, Direction::Outgoing)
+        .all(|e| e.weight().port != v.port || allowed.contains(&e.target()))
+        && !g.outputs.iter().any(|(_, o)| *o == v)
 }

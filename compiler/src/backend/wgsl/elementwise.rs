@@ -51,7 +51,8 @@ pub(super) fn binary(op: BinaryOp, a: &[Dim], b: &[Dim], n: Dim) -> Result<Modul
     Ok(m)
 }
 
-/// Columns `start..start+len` of a `[T, width]` value.
+/// Columns `start..start+len` of a `[T, width]` value (of every head: `T` counts
+/// (token, head) rows and `width` is one head's).
 pub(super) fn slice_cols(
     rows: Dim,
     width: u64,

@@ -223,10 +223,10 @@ impl Builder<'_> {
                     stride(Dim::TOKENS),
                 ))
             }
-            Op::SliceCols { start, len } => {
+            Op::SliceCols { heads, start, len } => {
                 let r = leading(ty(0))?;
                 one(launch(
-                    elementwise::slice_cols(r, width(ty(0)), *start, *len),
+                    elementwise::slice_cols(r.scale(*heads), width(ty(0)) / heads, *start, *len),
                     vec![In(0), Out(0)],
                     stride(total),
                 ))
@@ -330,6 +330,9 @@ impl Builder<'_> {
             }
             Op::ConcatRows => Err(format!(
                 "{name}: concatenating computed values is not supported by the GPU backend"
+            )),
+            Op::ConcatCols { .. } => Err(format!(
+                "{name}: concatenating heads' columns is not supported by the GPU backend yet"
             )),
             Op::Embedding
             | Op::Positions
