@@ -394,8 +394,8 @@ fn min_and_max_propagate_nan() {
     assert_eq!(out["c"].as_f32()[1], 1.0);
 }
 
-/// GPT-OSS's MoE block by hand: top-2 of 2 experts on the biased logits, softmax over the
-/// two, clamped GLU experts with biases, the down bias scaled by the routing weight. Run
+/// GPT-OSS's MoE block by hand: top-2 of 3 experts on the biased logits, softmax over the
+/// two chosen, clamped GLU experts with biases, the down bias scaled by the routing weight. Run
 /// as lowered and after the pass pipeline (the clamped-GLU epilogue of a grouped matmul).
 #[test]
 fn clamped_glu_experts_by_hand() {
@@ -404,9 +404,9 @@ fn clamped_glu_experts_by_hand() {
           let gate = linear(h, 2, bias = true) let up = linear(h, 2, bias = true)
           let g = min(gate, limit) let u = clamp(up, -limit, limit)
           let down = linear((u + 1) * (g * sigmoid(alpha * g)), 2, bias = true) return down }
-        router router(h: [n, 2]) { logits = linear(h, 2, bias = true)
+        router router(h: [n, 2]) { logits = linear(h, 3, bias = true)
           scores = softmax(logits, after_topk = true) select = topk(logits, 2) }
-        let y = moe(x, experts = 2 * e, router = router) output y
+        let y = moe(x, experts = 3 * e, router = router) output y
         weights { router.logits = \"r\" router.logits.bias = \"rb\"
           experts[e].gate = \"g{e}\" experts[e].gate.bias = \"gb{e}\"
           experts[e].up = \"u{e}\" experts[e].up.bias = \"ub{e}\"
@@ -417,10 +417,10 @@ fn clamped_glu_experts_by_hand() {
             .collect()
     };
     let mut w: Vec<(String, Vec<f32>)> = vec![
-        ("r".into(), vec![1.0, -1.0, 0.5, 2.0]),
-        ("rb".into(), vec![0.25, -0.5]),
+        ("r".into(), vec![1.0, -1.0, 0.5, 2.0, -1.5, 0.25]),
+        ("rb".into(), vec![0.25, -0.5, 0.1]),
     ];
-    for e in 0..2 {
+    for e in 0..3 {
         w.push((format!("g{e}"), mats(e, 0.9)));
         w.push((format!("gb{e}"), vec![0.1, -0.2]));
         w.push((format!("u{e}"), mats(e, -1.1)));
@@ -433,15 +433,22 @@ fn clamped_glu_experts_by_hand() {
     let xs = tokens();
     // Gate above the limit, up above it, up below its negative: each must occur.
     let mut hits = [0; 3];
+    let mut chosen_sets = std::collections::BTreeSet::new();
     let want: Vec<Vec<f32>> = xs
         .iter()
         .map(|x| {
             let add = |a: Vec<f32>, b: Vec<f32>| -> Vec<f32> {
                 a.iter().zip(&b).map(|(a, b)| a + b).collect()
             };
-            let p = softmax(&add(matvec(&find("r"), x), find("rb")));
+            let logits = add(matvec(&find("r"), x), find("rb"));
+            // The two largest logits, then a softmax over just those two.
+            let mut order = [0, 1, 2];
+            order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
+            let chosen = [order[0], order[1]];
+            chosen_sets.insert(chosen);
+            let p = softmax(&[logits[chosen[0]], logits[chosen[1]]]);
             let mut y = vec![0.0f32; 2];
-            for (e, pe) in p.iter().enumerate() {
+            for (&e, pe) in chosen.iter().zip(&p) {
                 let gate = add(matvec(&find(&format!("g{e}")), x), find(&format!("gb{e}")));
                 let up = add(matvec(&find(&format!("u{e}")), x), find(&format!("ub{e}")));
                 let h: Vec<f32> = gate
@@ -465,6 +472,7 @@ fn clamped_glu_experts_by_hand() {
         })
         .collect();
     assert!(hits.iter().all(|h| *h > 0), "clamps hit: {hits:?}");
+    assert!(chosen_sets.len() > 1, "every token chose {chosen_sets:?}");
     assert_close(&run(spec, &named, &xs)["y"], &want);
 
     let mut g = lower_source(spec, &[]).unwrap().graph;
