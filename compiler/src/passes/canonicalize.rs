@@ -17,7 +17,7 @@
 //! commute (`(x·a)·b` is not `x·(a·b)` in f32; only the exact `-1·-1` case is
 //! folded), or look through weights (their values are unknown until run time).
 
-use super::rewrite::{remove_dead, replace_uses};
+use super::rewrite::{constant, remove_dead, replace_uses};
 use crate::ir::{BinaryOp, Graph, NodeIndex, Op, Value};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -37,14 +37,6 @@ pub fn run(g: &mut Graph) -> Result<bool, String> {
         if !simplified && !merged {
             return Ok(changed);
         }
-    }
-}
-
-/// The scalar value of `v` if it is a `Constant`.
-fn constant(g: &Graph, v: Value) -> Option<f32> {
-    match g.node(v.node).op {
-        Op::Constant(c) => Some(c.get()),
-        _ => None,
     }
 }
 

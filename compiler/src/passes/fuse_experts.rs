@@ -29,7 +29,7 @@
 //! leave that whole `DenseCombine` as it is (correct, just dense and slow). A
 //! shared expert it cannot read stays as its plain linears.
 
-use super::rewrite::{remove_dead, replace_uses, used_only_by, value_users};
+use super::rewrite::{constant, remove_dead, replace_uses, used_only_by, value_users};
 use crate::ir::{BinaryOp, Epilogue, F32Bits, Graph, NodeIndex, Op, TensorType, Value};
 
 /// Fuses the experts of every `DenseCombine` it can read; true when it fused any.
@@ -168,14 +168,6 @@ fn binary_at(g: &Graph, v: Value, op: BinaryOp) -> Option<(Value, Value)> {
     })
 }
 
-/// `v`'s value when it is a `Constant`.
-fn constant_at(g: &Graph, v: Value) -> Option<f32> {
-    match g.node(v.node).op {
-        Op::Constant(c) => Some(c.get()),
-        _ => None,
-    }
-}
-
 /// `a · b` at `v` where `first` accepts one operand: what it returned, that operand and the
 /// other (both orders tried).
 fn product_at<T>(
@@ -198,9 +190,9 @@ fn clamped_glu_at(g: &Graph, out: Value) -> Option<Layer> {
         let (u, one) = binary_at(g, v, BinaryOp::Add)?;
         let (lower, hi) = binary_at(g, u, BinaryOp::Min)?;
         let (up, lo) = binary_at(g, lower, BinaryOp::Max)?;
-        let limit = constant_at(g, hi)?;
-        let fits = constant_at(g, one) == Some(1.0)
-            && constant_at(g, lo) == Some(-limit)
+        let limit = constant(g, hi)?;
+        let fits = constant(g, one) == Some(1.0)
+            && constant(g, lo) == Some(-limit)
             && private(v, &[out.node])
             && private(u, &[v.node])
             && private(lower, &[u.node])
@@ -215,11 +207,11 @@ fn clamped_glu_at(g: &Graph, out: Value) -> Option<Layer> {
     };
     let (scaled, sig, clamped) = product_at(g, gate_side, sigmoid)?;
     let ((), _, alpha) = product_at(g, scaled, |v| (v == clamped).then_some(()))?;
-    let alpha = constant_at(g, alpha)?;
+    let alpha = constant(g, alpha)?;
     let (gate, hi) = binary_at(g, clamped, BinaryOp::Min)?;
     let (xg, wg, bg) = linear_at(g, gate)?;
     let (xu, wu, bu) = linear_at(g, up)?;
-    let fits = constant_at(g, hi) == Some(limit)
+    let fits = constant(g, hi) == Some(limit)
         && private(gate_side, &[out.node])
         && private(sig, &[gate_side.node])
         && private(scaled, &[sig.node])

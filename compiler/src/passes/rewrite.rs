@@ -1,7 +1,7 @@
 //! Graph-editing helpers shared by the passes: redirect a value's uses, remove
-//! nodes nothing depends on.
+//! nodes nothing depends on, ask who reads a value and what a constant holds.
 
-use crate::ir::{Edge, Graph, NodeIndex, Value};
+use crate::ir::{Edge, Graph, NodeIndex, Op, Value};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
@@ -145,4 +145,12 @@ pub fn used_only_by(g: &Graph, v: Value, allowed: &[NodeIndex]) -> bool {
     g.g.edges_directed(v.node, Direction::Outgoing)
         .all(|e| e.weight().port != v.port || allowed.contains(&e.target()))
         && !g.outputs.iter().any(|(_, o)| *o == v)
+}
+
+/// The scalar value of `v` if it is a `Constant`.
+pub fn constant(g: &Graph, v: Value) -> Option<f32> {
+    match g.node(v.node).op {
+        Op::Constant(c) => Some(c.get()),
+        _ => None,
+    }
 }
