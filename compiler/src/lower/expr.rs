@@ -347,7 +347,6 @@ impl Lowerer<'_> {
             }
             "rope" => self.rope(e, args, scope, path).map(Operand::Tensor),
             "min" | "max" | "clamp" => self.min_max(e, func, args, scope, path),
-            "ceil" | "floor" | "len" | "contains" => self.constant(e, scope).map(Operand::Const),
             "slice" => self.slice(e, args, scope, path).map(Operand::Tensor),
             "concat" => self.concat(e, args, scope, path).map(Operand::Tensor),
             f if consts::FUNCTIONS.contains(&f) => self.constant(e, scope).map(Operand::Const),
