@@ -26,8 +26,9 @@ What it does:
                    n_batch = n_ubatch = 512 (the prompt in one batch); wall clock around eval + argmax.
      Prefill tokens/s = prompt tokens / (prompt forward + choosing the first new id); decode tokens/s =
      (new tokens - 1) / the time of the later steps: `moec generate`'s definition, used for all three.
-  4. `moec bench examples/mixtral.moe --bandwidth`: memory read bandwidth, and the MoE block alone at one
-     token (how much of a decode step the four MoE blocks take).
+  4. `moec bench examples/mixtral.moe --bandwidth`: the memory read bandwidth, against which moec decode's
+     weight streaming rate is put (weight bytes one decode step reads x decode tokens/s). With `perf` on
+     the PATH, profiles moec's prefill and decode (`perf record`), shares of samples by part.
   5. Before every timed section it waits (polling every 30 s, --max-wait in all) for the 1-minute load
      average to fall to --quiet-load, and records the load average it measured at.
   6. Prints the tables and writes them, with machine, versions, date, commands, into the section
@@ -418,6 +419,93 @@ def run_moec(moec, spec, sets, ckpt, extra, args):
     return dict(runs=runs), shown
 
 
+PERF_LINE = re.compile(r"^\s*([0-9.]+)%\s+\[(.)\]\s+(.*?)\s*$")
+
+
+def perf_symbols(data_file, window=None):
+    """{symbol: % of samples} from `perf report` (kernel symbols marked [k])."""
+    cmd = ["perf", "report", "-i", data_file, "--no-children", "--sort", "sym", "--stdio", "-g", "none"]
+    if window:
+        cmd += ["--time", window]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    syms = {}
+    for line in out.splitlines():
+        m = PERF_LINE.match(line)
+        if m:
+            name = ("[k] " if m.group(2) == "k" else "") + m.group(3)
+            syms[name] = syms.get(name, 0.0) + float(m.group(1))
+    return syms
+
+
+def part_of(sym):
+    h, v, i = DIMS["hidden_size"], DIMS["vocab_size"], DIMS["intermediate_size"]
+    if sym.startswith("[k] "):
+        return "kernel (page faults, scheduling)"
+    if sym.startswith("matmul_"):
+        if "glu" in sym or "weighted" in sym:
+            return "experts (JIT)"
+        if f"_n{v}" in sym:
+            return "lm_head (JIT)"
+        return "q/k/v/o, router (JIT)"
+    if "gemm" in sym:
+        return "gemm crate"
+    if "matmul::run" in sym:
+        return "matmul::run (unpacks panels for gemm)"
+    if "layers::attention" in sym or "layers::dot" in sym:
+        return "attention"
+    return "other"
+
+
+def profile_moec(moec, spec, sets, ckpt, args, data, dtype):
+    """perf profiles of moec's prefill and decode: {phase: {part: %}}."""
+    ids = ",".join(map(str, prompt_ids(args.prompt_len)))
+    base = [moec, "generate", spec, *sets, "--weights", os.path.relpath(ckpt, REPO), "--prompt-ids", ids,
+            "--backend", "cpu", "--json"]
+    pre_file, dec_file = (os.path.join(data, f"perf_{dtype}_{p}.data") for p in ("prefill", "decode"))
+    log(f"perf: moec {dtype} prefill, then decode")
+    start = time.perf_counter()
+    res = subprocess.run(["perf", "record", "-F", "999", "-o", pre_file, "--", *base, "--max-new-tokens", "1"],
+                         cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if res.returncode != 0:
+        log("perf record failed: " + (res.stderr.strip().splitlines() or [""])[-1])
+        return {}
+    prefill_s = args.prompt_len / json_lines(res.stdout)[-1]["prefill_tokens_per_s"]
+    share = max(1, min(99, round(100 * (1 - 0.9 * prefill_s / wall))))
+    out = {"prefill": perf_symbols(pre_file, f"{share}%-100%")}
+    # decode: start sampling once load and prefill are over (they took `wall` above)
+    res = subprocess.run(["perf", "record", "-F", "999", "-D", str(int(1000 * (wall + 1.5))), "-o", dec_file, "--",
+                          *base, "--max-new-tokens", str(PROFILE_NEW)], cwd=REPO, capture_output=True, text=True)
+    if res.returncode == 0:
+        out["decode"] = perf_symbols(dec_file)
+    parts = {}
+    for phase, syms in out.items():
+        total = sum(syms.values()) or 1.0
+        grouped = {}
+        for sym, pct in syms.items():
+            grouped[part_of(sym)] = grouped.get(part_of(sym), 0.0) + 100 * pct / total
+        parts[phase] = grouped
+    return parts
+
+
+PROFILE_NEW = 320  # new tokens of the decode profile (its first 1.5 s after load and prefill are not sampled)
+PARTS = ["experts (JIT)", "lm_head (JIT)", "q/k/v/o, router (JIT)", "gemm crate", "matmul::run (unpacks panels for gemm)",
+         "attention", "kernel (page faults, scheduling)", "other"]
+
+
+def profile_table(profiles):
+    cols = [(d, phase) for d, p in profiles.items() for phase in ("prefill", "decode") if phase in p]
+    if not cols:
+        return [], []
+    head = ["part"] + [f"{d} {phase}" for d, phase in cols]
+    rows = []
+    for part in PARTS:
+        vals = [profiles[d][phase].get(part, 0.0) for d, phase in cols]
+        if any(v >= 0.5 for v in vals):
+            rows.append([part] + [f"{v:.0f}%" for v in vals])
+    return head, rows
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -464,8 +552,8 @@ def fmt(v, spec, suffix=""):
     return "—" if v is None else format(v, spec) + suffix
 
 
-def markdown(head, rows):
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join(":---" if i < 2 else "---:" for i in range(len(head))) + "|"]
+def markdown(head, rows, left=2):
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(":---" if i < left else "---:" for i in range(len(head))) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
 
@@ -493,6 +581,82 @@ def write_section(md_path, text):
         f.write(new)
 
 
+def flops_per_token():
+    """(FLOPs per token without lm_head, lm_head's FLOPs per row)."""
+    h, i, v = DIMS["hidden_size"], DIMS["intermediate_size"], DIMS["vocab_size"]
+    q = DIMS["num_attention_heads"] * DIMS["head_dim"]
+    kv = DIMS["num_key_value_heads"] * DIMS["head_dim"]
+    layer = h * q + 2 * h * kv + q * h + DIMS["num_local_experts"] * h + DIMS["num_experts_per_tok"] * 3 * h * i
+    return 2 * DIMS["num_hidden_layers"] * layer, 2 * v * h
+
+
+def findings(summary, profiles, bw, dtypes, args):
+    """The misses, with the numbers behind them and the likely causes (as of the moec measured)."""
+    m = {d: summary.get(f"{d} moec") for d in dtypes}
+    if not any(m.values()):
+        return []
+    out = ["", "Findings:", ""]
+    prof = lambda d, phase, part: profiles.get(d, {}).get(phase, {}).get(part)  # noqa: E731
+    llama = {d: max((summary[k] for k in summary if k.startswith(f"{d} llama.cpp")), key=lambda s: s["decode"],
+                    default=None) for d in dtypes}
+    tf = {d: max((summary[k] for k in summary if k.startswith(f"{d} transformers")), key=lambda s: s["prefill"],
+                 default=None) for d in dtypes}
+    dec = [d for d in dtypes if m[d] and llama[d]]
+    if dec:
+        text = ("- **Decode vs llama.cpp**: moec " + ", ".join(
+            f"{m[d]['decode']:.1f} tok/s vs {llama[d]['decode']:.1f} ({m[d]['decode'] / llama[d]['decode']:.2f}×) at {d}"
+            for d in dec) + "; moec streams " + ", ".join(
+            f"{m[d]['weight_gbps']:.1f} GB/s vs llama.cpp's {llama[d]['weight_gbps']:.1f} at {d}" for d in dec) + ".")
+        k = [d for d in dec if profiles.get(d, {}).get("decode")]
+        if k:
+            text += (" moec's decode step is the weight stream: its JIT matmul kernels take " + ", ".join(
+                f"{sum(prof(d, 'decode', p) or 0 for p in PARTS[:3]):.0f}% of the decode samples at {d} (experts "
+                f"{prof(d, 'decode', PARTS[0]) or 0:.0f}%, lm_head {prof(d, 'decode', PARTS[1]) or 0:.0f}%, attention "
+                f"{prof(d, 'decode', 'attention') or 0:.0f}%)" for d in k)
+                + ", so the gap is the kernels' streaming rate, not overhead around them.")
+        text += (" Likely cause: moec's kernels are 128-bit SIMD (Cranelift has no 256/512-bit vector types; "
+                 "`f32x4` loads and FMAs, bf16 panels widened with a shift and a mask per 4 lanes), so a 64-byte "
+                 "line of weights costs 4 loads + 4 FMAs in f32 and 4 loads + 8 widening ops + 8 FMAs in bf16 (plus "
+                 "broadcasts of x), where llama.cpp's AVX-512 kernels need about 1 load + 1 FMA per line in f32 and "
+                 "1 load + 1 AVX512-BF16 `vdpbf16ps` in bf16: fewer loads in flight per core, and in bf16 the "
+                 "kernels no longer keep up with memory.")
+        out.append(text)
+    if bw and any(m[d] for d in dtypes):
+        best_l = max((llama[d]["weight_gbps"] for d in dtypes if llama[d]), default=None)
+        text = (f"- **Bandwidth**: `moec bench --bandwidth` reads {bw:.1f} GB/s; moec's decode streams " + ", ".join(
+            f"{m[d]['weight_gbps'] / bw:.0%} of it at {d}" for d in dtypes if m[d]) + f" (target {TARGET_BW:.0%}).")
+        if best_l and best_l > bw:
+            text += (f" llama.cpp's f32 decode implies at least {best_l:.1f} GB/s, so the 1-GiB read test "
+                     "underestimates what two cores stream (or the L3 serves part of each step's reads); against "
+                     f"that rate moec streams " + ", ".join(
+                         f"{m[d]['weight_gbps'] / best_l:.0%} at {d}" for d in dtypes if m[d]) + ".")
+        out.append(text)
+    pre = [d for d in dtypes if m[d] and tf[d]]
+    if pre:
+        useful, lm = flops_per_token()
+        text = ("- **Prefill vs transformers**: moec " + ", ".join(
+            f"{m[d]['prefill']:.0f} tok/s vs {tf[d]['prefill']:.0f} ({m[d]['prefill'] / tf[d]['prefill']:.2f}×, "
+            f"target {TARGET_PREFILL}×) at {d}" for d in pre) + ". transformers' matmuls are MKL (f32) and oneDNN "
+            "(bf16) GEMMs: " + ", ".join(
+            f"{tf[d]['prefill'] * useful / 1e9:.0f} GFLOP/s at {d}" for d in pre) + " on 2 cores (bf16 above the f32 "
+            "FMA peak of 2 cores: bf16 matrix instructions, AMX-BF16 / AVX512-BF16, both on this CPU). moec computes lm_head for every prompt row (the "
+            f"session returns logits for all {args.prompt_len}; transformers and llama.cpp only the last), "
+            f"{lm / (useful + lm):.0%} of its prefill FLOPs")
+        pp = [d for d in pre if profiles.get(d, {}).get("prefill")]
+        if pp:
+            d = pp[0]
+            text += (f"; of its prefill samples ({d}) {prof(d, 'prefill', 'gemm crate') or 0:.0f}% are the gemm "
+                     f"crate's f32 microkernel, {prof(d, 'prefill', 'matmul::run (unpacks panels for gemm)') or 0:.0f}% "
+                     "`matmul::run` unpacking packed weight panels into a row-major block for every gemm work item "
+                     f"(a copy of each weight on every call), {prof(d, 'prefill', 'kernel (page faults, scheduling)') or 0:.0f}% "
+                     "the kernel (page faults: each value gets a fresh buffer, and each `moec generate` run is a "
+                     f"cold process), {prof(d, 'prefill', 'attention') or 0:.0f}% attention (per-row dot products, not a GEMM)")
+        text += (". bf16 has no compute path of its own (bf16 panels are unpacked to f32 for gemm), so moec's "
+                 "bf16 prefill is its f32 prefill." if "bf16" in pre else ".")
+        out.append(text)
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -518,6 +682,8 @@ def main():
     ap.add_argument("--md", default=os.path.join("benches", "BENCHMARKS.md"))
     ap.add_argument("--note", default="", help="a remark written under the section title")
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
+    ap.add_argument("--no-profile", dest="profile", action="store_false",
+                    help="skip the perf profile of moec's prefill and decode")
     # worker mode (the script runs itself once per contender, so runtimes never share a process)
     ap.add_argument("--worker", choices=["torch", "llama"], help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
@@ -532,7 +698,7 @@ def main():
         return worker_llama(args)
     if args.quick:
         args.prompt_len, args.new_tokens, args.repeats, args.warmup = 64, 8, 1, 0
-        args.experts, args.llama_fa, args.no_write, args.max_wait = "eager", "off", True, 0
+        args.experts, args.llama_fa, args.no_write, args.max_wait, args.profile = "eager", "off", True, 0, False
     dtypes = args.dtypes.split(",")
     impls = [e for e in args.experts.split(",") if e]
     skip = set(filter(None, args.skip.split(",")))
@@ -592,27 +758,29 @@ def main():
             out["load"] = load
             results[(d, name)] = out
 
-    bw = block = None
+    bw = bw_threads = None
+    profiles = {}
     if "moec" not in skip:
         quiet.wait("moec bench --bandwidth")
-        bench_load = loadavg()
         bench = ["bench", BLOCK_SPEC, "--set", f"hidden_size={DIMS['hidden_size']}", "--set",
-                 f"intermediate_size={DIMS['intermediate_size']}", "--tokens", "1", "--repeats", "20", "--threads",
-                 str(args.threads), "--json", "--no-dense"]
-        lines = json_lines(sh([moec, *bench, "--bandwidth"]).stdout)
+                 f"intermediate_size={DIMS['intermediate_size']}", "--tokens", "1", "--repeats", "3", "--threads",
+                 str(args.threads), "--json", "--no-dense", "--bandwidth"]
+        lines = json_lines(sh([moec, *bench]).stdout)
         bw = next((r["read_gbps"] for r in lines if r.get("backend") == "memory"), None)
-        block = {"f32": next((r["median_ms"] for r in lines if r.get("graph") == "scheduled"), None)}
-        commands.append("moec " + quote(bench + ["--bandwidth"]))
-        if "bf16" in dtypes:
-            lines = json_lines(sh([moec, *bench, "--weight-dtype", "bf16"]).stdout)
-            block["bf16"] = next((r["median_ms"] for r in lines if r.get("graph") == "scheduled"), None)
-            commands.append("moec " + quote(bench + ["--weight-dtype", "bf16"]))
+        bw_threads = next((r.get("threads") for r in lines if r.get("backend") == "memory"), None)
+        commands.append("moec " + quote(bench))
+        if args.profile and shutil.which("perf"):
+            for d in dtypes:
+                quiet.wait(f"perf moec {d}")
+                profiles[d] = profile_moec(moec, spec, sets, ckpt[d], args, data, d)
+        elif args.profile:
+            log("perf not found: no profile of moec")
 
     # ----------------------------------------------------------------- tables
     names = (["moec"] if "moec" not in skip else []) + [c[0] for c in contenders]
     head = ["precision", "contender", f"prefill({args.prompt_len}) tok/s", "decode tok/s",
-            "moec/this prefill", "moec/this decode", "decode weight GB/s", "% of read BW", "greedy ids = tf eager",
-            "load avg"]
+            "moec/this prefill", "moec/this decode", "decode weight GB/s", "% of read BW", "ids = tf eager",
+            "ids = moec", "load avg"]
     rows, summary = [], {}
     for d in dtypes:
         m = results.get((d, "moec"))
@@ -625,6 +793,7 @@ def main():
             wdt = r.get("weight_dtype", d) if name == "moec" else d
             gbs = weight_bytes_per_decode_token(BYTES[wdt]) * dec / 1e9
             same = f"{agree(r['runs'][0]['ids'], ref['runs'][0]['ids'])}/{args.new_tokens}" if ref else "—"
+            same_m = f"{agree(r['runs'][0]['ids'], m['runs'][0]['ids'])}/{args.new_tokens}" if m else "—"
             mp = med(m["runs"], "prefill") if m else None
             md_ = med(m["runs"], "decode") if m else None
             rows.append([
@@ -632,7 +801,7 @@ def main():
                 f"{pre:.1f}", f"{dec:.2f}",
                 "—" if name == "moec" or mp is None else f"{mp / pre:.2f}×",
                 "—" if name == "moec" or md_ is None else f"{md_ / dec:.2f}×",
-                f"{gbs:.1f}", fmt(100 * gbs / bw if bw else None, ".0f", "%"), same, f"{r['load']:.2f}",
+                f"{gbs:.1f}", fmt(100 * gbs / bw if bw else None, ".0f", "%"), same, same_m, f"{r['load']:.2f}",
             ])
             summary[f"{d} {name}"] = dict(prefill=pre, decode=dec, weight_gbps=gbs, prefill_spread=spread(r["runs"], "prefill"),
                                           decode_spread=spread(r["runs"], "decode"), load=r["load"])
@@ -662,8 +831,7 @@ def main():
     bytes_note = {d: weight_bytes_per_decode_token(BYTES[d]) for d in DTYPES}
     log()
     if bw:
-        log(f"memory read bandwidth: {bw:.1f} GB/s; MoE block alone at 1 token: "
-            + ", ".join(f"{d} {block[d]:.3f} ms" for d in block if block[d]))
+        log(f"memory read bandwidth: {bw:.1f} GB/s ({bw_threads} threads)")
     log(plain(head, rows))
     if t_rows:
         log()
@@ -672,20 +840,14 @@ def main():
         log(f"  {s['section']}: load average {s['load']:.2f} after waiting {s['waited_s']} s"
             + ("" if s["quiet"] else " (never quiet)"))
 
-    # decode step breakdown for moec: the four MoE blocks (moec bench, random weights) vs the whole step
-    breakdown = {}
-    for d in dtypes:
-        m = summary.get(f"{d} moec")
-        b = block.get(results[(d, "moec")]["weight_dtype"]) if m and block else None
-        if b:
-            step = 1e3 / m["decode"]
-            breakdown[d] = dict(step_ms=step, moe_ms=DIMS["num_hidden_layers"] * b)
-            log(f"moec {d} decode step {step:.2f} ms; 4 MoE blocks alone (moec bench, 1 token) "
-                f"{DIMS['num_hidden_layers'] * b:.2f} ms; the rest (attention, lm_head, norms, session) "
-                f"{step - DIMS['num_hidden_layers'] * b:.2f} ms")
+    p_head, p_rows = profile_table(profiles)
+    if p_rows:
+        log()
+        log("moec, share of samples by part (perf):")
+        log(plain(p_head, p_rows))
 
     with open(os.path.join(data, "compare_models.json"), "w") as f:
-        json.dump(dict(summary=summary, bandwidth_gbps=bw, block_ms=block, quiet=quiet.log,
+        json.dump(dict(summary=summary, bandwidth_gbps=bw, profiles=profiles, quiet=quiet.log,
                        results={f"{k[0]} {k[1]}": v for k, v in results.items()}), f, indent=1)
     if args.no_write:
         return
@@ -699,7 +861,9 @@ def main():
         rustc = "rustc: not found"
     tf = next((v for k, v in results.items() if k[1].startswith("transformers")), None)
     ll = next((v for k, v in results.items() if k[1].startswith("llama.cpp")), None)
-    versions = [moec_version + f" ({rustc})"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    versions = [moec_version + f" at commit {commit} ({rustc})"]
     if tf:
         versions.append(f"torch {tf['torch']}, transformers {tf['transformers']}")
     if ll:
@@ -728,7 +892,7 @@ def main():
         f"- Threads: {args.threads} for every contender: torch `set_num_threads({args.threads})`, llama.cpp "
         f"`n_threads = n_threads_batch = {args.threads}`; `moec generate` has no thread option and runs one worker "
         f"per core ({os.cpu_count()} cores).",
-        f"- Memory read bandwidth: {fmt(bw, '.1f')} GB/s (`moec bench --bandwidth`, {args.threads} threads, "
+        f"- Memory read bandwidth: {fmt(bw, '.1f')} GB/s (`moec bench --bandwidth`, {bw_threads} threads, "
         "streaming read of 1 GiB).",
         f"- Times: median of {args.repeats} runs after {args.warmup} warm-up run(s), each contender in its own "
         "process. prefill tok/s = prompt tokens / (the prompt's forward + choosing the first id); decode tok/s = "
@@ -752,20 +916,26 @@ def main():
         f"decode step reads — attention, router and norms of every layer, 2 of 8 experts per layer, one embedding "
         f"row, lm_head: {bytes_note['f32'] / 1e6:.0f} MB in f32, {bytes_note['bf16'] / 1e6:.0f} MB in bf16 (KV cache "
         "not counted) — times decode tok/s; % of read BW: of the measured bandwidth (the L3 can hold part of "
-        "what one step reads, so this can pass 100%). greedy ids = tf eager: how many of the first new ids equal "
-        "transformers eager's at the same precision (random weights give small logit gaps, so bf16 rounding "
-        "differences soon change a choice).",
+        "what one step reads, so this can pass 100%). ids = tf eager / ids = moec: how many of the first new ids "
+        "equal transformers eager's / moec's at the same precision (random weights give small logit gaps, so "
+        "bf16 rounding soon changes a choice: transformers rounds every activation to bf16, moec keeps them "
+        "f32).",
     ]
+    md.append("")
     md.append("moec reads the bf16 checkpoint widened to f32 and its CPU backend packs bf16 panels for every "
               "matmul whose weights are all bf16 values (here all of them, lm_head and router included), so its "
               "bf16 row streams bf16 weights; the embedding table stays f32 (one row per token).")
     if t_rows:
-        md += ["", "Targets:", "", markdown(t_head, t_rows)]
-    if breakdown:
-        md += ["", "Where moec's decode step goes (MoE block alone from `moec bench " + BLOCK_SPEC
-               + "` at 1 token, random weights; the rest is attention, lm_head, norms, the session):", ""]
-        md += [f"- {d}: step {b['step_ms']:.2f} ms = 4 MoE blocks {b['moe_ms']:.2f} ms + the rest "
-               f"{b['step_ms'] - b['moe_ms']:.2f} ms." for d, b in breakdown.items()]
+        md += ["", "Targets:", "", markdown(t_head, t_rows, left=1)]
+    if p_rows:
+        md += ["", f"Where moec's time goes: `perf record` of `moec generate` (same prompt; decode: {PROFILE_NEW} new tokens, "
+               "sampling started 1.5 s after load and prefill took in a first run; prefill: the last part of a one-new-token run, as long as "
+               "its prefill). Share of samples by part (JIT kernels are named by shape: `matmul_k1024_n7168_glu_silu` "
+               "= experts' gate and up, `..._weighted` = experts' down, `n32000` = lm_head, the other `matmul_` "
+               "= q/k/v/o and router; `gemm` = the gemm crate, which prefill uses for many-row matmuls after "
+               "unpacking the weight panels into a block per work item; kernel = page faults, scheduling):", "",
+               markdown(p_head, p_rows, left=1)]
+    md += findings(summary, profiles, bw, dtypes, args)
     md.append("")
     write_section(os.path.join(REPO, args.md), "\n".join(line for line in md if line is not None))
     log(f"\nwrote the section \"{SECTION}\" of {args.md}")
