@@ -2,12 +2,14 @@
 //! pairs. Binary operators get their precedence from a Pratt parser. A syntax
 //! error becomes a [`ParseError`] that says what was expected, in words.
 
+mod syntax_error;
+
 use crate::ast::*;
-use pest::error::{ErrorVariant, InputLocation};
 use pest::iterators::{Pair, Pairs};
 use pest::pratt_parser::{Assoc, Op, PrattParser};
 use pest::Parser;
 use std::sync::OnceLock;
+use syntax_error::syntax_error;
 
 #[derive(pest_derive::Parser)]
 #[grammar = "moe.pest"]
@@ -40,190 +42,6 @@ pub fn parse_expr(source: &str) -> Result<Expr, ParseError> {
         .next()
         .expect("the expr_text rule always yields one pair");
     build_expr(text.into_inner().next().expect("an expression"))
-}
-
-fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
-    let (start, end) = match err.location {
-        InputLocation::Pos(p) => (p, p),
-        InputLocation::Span((s, e)) => (s, e),
-    };
-    // Point at the whole offending token when there is one, so the snippet underlines it.
-    let end = if end > start {
-        end
-    } else {
-        start + token_len(&source[start.min(source.len())..])
-    };
-    let rest = &source[start.min(source.len())..];
-    if let Some(e) = unterminated(rest, start) {
-        return e;
-    }
-    let found = describe_found(rest);
-    let literals: Vec<String> = err
-        .parse_attempts()
-        .map(|a| a.expected_tokens())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| t.to_string())
-        .filter(|t| is_punctuation(t))
-        .map(|t| format!("`{t}`"))
-        .collect();
-    let (message, label) = match err.variant {
-        ErrorVariant::ParsingError {
-            positives,
-            negatives,
-        } => {
-            let mut wanted: Vec<&str> = positives.iter().map(|r| rule_name(*r)).collect();
-            // Indexing is one of the operators that may follow an operand: no `[` of its own.
-            let indexing = positives.contains(&Rule::index);
-            wanted.extend(
-                literals
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|l| !(indexing && *l == "`[`")),
-            );
-            wanted.sort_unstable();
-            wanted.dedup();
-            if wanted.is_empty() && !negatives.is_empty() {
-                let not: Vec<&str> = negatives.iter().map(|r| rule_name(*r)).collect();
-                (
-                    format!("unexpected {}", not.join(" or ")),
-                    format!("{} is not allowed here", not.join(" or ")),
-                )
-            } else {
-                let list = join_or(&wanted);
-                (
-                    format!("expected {list}, found {found}"),
-                    format!("expected {list}"),
-                )
-            }
-        }
-        ErrorVariant::CustomError { message } => (message.clone(), message),
-    };
-    ParseError {
-        span: Span::new(start, end),
-        message,
-        label,
-    }
-}
-
-/// A `/*` or `"` at the error position that is never closed: pest only says what it
-/// expected before it, so name the real problem.
-fn unterminated(rest: &str, start: usize) -> Option<ParseError> {
-    if rest.starts_with("/*") && !rest.contains("*/") {
-        return Some(ParseError {
-            span: Span::new(start, start + 2),
-            message: "unclosed block comment".into(),
-            label: "this `/*` has no matching `*/`".into(),
-        });
-    }
-    let line = rest.strip_prefix('"')?.split('\n').next().unwrap_or("");
-    (!line.contains('"')).then(|| ParseError {
-        span: Span::new(start, start + 1),
-        message: "unterminated string".into(),
-        label: "this string has no closing `\"` on its line".into(),
-    })
-}
-
-/// Literal tokens worth naming in "expected ..." (not whitespace or comment openers).
-fn is_punctuation(token: &str) -> bool {
-    matches!(
-        token,
-        "{" | "}" | "(" | ")" | "[" | "]" | "," | "=" | ":" | "->" | "."
-    )
-}
-
-fn token_len(rest: &str) -> usize {
-    let mut chars = rest.chars();
-    match chars.next() {
-        None => 0,
-        Some(c) if c.is_alphanumeric() || c == '_' => rest
-            .char_indices()
-            .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
-            .map_or(rest.len(), |(i, _)| i),
-        Some(c) => c.len_utf8(),
-    }
-}
-
-fn describe_found(rest: &str) -> String {
-    let n = token_len(rest);
-    if n == 0 {
-        "end of file".to_string()
-    } else {
-        format!("`{}`", &rest[..n])
-    }
-}
-
-fn join_or(items: &[&str]) -> String {
-    match items {
-        [] => "something else".to_string(),
-        [one] => one.to_string(),
-        [init @ .., last] => format!("{} or {}", init.join(", "), last),
-    }
-}
-
-/// The words a user sees for a grammar rule in "expected ..." messages.
-fn rule_name(rule: Rule) -> &'static str {
-    match rule {
-        Rule::EOI => "end of file",
-        Rule::ident => "a name",
-        Rule::keyword => "a keyword",
-        Rule::model => "`model NAME { ... }`",
-        Rule::param => "`param`",
-        Rule::param_from => "`from \"config.field\"`",
-        Rule::input => "`input`",
-        Rule::expert => "`expert`",
-        Rule::router => "`router`",
-        Rule::rotary => "`rotary`",
-        Rule::weights => "`weights`",
-        Rule::repeat => "`repeat`",
-        Rule::let_stmt => "`let`",
-        Rule::assign => "an assignment",
-        Rule::output => "`output`",
-        Rule::if_stmt => "`if`",
-        Rule::block => "`{`",
-        Rule::return_stmt => "`return`",
-        Rule::dtype => "a dtype (f32, f16, bf16 or i32)",
-        Rule::shape => "a shape like `[tokens, hidden_size]`",
-        Rule::signature => "`(NAME: [dims])`",
-        Rule::field => "a router field `name = value`",
-        Rule::binding => "a binding `key = \"tensor.name\"`",
-        Rule::key | Rule::key_segment => "a weight key",
-        Rule::string | Rule::string_body => "a string in double quotes",
-        Rule::transposed => "`transposed`",
-        Rule::columns => "`columns(start, step)`",
-        Rule::expr
-        | Rule::call
-        | Rule::list
-        | Rule::path
-        | Rule::number
-        | Rule::boolean
-        | Rule::if_expr => "an expression",
-        Rule::arg | Rule::arg_name => "an argument",
-        Rule::add
-        | Rule::sub
-        | Rule::mul
-        | Rule::div
-        | Rule::rem
-        | Rule::eq
-        | Rule::ne
-        | Rule::lt
-        | Rule::le
-        | Rule::gt
-        | Rule::ge
-        | Rule::and
-        | Rule::or => "an operator",
-        Rule::index | Rule::postfix => "an operator",
-        Rule::neg => "`-`",
-        Rule::not => "`not`",
-        Rule::item => {
-            "a declaration (param, input, expert, router, let, output, repeat or weights)"
-        }
-        Rule::statement => "a statement (let, output, if or an assignment)",
-        Rule::infix => "an operator",
-        Rule::prefix | Rule::primary => "an expression",
-        Rule::spec | Rule::WHITESPACE | Rule::COMMENT => "a model",
-        Rule::expr_text => "an expression",
-    }
 }
 
 fn span_of(pair: &Pair<Rule>) -> Span {
