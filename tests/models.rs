@@ -9,7 +9,10 @@
 //! - the same ids without the cache: every step recomputed from the whole sequence.
 
 use moec_compiler::driver::Compiler;
+use moec_compiler::ir::{Graph, Op};
+use moec_compiler::passes::last_token;
 use moec_compiler::tensor::{Tensor, TensorData};
+use moec_compiler::verify::verify;
 use moec_runtime::io::read_tensors;
 use moec_runtime::session::{Engine, Model, Session};
 use std::path::PathBuf;
@@ -66,11 +69,19 @@ fn fixture(case: &str) -> Fixture {
 }
 
 fn open(case: &str, spec: &str, f: &Fixture, engine: Engine) -> Rc<Model> {
+    open_graph(case, f, engine, compile(case, spec, f))
+}
+
+fn compile(case: &str, spec: &str, f: &Fixture) -> Graph {
     let compiled = Compiler::new()
         .checkpoint(&f.dir)
         .compile_file(&root().join("models").join(format!("{spec}.moe")))
         .unwrap_or_else(|e| panic!("{case}: {e}"));
-    Rc::new(Model::open(compiled.graph, &f.dir, engine).unwrap_or_else(|e| panic!("{case}: {e}")))
+    compiled.graph
+}
+
+fn open_graph(case: &str, f: &Fixture, engine: Engine, g: Graph) -> Rc<Model> {
+    Rc::new(Model::open(g, &f.dir, engine).unwrap_or_else(|e| panic!("{case}: {e}")))
 }
 
 fn f32s(t: &Tensor) -> &[f32] {
@@ -124,30 +135,63 @@ fn forward_logits_match_transformers() {
     }
 }
 
+/// Greedy decoding through the KV cache on `g`: each step's last logits row
+/// against transformers', and the ids against `generate`'s.
+fn check_greedy_decoding(case: &str, f: &Fixture, g: &Graph) {
+    let vocab = f.logits.shape[1];
+    for &engine in ENGINES {
+        let model = open_graph(case, f, engine, g.clone());
+        let mut session = model.session(None);
+        let mut step = logits(&mut session, &f.prompt);
+        let mut ids = Vec::new();
+        for i in 0..f.greedy.len() {
+            let want = &f32s(&f.decode_logits)[i * vocab..(i + 1) * vocab];
+            let err = rel_err(last_row(&step), want);
+            assert!(
+                err <= TOLERANCE,
+                "{case} {engine:?} step {i}: off by {err:e}"
+            );
+            let id = argmax(last_row(&step));
+            ids.push(id);
+            step = logits(&mut session, &[id]);
+        }
+        assert_eq!(ids, f.greedy, "{case} {engine:?}");
+        assert_eq!(session.position(), f.prompt.len() + f.greedy.len());
+    }
+}
+
 #[test]
 fn greedy_decoding_with_the_cache_matches_generate() {
     for &(case, spec) in CASES {
         let f = fixture(case);
-        let vocab = f.logits.shape[1];
-        for &engine in ENGINES {
-            let model = open(case, spec, &f, engine);
-            let mut session = model.session(None);
-            let mut step = logits(&mut session, &f.prompt);
-            let mut ids = Vec::new();
-            for i in 0..f.greedy.len() {
-                let want = &f32s(&f.decode_logits)[i * vocab..(i + 1) * vocab];
-                let err = rel_err(last_row(&step), want);
-                assert!(
-                    err <= TOLERANCE,
-                    "{case} {engine:?} step {i}: off by {err:e}"
-                );
-                let id = argmax(last_row(&step));
-                ids.push(id);
-                step = logits(&mut session, &[id]);
-            }
-            assert_eq!(ids, f.greedy, "{case} {engine:?}");
-            assert_eq!(session.position(), f.prompt.len() + f.greedy.len());
-        }
+        check_greedy_decoding(case, &f, &compile(case, spec, &f));
+    }
+}
+
+/// What `moec generate` runs: the graph computing the last token's logits only.
+#[test]
+fn the_last_token_graph_decodes_like_generate() {
+    for &(case, spec) in CASES {
+        let f = fixture(case);
+        let mut g = compile(case, spec, &f);
+        assert!(
+            last_token::run(&mut g).unwrap(),
+            "{case}: nothing rewritten"
+        );
+        verify(&g).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let (_, logits) = g.outputs.iter().find(|(n, _)| n == "logits").unwrap();
+        let ty = g.value_type(*logits).to_string();
+        assert_eq!(ty, format!("f32[1, {}]", f.logits.shape[1]), "{case}");
+        // The final norm runs on one row too: `last_row` sits above it.
+        let norm = g.operands(logits.node)[0].node;
+        let above = g.operands(norm)[0].node;
+        assert!(
+            matches!(g.node(norm).op, Op::RmsNorm { .. }) && g.node(above).op == Op::LastRow,
+            "{case}: lm_head reads {} of {}",
+            g.node(norm).op.name(),
+            g.node(above).op.name()
+        );
+        check_greedy_decoding(case, &f, &g);
     }
 }
 

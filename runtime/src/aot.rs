@@ -23,6 +23,7 @@ use crate::io::{read_tensors, write_tensors};
 use crate::session::{load_weights, Engine, Model};
 use moec_compiler::backend::clif::{self, Program};
 use moec_compiler::ir::{Graph, NodeIndex};
+use moec_compiler::passes;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -230,12 +231,13 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
         threads: opts.threads,
     };
     // Loads the weights (memory checked first) and prepares the linked kernels.
-    let open = |weights: &Path| -> Result<Model, String> {
-        let bound = load_weights(&g, weights, engine).map_err(|e| e.to_string())?;
+    let open = |g: &Graph, weights: &Path| -> Result<Model, String> {
+        let bound = load_weights(g, weights, engine).map_err(|e| e.to_string())?;
         // SAFETY: `Artifact::load` checked that every matmul node maps to a kernel
         // whose table entries are named after its shape's functions, and `moec build`
         // emitted the table and the names from the same `Program`, in the same order.
-        let cpu = unsafe { CpuModel::linked(&g, &bound, kernel_of.clone(), code) }?;
+        // `passes::last_token` keeps node indices, so `kernel_of` holds for its graph too.
+        let cpu = unsafe { CpuModel::linked(g, &bound, kernel_of.clone(), code) }?;
         let cpu = match opts.threads {
             Some(t) => cpu.with_threads(t),
             None => cpu,
@@ -245,7 +247,7 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
     match &opts.mode {
         Mode::Run { input, output } => {
             let inputs = read_tensors(input).map_err(|e| e.to_string())?;
-            let model = Rc::new(open(&opts.weights)?);
+            let model = Rc::new(open(&g, &opts.weights)?);
             let outputs = model
                 .session(None)
                 .run(&inputs)
@@ -254,9 +256,15 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
             println!("wrote {}", output.display());
         }
         Mode::Generate(request) => {
+            let mut last_token = g.clone();
+            passes::last_token::run(&mut last_token)?;
             command::run(
                 request,
-                || Ok(Box::new(Rc::new(open(&request.weights)?).session(None))),
+                || {
+                    Ok(Box::new(
+                        Rc::new(open(&last_token, &request.weights)?).session(None),
+                    ))
+                },
                 &mut std::io::stdout(),
             )?;
         }

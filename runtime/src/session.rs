@@ -266,9 +266,12 @@ impl Decoder for Session {
         Session::reset(self)
     }
 
+    /// The last row of the `logits` output (all of it when the graph keeps only the
+    /// last token's row: `passes::last_token`).
     fn forward(&mut self, ids: &[i32]) -> Result<Vec<f32>, BoxError> {
+        let vocab = self.vocab_size();
         match Session::forward(self, ids)?.data {
-            TensorData::F32(v) => Ok(v),
+            TensorData::F32(v) => Ok(v[v.len().saturating_sub(vocab)..].to_vec()),
             TensorData::I32(_) => Err("the `logits` output is i32".into()),
         }
     }

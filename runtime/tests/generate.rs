@@ -50,7 +50,7 @@ impl Decoder for Fake {
         self.calls.push(ids.len());
         let mut logits = Vec::new();
         for &id in ids {
-            logits.extend((self.rule)(id, self.cache.len(), self.vocab));
+            logits = (self.rule)(id, self.cache.len(), self.vocab);
             self.cache.push(id);
         }
         Ok(logits)
@@ -224,7 +224,7 @@ fn model_failures_are_errors() {
         fn forward(&mut self, ids: &[i32]) -> Result<Vec<f32>, BoxError> {
             self.0 += ids.len();
             match self.0 {
-                n if n < 4 => Ok(vec![0.0; 4 * ids.len()]),
+                n if n < 4 => Ok(vec![0.0; 4]),
                 4 => Ok(vec![0.0; 3]),
                 _ => Err("out of memory".into()),
             }
@@ -233,7 +233,7 @@ fn model_failures_are_errors() {
     let e = run_on(&mut Failing(0), &[1, 2], 8).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "the model returned 3 logits for 1 tokens of a 4-id vocabulary (expected 4)"
+        "the model returned 3 logits for the last token of a 4-id vocabulary (expected 4)"
     );
     let e = run_on(&mut Failing(0), &[1, 2, 3, 0, 1], 8).unwrap_err();
     assert_eq!(

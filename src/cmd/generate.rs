@@ -79,6 +79,6 @@ fn open_decoder(args: &GenerateArgs) -> Result<Box<dyn Decoder>, String> {
         GenerateBackend::Interp => Engine::Interp,
         GenerateBackend::Cpu => Engine::Cpu { threads: None },
     };
-    let model = super::open_model(&args.spec, &args.weights, engine)?;
+    let model = super::open_for_generation(&args.spec, &args.weights, engine)?;
     Ok(Box::new(model.session(None)))
 }

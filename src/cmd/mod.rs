@@ -137,14 +137,16 @@ pub fn upto<'a>(passes: Passes, after: Option<&'a str>) -> Result<Upto<'a>, Stri
     }
 }
 
-/// Compiles the spec with the params of the checkpoint at `weights` and opens it
+/// Compiles the spec with the params of the checkpoint at `weights` for
+/// generation (only the last token's logits: `passes::last_token`) and opens it
 /// on `engine` (memory checked, weights bound and prepared).
-pub fn open_model(
+pub fn open_for_generation(
     spec: &SpecArgs,
     weights: &Path,
     engine: moec_runtime::session::Engine,
 ) -> Result<std::rc::Rc<moec_runtime::session::Model>, String> {
-    let g = compile(spec, Some(weights), Upto::All)?.graph;
+    let mut g = compile(spec, Some(weights), Upto::All)?.graph;
+    passes::last_token::run(&mut g)?;
     moec_runtime::session::Model::open(g, weights, engine)
         .map(std::rc::Rc::new)
         .map_err(|e| e.to_string())

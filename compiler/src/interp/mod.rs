@@ -269,6 +269,15 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
             unreachable!("`run` evaluates leaves and stateful ops")
         }
         Embedding => one(attention::embedding(a[0], a[1])),
+        LastRow => {
+            let (rows, w) = (a[0].shape[0], a[0].shape[1]);
+            let x = a[0].as_f32();
+            let last = match rows {
+                0 => vec![0.0; w],
+                r => x[(r - 1) * w..r * w].to_vec(),
+            };
+            one(Tensor::f32(vec![1, w], last))
+        }
         Rope(r) => one(attention::rope(r, a[0], a[1])),
         Attention(at) => one(attention::attention(
             at,

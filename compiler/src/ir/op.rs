@@ -291,6 +291,10 @@ pub enum Op {
     /// Rows of a table picked by token ids. Typing: ids i32 `[T]`, table f32 `[V, D]`; output f32
     /// `[T, D]`. Ids outside `0..V` are rejected before a run (`interp::check_inputs`).
     Embedding,
+    /// The last of a value's rows, for a caller that reads only the last token's
+    /// result (generation's logits); zeros when the value has no rows. Typing: f32
+    /// `[T, W]`; output `[1, W]`.
+    LastRow,
     /// The absolute positions of this call's tokens: `past, past + 1, ...`. Typing: no operands;
     /// output i32 `[tokens]`.
     Positions,
@@ -426,6 +430,7 @@ impl Op {
             ZLoss => "z_loss",
             Stack => "stack",
             Embedding => "embedding",
+            LastRow => "last_row",
             Positions => "positions",
             Rope(_) => "rope",
             CacheAppend { .. } => "cache_append",

@@ -401,6 +401,14 @@ impl Op {
                 }
                 Ok(vec![TensorType::f32(vec![ids.shape[0], table.shape[1]])])
             }
+            LastRow => {
+                arity(1)?;
+                let x = operands[0];
+                if x.rank() != 2 || x.dtype != DType::F32 {
+                    return Err(format!("last_row takes f32 [rows, width], found {x}"));
+                }
+                Ok(vec![TensorType::f32(vec![Dim::fixed(1), x.shape[1]])])
+            }
             Positions => {
                 arity(0)?;
                 Ok(vec![TensorType::i32(vec![Dim::TOKENS])])

@@ -9,6 +9,7 @@ use crate::verify::verify;
 pub mod canonicalize;
 pub mod fuse_experts;
 pub mod fuse_router;
+pub mod last_token;
 pub mod memory;
 pub mod rewrite;
 pub mod schedule;

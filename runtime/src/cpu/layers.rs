@@ -16,29 +16,41 @@ use moec_compiler::ir::{AttentionAttrs, RopeAttrs};
 use std::cell::RefCell;
 
 /// `out[t] = table[ids[t]]`, rows of `width`; ids were checked against the vocabulary.
-pub fn embedding(ids: &[i32], table: &[f32], width: usize) -> Result<Vec<f32>, String> {
+pub fn embedding(ids: &[i32], table: &[f32], width: usize, out: &mut [f32]) -> Result<(), String> {
     let vocab = table.len() / width.max(1);
-    let mut out = Vec::with_capacity(ids.len() * width);
-    for &id in ids {
+    if out.len() != ids.len() * width {
+        return Err(format!(
+            "internal error: {} embedding rows of {width} into {} values",
+            ids.len(),
+            out.len()
+        ));
+    }
+    for (&id, row) in ids.iter().zip(out.chunks_mut(width.max(1))) {
         if id < 0 || id as usize >= vocab {
             return Err(format!("internal error: token id {id} outside 0..{vocab}"));
         }
-        out.extend_from_slice(&table[id as usize * width..(id as usize + 1) * width]);
+        row.copy_from_slice(&table[id as usize * width..(id as usize + 1) * width]);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// RMSNorm of each `w.len()`-wide group of `x`: `v / rms(v) · w`.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, workers: &Workers) -> Result<Vec<f32>, String> {
+pub fn rms_norm(
+    x: &[f32],
+    w: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    workers: &Workers,
+) -> Result<(), String> {
     let g = w.len();
-    if g == 0 || !x.len().is_multiple_of(g) {
+    if g == 0 || !x.len().is_multiple_of(g) || out.len() != x.len() {
         return Err(format!(
-            "internal error: rmsnorm of {} values in groups of {g}",
-            x.len()
+            "internal error: rmsnorm of {} values in groups of {g} into {}",
+            x.len(),
+            out.len()
         ));
     }
-    let mut out = vec![0.0f32; x.len()];
-    workers.split_mut(&mut out, g, |first, run| {
+    workers.split_mut(out, g, |first, run| {
         for (o, v) in run.chunks_mut(g).zip(x[first * g..].chunks(g)) {
             let ms = v.iter().map(|a| (*a as f64) * (*a as f64)).sum::<f64>() / g as f64;
             let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
@@ -47,19 +59,20 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, workers: &Workers) -> Result<Vec
             }
         }
     });
-    Ok(out)
+    Ok(())
 }
 
 /// Rotates the first `rotary_dim` dims of every `head_dim`-wide head of each row
 /// of `x` by its position's angles.
-pub fn rope(r: &RopeAttrs, x: &[f32], positions: &[i32]) -> Result<Vec<f32>, String> {
+pub fn rope(r: &RopeAttrs, x: &[f32], positions: &[i32], out: &mut [f32]) -> Result<(), String> {
     let (hd, rot) = (r.head_dim as usize, r.rotary_dim as usize);
     let rows = positions.len();
     if rows == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let width = x.len() / rows;
-    if x.len() != rows * width || hd == 0 || !width.is_multiple_of(hd) || rot > hd {
+    let bad = x.len() != rows * width || out.len() != x.len();
+    if bad || hd == 0 || !width.is_multiple_of(hd) || rot > hd {
         return Err(format!(
             "internal error: rope over {} values, {rows} positions, heads of {hd}",
             x.len()
@@ -67,7 +80,7 @@ pub fn rope(r: &RopeAttrs, x: &[f32], positions: &[i32]) -> Result<Vec<f32>, Str
     }
     let (freqs, scale) = inv_freq(r);
     let half = rot / 2;
-    let mut out = x.to_vec();
+    out.copy_from_slice(x);
     let mut cos = vec![0.0f32; half];
     let mut sin = vec![0.0f32; half];
     for (row, &p) in out.chunks_mut(width).zip(positions) {
@@ -89,7 +102,7 @@ pub fn rope(r: &RopeAttrs, x: &[f32], positions: &[i32]) -> Result<Vec<f32>, Str
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 thread_local! {
@@ -105,8 +118,9 @@ pub fn attention(
     k: &[f32],
     v: &[f32],
     sinks: Option<&[f32]>,
+    out: &mut [f32],
     workers: &Workers,
-) -> Result<Vec<f32>, String> {
+) -> Result<(), String> {
     let (d, dv) = (a.head_dim as usize, a.v_head_dim as usize);
     let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
     let (qw, kw, vw) = (heads * d, kv_heads * d, kv_heads * dv);
@@ -117,7 +131,8 @@ pub fn attention(
         && p >= t
         && kv_heads > 0
         && heads % kv_heads == 0
-        && sinks.is_none_or(|s| s.len() == heads);
+        && sinks.is_none_or(|s| s.len() == heads)
+        && out.len() == t * heads * dv;
     if !ok {
         return Err(format!(
             "internal error: attention over q {}, k {}, v {} values",
@@ -127,8 +142,8 @@ pub fn attention(
         ));
     }
     let (past, group, scale) = (p - t, heads / kv_heads, a.scale.get());
-    let mut out = vec![0.0f32; t * heads * dv];
-    workers.split_mut(&mut out, dv.max(1), |first, run| {
+    out.fill(0.0);
+    workers.split_mut(out, dv.max(1), |first, run| {
         for (item, o) in (first..).zip(run.chunks_mut(dv.max(1))) {
             {
                 let (i, h) = (item / heads, item % heads);
@@ -166,7 +181,7 @@ pub fn attention(
             }
         }
     });
-    Ok(out)
+    Ok(())
 }
 
 /// `a · b` over eight independent lanes, so the compiler vectorizes it.

@@ -10,16 +10,18 @@
 //! once into the kernel's panel layout; only the weight-only values that a run
 //! still reads are kept.
 //!
-//! Running ([`CpuModel::run`]): nodes go in topological order, each value in its
-//! own buffer (the arena of `passes::memory` is not used yet). A matmul is split
-//! into work items on a persistent thread pool (`matmul.rs`: the JIT kernel for
-//! segments of few rows, the `gemm` crate plus the JIT epilogue kernel for
-//! segments of many, [`CpuModel::with_gemm_rows`]); a `GroupedLinear`'s segments
-//! come from the offsets its `Dispatch` computed earlier in the same run, which
-//! are validated first. Routing ops (router, dispatch, capacity, gathers,
-//! scatters, losses), norms and elementwise ops run `interp::eval_op`. Every
-//! kernel call's extents are checked against its buffers before any JIT code
-//! runs; a mismatch is an error, never undefined behaviour.
+//! Running ([`CpuModel::run`], `run.rs`): the steps `program.rs` laid out at
+//! load time, in order, every computed value in one activation arena planned by
+//! `passes::memory` (kept between calls). A matmul is split into work items on a
+//! persistent thread pool (`matmul.rs`: the JIT kernel for segments of few rows,
+//! the `gemm` crate plus the JIT epilogue kernel for segments of many,
+//! [`CpuModel::with_gemm_rows`]); a `GroupedLinear`'s segments come from the
+//! offsets its `Dispatch` computed earlier in the same run, which are validated
+//! first. The layers around the matmuls (`layers.rs`) and the schedule's data
+//! movement (`rows.rs`) are native; routing, dispatch and the rarer ops run
+//! `interp::eval_op`. Every kernel call's extents are checked against its
+//! buffers before any JIT code runs; a mismatch is an error, never undefined
+//! behaviour.
 //!
 //! [`CpuModel::linked`] takes the kernels from elsewhere instead of the JIT: an
 //! executable built by `moec build` passes the ones linked into it (`crate::aot`).
@@ -27,6 +29,10 @@
 mod jit;
 mod layers;
 mod matmul;
+mod program;
+mod rows;
+mod run;
+mod workspace;
 
 pub use jit::{host_isa, target, KernelFn};
 
@@ -36,10 +42,13 @@ use matmul::{Call, Packed, Panels, Segment, Workers};
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16};
 use moec_compiler::backend::clif::{self, MatmulShape, WeightDType};
 use moec_compiler::interp;
-use moec_compiler::ir::{Graph, NodeIndex, Op, Syms, Value};
+use moec_compiler::ir::{Graph, NodeIndex, Op, Value};
 use moec_compiler::passes::memory::weight_only;
-use moec_compiler::tensor::{Tensor, TensorData};
+use moec_compiler::tensor::Tensor;
+use program::{Program, Step};
+use run::Reader;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 
 /// A graph compiled for this CPU, with its weights prepared.
 pub struct CpuModel {
@@ -53,10 +62,10 @@ pub struct CpuModel {
     kernel_of: HashMap<NodeIndex, usize>,
     /// The shape each matmul node's kernel was generated for.
     shapes: HashMap<NodeIndex, MatmulShape>,
-    /// Weight-only nodes: computed at load time.
-    fixed: HashSet<NodeIndex>,
-    /// Weight-only values that runs read (other than packed matmul weights).
-    consts: HashMap<Value, Tensor>,
+    /// The steps of a run, with the weight-only values they read and the arena layout.
+    program: Program,
+    /// The activation arena: kept between calls, grown to the largest call's plan.
+    arena: Mutex<Vec<f32>>,
     /// Packed weights of each matmul whose weights are weight-only.
     packed: HashMap<NodeIndex, Packed>,
     workers: Workers,
@@ -83,13 +92,7 @@ impl CpuModel {
             .map(|(&n, &k)| (n, program.kernels[k].shape))
             .collect();
         let code = (jit.kernels.clone(), jit.epilogues.clone(), Some(jit));
-        Ok(CpuModel::prepare(
-            g,
-            (fixed, values),
-            program.by_node,
-            shapes,
-            code,
-        ))
+        CpuModel::prepare(g, (fixed, values), program.by_node, shapes, code)
     }
 
     /// Like [`CpuModel::new`], with kernels compiled ahead of time: `code` holds
@@ -116,13 +119,8 @@ impl CpuModel {
             })
             .collect::<Result<_, String>>()?;
         let (kernels, epilogues) = jit::by_kernel(code);
-        Ok(CpuModel::prepare(
-            g,
-            weight_values(g, weights),
-            kernel_of,
-            shapes,
-            (kernels, epilogues, None),
-        ))
+        let values = weight_values(g, weights);
+        CpuModel::prepare(g, values, kernel_of, shapes, (kernels, epilogues, None))
     }
 
     /// Prepares the weight-only `values` for running `g` with `code` (kernels,
@@ -134,7 +132,7 @@ impl CpuModel {
         kernel_of: HashMap<NodeIndex, usize>,
         shapes: HashMap<NodeIndex, MatmulShape>,
         (kernels, epilogues, jit): (Vec<KernelFn>, Vec<KernelFn>, Option<jit::Jit>),
-    ) -> CpuModel {
+    ) -> Result<CpuModel, String> {
         let mut packed = HashMap::new();
         let mut packed_operands = HashSet::new();
         for (&n, &shape) in &shapes {
@@ -157,19 +155,20 @@ impl CpuModel {
             }
         }
         values.retain(|v, _| keep.contains(v));
+        let program = Program::new(g, &fixed, values, &packed_operands)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        CpuModel {
+        Ok(CpuModel {
             graph: g.clone(),
             _jit: jit,
             kernels,
             epilogues,
             kernel_of,
             shapes,
-            fixed,
-            consts: values,
+            program,
+            arena: Mutex::new(Vec::new()),
             packed,
             workers: Workers::new(threads, GEMM_ROWS_DEFAULT),
-        }
+        })
     }
 
     /// Uses `threads` worker threads (at least one) instead of one per core.
@@ -195,170 +194,57 @@ impl CpuModel {
         self.run_with_state(inputs, &mut interp::State::new(&self.graph))
     }
 
-    /// Runs the graph as the next call after `state` (see `interp::run_with_state`).
-    pub fn run_with_state(
-        &self,
-        inputs: &BTreeMap<String, Tensor>,
-        state: &mut interp::State,
-    ) -> Result<BTreeMap<String, Tensor>, String> {
-        let g = &self.graph;
-        let tokens = interp::token_count(g, inputs)?;
-        interp::check_token_ids(g, inputs)?;
-        if state.caches.len() != g.states.len() {
-            return Err("internal error: the state does not belong to this graph".into());
-        }
-        let mut values: HashMap<Value, Tensor> = HashMap::new();
-        // A cache's rows are read where they live, in the state, not copied out.
-        let mut cache_views: HashMap<Value, usize> = HashMap::new();
-        for n in g.topo_order() {
-            if self.fixed.contains(&n) {
-                continue;
-            }
-            let outs = {
-                let get = |v: &Value| values.get(v).or_else(|| self.consts.get(v));
-                let operands = g.operands(n);
-                let args: Vec<Option<&Tensor>> = operands.iter().map(get).collect();
-                let node = g.node(n);
-                match (&node.op, self.kernel_of.get(&n)) {
-                    (Op::Input { name, .. }, _) => vec![inputs[name].clone()],
-                    (op, Some(&k)) => vec![self.matmul(n, op, k, &args)?],
-                    (Op::CacheAppend { state: s }, None) => {
-                        let rows = arg_f32(op_arg(&args, 0, "cache_append")?)?;
-                        state.caches[*s].extend_from_slice(rows);
-                        cache_views.insert(n.into(), *s);
-                        continue;
-                    }
-                    (Op::Positions, None) => {
-                        vec![interp::eval_stateful(g, &Op::Positions, &[], tokens, state)]
-                    }
-                    (Op::Attention(a), None) => {
-                        let view = |i: usize| -> Result<&[f32], String> {
-                            match cache_views.get(&operands[i]) {
-                                Some(s) => Ok(&state.caches[*s]),
-                                None => arg_f32(op_arg(&args, i, "attention")?),
-                            }
-                        };
-                        let q = arg_f32(op_arg(&args, 0, "attention")?)?;
-                        let sinks = match a.sinks {
-                            true => Some(arg_f32(op_arg(&args, 3, "attention")?)?),
-                            false => None,
-                        };
-                        let out =
-                            layers::attention(a, q, view(1)?, view(2)?, sinks, &self.workers)?;
-                        vec![Tensor::f32(
-                            node.outputs[0].concrete_shape(syms(tokens, state)),
-                            out,
-                        )]
-                    }
-                    (Op::Rope(r), None) => {
-                        let x = op_arg(&args, 0, "rope")?;
-                        let pos = op_arg(&args, 1, "rope")?.as_i32();
-                        vec![Tensor::f32(
-                            x.shape.clone(),
-                            layers::rope(r, arg_f32(x)?, pos)?,
-                        )]
-                    }
-                    (Op::RmsNorm { eps }, None) => {
-                        let x = op_arg(&args, 0, "rmsnorm")?;
-                        let w = arg_f32(op_arg(&args, 1, "rmsnorm")?)?;
-                        let out = layers::rms_norm(arg_f32(x)?, w, eps.get(), &self.workers)?;
-                        vec![Tensor::f32(x.shape.clone(), out)]
-                    }
-                    (Op::Embedding, None) => {
-                        let (ids, table) = (
-                            op_arg(&args, 0, "embedding")?,
-                            op_arg(&args, 1, "embedding")?,
-                        );
-                        let width = table.shape[1];
-                        let out = layers::embedding(ids.as_i32(), arg_f32(table)?, width)?;
-                        vec![Tensor::f32(vec![ids.len(), width], out)]
-                    }
-                    (op, None) => {
-                        let args =
-                            args.into_iter()
-                                .collect::<Option<Vec<_>>>()
-                                .ok_or_else(|| {
-                                    format!("internal error: {} operand missing", op.name())
-                                })?;
-                        interp::eval_op(op, &args)
-                    }
-                }
-            };
-            values.extend(Value::ports(n, outs));
-        }
-        state.past += tokens;
-        g.outputs
-            .iter()
-            .map(|(name, v)| {
-                let t = values.get(v).or_else(|| self.consts.get(v));
-                t.map(|t| (name.clone(), t.clone()))
-                    .ok_or_else(|| format!("internal error: output `{name}` not computed"))
-            })
-            .collect()
-    }
-
-    /// Runs the matmul node `n` with kernel `k`.
+    /// Runs matmul step `step` (op `op`) with kernel `k`, writing `out`.
     fn matmul(
         &self,
-        n: NodeIndex,
+        step: &Step,
         op: &Op,
         k: usize,
-        args: &[Option<&Tensor>],
-    ) -> Result<Tensor, String> {
-        let arg = |i: usize| {
-            args.get(i)
-                .copied()
-                .flatten()
-                .ok_or_else(|| format!("internal error: {} operand {i} missing", op.name()))
-        };
-        let f32s = |i: usize| match &arg(i)?.data {
-            TensorData::F32(v) => Ok(v.as_slice()),
-            TensorData::I32(_) => Err(format!("internal error: {} operand {i} is i32", op.name())),
-        };
+        r: &Reader,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        let n = step.node;
         let shape = self.kernel_shape(n)?;
         let (bias_at, rw_at) = extra_operands(op, &shape);
         let owned;
         let packed = match self.packed.get(&n) {
             Some(p) => p,
             None => {
-                let bias = bias_at.map(arg).transpose()?;
-                owned = pack(shape, arg(1)?, bias);
+                let bias = bias_at.map(|i| r.tensor(i)).transpose()?;
+                owned = pack(shape, &r.tensor(1)?, bias.as_ref());
                 &owned
             }
         };
-        let rw = |ld: usize| rw_at.map(|i| f32s(i).map(|v| (v, ld))).transpose();
-        let x = arg(0)?;
-        if x.shape.last() != Some(&shape.k) {
-            return Err(format!("internal error: {} input {:?}", op.name(), x.shape));
+        let rw = |ld: usize| rw_at.map(|i| r.f32s(i).map(|v| (v, ld))).transpose();
+        let x_ty = self.graph.value_type(step.operands[0]);
+        let dim = |i: usize| x_ty.shape[i].eval(r.syms());
+        let rank = x_ty.shape.len();
+        if rank == 0 || dim(rank - 1) != shape.k {
+            return Err(format!("internal error: {} input {x_ty}", op.name()));
         }
-        let (e, width) = (packed.experts, shape.width());
-        let (segments, rw, out_shape) = match op {
+        let e = packed.experts;
+        let x = r.f32s(0)?;
+        let (segments, rw) = match op {
             Op::Linear { .. } => {
                 let rows = x.len() / shape.k.max(1);
-                let mut out_shape = x.shape.clone();
-                *out_shape.last_mut().expect("checked") = width;
-                (vec![segment(0, 0, 0, 0, rows)], None, out_shape)
+                (vec![segment(0, 0, 0, 0, rows)], None)
             }
             Op::ExpertLinear { .. } => {
-                let shared = x.shape.len() == 2;
-                let t = x.shape[x.shape.len() - 2];
+                let shared = rank == 2;
+                let t = dim(rank - 2);
                 let segs = (0..e)
                     .map(|ex| segment(ex, if shared { 0 } else { ex * t }, ex * t, ex, t))
                     .collect();
-                (segs, rw(e)?, vec![e, t, width])
+                (segs, rw(e)?)
             }
             Op::GroupedLinear { .. } => {
-                let rows = x.shape[0];
-                let offsets = match &arg(2)?.data {
-                    TensorData::I32(o) => o.as_slice(),
-                    TensorData::F32(_) => return Err("internal error: f32 offsets".into()),
-                };
-                let segs = grouped_segments(offsets, e, rows)?;
-                (segs, rw(1)?, vec![rows, width])
+                let segs = grouped_segments(r.i32s(2)?, e, dim(0))?;
+                // Rows no expert holds (dropped or padding slots) are zeros.
+                out.fill(0.0);
+                (segs, rw(1)?)
             }
             _ => return Err(format!("internal error: {} is not a matmul", op.name())),
         };
-        let mut out = vec![0.0f32; out_shape.iter().product()];
         let call = Call {
             kernel: *self
                 .kernels
@@ -366,12 +252,11 @@ impl CpuModel {
                 .ok_or_else(|| format!("internal error: no kernel {k}"))?,
             epilogue: self.epilogues.get(k).copied(),
             packed,
-            x: f32s(0)?,
+            x,
             rw,
             segments,
         };
-        matmul::run(&call, &mut out, &self.workers)?;
-        Ok(Tensor::f32(out_shape, out))
+        matmul::run(&call, out, &self.workers)
     }
 
     fn kernel_shape(&self, n: NodeIndex) -> Result<MatmulShape, String> {
@@ -379,29 +264,6 @@ impl CpuModel {
             .get(&n)
             .copied()
             .ok_or_else(|| "internal error: not a matmul".into())
-    }
-}
-
-/// Operand `i` of an op run natively, computed earlier in the run.
-fn op_arg<'t>(args: &[Option<&'t Tensor>], i: usize, op: &str) -> Result<&'t Tensor, String> {
-    args.get(i)
-        .copied()
-        .flatten()
-        .ok_or_else(|| format!("internal error: {op} operand {i} missing"))
-}
-
-fn arg_f32(t: &Tensor) -> Result<&[f32], String> {
-    match &t.data {
-        TensorData::F32(v) => Ok(v),
-        TensorData::I32(_) => Err("internal error: an i32 operand where f32 was expected".into()),
-    }
-}
-
-/// The symbols of a call of `tokens` tokens after `state` (whose caches it has appended to).
-fn syms(tokens: usize, state: &interp::State) -> Syms {
-    Syms {
-        tokens,
-        past: state.past,
     }
 }
 

@@ -34,7 +34,7 @@ pub trait Decoder {
     /// Empties the cache.
     fn reset(&mut self);
     /// Runs `ids` as the next positions of the sequence (appending them to the cache) and returns
-    /// their logits, row-major [ids.len(), vocab_size].
+    /// the last one's logits (`vocab_size` values): what the next id is chosen from.
     fn forward(
         &mut self,
         ids: &[i32],

@@ -100,7 +100,6 @@ pub enum GenerateError {
     },
     /// The model returned a logits buffer of the wrong length.
     LogitsLength {
-        tokens: usize,
         vocab_size: usize,
         found: usize,
     },
@@ -145,7 +144,7 @@ pub fn generate(
     let stop = loop {
         let start = Instant::now();
         let logits = forward(decoder, &step)?;
-        let next = sampler.next(last_row(&logits, decoder.vocab_size()));
+        let next = sampler.next(&logits);
         *(if ids.is_empty() {
             &mut prefill
         } else {
@@ -203,19 +202,13 @@ fn forward(decoder: &mut dyn Decoder, ids: &[i32]) -> Result<Vec<f32>, GenerateE
         .forward(ids)
         .map_err(|source| GenerateError::Forward { position, source })?;
     let vocab_size = decoder.vocab_size();
-    if logits.len() != ids.len() * vocab_size {
+    if logits.len() != vocab_size {
         return Err(GenerateError::LogitsLength {
-            tokens: ids.len(),
             vocab_size,
             found: logits.len(),
         });
     }
     Ok(logits)
-}
-
-/// The last `vocab_size` logits (`forward` checked that there are that many).
-fn last_row(logits: &[f32], vocab_size: usize) -> &[f32] {
-    &logits[logits.len().saturating_sub(vocab_size)..]
 }
 
 impl fmt::Display for StopReason {
@@ -253,15 +246,10 @@ impl fmt::Display for GenerateError {
             GenerateError::Forward { position, source } => {
                 write!(f, "running the model at position {position}: {source}")
             }
-            GenerateError::LogitsLength {
-                tokens,
-                vocab_size,
-                found,
-            } => write!(
+            GenerateError::LogitsLength { vocab_size, found } => write!(
                 f,
-                "the model returned {found} logits for {tokens} tokens of a {vocab_size}-id \
-                 vocabulary (expected {})",
-                tokens * vocab_size
+                "the model returned {found} logits for the last token of a {vocab_size}-id \
+                 vocabulary (expected {vocab_size})"
             ),
             GenerateError::OnToken(e) => write!(f, "{e}"),
         }

@@ -335,6 +335,7 @@ impl Builder<'_> {
                 "{name}: concatenating heads' columns is not supported by the GPU backend yet"
             )),
             Op::Embedding
+            | Op::LastRow
             | Op::Positions
             | Op::Rope(_)
             | Op::CacheAppend { .. }
