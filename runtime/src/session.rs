@@ -127,10 +127,11 @@ impl Model {
     /// model's own limit when None or larger). Sessions share the model.
     pub fn session(self: &Rc<Model>, limit: Option<usize>) -> Session {
         let own = self.max_positions().unwrap_or(usize::MAX);
+        let limit = limit.map_or(own, |l| l.min(own));
         Session {
             model: Rc::clone(self),
-            state: State::new(&self.graph),
-            limit: limit.map_or(own, |l| l.min(own)),
+            state: State::with_room(&self.graph, limit),
+            limit,
         }
     }
 
@@ -216,9 +217,9 @@ impl Session {
         self.limit
     }
 
-    /// Empties the caches.
+    /// Empties the caches (keeping their room).
     pub fn reset(&mut self) {
-        self.state = State::new(&self.model.graph);
+        self.state.truncate(0);
     }
 }
 

@@ -40,6 +40,20 @@ impl State {
         }
     }
 
+    /// An empty state for `g` whose caches have room for `positions` positions
+    /// reserved up front (address space: pages are touched as rows arrive), so
+    /// appending never moves a cache. Where the reservation fails, caches grow
+    /// as needed instead.
+    pub fn with_room(g: &Graph, positions: usize) -> State {
+        let mut s = State::new(g);
+        for (c, w) in s.caches.iter_mut().zip(&s.widths) {
+            if let Some(n) = positions.checked_mul(*w) {
+                let _ = c.try_reserve_exact(n);
+            }
+        }
+        s
+    }
+
     /// Forgets every position from `past` on (a call that failed halfway).
     pub fn truncate(&mut self, past: usize) {
         self.past = self.past.min(past);
