@@ -186,6 +186,24 @@ fn check_lists_params_with_where_they_came_from() {
 }
 
 #[test]
+fn a_config_missing_a_field_names_the_param_that_kept_its_default() {
+    let ckpt = mixtral_checkpoint(&MIXTRAL_FIXTURE_CONFIG.replace("\"hidden_size\": 16, ", ""));
+    let dir = ckpt.path().to_str().unwrap();
+    for command in ["check", "run"] {
+        let mut args = vec![command, "examples/mixtral.moe", "--weights", dir];
+        if command == "run" {
+            args.extend(["--tokens", "2"]);
+        }
+        let err = assert_user_error(&moec(&args));
+        assert!(
+            err.contains("has shape [8, 16], expected [8, 4096]")
+                && err.contains("note: config.json has no field for these params, so they kept the spec's defaults: hidden_size = 4096"),
+            "{command}: {err}"
+        );
+    }
+}
+
+#[test]
 fn a_malformed_checkpoint_config_is_an_error_naming_it() {
     let ckpt = mixtral_checkpoint("{\n  \"hidden_size\": 16,\n}");
     let dir = ckpt.path().to_str().unwrap();

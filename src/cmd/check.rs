@@ -39,7 +39,8 @@ pub fn main(args: Args) -> Result<(), String> {
     if let Some(path) = &args.weights {
         let source = WeightSource::open(path).map_err(|e| e.to_string())?;
         let extra = unused(&g.weights, &source);
-        bind(&g.weights, &source).map_err(|e| e.to_string())?;
+        bind(&g.weights, &source)
+            .map_err(|e| super::explain_weights_error(e.to_string(), &lowered))?;
         println!(
             "ok: {} binds all {} weights",
             path.display(),

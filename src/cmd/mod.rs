@@ -12,6 +12,7 @@ pub mod run;
 
 use clap::{Args as ClapArgs, ValueEnum};
 use moec_compiler::driver::{Compiled, Compiler};
+use moec_compiler::lower::ParamSource;
 use moec_compiler::passes::{self, Upto};
 use moec_compiler::tensor::Tensor;
 use moec_runtime::random::round_to_bf16;
@@ -105,6 +106,30 @@ pub fn compile(args: &SpecArgs, weights: Option<&Path>, upto: Upto) -> Result<Co
     Ok(compiled)
 }
 
+/// A weights error, followed, when a checkpoint's config.json supplied params,
+/// by the params that kept the spec's default because the config has no field
+/// for them: the usual cause of tensors of the wrong shape.
+pub fn explain_weights_error(error: String, compiled: &Compiled) -> String {
+    let from_config = compiled
+        .params
+        .iter()
+        .any(|(_, _, s)| matches!(s, ParamSource::Config(_)));
+    let defaulted: Vec<String> = compiled
+        .params
+        .iter()
+        .filter(|(name, _, s)| *s == ParamSource::Default && name != "model_type")
+        .map(|(name, value, _)| format!("{name} = {value}"))
+        .collect();
+    if !from_config || defaulted.is_empty() {
+        return error;
+    }
+    format!(
+        "{}\nnote: config.json has no field for these params, so they kept the spec's defaults: {}",
+        error.trim_end(),
+        defaulted.join(", ")
+    )
+}
+
 /// Which passes a command runs.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Passes {
@@ -145,9 +170,10 @@ pub fn open_for_generation(
     weights: &Path,
     engine: moec_runtime::session::Engine,
 ) -> Result<std::rc::Rc<moec_runtime::session::Model>, String> {
-    let mut g = compile(spec, Some(weights), Upto::All)?.graph;
+    let compiled = compile(spec, Some(weights), Upto::All)?;
+    let mut g = compiled.graph.clone();
     passes::last_token::run(&mut g)?;
     moec_runtime::session::Model::open(g, weights, engine)
         .map(std::rc::Rc::new)
-        .map_err(|e| e.to_string())
+        .map_err(|e| explain_weights_error(e.to_string(), &compiled))
 }

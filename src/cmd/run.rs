@@ -47,26 +47,31 @@ pub struct Args {
 pub fn main(args: Args) -> Result<(), String> {
     let gpu_options = super::gpu_options(args.backend, args.f16_weights)?;
     let upto = super::upto(args.passes.passes, None)?;
-    let g = super::compile(&args.spec, args.weights.as_deref(), upto)?.graph;
+    let compiled = super::compile(&args.spec, args.weights.as_deref(), upto)?;
+    let g = &compiled.graph;
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => {
             let source = WeightSource::open(path).map_err(|e| e.to_string())?;
-            bind(&g.weights, &source).map_err(|e| e.to_string())?
+            bind(&g.weights, &source)
+                .map_err(|e| super::explain_weights_error(e.to_string(), &compiled))?
         }
-        (None, Some(seed)) => args.weight_dtype.round(random_weights(&g.weights, seed)),
+        (None, Some(seed)) => {
+            let random = random_weights(&g.weights, seed);
+            args.weight_dtype.round(random)
+        }
         (None, None) => {
             return Err("no weights: give --weights FILE or --random-weights SEED".into())
         }
     };
     let inputs = match (&args.input, args.tokens) {
         (Some(path), _) => read_tensors(path).map_err(|e| e.to_string())?,
-        (None, Some(tokens)) => random_inputs(&g, tokens, args.random_weights.unwrap_or(0)),
+        (None, Some(tokens)) => random_inputs(g, tokens, args.random_weights.unwrap_or(0)),
         (None, None) => return Err("no inputs: give --input FILE or --tokens N".into()),
     };
     let outputs = match args.backend {
-        Backend::Interp => moec_compiler::interp::run(&g, &weights, &inputs),
-        Backend::Cpu => CpuModel::new(&g, &weights).and_then(|m| m.run(&inputs)),
-        Backend::Gpu => GpuModel::new(&g, &weights, gpu_options).and_then(|m| {
+        Backend::Interp => moec_compiler::interp::run(g, &weights, &inputs),
+        Backend::Cpu => CpuModel::new(g, &weights).and_then(|m| m.run(&inputs)),
+        Backend::Gpu => GpuModel::new(g, &weights, gpu_options).and_then(|m| {
             eprintln!("gpu: {}", m.adapter());
             m.run(&inputs)
         }),
