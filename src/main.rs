@@ -36,6 +36,8 @@ enum Command {
     Build(cmd::build::Args),
     /// Generate text with a whole model from a prompt (greedy, or sampled with --temperature).
     Generate(cmd::generate::GenerateArgs),
+    /// Record which experts every token went to in every MoE block (a safetensors trace).
+    Trace(cmd::trace::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Compile(a) => cmd::compile::main(a),
         Command::Build(a) => cmd::build::main(a),
         Command::Generate(a) => cmd::generate::main(a),
+        Command::Trace(a) => cmd::trace::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,6 +91,13 @@ pub fn verify(g: &Graph) -> Result<(), String> {
             return Err(format!("output `{name}` reads a missing port"));
         }
     }
+    for p in &g.probes {
+        let what = || format!("probe {} of `{}`", p.kind.name(), p.block);
+        let node = g.g.node_weight(p.value.node);
+        if node.is_none_or(|node| p.value.port as usize >= node.outputs.len()) {
+            return Err(format!("{} refers to a removed node or port", what()));
+        }
+    }
     let mut appends = vec![0usize; g.states.len()];
     for n in g.g.node_indices() {
         if let Op::CacheAppend { state } = g.g[n].op {

@@ -27,6 +27,7 @@ pub mod io;
 pub mod random;
 mod rng;
 pub mod session;
+pub mod trace;
 pub mod weights;
 
 pub use io::{read_tensors, write_tensors, IoError, IoErrorKind};

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod generate;
 pub mod graph;
 pub mod run;
+pub mod trace;
 
 use clap::{Args as ClapArgs, ValueEnum};
 use moec_compiler::driver::{Compiled, Compiler};

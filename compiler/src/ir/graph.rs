@@ -2,6 +2,7 @@
 //! operand each, plus the graph's inputs, outputs and weight table.
 
 use super::op::{F32Bits, Op};
+use super::probe::Probe;
 use super::types::TensorType;
 use super::weight::WeightDecl;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
@@ -76,6 +77,9 @@ pub struct Graph {
     /// The most positions the states hold (a stateful graph's `max_position_embeddings`).
     #[serde(default)]
     pub max_positions: Option<u64>,
+    /// Values a trace reads (`probe.rs`): not uses, kept through rewrites.
+    #[serde(default)]
+    pub probes: Vec<Probe>,
 }
 
 impl Graph {

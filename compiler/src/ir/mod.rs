@@ -6,6 +6,7 @@
 
 mod graph;
 mod op;
+mod probe;
 mod types;
 mod typing;
 pub mod weight;
@@ -16,5 +17,6 @@ pub use op::{
     RopeAttrs, RopeScaling, RouterAttrs, Score, UnaryOp,
 };
 pub use petgraph::stable_graph::NodeIndex;
+pub use probe::{Probe, ProbeKind};
 pub use types::{DType, Dim, Syms, TensorType};
 pub use weight::{ColumnSlice, StorageDType, WeightDecl};

@@ -8,7 +8,7 @@ use super::expr::Args;
 use super::router::Selection;
 use super::{Lowerer, Scope, Val};
 use crate::diagnostic::Diagnostic;
-use crate::ir::{BinaryOp, Dim, F32Bits, Op, UnaryOp, Value};
+use crate::ir::{BinaryOp, Dim, F32Bits, Op, Probe, ProbeKind, UnaryOp, Value};
 use moec_grammar::ast::{self, Arg, Expr, ExprKind, Ident};
 use moec_grammar::Span;
 
@@ -258,6 +258,14 @@ impl<'a> Lowerer<'a> {
             }
         }
 
+        let mut probes = vec![
+            (ProbeKind::RouterLogits, logits),
+            (ProbeKind::RoutingWeights, w),
+            (ProbeKind::SelectedExperts, idx),
+            (ProbeKind::KeptExperts, kept),
+            (ProbeKind::Routed, y),
+        ];
+
         // Shared experts, optionally gated.
         if let Some(shared) = a.named("shared") {
             let sgroups = self.expert_set(shared)?;
@@ -294,6 +302,7 @@ impl<'a> Lowerer<'a> {
                 let g = self.node(Op::Unary(UnaryOp::Sigmoid), &[g], None, span)?;
                 s = self.node(Op::Binary(BinaryOp::Mul), &[s, g], None, span)?;
             }
+            probes.push((ProbeKind::Shared, s));
             y = self.node(
                 Op::Binary(BinaryOp::Add),
                 &[y, s],
@@ -323,6 +332,14 @@ impl<'a> Lowerer<'a> {
         )?;
         let z = self.node(Op::ZLoss, &[logits], Some(format!("{name}.z_loss")), sp)?;
         self.graph.g[idx.node].label = Some(format!("{name}.selected_experts"));
+        let block = path.key();
+        self.graph
+            .probes
+            .extend(probes.into_iter().map(|(kind, value)| Probe {
+                block: block.clone(),
+                kind,
+                value,
+            }));
         Ok(MoeOutputs {
             y,
             router_logits: logits,

@@ -5,7 +5,8 @@ use crate::ir::{Edge, Graph, NodeIndex, Op, Value};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
-/// Makes every user of `old` (edges and graph outputs) read `new` instead.
+/// Makes every user of `old` (edges and graph outputs) read `new` instead; its
+/// probes move to `new` too.
 pub fn replace_uses(g: &mut Graph, old: Value, new: Value) {
     let uses: Vec<(petgraph::stable_graph::EdgeIndex, NodeIndex, Edge)> =
         g.g.edges_directed(old.node, Direction::Outgoing)
@@ -28,6 +29,9 @@ pub fn replace_uses(g: &mut Graph, old: Value, new: Value) {
             *v = new;
         }
     }
+    for p in g.probes.iter_mut().filter(|p| p.value == old) {
+        p.value = new;
+    }
 }
 
 /// The nodes that use any output of `n`.
@@ -41,8 +45,9 @@ pub fn users(g: &Graph, n: NodeIndex) -> Vec<NodeIndex> {
     u
 }
 
-/// Removes every node that no output depends on, and weights no node reads
-/// (renumbering weight ids). Inputs are kept even when unused: they are the
+/// Removes every node that no output depends on (probes keep nothing alive: a
+/// removed node's probes go with it), and weights no node reads (renumbering
+/// weight ids). Inputs are kept even when unused: they are the
 /// graph's interface (and give the token count). Returns whether anything was removed.
 pub fn remove_dead(g: &mut Graph) -> bool {
     let mut live = vec![false; g.node_bound()];
@@ -64,6 +69,7 @@ pub fn remove_dead(g: &mut Graph) -> bool {
     for n in dead {
         g.g.remove_node(n);
     }
+    g.probes.retain(|p| live[p.value.node.index()]);
     compact_weights(g);
     changed
 }

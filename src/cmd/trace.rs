@@ -1,0 +1,121 @@
+//! `moec trace SPEC --weights DIR (--prompt TEXT | --prompt-ids IDS | --input FILE) -o TRACE`:
+//! runs the optimized graph once with its probes as extra outputs
+//! (`runtime::trace`) and writes the routing trace of every MoE block as one
+//! safetensors file (`docs/trace.md`). Parses the options and prints; the
+//! tracing itself is the runtime's.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use moec_compiler::ir::{DType, Op};
+use moec_compiler::passes::Upto;
+use moec_compiler::tensor::Tensor;
+use moec_runtime::generate::command::{self, Prompt};
+use moec_runtime::generate::Tokenizer;
+use moec_runtime::io::read_tensors;
+use moec_runtime::session::{Engine, Model};
+use moec_runtime::trace::{probed, Trace};
+
+use super::generate::GenerateBackend;
+use super::SpecArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// The checkpoint directory (config.json, weights; tokenizer.json for --prompt).
+    #[arg(long, value_name = "DIR")]
+    pub weights: PathBuf,
+    /// The tokens to trace, as text encoded with the checkpoint's tokenizer.json.
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["prompt_ids", "input"])]
+    pub prompt: Option<String>,
+    /// The tokens to trace, as ids: `--prompt-ids 1,2,3`.
+    #[arg(
+        long,
+        value_name = "IDS",
+        allow_hyphen_values = true,
+        conflicts_with = "input"
+    )]
+    pub prompt_ids: Option<String>,
+    /// A safetensors file of the spec's inputs (a block spec's `x`, say).
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Where to write the trace (safetensors).
+    #[arg(long, short, value_name = "TRACE")]
+    pub output: PathBuf,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value = "interp")]
+    pub backend: GenerateBackend,
+}
+
+pub fn main(args: Args) -> Result<(), String> {
+    let compiled = super::compile(&args.spec, Some(&args.weights), Upto::All)?;
+    let (graph, blocks) = probed(&compiled.graph)?;
+    let (inputs, ids) = inputs(&args, &graph)?;
+    let tokens = moec_compiler::interp::token_count(&graph, &inputs)?;
+    let engine = match args.backend {
+        GenerateBackend::Interp => Engine::Interp,
+        GenerateBackend::Cpu => Engine::Cpu { threads: None },
+    };
+    let model = std::rc::Rc::new(
+        Model::open(graph, &args.weights, engine)
+            .map_err(|e| super::explain_weights_error(e.to_string(), &compiled))?,
+    );
+    let outputs = model
+        .session(None)
+        .run(&inputs)
+        .map_err(|e| e.to_string())?;
+    let mut trace = Trace::from_outputs(&blocks, &outputs, tokens)?;
+    trace
+        .metadata
+        .insert("spec".into(), args.spec.spec.display().to_string());
+    if let Some(ids) = ids {
+        let strings = token_strings(&args.weights, &ids);
+        let ids = serde_json::to_string(&ids).expect("ids serialize");
+        trace.metadata.insert("ids".into(), ids);
+        if let Some(strings) = strings {
+            let strings = serde_json::to_string(&strings).expect("strings serialize");
+            trace.metadata.insert("tokens".into(), strings);
+        }
+    }
+    trace.write(&args.output)?;
+    println!(
+        "wrote {}: {tokens} tokens, {} MoE blocks",
+        args.output.display(),
+        blocks.len()
+    );
+    Ok(())
+}
+
+/// The run's inputs, and the token ids when they are a prompt.
+type Inputs = (BTreeMap<String, Tensor>, Option<Vec<i32>>);
+
+fn inputs(args: &Args, graph: &moec_compiler::ir::Graph) -> Result<Inputs, String> {
+    if let Some(file) = &args.input {
+        return Ok((read_tensors(file).map_err(|e| e.to_string())?, None));
+    }
+    let ids = match command::prompt(args.prompt.clone(), args.prompt_ids.as_deref())
+        .map_err(|_| "no tokens: give --prompt TEXT, --prompt-ids 1,2,3 or --input FILE")?
+    {
+        Prompt::Ids(ids) => ids,
+        Prompt::Text(text) => Tokenizer::from_dir(&args.weights)
+            .and_then(|t| t.encode(&text))
+            .map_err(|e| e.to_string())?,
+    };
+    let name = graph
+        .inputs
+        .iter()
+        .find_map(|n| match &graph.node(*n).op {
+            Op::Input { name, ty } if ty.dtype == DType::I32 => Some(name.clone()),
+            _ => None,
+        })
+        .ok_or("the spec reads no token ids (an i32 input): give --input FILE")?;
+    let t = Tensor::i32(vec![ids.len()], ids.clone());
+    Ok((BTreeMap::from([(name, t)]), Some(ids)))
+}
+
+/// Each id's text, when the checkpoint has a tokenizer.
+fn token_strings(dir: &std::path::Path, ids: &[i32]) -> Option<Vec<String>> {
+    let tokenizer = Tokenizer::from_dir(dir).ok()?;
+    ids.iter().map(|id| tokenizer.decode(&[*id]).ok()).collect()
+}

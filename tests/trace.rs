@@ -1,0 +1,172 @@
+//! Routing traces against transformers: for every whole-model fixture, the
+//! trace of one forward pass over its prompt (`runtime::trace` on the optimized
+//! graph's probes, interpreter and CPU backend) gives the experts, routing
+//! weights and router entropies that transformers' own router modules computed
+//! (`tests/fixtures/make_trace_fixtures.py`); and `moec trace` writes them, with
+//! the token strings, to a safetensors file.
+
+use moec_compiler::driver::Compiler;
+use moec_compiler::ir::Op;
+use moec_compiler::tensor::{Tensor, TensorData};
+use moec_runtime::io::read_tensors;
+use moec_runtime::session::{Engine, Model};
+use moec_runtime::trace::{probed, Trace};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+const CASES: &[&str] = &[
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v3",
+    "gpt_oss",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn f32s(t: &Tensor) -> &[f32] {
+    match &t.data {
+        TensorData::F32(v) => v,
+        TensorData::I32(_) => panic!("expected f32"),
+    }
+}
+
+fn i32s(t: &Tensor) -> &[i32] {
+    match &t.data {
+        TensorData::I32(v) => v,
+        TensorData::F32(_) => panic!("expected i32"),
+    }
+}
+
+fn prompt(dir: &std::path::Path) -> Vec<i32> {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids = expected["prompt_ids"].as_array().unwrap();
+    ids.iter().map(|v| v.as_i64().unwrap() as i32).collect()
+}
+
+/// Entropy (nats) of the softmax of `row`.
+fn entropy(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v as f64));
+    let e: Vec<f64> = row.iter().map(|v| (*v as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|x| x / sum).map(|p| -p * p.ln()).sum()
+}
+
+#[test]
+fn traces_match_the_routers_of_transformers() {
+    for case in CASES {
+        let dir = root().join("tests/fixtures/models").join(case);
+        let spec = root().join("models").join(format!("{case}.moe"));
+        let g = Compiler::new()
+            .checkpoint(&dir)
+            .compile_file(&spec)
+            .unwrap()
+            .graph;
+        let (traced, blocks) = probed(&g).unwrap_or_else(|e| panic!("{case}: {e}"));
+        // Probes block no fusion: every block's router is one fused op.
+        let routers =
+            g.g.node_weights()
+                .filter(|n| matches!(n.op, Op::Router(_)))
+                .count();
+        assert_eq!(routers, blocks.len(), "{case}: fused routers");
+        let want = read_tensors(&dir.join("trace.safetensors")).unwrap();
+        let (logits, weights, experts) = (
+            &want["router_logits"],
+            &want["routing_weights"],
+            &want["selected_experts"],
+        );
+        let (layers, tokens, k) = (experts.shape[0], experts.shape[1], experts.shape[2]);
+        let e = logits.shape[2];
+        assert_eq!(blocks.len(), layers, "{case}: MoE blocks");
+        let ids = prompt(&dir);
+        let inputs = BTreeMap::from([("input_ids".to_string(), Tensor::i32(vec![tokens], ids))]);
+        for engine in [Engine::Interp, Engine::Cpu { threads: Some(2) }] {
+            let model = std::rc::Rc::new(Model::open(traced.clone(), &dir, engine).unwrap());
+            let outputs = model.session(None).run(&inputs).unwrap();
+            let trace = Trace::from_outputs(&blocks, &outputs, tokens).unwrap();
+            let got = &trace.tensors;
+            assert_eq!(got["routed_experts"].shape, [tokens, layers, k], "{case}");
+            for (l, t, j) in (0..layers)
+                .flat_map(|l| (0..tokens).flat_map(move |t| (0..k).map(move |j| (l, t, j))))
+            {
+                let (w_at, g_at) = ((l * tokens + t) * k + j, (t * layers + l) * k + j);
+                let at = format!("{case} {engine:?} layer {l} token {t} slot {j}");
+                assert_eq!(
+                    i32s(&got["routed_experts"])[g_at],
+                    i32s(experts)[w_at],
+                    "{at}"
+                );
+                let (gw, ww) = (f32s(&got["routing_weights"])[g_at], f32s(weights)[w_at]);
+                assert!(
+                    (gw - ww).abs() <= 1e-5 * ww.abs().max(1.0),
+                    "{at}: weight {gw} vs {ww}"
+                );
+            }
+            for (l, t) in (0..layers).flat_map(|l| (0..tokens).map(move |t| (l, t))) {
+                let row = &f32s(logits)[(l * tokens + t) * e..(l * tokens + t + 1) * e];
+                let (h, want) = (
+                    f32s(&got["router_entropy"])[t * layers + l] as f64,
+                    entropy(row),
+                );
+                assert!(
+                    (h - want).abs() <= 1e-5,
+                    "{case} {engine:?} layer {l} token {t}: entropy {h} vs {want}"
+                );
+            }
+            let counts = i32s(&got["expert_counts"]);
+            assert_eq!(
+                counts.iter().sum::<i32>() as usize,
+                layers * tokens * k,
+                "{case}: counts"
+            );
+        }
+    }
+}
+
+#[test]
+fn moec_trace_writes_a_safetensors_file_with_token_strings() {
+    let dir = root().join("tests/fixtures/models/mixtral");
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("trace.safetensors");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_moec"))
+        .args(["trace", "models/mixtral.moe", "--weights"])
+        .arg(&dir)
+        .args(["--prompt", "The expert", "-o"])
+        .arg(&file)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&file).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert_eq!(meta["format"], "moec-trace-1");
+    assert_eq!(
+        meta["blocks"],
+        r#"["layers.0.block_sparse_moe","layers.1.block_sparse_moe"]"#
+    );
+    let tokens: Vec<String> = serde_json::from_str(&meta["tokens"]).unwrap();
+    assert_eq!(tokens.concat(), "The expert", "{tokens:?}");
+    let t = read_tensors(&file).unwrap();
+    assert_eq!(t["routed_experts"].shape, [tokens.len(), 2, 2]);
+}
+
+#[test]
+fn every_example_keeps_its_probes_through_the_passes() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "moe") {
+            continue;
+        }
+        let g = Compiler::new().compile_file(&path).unwrap().graph;
+        let (_, blocks) = probed(&g).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!blocks.is_empty(), "{}", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 5, "{seen} examples");
+}
