@@ -117,6 +117,23 @@ fn traces_match_the_routers_of_transformers() {
                     "{case} {engine:?} layer {l} token {t}: entropy {h} vs {want}"
                 );
             }
+            // Each slot's norm ‖w·E(x)‖ and their sum's, ‖Σ w·E(x)‖, fit the triangle
+            // inequalities (the slots are mapped back from the dispatch order right).
+            let (norms, routed) = (f32s(&got["expert_norm"]), f32s(&got["routed_norm"]));
+            for (t, l) in (0..tokens).flat_map(|t| (0..layers).map(move |l| (t, l))) {
+                let n = &norms[(t * layers + l) * k..(t * layers + l + 1) * k];
+                let (sum, max) = (
+                    n.iter().sum::<f32>(),
+                    n.iter().fold(0.0f32, |m, v| m.max(*v)),
+                );
+                let r = routed[t * layers + l];
+                let at = format!("{case} {engine:?} token {t} layer {l}: {n:?} vs {r}");
+                assert!(n.iter().all(|v| *v > 0.0), "{at}");
+                assert!(
+                    r <= sum * (1.0 + 1e-5) && r >= (2.0 * max - sum) * (1.0 - 1e-5),
+                    "{at}"
+                );
+            }
             let counts = i32s(&got["expert_counts"]);
             assert_eq!(
                 counts.iter().sum::<i32>() as usize,

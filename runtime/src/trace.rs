@@ -82,6 +82,8 @@ struct Probed<'a> {
     kept: &'a Tensor,
     routed: &'a Tensor,
     shared: Option<&'a Tensor>,
+    /// Per-slot rows and their slots, when the experts were scheduled sparsely.
+    slots: Option<(&'a Tensor, &'a Tensor)>,
 }
 
 impl Trace {
@@ -98,9 +100,20 @@ impl Trace {
             let t = outputs
                 .get(name)
                 .ok_or_else(|| format!("internal error: the run gave no `{name}`"))?;
-            if t.shape.first() != Some(&tokens) || t.shape.len() != 2 {
+            let (rank, rows) = (t.shape.len(), t.shape.first().copied());
+            let ok = match kind {
+                // k·T rows (slots), in dispatch order.
+                ProbeKind::SlotRows => {
+                    rank == 2 && rows.is_some_and(|r| r.checked_rem(tokens).unwrap_or(r) == 0)
+                }
+                ProbeKind::SlotOrder => {
+                    rank == 1 && rows.is_some_and(|r| r.checked_rem(tokens).unwrap_or(r) == 0)
+                }
+                _ => rank == 2 && rows == Some(tokens),
+            };
+            if !ok {
                 return Err(format!(
-                    "`{}`: {} has shape {:?}, expected [{tokens}, ...]",
+                    "`{}`: {} has shape {:?}, expected {tokens} rows (or k·{tokens} slots)",
                     b.name,
                     kind.name(),
                     t.shape
@@ -119,6 +132,7 @@ impl Trace {
                     kept: need(b, ProbeKind::KeptExperts)?,
                     routed: need(b, ProbeKind::Routed)?,
                     shared: get(b, ProbeKind::Shared)?,
+                    slots: get(b, ProbeKind::SlotRows)?.zip(get(b, ProbeKind::SlotOrder)?),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -179,6 +193,7 @@ struct Tables {
     entropy: Vec<f32>,
     routed_norm: Vec<f32>,
     shared_norm: Vec<f32>,
+    expert_norm: Vec<f32>,
     expert_counts: Vec<i32>,
     aux_loss: Vec<f32>,
     z_loss: Vec<f32>,
@@ -197,6 +212,7 @@ impl Tables {
             dropped: vec![0; slots],
             entropy: vec![0.0; tokens * layers],
             routed_norm: vec![0.0; tokens * layers],
+            expert_norm: vec![0.0; slots],
             shared_norm: vec![0.0; tokens * layers],
             expert_counts: vec![0; layers * experts],
             aux_loss: vec![0.0; layers],
@@ -211,6 +227,18 @@ impl Tables {
         let k = p.selected.shape[1];
         if p.weights.shape[1] != k || p.kept.shape[1] != k {
             return Err("routing weights, selected and kept experts differ in width".into());
+        }
+        // Each slot's own contribution norm, from the scheduled rows.
+        let mut slot_norm = vec![0.0f32; self.tokens * k];
+        if let Some((rows, order)) = p.slots {
+            let d = rows.shape[1];
+            for (r, &s) in i32s(order)?.iter().enumerate() {
+                if let Some(s) = usize::try_from(s).ok().filter(|s| *s < slot_norm.len()) {
+                    let row = &f32s(rows)?[r * d..(r + 1) * d];
+                    slot_norm[s] =
+                        row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt() as f32;
+                }
+            }
         }
         let mut mean_prob = vec![0.0f64; e];
         let mut z = 0.0f64;
@@ -234,6 +262,7 @@ impl Tables {
                 let at = (t * self.layers + l) * self.k + j;
                 self.routed_experts[at] = selected[t * k + s];
                 self.routing_weights[at] = weights[t * k + s];
+                self.expert_norm[at] = slot_norm[t * k + s];
                 self.dropped[at] = i32::from(kept[t * k + s] < 0 && selected[t * k + s] >= 0);
             }
             for &x in &kept[t * k..(t + 1) * k] {
@@ -271,6 +300,10 @@ impl Tables {
                 Tensor::f32(vec![t, l, k], self.routing_weights),
             ),
             ("dropped".into(), Tensor::i32(vec![t, l, k], self.dropped)),
+            (
+                "expert_norm".into(),
+                Tensor::f32(vec![t, l, k], self.expert_norm),
+            ),
             (
                 "router_entropy".into(),
                 Tensor::f32(vec![t, l], self.entropy),

@@ -22,6 +22,11 @@ pub enum ProbeKind {
     Routed,
     /// The shared experts' contribution (gated, when they are), f32 `[T, D]`.
     Shared,
+    /// Each routed slot's weighted expert output `w·E(x)`, f32 `[k·T, D]`, in the
+    /// order of `SlotOrder` (exists once experts are scheduled sparsely).
+    SlotRows,
+    /// The slot (`token·k + j`) of each row of `SlotRows`, i32 `[k·T]` (-1: none).
+    SlotOrder,
 }
 
 impl ProbeKind {
@@ -33,6 +38,8 @@ impl ProbeKind {
             ProbeKind::KeptExperts => "kept_experts",
             ProbeKind::Routed => "routed",
             ProbeKind::Shared => "shared",
+            ProbeKind::SlotRows => "slot_rows",
+            ProbeKind::SlotOrder => "slot_order",
         }
     }
 }

@@ -12,6 +12,9 @@
 //! y    = scatter_add{k}(rows, order)          // [T, D], replaces the group's expert_sum
 //! ```
 //!
+//! The block's per-slot rows and order become probes (`ProbeKind::SlotRows`,
+//! `SlotOrder`) for traces.
+//!
 //! Dropped slots (index -1) sort past `offsets[E]`, so no grouped matmul touches
 //! them and they add nothing; an expert with no slots has an empty range. The
 //! result equals the dense chain's up to summation order.
@@ -23,7 +26,7 @@
 //! chains (shared experts, which every token uses anyway).
 
 use super::rewrite::{remove_dead, replace_uses, used_only_by};
-use crate::ir::{Graph, NodeIndex, Op, Value};
+use crate::ir::{Graph, NodeIndex, Op, Probe, ProbeKind, Value};
 
 /// Schedules every fused group it recognizes; true when it scheduled one.
 pub fn run(g: &mut Graph) -> Result<bool, String> {
@@ -127,8 +130,29 @@ fn schedule_group(g: &mut Graph, sum: NodeIndex) -> Result<bool, String> {
     }
     let label = g.node(sum).label.clone();
     let y = g.add(Op::ScatterAdd { k }, &[rows, order], label)?;
+    probe_slots(g, sum.into(), rows, order);
     replace_uses(g, sum.into(), y.into());
     Ok(true)
+}
+
+/// The block whose routed output is `sum` gets its per-slot rows probed (each
+/// selected expert's weighted contribution, for traces).
+fn probe_slots(g: &mut Graph, sum: Value, rows: Value, order: Value) {
+    let blocks: Vec<String> = g
+        .probes
+        .iter()
+        .filter(|p| p.value == sum && p.kind == ProbeKind::Routed)
+        .map(|p| p.block.clone())
+        .collect();
+    for block in blocks {
+        for (kind, value) in [(ProbeKind::SlotRows, rows), (ProbeKind::SlotOrder, order)] {
+            g.probes.push(Probe {
+                block: block.clone(),
+                kind,
+                value,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
