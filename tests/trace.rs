@@ -187,3 +187,78 @@ fn every_example_keeps_its_probes_through_the_passes() {
     }
     assert!(seen >= 5, "{seen} examples");
 }
+
+/// Tracing a generation: the prompt, then each greedy token through the KV cache,
+/// gives transformers' routing over the whole sequence in one pass.
+#[test]
+fn tracing_a_generation_follows_every_new_token() {
+    for case in CASES {
+        let dir = root().join("tests/fixtures/models").join(case);
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let file = out.path().join("trace.safetensors");
+        let ids: Vec<String> = prompt(&dir).iter().map(|i| i.to_string()).collect();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_moec"))
+            .arg("trace")
+            .arg(root().join("models").join(format!("{case}.moe")))
+            .arg("--weights")
+            .arg(&dir)
+            .args([
+                "--prompt-ids",
+                &ids.join(","),
+                "--max-new-tokens",
+                "8",
+                "--backend",
+                "cpu",
+                "-o",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let bytes = std::fs::read(&file).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().clone().unwrap();
+        let got_ids: Vec<i64> = serde_json::from_str(&meta["ids"]).unwrap();
+        let mut want_ids: Vec<i64> = prompt(&dir).iter().map(|i| *i as i64).collect();
+        want_ids.extend(
+            expected["greedy_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap()),
+        );
+        assert_eq!(got_ids, want_ids, "{case}: ids");
+        assert_eq!(meta["prompt_tokens"], prompt(&dir).len().to_string());
+        let got = read_tensors(&file).unwrap();
+        let want = read_tensors(&dir.join("trace.safetensors")).unwrap();
+        let (experts, weights) = (
+            &want["generated.selected_experts"],
+            &want["generated.routing_weights"],
+        );
+        let (layers, tokens, k) = (experts.shape[0], experts.shape[1], experts.shape[2]);
+        assert_eq!(got["routed_experts"].shape, [tokens, layers, k], "{case}");
+        for (l, t, j) in
+            (0..layers).flat_map(|l| (0..tokens).flat_map(move |t| (0..k).map(move |j| (l, t, j))))
+        {
+            let (w_at, g_at) = ((l * tokens + t) * k + j, (t * layers + l) * k + j);
+            let at = format!("{case} layer {l} token {t} slot {j}");
+            assert_eq!(
+                i32s(&got["routed_experts"])[g_at],
+                i32s(experts)[w_at],
+                "{at}"
+            );
+            let (gw, ww) = (f32s(&got["routing_weights"])[g_at], f32s(weights)[w_at]);
+            assert!(
+                (gw - ww).abs() <= 1e-4 * ww.abs().max(1.0),
+                "{at}: weight {gw} vs {ww}"
+            );
+        }
+    }
+}

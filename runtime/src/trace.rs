@@ -68,6 +68,65 @@ pub fn probed(g: &Graph) -> Result<(Graph, Vec<Block>), String> {
     Ok((traced, blocks))
 }
 
+/// Probe values of successive calls (a prompt, then one generated token at a
+/// time), joined as if one call had run all their tokens.
+#[derive(Default)]
+pub struct Recorder {
+    joined: BTreeMap<String, Tensor>,
+    tokens: usize,
+}
+
+impl Recorder {
+    /// Adds one call's outputs over `tokens` tokens (the probes; others are ignored).
+    pub fn add(&mut self, outputs: &BTreeMap<String, Tensor>, tokens: usize) -> Result<(), String> {
+        for (name, t) in outputs.iter().filter(|(n, _)| n.starts_with("probe.")) {
+            let mut t = t.clone();
+            // A slot is `token·k + j` within its call: shift it past the earlier calls' slots.
+            if name.ends_with(ProbeKind::SlotOrder.name()) && tokens > 0 {
+                let shift = (self.tokens * (t.len() / tokens)) as i32;
+                if let TensorData::I32(v) = &mut t.data {
+                    v.iter_mut().filter(|s| **s >= 0).for_each(|s| *s += shift);
+                }
+            }
+            match self.joined.get_mut(name) {
+                None => {
+                    self.joined.insert(name.clone(), t);
+                }
+                Some(j) => append_rows(j, t).map_err(|e| format!("probe `{name}`: {e}"))?,
+            }
+        }
+        self.tokens += tokens;
+        Ok(())
+    }
+
+    /// The tokens added so far.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// The trace of every token added.
+    pub fn finish(&self, blocks: &[Block]) -> Result<Trace, String> {
+        Trace::from_outputs(blocks, &self.joined, self.tokens)
+    }
+}
+
+/// `t`'s rows after `joined`'s.
+fn append_rows(joined: &mut Tensor, t: Tensor) -> Result<(), String> {
+    if joined.shape.is_empty() || joined.shape[1..] != t.shape[1..] {
+        return Err(format!(
+            "rows of {:?} after rows of {:?}",
+            t.shape, joined.shape
+        ));
+    }
+    joined.shape[0] += t.shape[0];
+    match (&mut joined.data, t.data) {
+        (TensorData::F32(a), TensorData::F32(b)) => a.extend(b),
+        (TensorData::I32(a), TensorData::I32(b)) => a.extend(b),
+        _ => return Err("f32 and i32 values".into()),
+    }
+    Ok(())
+}
+
 /// A routing trace: named tensors and metadata.
 pub struct Trace {
     pub tensors: BTreeMap<String, Tensor>,

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 
 use moec_compiler::ir::{DType, Op};
 use moec_compiler::passes::Upto;
-use moec_compiler::tensor::Tensor;
+use moec_compiler::tensor::{Tensor, TensorData};
 use moec_runtime::generate::command::{self, Prompt};
+use moec_runtime::generate::eos_ids;
 use moec_runtime::generate::Tokenizer;
 use moec_runtime::io::read_tensors;
 use moec_runtime::session::{Engine, Model};
-use moec_runtime::trace::{probed, Trace};
+use moec_runtime::trace::{probed, Recorder};
 
 use super::generate::GenerateBackend;
 use super::SpecArgs;
@@ -40,6 +41,9 @@ pub struct Args {
     /// A safetensors file of the spec's inputs (a block spec's `x`, say).
     #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
+    /// After the prompt, generate this many tokens greedily (stopping at an eos id), tracing each.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "input")]
+    pub max_new_tokens: usize,
     /// Where to write the trace (safetensors).
     #[arg(long, short, value_name = "TRACE")]
     pub output: PathBuf,
@@ -61,14 +65,34 @@ pub fn main(args: Args) -> Result<(), String> {
         Model::open(graph, &args.weights, engine)
             .map_err(|e| super::explain_weights_error(e.to_string(), &compiled))?,
     );
-    let outputs = model
-        .session(None)
-        .run(&inputs)
-        .map_err(|e| e.to_string())?;
-    let mut trace = Trace::from_outputs(&blocks, &outputs, tokens)?;
+    let mut session = model.session(None);
+    let mut recorder = Recorder::default();
+    let outputs = session.run(&inputs).map_err(|e| e.to_string())?;
+    recorder.add(&outputs, tokens)?;
+    let mut ids = ids;
+    if let Some(ids) = ids.as_mut().filter(|_| args.max_new_tokens > 0) {
+        let eos = eos_ids(&args.weights).map_err(|e| e.to_string())?;
+        let (name, _) = inputs.iter().next().expect("a prompt is one input");
+        let mut logits = outputs;
+        for _ in 0..args.max_new_tokens {
+            let next = greedy(&logits)?;
+            ids.push(next);
+            if eos.contains(&next) {
+                break;
+            }
+            let step = BTreeMap::from([(name.clone(), Tensor::i32(vec![1], vec![next]))]);
+            logits = session.run(&step).map_err(|e| e.to_string())?;
+            recorder.add(&logits, 1)?;
+        }
+        ids.truncate(recorder.tokens());
+    }
+    let mut trace = recorder.finish(&blocks)?;
     trace
         .metadata
         .insert("spec".into(), args.spec.spec.display().to_string());
+    trace
+        .metadata
+        .insert("prompt_tokens".into(), tokens.to_string());
     if let Some(ids) = ids {
         let strings = token_strings(&args.weights, &ids);
         let ids = serde_json::to_string(&ids).expect("ids serialize");
@@ -80,8 +104,9 @@ pub fn main(args: Args) -> Result<(), String> {
     }
     trace.write(&args.output)?;
     println!(
-        "wrote {}: {tokens} tokens, {} MoE blocks",
+        "wrote {}: {} tokens, {} MoE blocks",
         args.output.display(),
+        recorder.tokens(),
         blocks.len()
     );
     Ok(())
@@ -112,6 +137,20 @@ fn inputs(args: &Args, graph: &moec_compiler::ir::Graph) -> Result<Inputs, Strin
         .ok_or("the spec reads no token ids (an i32 input): give --input FILE")?;
     let t = Tensor::i32(vec![ids.len()], ids.clone());
     Ok((BTreeMap::from([(name, t)]), Some(ids)))
+}
+
+/// The id of the largest logit of the last row (ties to the lower id).
+fn greedy(outputs: &BTreeMap<String, Tensor>) -> Result<i32, String> {
+    let logits = outputs
+        .get("logits")
+        .ok_or("the spec has no output `logits` to generate from")?;
+    let vocab = *logits.shape.last().unwrap_or(&0);
+    let TensorData::F32(v) = &logits.data else {
+        return Err("the `logits` output is i32".into());
+    };
+    let row = &v[v.len().saturating_sub(vocab)..];
+    let best = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+    Ok(best as i32)
 }
 
 /// Each id's text, when the checkpoint has a tokenizer.
