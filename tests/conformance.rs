@@ -16,7 +16,7 @@
 //! exposed by the harness, not the spec. A fixture without a spec is an
 //! architecture the language cannot express yet: it is listed as unverified, not
 //! failed. The matrix in README.md is rendered from these results and the
-//! whole-model fixtures; `MOEC_UPDATE_README=1` rewrites it, otherwise a stale
+//! whole-model fixtures (✓ passed, ✗ failed, — nothing to run); `MOEC_UPDATE_README=1` rewrites it, otherwise a stale
 //! matrix fails the test.
 
 mod model_fixtures;
@@ -266,7 +266,8 @@ fn matrix(results: &BTreeMap<String, Row>) -> String {
             (true, true) => "yes",
             (true, false) => "no (not exposed)",
         };
-        s += &format!(" {selection} | {} |\n", mark(models.contains(t)));
+        let whole = if models.contains(t) { "✓" } else { "—" };
+        s += &format!(" {selection} | {whole} |\n");
     }
     s
 }

@@ -102,6 +102,12 @@ fn passes_fire_on_every_example() {
             0,
             "{name}: router chain left"
         );
+        if name == "longcat_flash.moe" {
+            // Zero-computation (identity) experts form no expert group: the layer stays dense,
+            // every expert on every token (correct, not sparse; see the conformance matrix).
+            assert_eq!(count(&g, |o| *o == Op::DenseCombine), 1, "{name}");
+            continue;
+        }
         assert_eq!(
             count(&g, |o| *o == Op::DenseCombine),
             0,
