@@ -89,6 +89,11 @@ fn passes_fire_on_every_example() {
         let mut g = example(&name);
         let layers = count(&g, |o| *o == Op::DenseCombine);
         let topk = count(&g, |o| matches!(o, Op::TopK { .. }));
+        let shared_gates = g
+            .weights
+            .iter()
+            .filter(|w| w.key.ends_with(".shared_gate"))
+            .count();
         for (_, run) in PASSES {
             run(&mut g).unwrap();
         }
@@ -102,6 +107,12 @@ fn passes_fire_on_every_example() {
             0,
             "{name}: router chain left"
         );
+        if name == "longcat_flash.moe" {
+            // Zero-computation (identity) experts form no expert group: the layer stays dense,
+            // every expert on every token (correct, not sparse; see the conformance matrix).
+            assert_eq!(count(&g, |o| *o == Op::DenseCombine), 1, "{name}");
+            continue;
+        }
         assert_eq!(
             count(&g, |o| *o == Op::DenseCombine),
             0,
@@ -119,10 +130,9 @@ fn passes_fire_on_every_example() {
             assert_eq!(scheduled, layers, "{name}: scheduled layers");
         }
         // Shared experts are fused as one-expert groups: no plain linear is left but the router's
-        // logits (and qwen2's shared-expert gate).
+        // logits (and the shared-expert gates, `shared_gate = true`).
         let linears = count(&g, |o| matches!(o, Op::Linear { .. }));
-        let gate = usize::from(name == "qwen2_moe.moe");
-        assert_eq!(linears, layers + gate, "{name}: plain linears left");
+        assert_eq!(linears, layers + shared_gates, "{name}: plain linears left");
     }
 }
 
