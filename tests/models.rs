@@ -174,7 +174,8 @@ fn greedy_decoding_with_the_cache_matches_generate() {
 /// What `moec generate` runs: the graph computing the last token's logits only.
 #[test]
 fn the_last_token_graph_decodes_like_generate() {
-    for &(case, spec) in CASES {
+    for (case, spec) in &cases() {
+        let (case, spec) = (case.as_str(), spec.as_str());
         let f = fixture(case);
         let mut g = compile(case, spec, &f);
         assert!(
