@@ -48,6 +48,32 @@ fn prompt(dir: &std::path::Path) -> Vec<i32> {
     ids.iter().map(|v| v.as_i64().unwrap() as i32).collect()
 }
 
+/// The trace's experts (`[T, L, k]`) equal transformers' (`[L, T, k]`), and its
+/// routing weights are within `tolerance` (relative, at least absolute).
+fn assert_routing(
+    at: &str,
+    got: &BTreeMap<String, Tensor>,
+    experts: &Tensor,
+    weights: &Tensor,
+    tolerance: f32,
+) {
+    let (layers, tokens, k) = (experts.shape[0], experts.shape[1], experts.shape[2]);
+    assert_eq!(got["routed_experts"].shape, [tokens, layers, k], "{at}");
+    for (l, t, j) in
+        (0..layers).flat_map(|l| (0..tokens).flat_map(move |t| (0..k).map(move |j| (l, t, j))))
+    {
+        let (w_at, g_at) = ((l * tokens + t) * k + j, (t * layers + l) * k + j);
+        let at = format!("{at} layer {l} token {t} slot {j}");
+        let (ge, we) = (i32s(&got["routed_experts"])[g_at], i32s(experts)[w_at]);
+        assert_eq!(ge, we, "{at}");
+        let (gw, ww) = (f32s(&got["routing_weights"])[g_at], f32s(weights)[w_at]);
+        assert!(
+            (gw - ww).abs() <= tolerance * ww.abs().max(1.0),
+            "{at}: weight {gw} vs {ww}"
+        );
+    }
+}
+
 /// Entropy (nats) of the softmax of `row`.
 fn entropy(row: &[f32]) -> f64 {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v as f64));
@@ -89,23 +115,8 @@ fn traces_match_the_routers_of_transformers() {
             let outputs = model.session(None).run(&inputs).unwrap();
             let trace = Trace::from_outputs(&blocks, &outputs, tokens).unwrap();
             let got = &trace.tensors;
-            assert_eq!(got["routed_experts"].shape, [tokens, layers, k], "{case}");
-            for (l, t, j) in (0..layers)
-                .flat_map(|l| (0..tokens).flat_map(move |t| (0..k).map(move |j| (l, t, j))))
-            {
-                let (w_at, g_at) = ((l * tokens + t) * k + j, (t * layers + l) * k + j);
-                let at = format!("{case} {engine:?} layer {l} token {t} slot {j}");
-                assert_eq!(
-                    i32s(&got["routed_experts"])[g_at],
-                    i32s(experts)[w_at],
-                    "{at}"
-                );
-                let (gw, ww) = (f32s(&got["routing_weights"])[g_at], f32s(weights)[w_at]);
-                assert!(
-                    (gw - ww).abs() <= 1e-5 * ww.abs().max(1.0),
-                    "{at}: weight {gw} vs {ww}"
-                );
-            }
+            let at = format!("{case} {engine:?}");
+            assert_routing(&at, got, experts, weights, 1e-5);
             for (l, t) in (0..layers).flat_map(|l| (0..tokens).map(move |t| (l, t))) {
                 let row = &f32s(logits)[(l * tokens + t) * e..(l * tokens + t + 1) * e];
                 let (h, want) = (
@@ -242,23 +253,6 @@ fn tracing_a_generation_follows_every_new_token() {
             &want["generated.selected_experts"],
             &want["generated.routing_weights"],
         );
-        let (layers, tokens, k) = (experts.shape[0], experts.shape[1], experts.shape[2]);
-        assert_eq!(got["routed_experts"].shape, [tokens, layers, k], "{case}");
-        for (l, t, j) in
-            (0..layers).flat_map(|l| (0..tokens).flat_map(move |t| (0..k).map(move |j| (l, t, j))))
-        {
-            let (w_at, g_at) = ((l * tokens + t) * k + j, (t * layers + l) * k + j);
-            let at = format!("{case} layer {l} token {t} slot {j}");
-            assert_eq!(
-                i32s(&got["routed_experts"])[g_at],
-                i32s(experts)[w_at],
-                "{at}"
-            );
-            let (gw, ww) = (f32s(&got["routing_weights"])[g_at], f32s(weights)[w_at]);
-            assert!(
-                (gw - ww).abs() <= 1e-4 * ww.abs().max(1.0),
-                "{at}: weight {gw} vs {ww}"
-            );
-        }
+        assert_routing(case, &got, experts, weights, 1e-4);
     }
 }

@@ -200,14 +200,7 @@ impl CpuModel {
             return self.fallback(step, op, arena, ins, state, syms);
         }
         let (frame, out) = Frame::split(arena, words(out_place))?;
-        let r = Reader {
-            src: self.sources(ins, state, syms.tokens),
-            frame,
-            step,
-            op,
-            graph: &self.graph,
-            syms,
-        };
+        let r = self.reader(frame, step, ins, state, syms);
         let (f32s, i32s) = (|i| r.f32s(i), |i| r.i32s(i));
         if let Some(&k) = self.kernel_of.get(&step.node) {
             return self.matmul(step, op, k, &r, out);
@@ -246,6 +239,28 @@ impl CpuModel {
                 "internal error: {} has no native kernel",
                 op.name()
             )),
+        }
+    }
+
+    /// `step`'s operands, read through `frame`.
+    fn reader<'s, 'a>(
+        &'a self,
+        frame: Frame<'a>,
+        step: &'s Step,
+        ins: &'a [&'a Tensor],
+        state: &'a interp::State,
+        syms: Syms,
+    ) -> Reader<'s, 'a>
+    where
+        'a: 's,
+    {
+        Reader {
+            src: self.sources(ins, state, syms.tokens),
+            frame,
+            step,
+            op: &self.graph.node(step.node).op,
+            graph: &self.graph,
+            syms,
         }
     }
 
@@ -304,14 +319,7 @@ impl CpuModel {
         let p = &self.program;
         let results = {
             let (frame, _) = Frame::split(arena, 0..0)?;
-            let r = Reader {
-                src: self.sources(ins, state, syms.tokens),
-                frame,
-                step,
-                op,
-                graph: &self.graph,
-                syms,
-            };
+            let r = self.reader(frame, step, ins, state, syms);
             let args = (0..step.args.len())
                 .map(|i| r.tensor(i))
                 .collect::<Result<Vec<_>, String>>()?;
