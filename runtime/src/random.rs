@@ -4,11 +4,13 @@
 //! - biases (keys ending in `bias`: `.bias`, `selection_bias`): uniform in ±0.1;
 //! - other vectors and scalars (norm weights): 1 + uniform in ±0.1.
 //!
-//! Inputs (`random_inputs`) are uniform in ±1, keyed by the input's name.
+//! Inputs (`random_inputs`) are uniform in ±1 (token ids: over the vocabulary), keyed by the
+//! input's name.
 //! `round_to_bf16` turns any weights into bf16 values (`--weight-dtype bf16`).
 
 use moec_compiler::ir::weight::WeightDecl;
-use moec_compiler::ir::{Graph, Op};
+use moec_compiler::ir::{DType, Graph, NodeIndex, Op};
+use moec_compiler::passes::rewrite::users;
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 
@@ -31,7 +33,9 @@ fn random_weight(decl: &WeightDecl, seed: u64) -> Tensor {
     Tensor::f32(decl.shape.clone(), values)
 }
 
-/// Random inputs for every graph input, with `tokens` tokens.
+/// Random inputs for every graph input, with `tokens` tokens: f32 inputs uniform
+/// in ±1, i32 ones (token ids) uniform over the rows of the smallest embedding
+/// table that reads them (0 when none does).
 pub fn random_inputs(g: &Graph, tokens: usize, seed: u64) -> BTreeMap<String, Tensor> {
     g.inputs
         .iter()
@@ -39,14 +43,31 @@ pub fn random_inputs(g: &Graph, tokens: usize, seed: u64) -> BTreeMap<String, Te
             Op::Input { name, ty } => {
                 let mut rng = SplitMix64(seed ^ fnv1a(name.as_bytes()));
                 let shape = ty.concrete_shape(tokens);
-                let data = (0..shape.iter().product())
-                    .map(|_| rng.symmetric())
-                    .collect();
-                Some((name.clone(), Tensor::f32(shape, data)))
+                let count = shape.iter().product();
+                let t = match ty.dtype {
+                    DType::F32 => Tensor::f32(shape, (0..count).map(|_| rng.symmetric()).collect()),
+                    DType::I32 => {
+                        let vocab = vocabulary(g, n);
+                        let ids = (0..count).map(|_| (rng.next() % vocab) as i32).collect();
+                        Tensor::i32(shape, ids)
+                    }
+                };
+                Some((name.clone(), t))
             }
             _ => None,
         })
         .collect()
+}
+
+/// Rows of the smallest embedding table that reads input `n` (1 when none does).
+fn vocabulary(g: &Graph, n: NodeIndex) -> u64 {
+    users(g, n)
+        .into_iter()
+        .filter(|m| g.node(*m).op == Op::Embedding)
+        .map(|m| g.value_type(g.operands(m)[1]).shape[0].fixed)
+        .min()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// `t` with every f32 value rounded to the nearest bf16 value (ties to even), for

@@ -5,6 +5,7 @@
 //! use `stats`' counting rules (weight bytes: what the kernels read, so routed
 //! experts only for the scheduled graph). `--bandwidth` first measures the
 //! machine's memory read bandwidth (`bandwidth.rs`), to compare weight GB/s with.
+//! `--traced` also times the scheduled graph with its trace probes as outputs.
 
 mod bandwidth;
 
@@ -35,6 +36,10 @@ pub struct Args {
     /// Time only the scheduled graph, not the dense one.
     #[arg(long)]
     no_dense: bool,
+    /// Also time the scheduled graph with its routing-trace probes as outputs
+    /// (`traced`: what `moec trace` runs), for tracing's overhead.
+    #[arg(long)]
+    traced: bool,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
@@ -109,18 +114,23 @@ pub fn main(args: Args) -> Result<(), String> {
             "graph", "tokens", "median_ms", "GFLOP/s", "weight GB/s"
         );
     }
-    let graphs: &[(Passes, &str)] = if args.no_dense {
-        &[(Passes::All, "scheduled")]
-    } else {
-        &[(Passes::All, "scheduled"), (Passes::None, "dense")]
-    };
-    for &(passes, label) in graphs {
-        let g = super::compile(
+    let mut graphs = vec![(Passes::All, "scheduled")];
+    if args.traced {
+        graphs.push((Passes::All, "traced"));
+    }
+    if !args.no_dense {
+        graphs.push((Passes::None, "dense"));
+    }
+    for (passes, label) in graphs {
+        let mut g = super::compile(
             &args.spec,
             args.weights.as_deref(),
             super::upto(passes, None)?,
         )?
         .graph;
+        if label == "traced" {
+            g = moec_runtime::trace::probed(&g)?.0;
+        }
         let weights = match &source {
             Some(source) => bind(&g.weights, source).map_err(|e| e.to_string())?,
             None => random_weights(&g.weights, args.seed),
