@@ -2,13 +2,15 @@
 //! Mixtral fixture: the files, the figures (SVG that parses as XML, one cell
 //! per value), the page's token grid against the top experts transformers
 //! chose (`tests/fixtures/make_trace_fixtures.py`), token text escaped, and
-//! located errors for files that are not traces. The page in a real browser is
+//! located errors for files that are not traces (made by rewriting a trace). The page in a real browser is
 //! `tests/report_browser.rs`.
 
 mod report_common;
 
-use report_common::{moec, rewrite, root, trace_fixture};
-use safetensors::tensor::Dtype;
+use report_common::{moec, root, trace_fixture};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 fn svg_rects(path: &std::path::Path) -> usize {
     let text = std::fs::read_to_string(path).unwrap();
@@ -170,8 +172,7 @@ fn files_that_are_not_traces_are_located_errors() {
     }
 }
 
-type Edit<'a> =
-    &'a dyn Fn(&mut report_common::Tables, &mut std::collections::HashMap<String, String>);
+type Edit<'a> = &'a dyn Fn(&mut Tables, &mut HashMap<String, String>);
 
 fn i32s(t: &moec_compiler::tensor::Tensor) -> &[i32] {
     match &t.data {
@@ -185,4 +186,29 @@ fn f32s(t: &moec_compiler::tensor::Tensor) -> &[f32] {
         moec_compiler::tensor::TensorData::F32(v) => v,
         _ => panic!("expected f32"),
     }
+}
+
+/// A trace's tensors by name: dtype, shape, little-endian bytes.
+pub type Tables = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+/// Writes `to`: the trace `from` after `edit` changed its tensors and metadata.
+pub fn rewrite(
+    from: &Path,
+    to: &Path,
+    edit: impl FnOnce(&mut Tables, &mut HashMap<String, String>),
+) {
+    let bytes = std::fs::read(from).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap_or_default();
+    let mut tables: Tables = file
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    edit(&mut tables, &mut meta);
+    let views = tables.iter().map(|(name, (dtype, shape, data))| {
+        (name, TensorView::new(*dtype, shape.clone(), data).unwrap())
+    });
+    safetensors::serialize_to_file(views, Some(meta), to).unwrap();
 }

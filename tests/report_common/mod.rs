@@ -1,12 +1,8 @@
 //! What `tests/report.rs` and `tests/report_browser.rs` share: running `moec`,
-//! a routing trace of the Mixtral fixture on its transformers prompt, and
-//! rewriting a trace file (its tensors' dtypes, shapes, bytes and its metadata)
-//! to make bad ones.
+//! and a routing trace of the Mixtral fixture on its transformers prompt.
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 pub fn root() -> PathBuf {
@@ -49,29 +45,4 @@ pub fn trace_fixture() -> (tempfile::TempDir, PathBuf) {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     (dir, trace)
-}
-
-/// A trace's tensors by name: dtype, shape, little-endian bytes.
-pub type Tables = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
-
-/// Writes `to`: the trace `from` after `edit` changed its tensors and metadata.
-pub fn rewrite(
-    from: &Path,
-    to: &Path,
-    edit: impl FnOnce(&mut Tables, &mut HashMap<String, String>),
-) {
-    let bytes = std::fs::read(from).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-    let mut meta = header.metadata().clone().unwrap_or_default();
-    let mut tables: Tables = file
-        .tensors()
-        .into_iter()
-        .map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect();
-    edit(&mut tables, &mut meta);
-    let views = tables.iter().map(|(name, (dtype, shape, data))| {
-        (name, TensorView::new(*dtype, shape.clone(), data).unwrap())
-    });
-    safetensors::serialize_to_file(views, Some(meta), to).unwrap();
 }
