@@ -9,9 +9,11 @@
 
 use crate::stats::{self, Spread};
 use crate::trace::RoutingTrace;
-use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
+use std::ops::Range;
 
 /// The font of axis labels and legends (plotters scales the size down by about 1.5 in SVG).
 const LABELS: (&str, u32) = ("sans-serif", 17);
@@ -76,7 +78,6 @@ fn co_selection(trace: &RoutingTrace, matrix: &[u32]) -> Result<String, String> 
 
 /// Router entropy per block: the mean over tokens, a bar from min to max, and ln E.
 fn router_entropy(trace: &RoutingTrace, spreads: &[Spread]) -> Result<String, String> {
-    let layers = spreads.len() as i32;
     let uniform = (trace.experts.max(1) as f64).ln();
     let top = spreads
         .iter()
@@ -94,7 +95,7 @@ fn router_entropy(trace: &RoutingTrace, spreads: &[Spread]) -> Result<String, St
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
-            .build_cartesian_2d((0..layers - 1).into_segmented(), 0f64..top)
+            .build_cartesian_2d(Categories(spreads.len()), 0f64..top)
             .map_err(drawing)?;
         chart
             .configure_mesh()
@@ -104,17 +105,12 @@ fn router_entropy(trace: &RoutingTrace, spreads: &[Spread]) -> Result<String, St
             .axis_desc_style(LABELS)
             .x_desc("block")
             .y_desc("entropy")
-            .x_labels(spreads.len().min(40))
-            .x_label_formatter(&centre_label)
             .draw()
             .map_err(drawing)?;
-        let centre = |l: usize| SegmentValue::CenterOf(l as i32);
+        let centre = |l: usize| l as f64 + 0.5;
         chart
             .draw_series(LineSeries::new(
-                [
-                    (SegmentValue::Exact(0), uniform),
-                    (SegmentValue::Last, uniform),
-                ],
+                [(0.0, uniform), (spreads.len() as f64, uniform)],
                 GREEN.stroke_width(2),
             ))
             .map_err(drawing)?
@@ -172,10 +168,8 @@ struct Grid<'a> {
 }
 
 /// One `<rect>` per cell (row 0 on top), viridis from the smallest value to the
-/// largest, and a colour scale of [`SCALE_STEPS`] rects on the right. (As a
-/// plotters discrete coordinate an i32 range is inclusive: `0..n - 1` is `n` segments.)
+/// largest, and a colour scale of [`SCALE_STEPS`] rects on the right.
 fn heat_map(grid: &Grid) -> Result<String, String> {
-    let (rows, cols) = (grid.rows as i32, grid.cols as i32);
     let lo = grid
         .values
         .iter()
@@ -198,15 +192,8 @@ fn heat_map(grid: &Grid) -> Result<String, String> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
-            .build_cartesian_2d(
-                (0..cols - 1).into_segmented(),
-                (0..rows - 1).into_segmented(),
-            )
+            .build_cartesian_2d(Categories(grid.cols), Categories(grid.rows))
             .map_err(drawing)?;
-        let flipped = |v: &SegmentValue<i32>| match v {
-            SegmentValue::CenterOf(r) => (rows - 1 - r).to_string(),
-            _ => String::new(),
-        };
         chart
             .configure_mesh()
             .disable_mesh()
@@ -214,23 +201,16 @@ fn heat_map(grid: &Grid) -> Result<String, String> {
             .axis_desc_style(LABELS)
             .x_desc(grid.x_desc)
             .y_desc(grid.y_desc)
-            .x_labels(grid.cols.min(40))
-            .y_labels(grid.rows.min(40))
-            .x_label_formatter(&centre_label)
-            .y_label_formatter(&flipped)
+            .y_label_formatter(&|y| (grid.rows - 1 - category(*y)).to_string())
             .draw()
             .map_err(drawing)?;
-        let cells = (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c)));
+        let cells = (0..grid.rows).flat_map(|r| (0..grid.cols).map(move |c| (r, c)));
         chart
             .draw_series(cells.map(|(r, c)| {
-                let v = grid.values[(r * cols + c) as usize];
-                let y = rows - 1 - r;
+                let (x, y) = (c as f64, (grid.rows - 1 - r) as f64);
                 Rectangle::new(
-                    [
-                        (SegmentValue::Exact(c), SegmentValue::Exact(y + 1)),
-                        (SegmentValue::Exact(c + 1), SegmentValue::Exact(y)),
-                    ],
-                    colour(v).filled(),
+                    [(x, y + 1.0), (x + 1.0, y)],
+                    colour(grid.values[r * grid.cols + c]).filled(),
                 )
             }))
             .map_err(drawing)?;
@@ -246,7 +226,7 @@ fn heat_map(grid: &Grid) -> Result<String, String> {
             .disable_x_axis()
             .label_style(LABELS)
             .y_labels(6)
-            .y_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{:.*}", usize::from(hi - lo < 10.0), v))
             .draw()
             .map_err(drawing)?;
         let step = (hi - lo) / SCALE_STEPS as f64;
@@ -263,12 +243,40 @@ fn heat_map(grid: &Grid) -> Result<String, String> {
     Ok(svg)
 }
 
-/// The label of a category at its centre, none at its edges.
-fn centre_label(v: &SegmentValue<i32>) -> String {
-    match v {
-        SegmentValue::CenterOf(x) => x.to_string(),
-        _ => String::new(),
+/// `n` categories (blocks, experts) as an axis: the unit intervals of 0..n,
+/// each labelled with its number at its centre (all up to 40, then evenly fewer).
+struct Categories(usize);
+
+impl Ranged for Categories {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, x: &f64, limit: (i32, i32)) -> i32 {
+        RangedCoordf64::from(self.range()).map(x, limit)
     }
+
+    fn key_points<H: KeyPointHint>(&self, _: H) -> Vec<f64> {
+        let stride = self.0.div_ceil(40).max(1);
+        (0..self.0)
+            .step_by(stride)
+            .map(|i| i as f64 + 0.5)
+            .collect()
+    }
+
+    fn range(&self) -> Range<f64> {
+        0.0..self.0 as f64
+    }
+}
+
+impl ValueFormatter<f64> for Categories {
+    fn format(x: &f64) -> String {
+        category(*x).to_string()
+    }
+}
+
+/// The category whose unit interval holds `x`.
+fn category(x: f64) -> usize {
+    x.max(0.0) as usize
 }
 
 /// A plot width that gives `n` categories room, within a page's width.
@@ -303,6 +311,32 @@ mod tests {
         assert_eq!(
             rects(&co_selection(&t, &m).unwrap()),
             1 + 3 * 3 + SCALE_STEPS
+        );
+    }
+
+    #[test]
+    fn one_block_still_draws_a_row_of_cells() {
+        let mut t = small();
+        t.blocks.truncate(1);
+        t.routed_experts = vec![0, 1, 0, 2];
+        t.routing_weights = vec![0.7, 0.3, 0.6, 0.4];
+        t.dropped = vec![false; 4];
+        t.router_entropy = vec![0.1, 0.3];
+        t.expert_counts = vec![2, 1, 1];
+        (t.aux_loss, t.z_loss) = (vec![1.0], vec![0.2]);
+        let svg = expert_load(&t).unwrap();
+        let doc = parse(&svg);
+        let size = |n: roxmltree::Node, a| n.attribute(a).unwrap().parse::<f64>().unwrap();
+        let cells: Vec<(f64, f64)> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("rect"))
+            .map(|n| (size(n, "width"), size(n, "height")))
+            .collect();
+        assert_eq!(cells.len(), 1 + 3 + SCALE_STEPS);
+        // The cells (after the background) are as tall as a whole plot row.
+        assert!(
+            cells[1..4].iter().all(|(w, h)| *w > 50.0 && *h > 100.0),
+            "{cells:?}"
         );
     }
 

@@ -62,6 +62,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .scroll { overflow-x: auto; max-width: 100%; }
 table.tokens td { text-align: center; white-space: pre; padding: 1px 4px; }
 table.tokens td small { display: block; color: #333; font-size: 10px; }
+table.tokens td.dropped { outline: 2px dashed #b00; outline-offset: -2px; }
 table.tokens th { font-weight: normal; color: #555; white-space: nowrap; }
 .swatch { display: inline-block; min-width: 1.8em; margin: 1px; padding: 0 3px; text-align: center; font-size: 12px; }
 code, .tok { font-family: ui-monospace, monospace; }
@@ -119,13 +120,13 @@ fn summary(h: &mut String, trace: &RoutingTrace, source: &str) {
         .iter()
         .map(|t| token(t))
         .collect::<Vec<_>>()
-        .join("</span><span class=\"tok\">");
+        .join("</span> <span class=\"tok\">");
     let _ = writeln!(h, "<p>Tokens: <span class=\"tok\">{text}</span></p>");
 }
 
 /// Blocks in rows, tokens in columns; each cell coloured by the token's top expert.
 fn token_grid(h: &mut String, trace: &RoutingTrace) {
-    h.push_str("<h2>Tokens by top expert</h2>\n<p>Each cell is a token at a block, coloured by the expert with the largest routing weight (its number below the token); hover for every selected expert and its weight.</p>\n<p>");
+    h.push_str("<h2>Tokens by top expert</h2>\n<p>Each cell is a token at a block, coloured by the expert with the largest routing weight (its number below the token; a dashed outline when capacity dropped it); hover for every selected expert and its weight.</p>\n<p>");
     for e in 0..trace.experts {
         let _ = write!(
             h,
@@ -149,11 +150,13 @@ fn token_grid(h: &mut String, trace: &RoutingTrace) {
                 })
                 .collect();
             let title = escape(&format!("token {t}, block {l}: {}", chosen.join(", ")));
+            let dropped = trace.slots(t, l).next().is_some_and(|(_, _, d)| d);
             match stats::top_expert(trace, t, l) {
                 Some(e) => {
                     let _ = write!(
                         h,
-                        "<td style=\"background: {}\" title=\"{title}\">{}<small>{e}</small></td>",
+                        "<td{} style=\"background: {}\" title=\"{title}\">{}<small>{e}</small></td>",
+                        if dropped { " class=\"dropped\"" } else { "" },
                         colour(e),
                         token(text)
                     );
