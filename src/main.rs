@@ -1,5 +1,5 @@
-//! `moec`, the command line: check, graph, run, bench, compile and build `.moe` specs, and
-//! generate text with a whole model.
+//! `moec`, the command line: check, graph, run, bench, compile and build `.moe` specs,
+//! generate text with a whole model, and trace its routing (and report on a trace).
 //!
 //! Every failure is reported as a message on stderr and exit status 1; spec
 //! errors carry file:line:col and a source snippet.
@@ -38,6 +38,8 @@ enum Command {
     Generate(cmd::generate::GenerateArgs),
     /// Record which experts every token went to in every MoE block (a safetensors trace).
     Trace(cmd::trace::Args),
+    /// Write an HTML page and SVG figures from a routing trace (`moec trace`'s file).
+    Report(cmd::report::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Build(a) => cmd::build::main(a),
         Command::Generate(a) => cmd::generate::main(a),
         Command::Trace(a) => cmd::trace::main(a),
+        Command::Report(a) => cmd::report::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

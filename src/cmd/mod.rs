@@ -8,6 +8,7 @@ pub mod check;
 pub mod compile;
 pub mod generate;
 pub mod graph;
+pub mod report;
 pub mod run;
 pub mod trace;
 
