@@ -17,4 +17,4 @@ pub use op::{
 };
 pub use petgraph::stable_graph::NodeIndex;
 pub use types::{DType, Dim, Syms, TensorType};
-pub use weight::{ColumnSlice, StorageDType, WeightDecl};
+pub use weight::{AxisSlice, StorageDType, WeightDecl};
