@@ -184,6 +184,47 @@ fn top2_renormalized() {
     assert_close(&out["y"], &want);
 }
 
+/// DBRX's p-norm (p = 2) and Ernie 4.5's lower bound on the denominator, by hand: sigmoid
+/// scores (their top-2 sum may fall below the bound).
+#[test]
+fn top2_renormalized_by_p_norm_and_bounded_sum() {
+    let router = vec![1.0, -1.0, 0.3, 0.8, -0.5, 0.2, 0.0, 1.5];
+    let ew = expert_weights(4);
+    let xs = tokens();
+    for (fields, p, min) in [
+        ("normalize_p = 2.0", 2.0f32, 0.0f32),
+        ("normalize_min = 1.2", 1.0, 1.2),
+    ] {
+        let spec = format!(
+            "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+              router r(h: [n, 2]) {{ logits = linear(h, 4) scores = sigmoid(logits)
+                select = topk(scores, 2) normalize = true {fields} }}
+              let y = moe(x, experts = 4 * lin, router = r)
+              output y
+              weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" }} }}"
+        );
+        let out = run(&spec, &weights_of(&ew, &[("router", router.clone())]), &xs);
+        let want: Vec<Vec<f32>> = xs
+            .iter()
+            .map(|x| {
+                let s: Vec<f32> = matvec(&router, x)
+                    .iter()
+                    .map(|l| 1.0 / (1.0 + (-l).exp()))
+                    .collect();
+                let mut order: Vec<usize> = (0..4).collect();
+                order.sort_by(|a, b| s[*b].partial_cmp(&s[*a]).unwrap());
+                let (a, b) = (order[0], order[1]);
+                let norm = (s[a].powf(p) + s[b].powf(p)).powf(1.0 / p).max(min);
+                let (ya, yb) = (matvec(&ew[a].1, x), matvec(&ew[b].1, x));
+                (0..2)
+                    .map(|c| (s[a] * ya[c] + s[b] * yb[c]) / norm)
+                    .collect()
+            })
+            .collect();
+        assert_close(&out["y"], &want);
+    }
+}
+
 #[test]
 fn sigmoid_bias_and_groups_with_negative_bias() {
     // 6 experts in 3 groups of 2; keep 2 groups; top-2; weights from the unbiased scores,

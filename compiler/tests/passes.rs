@@ -268,7 +268,8 @@ struct Layer {
     inter: u64,
     swiglu: bool,
     sigmoid: bool,
-    normalize: bool,
+    /// 0 off, 1 by the sum, 2 by the 2-norm, 3 by the sum bounded below by 0.6.
+    normalize: u8,
     scale: u8,
     /// 0 dropless, 1 factor, 2 fixed.
     capacity: u8,
@@ -345,7 +346,7 @@ impl Layer {
     logits = linear(h, {e})
     scores = {}(logits)
     select = {select}
-    normalize = {}
+    {}
     scale = {scale:?}
   }}
   let y = moe(x, {args})
@@ -357,7 +358,12 @@ impl Layer {
 }}",
             body("ffn", i),
             if self.sigmoid { "sigmoid" } else { "softmax" },
-            self.normalize,
+            [
+                "normalize = false",
+                "normalize = true",
+                "normalize = true normalize_p = 2.0",
+                "normalize = true normalize_min = 0.6",
+            ][self.normalize as usize % 4],
         )
     }
 }
@@ -365,7 +371,7 @@ impl Layer {
 fn layer() -> impl Strategy<Value = Layer> {
     (
         (1u64..=64, 1u64..=8, 2u64..=16, 2u64..=16),
-        (any::<bool>(), any::<bool>(), any::<bool>(), 0u8..3),
+        (any::<bool>(), any::<bool>(), 0u8..4, 0u8..3),
         (0u8..3, 0u8..4, 1u64..=8, any::<bool>()),
         (any::<bool>(), any::<u8>(), any::<u8>(), any::<bool>()),
         0u8..3,

@@ -2,7 +2,7 @@
 //! functions on tensors so the unfused ops and their fused forms (the router,
 //! stacked and grouped matmuls) share one definition of each step.
 
-use crate::ir::{BinaryOp, Epilogue, GroupScore, RouterAttrs, Score, UnaryOp};
+use crate::ir::{BinaryOp, Epilogue, GroupScore, Renorm, RouterAttrs, Score, UnaryOp};
 use crate::tensor::Tensor;
 
 pub(super) fn rows(t: &Tensor) -> (usize, usize) {
@@ -66,11 +66,19 @@ pub(super) fn activation(u: UnaryOp, v: f32) -> f32 {
     y as f32
 }
 
-pub(super) fn normalize_sum(x: &Tensor) -> Tensor {
+/// Each row divided by `max(‖row‖_p, min)`; p = 1 is the plain sum (see `Renorm`).
+pub(super) fn normalize(x: &Tensor, n: Renorm) -> Tensor {
+    let (p, min) = (n.p.get() as f64, n.min.get() as f64);
     map_rows(x, |s, o| {
-        let sum: f64 = s.iter().map(|v| *v as f64).sum();
+        let norm = if p == 1.0 {
+            s.iter().map(|v| *v as f64).sum::<f64>()
+        } else {
+            let sum: f64 = s.iter().map(|v| (*v as f64).abs().powf(p)).sum();
+            sum.powf(1.0 / p)
+        };
+        let norm = norm.max(min);
         for (o, v) in o.iter_mut().zip(s) {
-            *o = (*v as f64 / sum) as f32;
+            *o = (*v as f64 / norm) as f32;
         }
     })
 }
@@ -148,8 +156,8 @@ pub(super) fn router(r: &RouterAttrs, logits: &Tensor, bias: Option<&Tensor>) ->
     if r.after_topk {
         w = score(&w);
     }
-    if r.normalize {
-        w = normalize_sum(&w);
+    if let Some(n) = r.normalize {
+        w = normalize(&w, n);
     }
     if r.scale.get() != 1.0 {
         w = binary(BinaryOp::Mul, &w, &Tensor::f32(vec![], vec![r.scale.get()]));

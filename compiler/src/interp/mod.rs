@@ -14,8 +14,8 @@ pub use attention::inv_freq;
 use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
 use kernels::{
-    binary, expert_row, gather, group_mask, map_rows, normalize_sum, ranked, router, rows,
-    softmax_row, topk, unary,
+    binary, expert_row, gather, group_mask, map_rows, normalize, ranked, router, rows, softmax_row,
+    topk, unary,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -301,7 +301,7 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
         Unary(u) => one(unary(*u, a[0])),
         Binary(b) => one(binary(*b, a[0], a[1])),
         Softmax => one(map_rows(a[0], softmax_row)),
-        NormalizeSum => one(normalize_sum(a[0])),
+        Normalize(n) => one(normalize(a[0], *n)),
         RmsNorm { eps } => {
             let w = a[1].as_f32();
             // Each group of the weight's width is normalized on its own (per-head norms).

@@ -12,7 +12,7 @@ pub mod weight;
 
 pub use graph::{Edge, Graph, Node, StateDecl, Value};
 pub use op::{
-    AttentionAttrs, BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, GroupScore, Op,
+    AttentionAttrs, BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, GroupScore, Op, Renorm,
     RopeAttrs, RopeScaling, RouterAttrs, Score, UnaryOp,
 };
 pub use petgraph::stable_graph::NodeIndex;

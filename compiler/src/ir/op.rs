@@ -142,6 +142,37 @@ pub enum Score {
     Sigmoid,
 }
 
+/// How the k selected routing weights are renormalized: each divided by `max(‖w‖_p, min)`.
+/// The weights are never negative, so p = 1 is their sum (`normalize = true`); DBRX's
+/// `moe_normalize_expert_weights` is p, Ernie 4.5's `moe_norm_min` is `min`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Renorm {
+    pub p: F32Bits,
+    pub min: F32Bits,
+}
+
+impl Renorm {
+    /// Division by the sum.
+    pub fn sum() -> Renorm {
+        Renorm {
+            p: F32Bits::new(1.0),
+            min: F32Bits::new(0.0),
+        }
+    }
+
+    /// `p=2 min=1e-12`, leaving out what equals the sum's.
+    pub fn attrs(&self) -> String {
+        let mut a = Vec::new();
+        if self.p.get() != 1.0 {
+            a.push(format!("p={:?}", self.p));
+        }
+        if self.min.get() != 0.0 {
+            a.push(format!("min={:?}", self.min));
+        }
+        a.join(" ")
+    }
+}
+
 /// Every step of a router after its logits, as one op (see `Op::Router`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RouterAttrs {
@@ -153,7 +184,7 @@ pub struct RouterAttrs {
     /// Group-limited selection: (groups, groups kept, group score).
     pub groups: Option<(u64, u64, GroupScore)>,
     pub k: u64,
-    pub normalize: bool,
+    pub normalize: Option<Renorm>,
     pub scale: F32Bits,
 }
 
@@ -238,8 +269,9 @@ pub enum Op {
     Binary(BinaryOp),
     /// Softmax along the last axis. Typing: f32 x; output like x.
     Softmax,
-    /// Divide each row by its sum. Typing: f32 x; output like x.
-    NormalizeSum,
+    /// Divide each row by `max(‖row‖_p, min)` (p = 1: by its sum; see `Renorm`). Typing: f32 x;
+    /// output like x.
+    Normalize(Renorm),
     /// `x / rms(x) · w`. Typing: x f32 `[.., D]`, w `[D]`; output like x.
     RmsNorm { eps: F32Bits },
     /// `(x - mean) / std · w + b`. Typing: x f32 `[.., D]`, w `[D]`, b `[D]`; output like x.
@@ -410,7 +442,7 @@ impl Op {
             Binary(BinaryOp::Min) => "min",
             Binary(BinaryOp::Max) => "max",
             Softmax => "softmax",
-            NormalizeSum => "normalize_sum",
+            Normalize(_) => "normalize",
             RmsNorm { .. } => "rmsnorm",
             LayerNorm { .. } => "layernorm",
             GroupMask { .. } => "group_mask",
@@ -462,6 +494,7 @@ impl Op {
                 }
             }
             RmsNorm { eps } | LayerNorm { eps } => format!("eps={eps:?}"),
+            Normalize(n) => n.attrs(),
             GroupMask {
                 groups,
                 keep,
@@ -492,8 +525,12 @@ impl Op {
                 if let Some((g, keep, score)) = r.groups {
                     a.push_str(&format!(" groups={g} keep={keep} group_score={score:?}"));
                 }
-                if r.normalize {
+                if let Some(n) = r.normalize {
                     a.push_str(" normalize");
+                    let na = n.attrs();
+                    if !na.is_empty() {
+                        a.push_str(&format!("({na})"));
+                    }
                 }
                 if r.scale.get() != 1.0 {
                     a.push_str(&format!(" scale={:?}", r.scale));

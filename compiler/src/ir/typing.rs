@@ -50,7 +50,7 @@ impl Op {
                 *shape.last_mut().expect("width checked") = w.shape[0];
                 Ok(vec![TensorType::f32(shape)])
             }
-            Unary(_) | Softmax | NormalizeSum => {
+            Unary(_) | Softmax | Normalize(_) => {
                 arity(1)?;
                 expect_f32(operands[0], self.name())?;
                 Ok(vec![operands[0].clone()])

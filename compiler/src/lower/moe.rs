@@ -217,8 +217,8 @@ impl<'a> Lowerer<'a> {
                         self.node(Op::Softmax, &[w], None, sp)?
                     };
                 }
-                if router.normalize {
-                    w = self.node(Op::NormalizeSum, &[w], None, sp)?;
+                if let Some(n) = router.normalize {
+                    w = self.node(Op::Normalize(n), &[w], None, sp)?;
                 }
                 if router.scale != 1.0 {
                     let c = self.graph.add_constant(router.scale as f32);

@@ -5,7 +5,7 @@
 use super::expr::Args;
 use super::Lowerer;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{CapacityLimit, DropPolicy, F32Bits, GroupScore};
+use crate::ir::{CapacityLimit, DropPolicy, F32Bits, GroupScore, Renorm};
 use moec_grammar::ast::{self, Arg, Expr, ExprKind, Ident};
 use moec_grammar::Span;
 
@@ -32,7 +32,7 @@ pub(super) struct RouterSpec<'a> {
     pub(super) after_topk: bool,
     pub(super) select: Selection,
     pub(super) select_span: Span,
-    pub(super) normalize: bool,
+    pub(super) normalize: Option<Renorm>,
     pub(super) scale: f64,
 }
 
@@ -66,7 +66,16 @@ impl<'a> Lowerer<'a> {
                 )
                 .with_related(prev.span, "first here"));
             }
-            const FIELDS: &[&str] = &["logits", "scores", "select", "normalize", "scale", "jitter"];
+            const FIELDS: &[&str] = &[
+                "logits",
+                "scores",
+                "select",
+                "normalize",
+                "normalize_p",
+                "normalize_min",
+                "scale",
+                "jitter",
+            ];
             if !FIELDS.contains(&f.name.name.as_str()) {
                 return Err(Diagnostic::at(
                     f.name.span,
@@ -281,10 +290,7 @@ impl<'a> Lowerer<'a> {
                 ))
             }
         };
-        let normalize = field("normalize")
-            .map(|b| self.bool(b, "normalize"))
-            .transpose()?
-            .unwrap_or(false);
+        let normalize = self.renorm(router, field("normalize"))?;
         let scale = field("scale")
             .map(|s| self.float(s, "scale"))
             .transpose()?
@@ -302,6 +308,54 @@ impl<'a> Lowerer<'a> {
             normalize,
             scale,
         })
+    }
+
+    /// `normalize = true` with `normalize_p = p` (the p-norm, default 1: the sum) and
+    /// `normalize_min = m` (a lower bound on the denominator); the two need `normalize`.
+    fn renorm(
+        &self,
+        router: &ast::Router,
+        normalize: Option<&Expr>,
+    ) -> Result<Option<Renorm>, Diagnostic> {
+        let field = |n: &str| router.fields.iter().find(|f| f.name.name == n);
+        let on = normalize
+            .map(|b| self.bool(b, "normalize"))
+            .transpose()?
+            .unwrap_or(false);
+        let mut n = Renorm::sum();
+        for (name, least, strict) in [("normalize_p", 0.0, true), ("normalize_min", 0.0, false)] {
+            let Some(f) = field(name) else { continue };
+            if !on {
+                let err = Diagnostic::at(
+                    f.name.span,
+                    format!("`{name}` without `normalize = true`"),
+                    "the weights are not renormalized",
+                )
+                .with_help("add `normalize = true`, or drop this field");
+                return Err(match normalize {
+                    Some(b) => err.with_related(b.span, "normalize is off here"),
+                    None => err,
+                });
+            }
+            let v = self.float(&f.value, name)?;
+            if v < least || (strict && v == least) || !v.is_finite() {
+                return Err(Diagnostic::at(
+                    f.value.span,
+                    format!(
+                        "`{name}` must be {} 0, found {v}",
+                        if strict { "above" } else { "at least" }
+                    ),
+                    "here",
+                ));
+            }
+            let v = F32Bits::new(v as f32);
+            if name == "normalize_p" {
+                n.p = v;
+            } else {
+                n.min = v;
+            }
+        }
+        Ok(on.then_some(n))
     }
 
     /// `dropless`, `factor(f, ...)` or `fixed(n, ...)`; `None` for dropless.

@@ -78,10 +78,10 @@ impl Builder<'_> {
                 vec![In(0), In(1), Out(0)],
                 stride(total),
             )),
-            Op::Softmax | Op::NormalizeSum | Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
+            Op::Softmax | Op::Normalize(_) | Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
                 let row_op = match &node.op {
                     Op::Softmax => rows::RowOp::Softmax,
-                    Op::NormalizeSum => rows::RowOp::NormalizeSum,
+                    Op::Normalize(n) => rows::RowOp::Normalize(*n),
                     Op::RmsNorm { eps } => rows::RowOp::RmsNorm(eps.get()),
                     Op::LayerNorm { eps } => rows::RowOp::LayerNorm(eps.get()),
                     _ => unreachable!("matched above"),

@@ -5,7 +5,7 @@
 //! in token order, so the result is deterministic), and the two router losses.
 
 use super::plan::Elem::{F32, I32};
-use super::rows::{mask_groups, select_top, selection_helpers};
+use super::rows::{mask_groups, renorm, select_top, selection_helpers};
 use super::writer::{float, read, write, Module};
 use crate::ir::{Dim, DropPolicy, RouterAttrs, Score};
 use std::fmt::{self, Write};
@@ -62,10 +62,11 @@ pub(super) fn router(r: &RouterAttrs, experts: u64) -> Result<Module, fmt::Error
             )?,
         }
     }
-    if r.normalize {
+    if let Some(n) = r.normalize {
+        let (term, denom) = renorm(n, "w[j]", "total");
         writeln!(
             m,
-            "        var total = 0.0;\n        for (var j = 0u; j < {k}u; j++) {{\n            total += w[j];\n        }}\n        for (var j = 0u; j < {k}u; j++) {{\n            w[j] = w[j] / total;\n        }}"
+            "        var total = 0.0;\n        for (var j = 0u; j < {k}u; j++) {{\n            total += {term};\n        }}\n        for (var j = 0u; j < {k}u; j++) {{\n            w[j] = w[j] / {denom};\n        }}"
         )?;
     }
     let scale = if r.scale.get() != 1.0 {
