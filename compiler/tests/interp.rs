@@ -225,6 +225,53 @@ fn top2_renormalized_by_p_norm_and_bounded_sum() {
     }
 }
 
+/// Llama 4's block: top-2 on the logits, each kept logit's sigmoid scales the expert's
+/// *input*; the experts have biases (so scaling the input differs from scaling the output and
+/// unchosen experts must not count); JetMoE's bias on the block's output.
+#[test]
+fn input_scaled_by_sigmoid_of_kept_logits_with_output_bias() {
+    let spec = "model m { input x: f32[tokens, 2]
+          expert lin(h: [n, 2]) -> [n, 2] { let w = linear(h, 2, bias = true) return w }
+          router r(h: [n, 2]) { logits = linear(h, 4) scores = sigmoid(logits, after_topk = true)
+            select = topk(logits, 2) }
+          let y = moe(x, experts = 4 * lin, router = r, scale_input = true, bias = true)
+          output y
+          weights { r.logits = \"router\" experts[e].w = \"e{e}\" experts[e].w.bias = \"b{e}\"
+            y.bias = \"out_bias\" } }";
+    let router = vec![1.0, -1.0, 0.3, 0.8, -0.5, 0.2, 0.0, 1.5];
+    let ew = expert_weights(4);
+    let biases: Vec<(String, Vec<f32>)> = (0..4)
+        .map(|e| (format!("b{e}"), vec![0.5 - e as f32, 0.25 * e as f32]))
+        .collect();
+    let out_bias = vec![0.125, -0.75];
+    let mut all = weights_of(
+        &ew,
+        &[("router", router.clone()), ("out_bias", out_bias.clone())],
+    );
+    all.extend(biases.iter().map(|(n, b)| (n.as_str(), b.clone())));
+    let xs = tokens();
+    let out = run(spec, &all, &xs);
+    let want: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let l = matvec(&router, x);
+            let mut order: Vec<usize> = (0..4).collect();
+            order.sort_by(|a, b| l[*b].partial_cmp(&l[*a]).unwrap());
+            let mut y = out_bias.clone();
+            for &e in &order[..2] {
+                let s = 1.0 / (1.0 + (-l[e]).exp());
+                let scaled: Vec<f32> = x.iter().map(|v| v * s).collect();
+                let h = matvec(&ew[e].1, &scaled);
+                for c in 0..2 {
+                    y[c] += h[c] + biases[e].1[c];
+                }
+            }
+            y
+        })
+        .collect();
+    assert_close(&out["y"], &want);
+}
+
 #[test]
 fn sigmoid_bias_and_groups_with_negative_bias() {
     // 6 experts in 3 groups of 2; keep 2 groups; top-2; weights from the unbiased scores,

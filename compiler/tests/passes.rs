@@ -280,6 +280,8 @@ struct Layer {
     groups: (bool, u8, u8, bool),
     /// 0 none, 1 shared, 2 shared with gate.
     shared: u8,
+    /// 0 plain, 1 weights scale the experts' input (Llama 4), 2 an output bias (JetMoE).
+    block: u8,
 }
 
 impl Layer {
@@ -324,6 +326,11 @@ impl Layer {
                 ", capacity = fixed({}, drop = {policy})",
                 self.fixed
             )),
+            _ => {}
+        }
+        match self.block % 3 {
+            1 => args.push_str(", scale_input = true"),
+            2 => args.push_str(", bias = true"),
             _ => {}
         }
         let shared = match self.shared % 3 {
@@ -374,7 +381,7 @@ fn layer() -> impl Strategy<Value = Layer> {
         (any::<bool>(), any::<bool>(), 0u8..4, 0u8..3),
         (0u8..3, 0u8..4, 1u64..=8, any::<bool>()),
         (any::<bool>(), any::<u8>(), any::<u8>(), any::<bool>()),
-        0u8..3,
+        (0u8..3, 0u8..3),
     )
         .prop_map(
             |(
@@ -382,7 +389,7 @@ fn layer() -> impl Strategy<Value = Layer> {
                 (swiglu, sigmoid, normalize, scale),
                 (capacity, factor, fixed, drop_score),
                 groups,
-                shared,
+                (shared, block),
             )| {
                 Layer {
                     experts,
@@ -399,6 +406,7 @@ fn layer() -> impl Strategy<Value = Layer> {
                     drop_score,
                     groups,
                     shared,
+                    block,
                 }
             },
         )

@@ -107,7 +107,8 @@ pub fn routing_cases() -> Vec<Case> {
 }
 
 /// Router and block forms, each scheduled and dense: DBRX's p-norm, Ernie 4.5's bounded sum
-/// with a selection bias, Llama 4's sigmoid of the kept logits.
+/// with a selection bias, Llama 4's sigmoid of the kept logits scaling the experts' input,
+/// JetMoE's output bias.
 fn router_form_cases() -> Vec<Case> {
     let forms = [
         (
@@ -122,9 +123,9 @@ fn router_form_cases() -> Vec<Case> {
             "",
         ),
         (
-            "sigmoid of the kept logits",
+            "sigmoid of the kept logits scaling the input, output bias",
             "scores = sigmoid(logits, after_topk = true) select = topk(logits, 2)",
-            "",
+            ", scale_input = true, bias = true",
         ),
     ];
     let mut cases = Vec::new();

@@ -368,13 +368,13 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
             }
             one(Tensor::i32(a[0].shape.clone(), out))
         }
-        ScatterGates { experts } => {
+        ScatterGates { experts, mask } => {
             let (idx, w) = (a[0].as_i32(), a[1].as_f32());
             let (t, k, e) = (a[0].shape[0], a[0].shape[1], *experts as usize);
             let mut g = vec![0.0f32; t * e];
             for (s, &i) in idx.iter().enumerate() {
                 if i >= 0 {
-                    g[(s / k) * e + i as usize] += w[s];
+                    g[(s / k) * e + i as usize] += if *mask { 1.0 } else { w[s] };
                 }
             }
             one(Tensor::f32(vec![t, e], g))

@@ -295,9 +295,10 @@ pub enum Op {
         limit: CapacityLimit,
         policy: DropPolicy,
     },
-    /// Dense gates: `g[t, e] = Σ_j w[t, j]·[idx[t, j] = e]`.
+    /// Dense gates: `g[t, e] = Σ_j w[t, j]·[idx[t, j] = e]`; with `mask`, 1 instead of
+    /// `w[t, j]` (which experts a token chose, for experts whose input the weights scale).
     /// Typing: idx i32 `[T, k]`, w f32 `[T, k]`; output f32 `[T, experts]`.
-    ScatterGates { experts: u64 },
+    ScatterGates { experts: u64, mask: bool },
     /// Expert-choice routing: each expert takes its ⌈T·factor/E⌉ best tokens (ties: lower token
     /// first). Typing: scores f32 `[T, E]`; outputs: the scores f32 `[T, E]`, and slots i32 `[T, E]`
     /// where slot `e` holds `e` if expert e took the token, else -1.
@@ -512,7 +513,10 @@ impl Op {
                 };
                 format!("experts={experts} {limit} policy={policy:?}")
             }
-            ScatterGates { experts } | ExpertCounts { experts } => format!("experts={experts}"),
+            ScatterGates { experts, mask } => {
+                format!("experts={experts}{}", if *mask { " mask" } else { "" })
+            }
+            ExpertCounts { experts } => format!("experts={experts}"),
             ExpertChoice { factor } => format!("factor={factor:?}"),
             Router(r) => {
                 let mut a = format!("score={:?} k={}", r.score, r.k);

@@ -135,7 +135,7 @@ impl Op {
                 }
                 Ok(vec![operands[0].clone()])
             }
-            ScatterGates { experts } => {
+            ScatterGates { experts, .. } => {
                 arity(2)?;
                 let rows = operands[0].shape.first().copied().unwrap_or(Dim::TOKENS);
                 expect_slots(operands[0], rows)?;

@@ -2,6 +2,9 @@
 //! small ops (linear, score, bias, group mask, top-k, gather, normalize, scale,
 //! capacity), every expert instantiated on all tokens, and a dense gated sum.
 //! This is the form whose meaning is obvious; the passes make it fast.
+//! With `scale_input = true` (Llama 4) each expert reads its input scaled by its routing
+//! weight and the sum is masked to the chosen experts; `bias = true` (JetMoE) adds a
+//! learned `[D]` bias to the block's output.
 
 use super::bind::{Seg, WeightPath};
 use super::expr::Args;
@@ -56,7 +59,15 @@ impl<'a> Lowerer<'a> {
             call,
             "moe",
             args,
-            &["experts", "router", "capacity", "shared", "shared_gate"],
+            &[
+                "experts",
+                "router",
+                "capacity",
+                "shared",
+                "shared_gate",
+                "scale_input",
+                "bias",
+            ],
         )?;
         let [x] = a.positional::<1>("moe(x, experts = N * expert, router = name, ...)")?;
         let x_expr = x;
@@ -98,6 +109,21 @@ impl<'a> Lowerer<'a> {
             .map(|c| self.capacity(c))
             .transpose()?
             .flatten();
+        let scale_input = a
+            .named("scale_input")
+            .map(|s| self.bool(s, "scale_input"))
+            .transpose()?
+            .unwrap_or(false);
+        if let (true, Some(cap)) = (scale_input, &capacity) {
+            if cap.passthrough {
+                return Err(Diagnostic::at(
+                    cap.span,
+                    "`dropped = passthrough` passes a dropped token's input through scaled by its weight, which `scale_input` already does",
+                    "here",
+                )
+                .with_help("use `dropped = zero` with `scale_input = true`"));
+            }
+        }
         if let Some(cap) = &capacity {
             match router.select {
                 Selection::ExpertChoice { .. } => {
@@ -238,15 +264,35 @@ impl<'a> Lowerer<'a> {
                 (idx, kept, w)
             }
         };
-        let gates = self.node(Op::ScatterGates { experts: total }, &[kept, w], None, sp)?;
+        let scatter = |mask| Op::ScatterGates {
+            experts: total,
+            mask,
+        };
+        let gates = self.node(scatter(false), &[kept, w], None, sp)?;
 
-        // Experts, each on every token, combined by the dense gates.
-        let mut outs = vec![gates];
+        // Experts, each on every token, combined by the dense gates; with `scale_input`,
+        // each reads x scaled by its gate and the sum counts the chosen ones.
+        let mut outs = vec![if scale_input {
+            self.node(scatter(true), &[kept, w], None, sp)?
+        } else {
+            gates
+        }];
         let mut index = 0;
         for group in &groups {
             for _ in 0..group.count {
                 let epath = path.child(Seg::indexed("experts", index));
-                outs.push(self.instantiate(group.template, x, &epath, group.span)?);
+                let input = if scale_input {
+                    let slice = Op::SliceCols {
+                        heads: 1,
+                        start: index as u64,
+                        len: 1,
+                    };
+                    let g = self.node(slice, &[gates], None, sp)?;
+                    self.node(Op::Binary(BinaryOp::Mul), &[x, g], None, sp)?
+                } else {
+                    x
+                };
+                outs.push(self.instantiate(group.template, input, &epath, group.span)?);
                 index += 1;
             }
         }
@@ -306,6 +352,19 @@ impl<'a> Lowerer<'a> {
                 "`shared_gate` without `shared` experts",
                 "nothing to gate",
             ));
+        }
+
+        // A learned bias on the block's output (JetMoE).
+        let bias_path = path.child(Seg::name("bias"));
+        if self.weight_flag(a.named("bias"), "bias", &bias_path)? {
+            let span = a.named("bias").map_or(call.span, |b| b.span);
+            let b = self.weight(&bias_path, vec![width], span)?;
+            y = self.node(
+                Op::Binary(BinaryOp::Add),
+                &[y, b],
+                Some(name.to_string()),
+                span,
+            )?;
         }
 
         // Inspection outputs.

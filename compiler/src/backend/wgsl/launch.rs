@@ -144,8 +144,8 @@ impl Builder<'_> {
                 });
                 Ok(vec![l])
             }
-            Op::ScatterGates { experts } => one(launch(
-                elementwise::scatter_gates(total, *experts, width(ty(0))),
+            Op::ScatterGates { experts, mask } => one(launch(
+                elementwise::scatter_gates(total, *experts, width(ty(0)), *mask),
                 vec![In(0), In(1), Out(0)],
                 stride(total),
             )),
