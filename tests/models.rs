@@ -8,6 +8,8 @@
 //!   each step's logits and the chosen ids, as `model.generate(do_sample=False)`;
 //! - the same ids without the cache: every step recomputed from the whole sequence.
 
+mod model_fixtures;
+
 use moec_compiler::driver::Compiler;
 use moec_compiler::tensor::{Tensor, TensorData};
 use moec_runtime::io::read_tensors;
@@ -15,16 +17,15 @@ use moec_runtime::session::{Engine, Model, Session};
 use std::path::PathBuf;
 use std::rc::Rc;
 
-/// (fixture directory, model spec).
-const CASES: &[(&str, &str)] = &[
-    ("mixtral", "mixtral"),
-    ("qwen2_moe", "qwen2_moe"),
-    ("qwen3_moe", "qwen3_moe"),
-    ("qwen3_moe_tied", "qwen3_moe"),
-    ("olmoe", "olmoe"),
-    ("deepseek_v3", "deepseek_v3"),
-    ("gpt_oss", "gpt_oss"),
-];
+/// (fixture directory, model spec): every checkpoint in `tests/fixtures/models/`.
+fn cases() -> Vec<(String, String)> {
+    let cases: Vec<(String, String)> = model_fixtures::model_fixtures()
+        .into_iter()
+        .map(|f| (f.case, f.model_type))
+        .collect();
+    assert!(cases.len() >= 7, "whole-model fixtures missing: {cases:?}");
+    cases
+}
 
 const ENGINES: &[Engine] = &[Engine::Interp, Engine::Cpu { threads: Some(2) }];
 
@@ -112,7 +113,8 @@ fn logits(session: &mut Session, ids: &[i32]) -> Tensor {
 
 #[test]
 fn forward_logits_match_transformers() {
-    for &(case, spec) in CASES {
+    for (case, spec) in &cases() {
+        let (case, spec) = (case.as_str(), spec.as_str());
         let f = fixture(case);
         for &engine in ENGINES {
             let model = open(case, spec, &f, engine);
@@ -126,7 +128,8 @@ fn forward_logits_match_transformers() {
 
 #[test]
 fn greedy_decoding_with_the_cache_matches_generate() {
-    for &(case, spec) in CASES {
+    for (case, spec) in &cases() {
+        let (case, spec) = (case.as_str(), spec.as_str());
         let f = fixture(case);
         let vocab = f.logits.shape[1];
         for &engine in ENGINES {
@@ -153,7 +156,8 @@ fn greedy_decoding_with_the_cache_matches_generate() {
 
 #[test]
 fn decoding_without_the_cache_gives_the_same_ids() {
-    for &(case, spec) in CASES {
+    for (case, spec) in &cases() {
+        let (case, spec) = (case.as_str(), spec.as_str());
         let f = fixture(case);
         let model = open(case, spec, &f, Engine::Cpu { threads: Some(2) });
         let mut seq = f.prompt.clone();

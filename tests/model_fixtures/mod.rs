@@ -1,0 +1,37 @@
+//! The whole-model fixtures: every `tests/fixtures/models/<case>/` holding a
+//! checkpoint (`config.json`), with the `model_type` its config names, which picks
+//! the spec `models/<model_type>.moe`. `tests/models.rs` runs each one, and the
+//! conformance matrix in README.md counts an architecture's whole model as verified
+//! by the same rule, so the two cannot disagree.
+
+use std::path::PathBuf;
+
+/// A whole-model fixture: its directory name and the `model_type` of its config.
+pub struct ModelFixture {
+    pub case: String,
+    pub model_type: String,
+}
+
+/// Every whole-model fixture, sorted by directory name.
+pub fn model_fixtures() -> Vec<ModelFixture> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let mut cases: Vec<ModelFixture> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").exists())
+        .map(|p| {
+            let text = std::fs::read_to_string(p.join("config.json")).unwrap();
+            let config: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}/config.json: {e}", p.display()));
+            ModelFixture {
+                case: p.file_name().unwrap().to_string_lossy().into_owned(),
+                model_type: config["model_type"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{}/config.json has no model_type", p.display()))
+                    .to_string(),
+            }
+        })
+        .collect();
+    cases.sort_by(|a, b| a.case.cmp(&b.case));
+    cases
+}
