@@ -102,6 +102,12 @@ fn passes_fire_on_every_example() {
             0,
             "{name}: router chain left"
         );
+        if name == "llama4_text.moe" {
+            // `scale_input`: each expert reads its own scaled input, which fuse_experts does
+            // not stack; the routed experts stay dense, the shared expert is fused.
+            assert_eq!(count(&g, |o| *o == Op::DenseCombine), layers, "{name}");
+            continue;
+        }
         assert_eq!(
             count(&g, |o| *o == Op::DenseCombine),
             0,
