@@ -272,6 +272,59 @@ fn input_scaled_by_sigmoid_of_kept_logits_with_output_bias() {
     assert_close(&out["y"], &want);
 }
 
+/// PhiMoE's sparsemixer by hand: the best logit, weighted by the softmax at it over the
+/// logits within the threshold (m - s) / max(|s|, m) ≤ 2·eps; then the best of the rest the
+/// same way over the experts not chosen. eps = 0.3 keeps close logits in the softmax.
+#[test]
+fn sparsemixer_two_rounds() {
+    let spec = format!(
+        "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+          router r(h: [n, 2]) {{ logits = linear(h, 4) select = sparsemixer(logits, 2, eps = 0.3) }}
+          let y = moe(x, experts = 4 * lin, router = r)
+          output y
+          weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" }} }}"
+    );
+    let router = vec![1.0, 0.2, 0.9, 0.3, -0.5, 1.2, 0.8, 0.0];
+    let ew = expert_weights(4);
+    let xs = tokens();
+    let out = run(&spec, &weights_of(&ew, &[("router", router.clone())]), &xs);
+    let mut masked_some = false;
+    let want: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let s = matvec(&router, x);
+            let mut chosen: Vec<usize> = Vec::new();
+            let mut y = vec![0.0f32; 2];
+            for _ in 0..2 {
+                let rest: Vec<usize> = (0..4).filter(|j| !chosen.contains(j)).collect();
+                let best = rest
+                    .iter()
+                    .copied()
+                    .fold(rest[0], |b, j| if s[j] > s[b] { j } else { b });
+                let m = s[best];
+                let kept: Vec<usize> = rest
+                    .iter()
+                    .copied()
+                    .filter(|&j| (m - s[j]) / s[j].abs().max(m) <= 0.6)
+                    .collect();
+                masked_some |= kept.len() < rest.len();
+                let w = 1.0 / kept.iter().map(|&j| (s[j] - m).exp()).sum::<f32>();
+                let h = matvec(&ew[best].1, x);
+                for c in 0..2 {
+                    y[c] += w * h[c];
+                }
+                chosen.push(best);
+            }
+            y
+        })
+        .collect();
+    assert!(
+        masked_some,
+        "the threshold masks no expert: the case tests nothing"
+    );
+    assert_close(&out["y"], &want);
+}
+
 #[test]
 fn sigmoid_bias_and_groups_with_negative_bias() {
     // 6 experts in 3 groups of 2; keep 2 groups; top-2; weights from the unbiased scores,

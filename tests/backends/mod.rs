@@ -108,7 +108,7 @@ pub fn routing_cases() -> Vec<Case> {
 
 /// Router and block forms, each scheduled and dense: DBRX's p-norm, Ernie 4.5's bounded sum
 /// with a selection bias, Llama 4's sigmoid of the kept logits scaling the experts' input,
-/// JetMoE's output bias.
+/// JetMoE's output bias, PhiMoE's sparsemixer (a wide threshold, so masks vary).
 fn router_form_cases() -> Vec<Case> {
     let forms = [
         (
@@ -126,6 +126,11 @@ fn router_form_cases() -> Vec<Case> {
             "sigmoid of the kept logits scaling the input, output bias",
             "scores = sigmoid(logits, after_topk = true) select = topk(logits, 2)",
             ", scale_input = true, bias = true",
+        ),
+        (
+            "sparsemixer",
+            "select = sparsemixer(logits, 2, eps = 0.3)",
+            "",
         ),
     ];
     let mut cases = Vec::new();

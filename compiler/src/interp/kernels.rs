@@ -121,6 +121,40 @@ pub(super) fn topk(x: &Tensor, k: usize) -> (Tensor, Tensor) {
     (Tensor::f32(vec![r, k], vals), Tensor::i32(vec![r, k], idx))
 }
 
+/// `Op::SparseMixer`: k rounds per row, each choosing the best expert not yet chosen and
+/// weighting it by the softmax over the experts within the jitter threshold of it.
+pub(super) fn sparse_mixer(x: &Tensor, k: usize, eps: f32) -> (Tensor, Tensor) {
+    let (r, e) = rows(x);
+    let (mut w, mut idx) = (Vec::with_capacity(r * k), Vec::with_capacity(r * k));
+    for row in x.as_f32().chunks(e.max(1)).take(r) {
+        let mut chosen = vec![false; e];
+        for _ in 0..k {
+            // The first of the best: ties go to the lower index.
+            let best = (0..e)
+                .filter(|&j| !chosen[j])
+                .fold(None, |b: Option<usize>, j| match b {
+                    Some(b) if row[b] >= row[j] => Some(b),
+                    _ => Some(j),
+                })
+                .expect("k ≤ E leaves an expert to choose");
+            let m = row[best] as f64;
+            let sum: f64 = (0..e)
+                .filter(|&j| !chosen[j])
+                .filter(|&j| {
+                    let s = row[j] as f64;
+                    // NaN (0/0) is not above the threshold: kept, as in torch.
+                    !((m - s) / s.abs().max(m) > 2.0 * eps as f64)
+                })
+                .map(|j| (row[j] as f64 - m).exp())
+                .sum();
+            chosen[best] = true;
+            w.push((1.0 / sum) as f32);
+            idx.push(best as i32);
+        }
+    }
+    (Tensor::f32(vec![r, k], w), Tensor::i32(vec![r, k], idx))
+}
+
 pub(super) fn gather(src: &Tensor, idx: &Tensor) -> Tensor {
     let (s, i) = (src.as_f32(), idx.as_i32());
     let (e, k) = (src.shape[1], idx.shape[1]);

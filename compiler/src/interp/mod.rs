@@ -15,7 +15,7 @@ use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
 use kernels::{
     binary, expert_row, gather, group_mask, map_rows, normalize, ranked, router, rows, softmax_row,
-    topk, unary,
+    sparse_mixer, topk, unary,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -336,6 +336,10 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
         TopK { k } => {
             let (vals, idx) = topk(a[0], *k as usize);
             vec![vals, idx]
+        }
+        SparseMixer { k, eps } => {
+            let (w, idx) = sparse_mixer(a[0], *k as usize, eps.get());
+            vec![w, idx]
         }
         Gather => one(gather(a[0], a[1])),
         Capacity {

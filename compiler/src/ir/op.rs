@@ -286,6 +286,12 @@ pub enum Op {
     /// The k largest per row, in descending order (ties: lower index first).
     /// Typing: f32 `[T, E]`; outputs: values f32 `[T, k]`, indices i32 `[T, k]`.
     TopK { k: u64 },
+    /// PhiMoE's sparsemixer at inference: k rounds on each row of logits s; round r takes the
+    /// best logit m (lower index on ties) among the experts not yet chosen, and its weight is
+    /// the softmax at it over those experts whose `(m - s_j) / max(|s_j|, m) ≤ 2·eps` (the
+    /// others masked): `1 / Σ_kept exp(s_j - m)`. Typing: f32 `[T, E]`, k ≤ E; outputs:
+    /// weights f32 `[T, k]`, indices i32 `[T, k]` (in the order chosen).
+    SparseMixer { k: u64, eps: F32Bits },
     /// Pick `src[t, idx[t, j]]`. Typing: src f32 `[T, E]`, idx i32 `[T, k]`; output f32 `[T, k]`.
     Gather,
     /// Drop slots over an expert's capacity by setting their index to -1.
@@ -448,6 +454,7 @@ impl Op {
             LayerNorm { .. } => "layernorm",
             GroupMask { .. } => "group_mask",
             TopK { .. } => "topk",
+            SparseMixer { .. } => "sparsemixer",
             Gather => "gather",
             Capacity { .. } => "capacity",
             ScatterGates { .. } => "scatter_gates",
@@ -502,6 +509,7 @@ impl Op {
                 score,
             } => format!("groups={groups} keep={keep} score={score:?}"),
             TopK { k } => format!("k={k}"),
+            SparseMixer { k, eps } => format!("k={k} eps={eps:?}"),
             Capacity {
                 experts,
                 limit,

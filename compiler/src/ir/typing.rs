@@ -103,7 +103,7 @@ impl Op {
                 }
                 Ok(vec![operands[0].clone()])
             }
-            TopK { k } => {
+            TopK { k } | SparseMixer { k, .. } => {
                 arity(1)?;
                 let e = routing_width(operands[0])?;
                 if *k == 0 || *k > e {

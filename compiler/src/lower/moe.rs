@@ -8,7 +8,7 @@
 
 use super::bind::{Seg, WeightPath};
 use super::expr::Args;
-use super::router::Selection;
+use super::router::{RouterSpec, Selection};
 use super::{Lowerer, Scope, Val};
 use crate::diagnostic::Diagnostic;
 use crate::ir::{BinaryOp, Dim, F32Bits, Op, UnaryOp, Value};
@@ -188,7 +188,8 @@ impl<'a> Lowerer<'a> {
             router.logits_span,
         )?;
         let sp = router.select_span;
-        let scores = if router.after_topk {
+        let mixer = matches!(router.select, Selection::SparseMixer { .. });
+        let scores = if router.after_topk || mixer {
             logits
         } else if router.sigmoid {
             self.node(Op::Unary(UnaryOp::Sigmoid), &[logits], None, sp)?
@@ -208,41 +209,22 @@ impl<'a> Lowerer<'a> {
                 };
                 (idx, idx, choice)
             }
-            Selection::TopK {
-                k,
-                groups,
-                selection_bias,
-            } => {
-                let mut choose = scores;
-                if selection_bias {
-                    let b = self.weight(&rpath.child(Seg::name("selection_bias")), vec![e], sp)?;
-                    choose = self.node(Op::Binary(BinaryOp::Add), &[choose, b], None, sp)?;
-                }
-                if let Some((groups, keep, score)) = groups {
-                    choose = self.node(
-                        Op::GroupMask {
-                            groups,
-                            keep,
-                            score,
-                        },
-                        &[choose],
-                        None,
-                        sp,
-                    )?;
-                }
-                let topk = self.node(Op::TopK { k }, &[choose], None, sp)?;
-                let idx = Value {
-                    node: topk.node,
-                    port: 1,
+            Selection::TopK { .. } | Selection::SparseMixer { .. } => {
+                let (idx, mut w) = match router.select {
+                    Selection::SparseMixer { k, eps } => {
+                        let op = Op::SparseMixer {
+                            k,
+                            eps: F32Bits::new(eps as f32),
+                        };
+                        let mixed = self.node(op, &[logits], None, sp)?;
+                        let idx = Value {
+                            node: mixed.node,
+                            port: 1,
+                        };
+                        (idx, mixed)
+                    }
+                    _ => self.top_k(&router, &rpath, scores, e)?,
                 };
-                let mut w = self.node(Op::Gather, &[scores, idx], None, sp)?;
-                if router.after_topk {
-                    w = if router.sigmoid {
-                        self.node(Op::Unary(UnaryOp::Sigmoid), &[w], None, sp)?
-                    } else {
-                        self.node(Op::Softmax, &[w], None, sp)?
-                    };
-                }
                 if let Some(n) = router.normalize {
                     w = self.node(Op::Normalize(n), &[w], None, sp)?;
                 }
@@ -390,6 +372,58 @@ impl<'a> Lowerer<'a> {
             aux_loss: aux,
             z_loss: z,
         })
+    }
+
+    /// Top-k selection on the scores (plus a selection bias, within the kept groups): the
+    /// chosen experts and their weights, scored after the choice when `after_topk`.
+    fn top_k(
+        &mut self,
+        router: &RouterSpec,
+        rpath: &WeightPath,
+        scores: Value,
+        experts: usize,
+    ) -> Result<(Value, Value), Diagnostic> {
+        let Selection::TopK {
+            k,
+            groups,
+            selection_bias,
+        } = router.select
+        else {
+            unreachable!("called for top-k routers only");
+        };
+        let sp = router.select_span;
+        let mut choose = scores;
+        if selection_bias {
+            let b = self.weight(&rpath.child(Seg::name("selection_bias")), vec![experts], sp)?;
+            choose = self.node(Op::Binary(BinaryOp::Add), &[choose, b], None, sp)?;
+        }
+        if let Some((groups, keep, score)) = groups {
+            choose = self.node(
+                Op::GroupMask {
+                    groups,
+                    keep,
+                    score,
+                },
+                &[choose],
+                None,
+                sp,
+            )?;
+        }
+        let topk = self.node(Op::TopK { k }, &[choose], None, sp)?;
+        let idx = Value {
+            node: topk.node,
+            port: 1,
+        };
+        let mut w = self.node(Op::Gather, &[scores, idx], None, sp)?;
+        if router.after_topk {
+            let score = if router.sigmoid {
+                Op::Unary(UnaryOp::Sigmoid)
+            } else {
+                Op::Softmax
+            };
+            w = self.node(score, &[w], None, sp)?;
+        }
+        Ok((idx, w))
     }
 
     /// Instantiates an expert template on `x`.

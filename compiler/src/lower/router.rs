@@ -18,6 +18,11 @@ pub(super) enum Selection {
     ExpertChoice {
         factor: f64,
     },
+    /// PhiMoE's sparsemixer on the logits: `sparsemixer(logits, k, eps = jitter)`.
+    SparseMixer {
+        k: u64,
+        eps: f64,
+    },
 }
 
 /// The router's fields, checked.
@@ -282,10 +287,52 @@ impl<'a> Lowerer<'a> {
                 }
                 Selection::ExpertChoice { factor }
             }
+            "sparsemixer" => {
+                let a = Args::new(select_expr, "sparsemixer", sargs, &["eps"])?;
+                let [src, k_expr] = a.positional::<2>("sparsemixer(logits, k, eps = jitter)")?;
+                expect_name(src, "logits", "sparsemixer's input")?;
+                if let Some(s) = field("scores") {
+                    return Err(Diagnostic::at(
+                        s.span,
+                        "sparsemixer scores the logits itself",
+                        "remove `scores`",
+                    )
+                    .with_related(select_expr.span, "sparsemixer here"));
+                }
+                let k = self.int(k_expr, "k")?;
+                if k == 0 || k > experts {
+                    return Err(Diagnostic::at(
+                        k_expr.span,
+                        format!("sparsemixer chooses {k} of {experts} experts"),
+                        format!("k = {k}"),
+                    )
+                    .with_help("k must be between 1 and the number of experts"));
+                }
+                let eps = a
+                    .named("eps")
+                    .map(|e| self.float(e, "eps"))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        Diagnostic::at(
+                            select_expr.span,
+                            "sparsemixer needs `eps = ...`, the jitter threshold",
+                            "missing `eps`",
+                        )
+                        .with_help("PhiMoE: `eps = router_jitter_noise`")
+                    })?;
+                if eps.is_nan() || eps < 0.0 {
+                    return Err(Diagnostic::at(
+                        a.named("eps").map_or(select_expr.span, |e| e.span),
+                        format!("sparsemixer's eps must be at least 0, found {eps}"),
+                        "here",
+                    ));
+                }
+                Selection::SparseMixer { k, eps }
+            }
             _ => {
                 return Err(Diagnostic::at(
                     sfunc.span,
-                    "select must be `topk(...)` or `expert_choice(...)`",
+                    "select must be `topk(...)`, `expert_choice(...)` or `sparsemixer(...)`",
                     "unknown selection",
                 ))
             }

@@ -120,6 +120,14 @@ impl Builder<'_> {
                     stride(r),
                 ))
             }
+            Op::SparseMixer { k, eps } => {
+                by_tokens(ty(0))?;
+                one(launch(
+                    routing::sparse_mixer(width(ty(0)), *k, eps.get()),
+                    vec![In(0), Out(0), Out(1)],
+                    stride(Dim::TOKENS),
+                ))
+            }
             Op::Gather => one(launch(
                 rows::gather(total, width(ty(0)), width(ty(1))),
                 vec![In(0), In(1), Out(0)],

@@ -167,3 +167,24 @@ pub(super) fn z_loss(experts: u64) -> Result<Module, fmt::Error> {
     m.end()?;
     Ok(m)
 }
+
+/// `Op::SparseMixer`, one invocation per token: k rounds over the experts not yet chosen.
+pub(super) fn sparse_mixer(experts: u64, k: u64, eps: f32) -> Result<Module, fmt::Error> {
+    let mut m = Module::new(
+        "PhiMoE's sparsemixer (inference): k masked-softmax rounds",
+        false,
+    )?;
+    m.bind_all(&[
+        read("logits", F32),
+        write("weights", F32),
+        write("indices", I32),
+    ])?;
+    m.stride_loop(Dim::TOKENS, SIZE)?;
+    writeln!(
+        m,
+        "        let base = i * {experts}u;\n        var chosen: array<bool, {experts}>;\n        for (var r = 0u; r < {k}u; r++) {{\n            var best = 0u;\n            var mx = -3.4028235e38;\n            var found = false;\n            for (var e = 0u; e < {experts}u; e++) {{\n                if (!chosen[e] && (!found || logits[base + e] > mx)) {{\n                    best = e;\n                    mx = logits[base + e];\n                    found = true;\n                }}\n            }}\n            var sum = 0.0;\n            for (var e = 0u; e < {experts}u; e++) {{\n                let s = logits[base + e];\n                if (!chosen[e] && !((mx - s) / max(abs(s), mx) > {})) {{\n                    sum += exp(s - mx);\n                }}\n            }}\n            chosen[best] = true;\n            weights[i * {k}u + r] = 1.0 / sum;\n            indices[i * {k}u + r] = i32(best);\n        }}",
+        float(2.0 * eps)
+    )?;
+    m.end_loop()?;
+    Ok(m)
+}
