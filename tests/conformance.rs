@@ -16,8 +16,8 @@
 //! exposed by the harness, not the spec. A fixture without a spec is an
 //! architecture the language cannot express yet: it is listed as unverified, not
 //! failed. The matrix in README.md is rendered from these results and the
-//! whole-model fixtures; `MOEC_UPDATE_README=1` rewrites it, otherwise a stale
-//! matrix fails the test.
+//! whole-model fixtures (✓ passed, ✗ failed, — nothing to run);
+//! `MOEC_UPDATE_README=1` rewrites it, otherwise a stale matrix fails the test.
 
 mod model_fixtures;
 
@@ -36,7 +36,8 @@ use std::path::{Path, PathBuf};
 /// Largest |moec − transformers| relative to the largest |transformers| value.
 const TOLERANCE: f32 = 1e-5;
 
-const BEGIN: &str = "<!-- conformance matrix: rendered by tests/conformance.rs (MOEC_UPDATE_README=1 rewrites it) -->";
+const BEGIN: &str =
+    "<!-- conformance matrix: rendered by tests/conformance.rs (MOEC_UPDATE_README=1 rewrites it) -->";
 const END: &str = "<!-- end of conformance matrix -->";
 
 fn root() -> PathBuf {
@@ -266,7 +267,8 @@ fn matrix(results: &BTreeMap<String, Row>) -> String {
             (true, true) => "yes",
             (true, false) => "no (not exposed)",
         };
-        s += &format!(" {selection} | {} |\n", mark(models.contains(t)));
+        let whole = if models.contains(t) { "✓" } else { "—" };
+        s += &format!(" {selection} | {whole} |\n");
     }
     s
 }
@@ -292,7 +294,8 @@ fn check_readme(table: &str) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "README.md's conformance matrix is stale (MOEC_UPDATE_README=1 rewrites it); it should read:\n{table}"
+        "README.md's conformance matrix is stale (MOEC_UPDATE_README=1 rewrites it); \
+         it should read:\n{table}"
     ))
 }
 
