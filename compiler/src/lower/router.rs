@@ -182,7 +182,16 @@ impl<'a> Lowerer<'a> {
                     src,
                     if after_topk { "logits" } else { "scores" },
                     "top-k's input",
-                )?;
+                )
+                .map_err(|err| {
+                    let scores = field("scores").map_or(router.name.span, |s| s.span);
+                    if after_topk {
+                        err.with_related(scores, "the scores are made from the k chosen logits")
+                            .with_help("with `after_topk = true` the choice is made on the raw logits and only the k chosen are scored: write `select = topk(logits, k)`")
+                    } else {
+                        err.with_help("to choose on the raw logits and score only the k chosen (softmax or sigmoid over them), write `scores = softmax(logits, after_topk = true)` (or `sigmoid(...)`)")
+                    }
+                })?;
                 let k = self.int(k_expr, "k")?;
                 if k > experts {
                     return Err(Diagnostic::at(
