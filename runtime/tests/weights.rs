@@ -226,7 +226,7 @@ fn a_fused_tensor_mismatched_for_every_expert_is_one_error_with_the_flat_layout(
     let file = path.display();
     assert_eq!(
         errors.to_string(),
-        format!("{file}: tensor \"w1\" has shape [6, 4], expected [E, 2, 4] with E > 2 (`experts[e].gate`: layers.0.y.experts.0.gate); the file holds 3 experts one after another along the first axis, without an axis of their own: bind each expert's rows, `experts[e].gate = \"w1\" rows(e * 2, 1)`")
+        format!("{file}: tensor \"w1\" has shape [6, 4], expected [E, 2, 4] with E > 2 (`experts[e].gate`: layers.0.y.experts.0.gate); the file holds 3 experts one after another along the first axis, without an axis of their own: bind each expert's rows, keying the binding `experts[e].gate` and writing `rows(e * 2, 1)` after the tensor name")
     );
 }
 

@@ -221,11 +221,10 @@ fn flat_experts(decl: &WeightDecl, file: &[usize], stored: &[usize]) -> Option<S
     let (&per, want) = stored.split_first()?;
     (decl.rows.is_none() && per > 0 && n % per == 0 && n / per > e && rest == want).then(|| {
         format!(
-            "the file holds {} experts one after another along the first axis, without an axis of their own: bind each expert's rows, `{} = \"{}\"{} rows(e * {per}, 1)`",
+            "the file holds {} experts one after another along the first axis, without an axis of their own: bind each expert's rows, keying the binding `{}` and writing `rows(e * {per}, 1)` after the tensor name{}",
             n / per,
             decl.pattern,
-            decl.tensor,
-            if decl.transposed { " transposed" } else { "" },
+            if decl.transposed { " and `transposed`" } else { "" },
         )
     })
 }
