@@ -143,7 +143,8 @@ pub(super) fn sparse_mixer(x: &Tensor, k: usize, eps: f32) -> (Tensor, Tensor) {
                 .filter(|&j| {
                     let s = row[j] as f64;
                     // NaN (0/0) is not above the threshold: kept, as in torch.
-                    !((m - s) / s.abs().max(m) > 2.0 * eps as f64)
+                    let gap = (m - s) / s.abs().max(m);
+                    gap.partial_cmp(&(2.0 * eps as f64)) != Some(std::cmp::Ordering::Greater)
                 })
                 .map(|j| (row[j] as f64 - m).exp())
                 .sum();
