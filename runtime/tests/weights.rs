@@ -243,6 +243,23 @@ fn shape_errors_describe_rows() {
     );
 }
 
+#[test]
+fn a_bias_the_spec_does_not_read_is_an_error() {
+    let dir = TempDir::new().unwrap();
+    // JetMoE-like: a linear's weight is read, its bias in the checkpoint is not.
+    let path = single(&dir, &[iota("up.weight", &[2, 3]), iota("up.bias", &[2])]);
+    let mut d = decl("layers.0.y.experts.0.up", "up.weight", &[2, 3]);
+    d.pattern = "experts[e].up".into();
+    let errors = bind_err(&[d.clone(), d.clone()], &open(&path));
+    let file = path.display();
+    assert_eq!(
+        errors.to_string(),
+        format!("{file}: the checkpoint has a bias \"up.bias\" for \"up.weight\" (`experts[e].up`: layers.0.y.experts.0.up), which the spec reads without one; give its linear `bias = true` (and bind the bias if its name differs)")
+    );
+    let bias = decl("layers.0.y.experts.0.up.bias", "up.bias", &[2]);
+    assert!(bind(&[d, bias], &open(&path)).is_ok());
+}
+
 /// A sharded checkpoint: `a` in shard 1, `b` in shard 2, `c` in a corrupt shard 3 and `d` in
 /// a shard that does not exist.
 fn sharded(dir: &TempDir) -> std::path::PathBuf {

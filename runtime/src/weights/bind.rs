@@ -8,6 +8,8 @@
 //! `rows` and `columns` the decl reads, and transposed when the file stores `[in, out]`: one
 //! pass that decodes each value into its place. Leading axes of size 1 beyond the rank the
 //! decl needs are ignored (Ernie 4.5 stores an `[E]` bias as `[1, E]`): they change no value.
+//! A checkpoint bias `NAME.bias` beside a read `NAME.weight` that no decl reads is an error:
+//! the spec's linear lacks a bias the model has, and its numbers would silently differ.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -33,6 +35,7 @@ pub fn bind(decls: &[WeightDecl], source: &WeightSource) -> Result<Vec<Tensor>, 
         .iter()
         .filter_map(|decl| checker.check(decl))
         .collect();
+    checker.unread_biases(decls);
     if !checker.errors.is_empty() {
         return Err(WeightErrors(checker.errors));
     }
@@ -130,6 +133,33 @@ impl<'s> Checker<'s> {
         dtype
             .filter(|_| self.errors.len() == reported)
             .map(|dtype| (raw, dtype))
+    }
+
+    /// Errors for checkpoint biases `NAME.bias` beside a read `NAME.weight` that no decl reads,
+    /// once per bias.
+    fn unread_biases(&mut self, decls: &[WeightDecl]) {
+        let read: BTreeSet<&str> = decls.iter().map(|d| d.tensor.as_str()).collect();
+        let mut reported = BTreeSet::new();
+        for decl in decls {
+            let Some(bias) = decl
+                .tensor
+                .strip_suffix(".weight")
+                .map(|stem| format!("{stem}.bias"))
+            else {
+                continue;
+            };
+            if read.contains(bias.as_str()) || self.source.locate(&bias).is_none() {
+                continue;
+            }
+            if reported.insert(bias.clone()) {
+                let kind = WeightErrorKind::UnreadBias {
+                    tensor: decl.tensor.clone(),
+                    key: described(decl),
+                    bias,
+                };
+                self.errors.push(WeightError::new(self.source.path(), kind));
+            }
+        }
     }
 
     /// Records a shape error, once per tensor part: the experts of one fused tensor that all

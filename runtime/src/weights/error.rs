@@ -61,6 +61,13 @@ pub enum WeightErrorKind {
         found: String,
         expected: StorageDType,
     },
+    /// The checkpoint holds `bias` beside the read weight `tensor`, and no decl reads it: the
+    /// spec's linear has no bias where the model has one.
+    UnreadBias {
+        bias: String,
+        tensor: String,
+        key: String,
+    },
     /// A dtype weights cannot have (only F32, F16 and BF16 are read).
     UnsupportedDType {
         tensor: String,
@@ -176,6 +183,10 @@ impl fmt::Display for WeightError {
                     "tensor \"{tensor}\" is stored as {found}, expected {expected:?} ({key})"
                 )
             }
+            WeightErrorKind::UnreadBias { bias, tensor, key } => write!(
+                f,
+                "the checkpoint has a bias \"{bias}\" for \"{tensor}\" ({key}), which the spec reads without one; give its linear `bias = true` (and bind the bias if its name differs)"
+            ),
             WeightErrorKind::UnsupportedDType { tensor, key, found } => write!(
                 f,
                 "tensor \"{tensor}\" has dtype {found}; weights must be F32, F16 or BF16 ({key})"
