@@ -165,12 +165,13 @@ fn check_lists_params_with_where_they_came_from() {
         .lines()
         .skip_while(|l| *l != "params:")
         .skip(1)
-        .take(4)
+        .take(5)
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(
         params,
         [
+            ["model_type", "=", "\"mixtral\"", "default"],
             ["hidden_size", "=", "16", "config.json"],
             ["intermediate_size", "=", "32", "config.json"],
             ["num_local_experts", "=", "8", "config.json"],

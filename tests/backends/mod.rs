@@ -50,48 +50,13 @@ pub struct Case {
     pub tokens: Vec<usize>,
 }
 
-/// Most experts an example runs with here: real models' hundreds would make the dense runs
-/// (every expert on every token) dominate the suites without exercising anything new.
-const MAX_EXPERTS: i64 = 16;
-
-/// `--set`s capping an example's expert counts (params named like the config fields that
-/// hold them, with a larger integer default) at `MAX_EXPERTS`; zero-computation experts at half.
-fn few_experts(source: &str) -> Vec<(String, String)> {
-    let spec = moec_grammar::parse(source).unwrap();
-    spec.items
-        .iter()
-        .filter_map(|item| match item {
-            moec_grammar::ast::Item::Param(p) => Some(p),
-            _ => None,
-        })
-        .filter_map(|p| {
-            let cap = match p.name.name.as_str() {
-                "num_experts" | "num_local_experts" | "n_routed_experts" | "moe_num_experts" => {
-                    MAX_EXPERTS
-                }
-                "zero_expert_num" => MAX_EXPERTS / 2,
-                _ => return None,
-            };
-            match p.value.kind {
-                moec_grammar::ast::ExprKind::Int(n) if n > cap => {
-                    Some((p.name.name.clone(), cap.to_string()))
-                }
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-/// Every example, scheduled and dense (all experts on every token), at small dims and at most
-/// `MAX_EXPERTS` experts.
+/// Every example, scheduled and dense (all experts on every token), at small dims.
 pub fn example_cases(tokens: &[usize]) -> Vec<Case> {
     let mut cases = Vec::new();
     for name in example_names() {
         let source = example(&name);
-        let mut sets = small_dims(&source);
-        sets.extend(few_experts(&source));
         for (upto, label) in [(Upto::All, "scheduled"), (Upto::None, "dense")] {
-            let g = graph(&source, &sets, upto);
+            let g = graph(&source, &small_dims(&source), upto);
             cases.push(Case {
                 what: format!("{name} {label}"),
                 weights: weights(&g, 7),

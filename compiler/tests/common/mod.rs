@@ -6,10 +6,16 @@ use moec_compiler::ir::{Graph, Op};
 use moec_compiler::tensor::Tensor;
 use std::collections::BTreeMap;
 
+/// Most experts an example runs with in tests: real models' hundreds would only repeat the same
+/// nodes in snapshots and the same work in the backends' dense runs.
+pub const MAX_EXPERTS: i64 = 16;
+
 /// Overrides that shrink the real models' dims so snapshots stay readable: every
-/// example keeps its structure, only the widths shrink.
+/// example keeps its structure, only the widths shrink, and expert counts (params
+/// named like the config fields that hold them, with a larger integer default) are
+/// capped at `MAX_EXPERTS` (zero-computation experts at half of it).
 pub fn small_dims(source: &str) -> Vec<(String, String)> {
-    [
+    let mut sets: Vec<(String, String)> = [
         ("hidden_size", "8"),
         ("d_model", "8"),
         ("intermediate_size", "16"),
@@ -21,7 +27,36 @@ pub fn small_dims(source: &str) -> Vec<(String, String)> {
     .iter()
     .filter(|(k, _)| source.contains(&format!("param {k} ")))
     .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    .collect();
+    sets.extend(few_experts(source));
+    sets
+}
+
+fn few_experts(source: &str) -> Vec<(String, String)> {
+    use moec_grammar::ast::{ExprKind, Item};
+    let Ok(spec) = moec_grammar::parse(source) else {
+        return Vec::new(); // a spec that does not parse keeps its own counts (and fails elsewhere)
+    };
+    spec.items
+        .iter()
+        .filter_map(|item| match item {
+            Item::Param(p) => Some(p),
+            _ => None,
+        })
+        .filter_map(|p| {
+            let cap = match p.name.name.as_str() {
+                "num_experts" | "num_local_experts" | "n_routed_experts" | "moe_num_experts" => {
+                    MAX_EXPERTS
+                }
+                "zero_expert_num" => MAX_EXPERTS / 2,
+                _ => return None,
+            };
+            match p.value.kind {
+                ExprKind::Int(n) if n > cap => Some((p.name.name.clone(), cap.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// SplitMix64 seeded by an FNV-1a hash of `key` and `seed`.
