@@ -333,6 +333,32 @@ fn check_weights_reports_every_mismatch_at_once() {
 }
 
 #[test]
+fn check_weights_suggests_rows_for_experts_stacked_without_an_axis() {
+    // DBRX's w1/v1/w2 are [E·F, H]; binding them as fused [E, F, H] tensors gives one error
+    // per tensor (not per expert), each saying how to bind the experts' rows.
+    let spec = std::fs::read_to_string(root().join("examples/dbrx.moe"))
+        .unwrap()
+        .replace("experts[e].", "experts.")
+        .replace(" rows(e * ffn_hidden_size, 1)", "");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("dbrx.moe");
+    std::fs::write(&path, spec).unwrap();
+    let o = moec(&[
+        "check",
+        path.to_str().unwrap(),
+        "--weights",
+        "tests/fixtures/blocks/dbrx",
+    ]);
+    let err = assert_user_error(&o);
+    assert_eq!(err.matches("has shape [96, 16]").count(), 3, "{err}");
+    assert!(
+        err.contains("the file holds 4 experts one after another along the first axis")
+            && err.contains("keying the binding `experts[e].w2` and writing `rows(e * 24, 1)`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_weights_names_missing_tensors_and_close_names() {
     // Qwen2-MoE's weights under Mixtral's names: nothing matches.
     let o = moec(&[

@@ -35,6 +35,9 @@ pub fn text(g: &Graph) -> String {
         if w.transposed {
             extra.push_str(" transposed");
         }
+        if let Some(r) = w.rows {
+            let _ = write!(extra, " rows({}, {})", r.start, r.step);
+        }
         if let Some(c) = w.columns {
             let _ = write!(extra, " columns({}, {})", c.start, c.step);
         }

@@ -184,6 +184,147 @@ fn top2_renormalized() {
     assert_close(&out["y"], &want);
 }
 
+/// DBRX's p-norm (p = 2) and Ernie 4.5's lower bound on the denominator, by hand: sigmoid
+/// scores (their top-2 sum may fall below the bound).
+#[test]
+fn top2_renormalized_by_p_norm_and_bounded_sum() {
+    let router = vec![1.0, -1.0, 0.3, 0.8, -0.5, 0.2, 0.0, 1.5];
+    let ew = expert_weights(4);
+    let xs = tokens();
+    for (fields, p, min) in [
+        ("normalize_p = 2.0", 2.0f32, 0.0f32),
+        ("normalize_min = 1.2", 1.0, 1.2),
+    ] {
+        let spec = format!(
+            "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+              router r(h: [n, 2]) {{ logits = linear(h, 4) scores = sigmoid(logits)
+                select = topk(scores, 2) normalize = true {fields} }}
+              let y = moe(x, experts = 4 * lin, router = r)
+              output y
+              weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" }} }}"
+        );
+        let out = run(&spec, &weights_of(&ew, &[("router", router.clone())]), &xs);
+        let want: Vec<Vec<f32>> = xs
+            .iter()
+            .map(|x| {
+                let s: Vec<f32> = matvec(&router, x)
+                    .iter()
+                    .map(|l| 1.0 / (1.0 + (-l).exp()))
+                    .collect();
+                let mut order: Vec<usize> = (0..4).collect();
+                order.sort_by(|a, b| s[*b].partial_cmp(&s[*a]).unwrap());
+                let (a, b) = (order[0], order[1]);
+                let norm = (s[a].powf(p) + s[b].powf(p)).powf(1.0 / p).max(min);
+                let (ya, yb) = (matvec(&ew[a].1, x), matvec(&ew[b].1, x));
+                (0..2)
+                    .map(|c| (s[a] * ya[c] + s[b] * yb[c]) / norm)
+                    .collect()
+            })
+            .collect();
+        assert_close(&out["y"], &want);
+    }
+}
+
+/// Llama 4's block: top-2 on the logits, each kept logit's sigmoid scales the expert's
+/// *input*; the experts have biases (so scaling the input differs from scaling the output and
+/// unchosen experts must not count); JetMoE's bias on the block's output.
+#[test]
+fn input_scaled_by_sigmoid_of_kept_logits_with_output_bias() {
+    let spec = "model m { input x: f32[tokens, 2]
+          expert lin(h: [n, 2]) -> [n, 2] { let w = linear(h, 2, bias = true) return w }
+          router r(h: [n, 2]) { logits = linear(h, 4) scores = sigmoid(logits, after_topk = true)
+            select = topk(logits, 2) }
+          let y = moe(x, experts = 4 * lin, router = r, scale_input = true, bias = true)
+          output y
+          weights { r.logits = \"router\" experts[e].w = \"e{e}\" experts[e].w.bias = \"b{e}\"
+            y.bias = \"out_bias\" } }";
+    let router = vec![1.0, -1.0, 0.3, 0.8, -0.5, 0.2, 0.0, 1.5];
+    let ew = expert_weights(4);
+    let biases: Vec<(String, Vec<f32>)> = (0..4)
+        .map(|e| (format!("b{e}"), vec![0.5 - e as f32, 0.25 * e as f32]))
+        .collect();
+    let out_bias = vec![0.125, -0.75];
+    let mut all = weights_of(
+        &ew,
+        &[("router", router.clone()), ("out_bias", out_bias.clone())],
+    );
+    all.extend(biases.iter().map(|(n, b)| (n.as_str(), b.clone())));
+    let xs = tokens();
+    let out = run(spec, &all, &xs);
+    let want: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let l = matvec(&router, x);
+            let mut order: Vec<usize> = (0..4).collect();
+            order.sort_by(|a, b| l[*b].partial_cmp(&l[*a]).unwrap());
+            let mut y = out_bias.clone();
+            for &e in &order[..2] {
+                let s = 1.0 / (1.0 + (-l[e]).exp());
+                let scaled: Vec<f32> = x.iter().map(|v| v * s).collect();
+                let h = matvec(&ew[e].1, &scaled);
+                for c in 0..2 {
+                    y[c] += h[c] + biases[e].1[c];
+                }
+            }
+            y
+        })
+        .collect();
+    assert_close(&out["y"], &want);
+}
+
+/// PhiMoE's sparsemixer by hand: the best logit, weighted by the softmax at it over the
+/// logits within the threshold (m - s) / max(|s|, m) ≤ 2·eps; then the best of the rest the
+/// same way over the experts not chosen. eps = 0.3 keeps close logits in the softmax.
+#[test]
+fn sparsemixer_two_rounds() {
+    let spec = format!(
+        "model m {{ input x: f32[tokens, 2] {LINEAR_EXPERT}
+          router r(h: [n, 2]) {{ logits = linear(h, 4) select = sparsemixer(logits, 2, eps = 0.3) }}
+          let y = moe(x, experts = 4 * lin, router = r)
+          output y
+          weights {{ r.logits = \"router\" experts[e].w = \"e{{e}}\" }} }}"
+    );
+    let router = vec![1.0, 0.2, 0.9, 0.3, -0.5, 1.2, 0.8, 0.0];
+    let ew = expert_weights(4);
+    let xs = tokens();
+    let out = run(&spec, &weights_of(&ew, &[("router", router.clone())]), &xs);
+    let mut masked_some = false;
+    let want: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let s = matvec(&router, x);
+            let mut chosen: Vec<usize> = Vec::new();
+            let mut y = vec![0.0f32; 2];
+            for _ in 0..2 {
+                let rest: Vec<usize> = (0..4).filter(|j| !chosen.contains(j)).collect();
+                let best = rest
+                    .iter()
+                    .copied()
+                    .fold(rest[0], |b, j| if s[j] > s[b] { j } else { b });
+                let m = s[best];
+                let kept: Vec<usize> = rest
+                    .iter()
+                    .copied()
+                    .filter(|&j| (m - s[j]) / s[j].abs().max(m) <= 0.6)
+                    .collect();
+                masked_some |= kept.len() < rest.len();
+                let w = 1.0 / kept.iter().map(|&j| (s[j] - m).exp()).sum::<f32>();
+                let h = matvec(&ew[best].1, x);
+                for c in 0..2 {
+                    y[c] += w * h[c];
+                }
+                chosen.push(best);
+            }
+            y
+        })
+        .collect();
+    assert!(
+        masked_some,
+        "the threshold masks no expert: the case tests nothing"
+    );
+    assert_close(&out["y"], &want);
+}
+
 #[test]
 fn sigmoid_bias_and_groups_with_negative_bias() {
     // 6 experts in 3 groups of 2; keep 2 groups; top-2; weights from the unbiased scores,

@@ -268,7 +268,8 @@ struct Layer {
     inter: u64,
     swiglu: bool,
     sigmoid: bool,
-    normalize: bool,
+    /// 0 off, 1 by the sum, 2 by the 2-norm, 3 by the sum bounded below by 0.6.
+    normalize: u8,
     scale: u8,
     /// 0 dropless, 1 factor, 2 fixed.
     capacity: u8,
@@ -279,6 +280,8 @@ struct Layer {
     groups: (bool, u8, u8, bool),
     /// 0 none, 1 shared, 2 shared with gate.
     shared: u8,
+    /// 0 plain, 1 weights scale the experts' input (Llama 4), 2 an output bias (JetMoE).
+    block: u8,
 }
 
 impl Layer {
@@ -325,6 +328,11 @@ impl Layer {
             )),
             _ => {}
         }
+        match self.block % 3 {
+            1 => args.push_str(", scale_input = true"),
+            2 => args.push_str(", bias = true"),
+            _ => {}
+        }
         let shared = match self.shared % 3 {
             0 => String::new(),
             n => {
@@ -345,7 +353,7 @@ impl Layer {
     logits = linear(h, {e})
     scores = {}(logits)
     select = {select}
-    normalize = {}
+    {}
     scale = {scale:?}
   }}
   let y = moe(x, {args})
@@ -357,7 +365,12 @@ impl Layer {
 }}",
             body("ffn", i),
             if self.sigmoid { "sigmoid" } else { "softmax" },
-            self.normalize,
+            [
+                "normalize = false",
+                "normalize = true",
+                "normalize = true normalize_p = 2.0",
+                "normalize = true normalize_min = 0.6",
+            ][self.normalize as usize % 4],
         )
     }
 }
@@ -365,10 +378,10 @@ impl Layer {
 fn layer() -> impl Strategy<Value = Layer> {
     (
         (1u64..=64, 1u64..=8, 2u64..=16, 2u64..=16),
-        (any::<bool>(), any::<bool>(), any::<bool>(), 0u8..3),
+        (any::<bool>(), any::<bool>(), 0u8..4, 0u8..3),
         (0u8..3, 0u8..4, 1u64..=8, any::<bool>()),
         (any::<bool>(), any::<u8>(), any::<u8>(), any::<bool>()),
-        0u8..3,
+        (0u8..3, 0u8..3),
     )
         .prop_map(
             |(
@@ -376,7 +389,7 @@ fn layer() -> impl Strategy<Value = Layer> {
                 (swiglu, sigmoid, normalize, scale),
                 (capacity, factor, fixed, drop_score),
                 groups,
-                shared,
+                (shared, block),
             )| {
                 Layer {
                     experts,
@@ -393,6 +406,7 @@ fn layer() -> impl Strategy<Value = Layer> {
                     drop_score,
                     groups,
                     shared,
+                    block,
                 }
             },
         )

@@ -222,20 +222,26 @@ pub struct StringLit {
     pub span: Span,
 }
 
-/// `experts[e].gate = "experts.{e}.w1.weight" [transposed] [columns(start, step)]`.
+/// `experts[e].gate = "experts.{e}.w1.weight" [transposed] [rows(start, step)] [columns(start, step)]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Binding {
     pub key: Key,
     pub tensor: StringLit,
     /// The tensor is stored `[in, out]` instead of the `[out, in]` of a Hugging Face `Linear`.
     pub transposed: bool,
-    pub columns: Option<Columns>,
+    /// `rows(start, step)`: entries of the stored tensor's second-to-last axis.
+    pub rows: Option<Stride>,
+    /// `columns(start, step)`: entries of the stored tensor's last axis.
+    pub columns: Option<Stride>,
 }
 
-/// `columns(start, step)`: the weight is every `step`-th entry of the stored tensor's last
-/// axis, from `start` (interleaved fused projections such as GPT-OSS's `gate_up_proj`).
+/// `rows(start, step)` / `columns(start, step)`: the weight is every `step`-th entry of an
+/// axis of the stored tensor, from `start`: interleaved fused projections such as GPT-OSS's
+/// `gate_up_proj` (step 2), one half of a concatenated one (step 1), one expert's rows of
+/// experts stacked without an axis of their own (`rows(e * F, 1)`). `start` may read `{e}`'s
+/// variable and the repeat variable.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Columns {
+pub struct Stride {
     pub start: Expr,
     pub step: Expr,
     pub span: Span,

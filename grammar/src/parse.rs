@@ -316,19 +316,24 @@ fn build_binding(pair: Pair<Rule>) -> Result<Binding, ParseError> {
     let key_span = Span::new(key_start, key_end);
     let tensor = string_lit(inner.next().expect("binding tensor"));
     let mut transposed = false;
-    let mut columns = None;
+    let (mut rows, mut columns) = (None, None);
     for p in inner {
-        match p.as_rule() {
-            Rule::transposed => transposed = true,
-            _ => {
-                let span = span_of(&p);
-                let mut args = p.into_inner();
-                columns = Some(Columns {
-                    start: build_expr(args.next().expect("columns start"))?,
-                    step: build_expr(args.next().expect("columns step"))?,
-                    span,
-                });
-            }
+        let rule = p.as_rule();
+        if rule == Rule::transposed {
+            transposed = true;
+            continue;
+        }
+        let span = span_of(&p);
+        let mut args = p.into_inner();
+        let stride = Some(Stride {
+            start: build_expr(args.next().expect("stride start"))?,
+            step: build_expr(args.next().expect("stride step"))?,
+            span,
+        });
+        if rule == Rule::rows {
+            rows = stride;
+        } else {
+            columns = stride;
         }
     }
     Ok(Binding {
@@ -338,6 +343,7 @@ fn build_binding(pair: Pair<Rule>) -> Result<Binding, ParseError> {
         },
         tensor,
         transposed,
+        rows,
         columns,
     })
 }

@@ -159,8 +159,105 @@ fn shape_errors_describe_columns() {
     let file = path.display();
     assert_eq!(
         errors.to_string(),
-        format!("{file}: tensor \"gate_up\" has shape [4, 2, 5], expected [E, 2, ≥6] with E > 0 (experts[0].up, columns 1::2, stored transposed)")
+        format!("{file}: tensor \"gate_up\" has shape [4, 2, 5], expected [E, 2, ≥6] with E > 0 (`experts[0].up`, columns 1::2, stored transposed)")
     );
+}
+
+#[test]
+fn rows_of_a_concatenated_stacked_tensor() {
+    let dir = TempDir::new().unwrap();
+    // GraniteMoE/JetMoE: input_linear [E = 2, 2·out = 4, in = 3], gate rows 0..2, up rows 2..4.
+    let path = single(&dir, &[iota("input_linear", &[2, 4, 3])]);
+    let gate = |e| rows(expert(decl("g", "input_linear", &[2, 3]), e), 0, 1);
+    let up = |e| rows(expert(decl("u", "input_linear", &[2, 3]), e), 2, 1);
+    let got = bind(&[gate(1), up(1), up(0)], &open(&path)).unwrap();
+    // Expert 1 is 12..24, its rows 12..15, 15..18, 18..21, 21..24.
+    assert_eq!(got[0].as_f32(), &[12.0, 13.0, 14.0, 15.0, 16.0, 17.0]);
+    assert_eq!(got[1].as_f32(), &[18.0, 19.0, 20.0, 21.0, 22.0, 23.0]);
+    assert_eq!(got[2].as_f32(), &[6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+}
+
+#[test]
+fn rows_of_experts_stacked_without_an_axis_transposed() {
+    let dir = TempDir::new().unwrap();
+    // DBRX: w2 [E·F = 2·2, D = 3], expert e's rows e·F..(e+1)·F stored [F, D]; the graph's
+    // down weight is [D, F].
+    let path = single(&dir, &[iota("w2", &[4, 3])]);
+    let down = |e: usize| rows(transposed(decl("d", "w2", &[3, 2])), 2 * e, 1);
+    let got = bind(&[down(1), down(0)], &open(&path)).unwrap();
+    // Rows 2, 3 are 6 7 8 / 9 10 11; transposed: 6 9 / 7 10 / 8 11.
+    assert_eq!(got[0].shape, vec![3, 2]);
+    assert_eq!(got[0].as_f32(), &[6.0, 9.0, 7.0, 10.0, 8.0, 11.0]);
+    assert_eq!(got[1].as_f32(), &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+}
+
+#[test]
+fn leading_unit_axes_are_ignored() {
+    let dir = TempDir::new().unwrap();
+    // Ernie 4.5's e_score_correction_bias [1, E] for an [E] weight; a [2, E] one is an error.
+    let path = single(&dir, &[iota("bias", &[1, 4]), iota("two", &[2, 4])]);
+    let got = bind(&[decl("b", "bias", &[4])], &open(&path)).unwrap();
+    assert_eq!(got[0].as_f32(), &[0.0, 1.0, 2.0, 3.0]);
+    let errors = bind_err(&[decl("t", "two", &[4])], &open(&path));
+    assert!(
+        errors
+            .to_string()
+            .contains("has shape [2, 4], expected [4]"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn a_fused_tensor_mismatched_for_every_expert_is_one_error_with_the_flat_layout() {
+    let dir = TempDir::new().unwrap();
+    // DBRX's w1 [E·F = 3·2, D = 4] bound as if it had an expert axis.
+    let path = single(&dir, &[iota("w1", &[6, 4])]);
+    let mut decls = Vec::new();
+    for e in 0..3 {
+        let mut d = expert(
+            decl(&format!("layers.0.y.experts.{e}.gate"), "w1", &[2, 4]),
+            e,
+        );
+        d.pattern = "experts[e].gate".into();
+        decls.push(d);
+    }
+    let errors = bind_err(&decls, &open(&path));
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    let file = path.display();
+    assert_eq!(
+        errors.to_string(),
+        format!("{file}: tensor \"w1\" has shape [6, 4], expected [E, 2, 4] with E > 2 (`experts[e].gate`: layers.0.y.experts.0.gate); the file holds 3 experts one after another along the first axis, without an axis of their own: bind each expert's rows, keying the binding `experts[e].gate` and writing `rows(e * 2, 1)` after the tensor name")
+    );
+}
+
+#[test]
+fn shape_errors_describe_rows() {
+    let dir = TempDir::new().unwrap();
+    let path = single(&dir, &[iota("input_linear", &[2, 3, 4])]);
+    let d = rows(expert(decl("u", "input_linear", &[2, 4]), 1), 2, 1);
+    let errors = bind_err(&[d], &open(&path));
+    let file = path.display();
+    assert_eq!(
+        errors.to_string(),
+        format!("{file}: tensor \"input_linear\" has shape [2, 3, 4], expected [E, ≥4, 4] with E > 1 (`u`, rows 2::1)")
+    );
+}
+
+#[test]
+fn a_bias_the_spec_does_not_read_is_an_error() {
+    let dir = TempDir::new().unwrap();
+    // JetMoE-like: a linear's weight is read, its bias in the checkpoint is not.
+    let path = single(&dir, &[iota("up.weight", &[2, 3]), iota("up.bias", &[2])]);
+    let mut d = decl("layers.0.y.experts.0.up", "up.weight", &[2, 3]);
+    d.pattern = "experts[e].up".into();
+    let errors = bind_err(&[d.clone(), d.clone()], &open(&path));
+    let file = path.display();
+    assert_eq!(
+        errors.to_string(),
+        format!("{file}: the checkpoint has a bias \"up.bias\" for \"up.weight\" (`experts[e].up`: layers.0.y.experts.0.up), which the spec reads without one; give its linear `bias = true` (and bind the bias if its name differs)")
+    );
+    let bias = decl("layers.0.y.experts.0.up.bias", "up.bias", &[2]);
+    assert!(bind(&[d, bias], &open(&path)).is_ok());
 }
 
 /// A sharded checkpoint: `a` in shard 1, `b` in shard 2, `c` in a corrupt shard 3 and `d` in
@@ -295,7 +392,7 @@ fn missing_tensor_suggests_close_names() {
     assert_eq!(suggestions[0], format!("{MIXTRAL}.experts.3.w1.weight"));
     assert!(!suggestions.contains(&"lm_head.weight".to_string()));
     let message = errors[0].to_string();
-    assert!(message.starts_with(&format!("{}: no tensor \"{wanted}\" (experts[3].gate); did you mean \"{MIXTRAL}.experts.3.w1.weight\" or", path.display())), "{message}");
+    assert!(message.starts_with(&format!("{}: no tensor \"{wanted}\" (`experts[3].gate`); did you mean \"{MIXTRAL}.experts.3.w1.weight\" or", path.display())), "{message}");
 }
 
 #[test]
@@ -341,10 +438,10 @@ fn reports_every_problem_at_once() {
     let errors = bind_err(&decls, &open(&path));
     let file = path.display();
     let expected = [
-        format!("{file}: tensor \"{w1}\" has shape [32, 16], expected [64, 16] (layers.0.y.experts.3.gate)"),
-        format!("{file}: tensor \"gate\" is stored as F16, expected BF16 (gate.logits)"),
-        format!("{file}: no tensor \"absent\" (missing)"),
-        format!("{file}: tensor \"step\" has dtype I64; weights must be F32, F16 or BF16 (step)"),
+        format!("{file}: tensor \"{w1}\" has shape [32, 16], expected [64, 16] (`layers.0.y.experts.3.gate`)"),
+        format!("{file}: tensor \"gate\" is stored as F16, expected BF16 (`gate.logits`)"),
+        format!("{file}: no tensor \"absent\" (`missing`)"),
+        format!("{file}: tensor \"step\" has dtype I64; weights must be F32, F16 or BF16 (`step`)"),
     ];
     assert_eq!(errors.to_string(), expected.join("\n"));
 }
@@ -372,8 +469,8 @@ fn shape_errors_describe_slices_and_transposition() {
     let errors = bind_err(&decls, &open(&path));
     let file = path.display();
     let expected = [
-        format!("{file}: tensor \"stack\" has shape [2, 4, 3], expected [E, 4, 3] with E > 2 (experts[2].up)"),
-        format!("{file}: tensor \"t\" has shape [4, 3], expected [3, 4] (down, stored transposed)"),
+        format!("{file}: tensor \"stack\" has shape [2, 4, 3], expected [E, 4, 3] with E > 2 (`experts[2].up`)"),
+        format!("{file}: tensor \"t\" has shape [4, 3], expected [3, 4] (`down`, stored transposed)"),
     ];
     assert_eq!(errors.to_string(), expected.join("\n"));
 }

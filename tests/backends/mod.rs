@@ -97,10 +97,61 @@ fn one_expert_cases() -> Vec<Case> {
         .collect()
 }
 
-/// Routing edge cases: all tokens on the first experts, and most slots dropped by capacity.
+/// Routing edge cases: all tokens on the first experts, most slots dropped by capacity, and
+/// the router forms of the conformance architectures.
 pub fn routing_cases() -> Vec<Case> {
     let mut cases = one_expert_cases();
     cases.push(capacity_case());
+    cases.extend(router_form_cases());
+    cases
+}
+
+/// Router and block forms, each scheduled and dense: DBRX's p-norm, Ernie 4.5's bounded sum
+/// with a selection bias, Llama 4's sigmoid of the kept logits scaling the experts' input,
+/// JetMoE's output bias, PhiMoE's sparsemixer (a wide threshold, so masks vary).
+fn router_form_cases() -> Vec<Case> {
+    let forms = [
+        (
+            "p-norm (p = 2)",
+            "scores = softmax(logits) select = topk(scores, 3) normalize = true normalize_p = 2.0",
+            "",
+        ),
+        (
+            "bounded sum, selection bias",
+            "scores = softmax(logits) select = topk(scores, 2, selection_bias = true) \
+             normalize = true normalize_min = 0.5",
+            "",
+        ),
+        (
+            "sigmoid of the kept logits scaling the input, output bias",
+            "scores = sigmoid(logits, after_topk = true) select = topk(logits, 2)",
+            ", scale_input = true, bias = true",
+        ),
+        (
+            "sparsemixer",
+            "select = sparsemixer(logits, 2, eps = 0.3)",
+            "",
+        ),
+    ];
+    let mut cases = Vec::new();
+    for (what, router, args) in forms {
+        let source = format!(
+            "model form {{ input x: f32[tokens, 6]
+            expert e(h: [n, 6]) -> [n, 6] {{ let gate = linear(h, 10) let up = linear(h, 10)
+              let down = linear(silu(gate) * up, 6) return down }}
+            router router(h: [n, 6]) {{ logits = linear(h, 8) {router} }}
+            let mlp = moe(x, experts = 8 * e, router = router{args}) output mlp }}"
+        );
+        for (upto, label) in [(Upto::All, "scheduled"), (Upto::None, "dense")] {
+            let g = graph(&source, &[], upto);
+            cases.push(Case {
+                what: format!("{what}, {label}"),
+                weights: weights(&g, 3),
+                graph: g,
+                tokens: vec![0, 1, 7, 33],
+            });
+        }
+    }
     cases
 }
 

@@ -2,7 +2,7 @@
 //! functions on tensors so the unfused ops and their fused forms (the router,
 //! stacked and grouped matmuls) share one definition of each step.
 
-use crate::ir::{BinaryOp, Epilogue, GroupScore, RouterAttrs, Score, UnaryOp};
+use crate::ir::{BinaryOp, Epilogue, GroupScore, Renorm, RouterAttrs, Score, UnaryOp};
 use crate::tensor::Tensor;
 
 pub(super) fn rows(t: &Tensor) -> (usize, usize) {
@@ -66,11 +66,19 @@ pub(super) fn activation(u: UnaryOp, v: f32) -> f32 {
     y as f32
 }
 
-pub(super) fn normalize_sum(x: &Tensor) -> Tensor {
+/// Each row divided by `max(‖row‖_p, min)`; p = 1 is the plain sum (see `Renorm`).
+pub(super) fn normalize(x: &Tensor, n: Renorm) -> Tensor {
+    let (p, min) = (n.p.get() as f64, n.min.get() as f64);
     map_rows(x, |s, o| {
-        let sum: f64 = s.iter().map(|v| *v as f64).sum();
+        let norm = if p == 1.0 {
+            s.iter().map(|v| *v as f64).sum::<f64>()
+        } else {
+            let sum: f64 = s.iter().map(|v| (*v as f64).abs().powf(p)).sum();
+            sum.powf(1.0 / p)
+        };
+        let norm = norm.max(min);
         for (o, v) in o.iter_mut().zip(s) {
-            *o = (*v as f64 / sum) as f32;
+            *o = (*v as f64 / norm) as f32;
         }
     })
 }
@@ -113,6 +121,41 @@ pub(super) fn topk(x: &Tensor, k: usize) -> (Tensor, Tensor) {
     (Tensor::f32(vec![r, k], vals), Tensor::i32(vec![r, k], idx))
 }
 
+/// `Op::SparseMixer`: k rounds per row, each choosing the best expert not yet chosen and
+/// weighting it by the softmax over the experts within the jitter threshold of it.
+pub(super) fn sparse_mixer(x: &Tensor, k: usize, eps: f32) -> (Tensor, Tensor) {
+    let (r, e) = rows(x);
+    let (mut w, mut idx) = (Vec::with_capacity(r * k), Vec::with_capacity(r * k));
+    for row in x.as_f32().chunks(e.max(1)).take(r) {
+        let mut chosen = vec![false; e];
+        for _ in 0..k {
+            // The first of the best: ties go to the lower index.
+            let best = (0..e)
+                .filter(|&j| !chosen[j])
+                .fold(None, |b: Option<usize>, j| match b {
+                    Some(b) if row[b] >= row[j] => Some(b),
+                    _ => Some(j),
+                })
+                .expect("k ≤ E leaves an expert to choose");
+            let m = row[best] as f64;
+            let sum: f64 = (0..e)
+                .filter(|&j| !chosen[j])
+                .filter(|&j| {
+                    let s = row[j] as f64;
+                    // NaN (0/0) is not above the threshold: kept, as in torch.
+                    let gap = (m - s) / s.abs().max(m);
+                    gap.partial_cmp(&(2.0 * eps as f64)) != Some(std::cmp::Ordering::Greater)
+                })
+                .map(|j| (row[j] as f64 - m).exp())
+                .sum();
+            chosen[best] = true;
+            w.push((1.0 / sum) as f32);
+            idx.push(best as i32);
+        }
+    }
+    (Tensor::f32(vec![r, k], w), Tensor::i32(vec![r, k], idx))
+}
+
 pub(super) fn gather(src: &Tensor, idx: &Tensor) -> Tensor {
     let (s, i) = (src.as_f32(), idx.as_i32());
     let (e, k) = (src.shape[1], idx.shape[1]);
@@ -148,8 +191,8 @@ pub(super) fn router(r: &RouterAttrs, logits: &Tensor, bias: Option<&Tensor>) ->
     if r.after_topk {
         w = score(&w);
     }
-    if r.normalize {
-        w = normalize_sum(&w);
+    if let Some(n) = r.normalize {
+        w = normalize(&w, n);
     }
     if r.scale.get() != 1.0 {
         w = binary(BinaryOp::Mul, &w, &Tensor::f32(vec![], vec![r.scale.get()]));

@@ -14,8 +14,8 @@ pub use attention::inv_freq;
 use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
 use kernels::{
-    binary, expert_row, gather, group_mask, map_rows, normalize_sum, ranked, router, rows,
-    softmax_row, topk, unary,
+    binary, expert_row, gather, group_mask, map_rows, normalize, ranked, router, rows, softmax_row,
+    sparse_mixer, topk, unary,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -324,7 +324,7 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
         Unary(u) => one(unary(*u, a[0])),
         Binary(b) => one(binary(*b, a[0], a[1])),
         Softmax => one(map_rows(a[0], softmax_row)),
-        NormalizeSum => one(normalize_sum(a[0])),
+        Normalize(n) => one(normalize(a[0], *n)),
         RmsNorm { eps } => {
             let w = a[1].as_f32();
             // Each group of the weight's width is normalized on its own (per-head norms).
@@ -360,6 +360,10 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
             let (vals, idx) = topk(a[0], *k as usize);
             vec![vals, idx]
         }
+        SparseMixer { k, eps } => {
+            let (w, idx) = sparse_mixer(a[0], *k as usize, eps.get());
+            vec![w, idx]
+        }
         Gather => one(gather(a[0], a[1])),
         Capacity {
             experts,
@@ -391,13 +395,13 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
             }
             one(Tensor::i32(a[0].shape.clone(), out))
         }
-        ScatterGates { experts } => {
+        ScatterGates { experts, mask } => {
             let (idx, w) = (a[0].as_i32(), a[1].as_f32());
             let (t, k, e) = (a[0].shape[0], a[0].shape[1], *experts as usize);
             let mut g = vec![0.0f32; t * e];
             for (s, &i) in idx.iter().enumerate() {
                 if i >= 0 {
-                    g[(s / k) * e + i as usize] += w[s];
+                    g[(s / k) * e + i as usize] += if *mask { 1.0 } else { w[s] };
                 }
             }
             one(Tensor::f32(vec![t, e], g))

@@ -13,10 +13,10 @@ pub mod weight;
 
 pub use graph::{Edge, Graph, Node, StateDecl, Value};
 pub use op::{
-    AttentionAttrs, BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, GroupScore, Op,
+    AttentionAttrs, BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, GroupScore, Op, Renorm,
     RopeAttrs, RopeScaling, RouterAttrs, Score, UnaryOp,
 };
 pub use petgraph::stable_graph::NodeIndex;
 pub use probe::{Probe, ProbeKind};
 pub use types::{DType, Dim, Syms, TensorType};
-pub use weight::{ColumnSlice, StorageDType, WeightDecl};
+pub use weight::{AxisSlice, StorageDType, WeightDecl};

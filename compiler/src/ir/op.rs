@@ -142,6 +142,37 @@ pub enum Score {
     Sigmoid,
 }
 
+/// How the k selected routing weights are renormalized: each divided by `max(‖w‖_p, min)`.
+/// The weights are never negative, so p = 1 is their sum (`normalize = true`); DBRX's
+/// `moe_normalize_expert_weights` is p, Ernie 4.5's `moe_norm_min` is `min`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Renorm {
+    pub p: F32Bits,
+    pub min: F32Bits,
+}
+
+impl Renorm {
+    /// Division by the sum.
+    pub fn sum() -> Renorm {
+        Renorm {
+            p: F32Bits::new(1.0),
+            min: F32Bits::new(0.0),
+        }
+    }
+
+    /// `p=2 min=1e-12`, leaving out what equals the sum's.
+    pub fn attrs(&self) -> String {
+        let mut a = Vec::new();
+        if self.p.get() != 1.0 {
+            a.push(format!("p={:?}", self.p));
+        }
+        if self.min.get() != 0.0 {
+            a.push(format!("min={:?}", self.min));
+        }
+        a.join(" ")
+    }
+}
+
 /// Every step of a router after its logits, as one op (see `Op::Router`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RouterAttrs {
@@ -153,7 +184,7 @@ pub struct RouterAttrs {
     /// Group-limited selection: (groups, groups kept, group score).
     pub groups: Option<(u64, u64, GroupScore)>,
     pub k: u64,
-    pub normalize: bool,
+    pub normalize: Option<Renorm>,
     pub scale: F32Bits,
 }
 
@@ -238,8 +269,9 @@ pub enum Op {
     Binary(BinaryOp),
     /// Softmax along the last axis. Typing: f32 x; output like x.
     Softmax,
-    /// Divide each row by its sum. Typing: f32 x; output like x.
-    NormalizeSum,
+    /// Divide each row by `max(‖row‖_p, min)` (p = 1: by its sum; see `Renorm`). Typing: f32 x;
+    /// output like x.
+    Normalize(Renorm),
     /// `x / rms(x) · w`. Typing: x f32 `[.., D]`, w `[D]`; output like x.
     RmsNorm { eps: F32Bits },
     /// `(x - mean) / std · w + b`. Typing: x f32 `[.., D]`, w `[D]`, b `[D]`; output like x.
@@ -254,6 +286,12 @@ pub enum Op {
     /// The k largest per row, in descending order (ties: lower index first).
     /// Typing: f32 `[T, E]`; outputs: values f32 `[T, k]`, indices i32 `[T, k]`.
     TopK { k: u64 },
+    /// PhiMoE's sparsemixer at inference: k rounds on each row of logits s; round r takes the
+    /// best logit m (lower index on ties) among the experts not yet chosen, and its weight is
+    /// the softmax at it over those experts whose `(m - s_j) / max(|s_j|, m) ≤ 2·eps` (the
+    /// others masked): `1 / Σ_kept exp(s_j - m)`. Typing: f32 `[T, E]`, k ≤ E; outputs:
+    /// weights f32 `[T, k]`, indices i32 `[T, k]` (in the order chosen).
+    SparseMixer { k: u64, eps: F32Bits },
     /// Pick `src[t, idx[t, j]]`. Typing: src f32 `[T, E]`, idx i32 `[T, k]`; output f32 `[T, k]`.
     Gather,
     /// Drop slots over an expert's capacity by setting their index to -1.
@@ -263,9 +301,10 @@ pub enum Op {
         limit: CapacityLimit,
         policy: DropPolicy,
     },
-    /// Dense gates: `g[t, e] = Σ_j w[t, j]·[idx[t, j] = e]`.
+    /// Dense gates: `g[t, e] = Σ_j w[t, j]·[idx[t, j] = e]`; with `mask`, 1 instead of
+    /// `w[t, j]` (which experts a token chose, for experts whose input the weights scale).
     /// Typing: idx i32 `[T, k]`, w f32 `[T, k]`; output f32 `[T, experts]`.
-    ScatterGates { experts: u64 },
+    ScatterGates { experts: u64, mask: bool },
     /// Expert-choice routing: each expert takes its ⌈T·factor/E⌉ best tokens (ties: lower token
     /// first). Typing: scores f32 `[T, E]`; outputs: the scores f32 `[T, E]`, and slots i32 `[T, E]`
     /// where slot `e` holds `e` if expert e took the token, else -1.
@@ -414,11 +453,12 @@ impl Op {
             Binary(BinaryOp::Min) => "min",
             Binary(BinaryOp::Max) => "max",
             Softmax => "softmax",
-            NormalizeSum => "normalize_sum",
+            Normalize(_) => "normalize",
             RmsNorm { .. } => "rmsnorm",
             LayerNorm { .. } => "layernorm",
             GroupMask { .. } => "group_mask",
             TopK { .. } => "topk",
+            SparseMixer { .. } => "sparsemixer",
             Gather => "gather",
             Capacity { .. } => "capacity",
             ScatterGates { .. } => "scatter_gates",
@@ -467,12 +507,14 @@ impl Op {
                 }
             }
             RmsNorm { eps } | LayerNorm { eps } => format!("eps={eps:?}"),
+            Normalize(n) => n.attrs(),
             GroupMask {
                 groups,
                 keep,
                 score,
             } => format!("groups={groups} keep={keep} score={score:?}"),
             TopK { k } => format!("k={k}"),
+            SparseMixer { k, eps } => format!("k={k} eps={eps:?}"),
             Capacity {
                 experts,
                 limit,
@@ -484,7 +526,10 @@ impl Op {
                 };
                 format!("experts={experts} {limit} policy={policy:?}")
             }
-            ScatterGates { experts } | ExpertCounts { experts } => format!("experts={experts}"),
+            ScatterGates { experts, mask } => {
+                format!("experts={experts}{}", if *mask { " mask" } else { "" })
+            }
+            ExpertCounts { experts } => format!("experts={experts}"),
             ExpertChoice { factor } => format!("factor={factor:?}"),
             Router(r) => {
                 let mut a = format!("score={:?} k={}", r.score, r.k);
@@ -497,8 +542,12 @@ impl Op {
                 if let Some((g, keep, score)) = r.groups {
                     a.push_str(&format!(" groups={g} keep={keep} group_score={score:?}"));
                 }
-                if r.normalize {
+                if let Some(n) = r.normalize {
                     a.push_str(" normalize");
+                    let na = n.attrs();
+                    if !na.is_empty() {
+                        a.push_str(&format!("({na})"));
+                    }
                 }
                 if r.scale.get() != 1.0 {
                     a.push_str(&format!(" scale={:?}", r.scale));

@@ -50,7 +50,7 @@ impl Op {
                 *shape.last_mut().expect("width checked") = w.shape[0];
                 Ok(vec![TensorType::f32(shape)])
             }
-            Unary(_) | Softmax | NormalizeSum => {
+            Unary(_) | Softmax | Normalize(_) => {
                 arity(1)?;
                 expect_f32(operands[0], self.name())?;
                 Ok(vec![operands[0].clone()])
@@ -103,7 +103,7 @@ impl Op {
                 }
                 Ok(vec![operands[0].clone()])
             }
-            TopK { k } => {
+            TopK { k } | SparseMixer { k, .. } => {
                 arity(1)?;
                 let e = routing_width(operands[0])?;
                 if *k == 0 || *k > e {
@@ -135,7 +135,7 @@ impl Op {
                 }
                 Ok(vec![operands[0].clone()])
             }
-            ScatterGates { experts } => {
+            ScatterGates { experts, .. } => {
                 arity(2)?;
                 let rows = operands[0].shape.first().copied().unwrap_or(Dim::TOKENS);
                 expect_slots(operands[0], rows)?;

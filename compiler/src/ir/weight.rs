@@ -12,14 +12,15 @@ pub enum StorageDType {
     BF16,
 }
 
-/// Entries `start, start + step, ...` of an axis (`columns(start, step)` in a binding).
+/// Entries `start, start + step, ...` of an axis (`rows(start, step)` or `columns(start, step)`
+/// in a binding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ColumnSlice {
+pub struct AxisSlice {
     pub start: usize,
     pub step: usize,
 }
 
-impl ColumnSlice {
+impl AxisSlice {
     /// The stored index of entry `i`.
     pub fn at(self, i: usize) -> usize {
         self.start + self.step * i
@@ -31,15 +32,19 @@ impl ColumnSlice {
 pub struct WeightDecl {
     /// Canonical key, unique in the graph: e.g. `layers.0.y.experts.3.gate`.
     pub key: String,
+    /// The key as a `weights` block writes it: e.g. `experts[e].gate` (for messages).
+    pub pattern: String,
     /// The tensor name in the safetensors file(s), templates already filled in.
     pub tensor: String,
     /// `Some(e)`: the file tensor holds all experts stacked `[E, ...]`; this weight is slice `e`.
     pub expert_slice: Option<usize>,
     /// The file stores the matrix `[in, out]`; the graph wants `[out, in]`.
     pub transposed: bool,
-    /// The weight is every `step`-th entry of the stored tensor's last axis (as the file
-    /// stores it, before transposing), from `start`: as many as `shape` needs.
-    pub columns: Option<ColumnSlice>,
+    /// The weight is every `step`-th entry of the stored tensor's second-to-last axis (as the
+    /// file stores it, before transposing), from `start`: as many as `shape` needs.
+    pub rows: Option<AxisSlice>,
+    /// The same along the stored tensor's last axis.
+    pub columns: Option<AxisSlice>,
     /// The shape the graph wants after slicing and transposing.
     pub shape: Vec<usize>,
     /// The dtype the file must store, if the spec says.

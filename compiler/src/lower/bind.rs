@@ -1,11 +1,13 @@
 //! Weight binding: matches each weight the graph needs against the spec's
-//! `weights { key = "name" }` blocks, fills `{e}`/`{layer}` templates, and
-//! reports bindings that match nothing or tensors bound twice.
+//! `weights { key = "name" }` blocks, fills `{e}`/`{layer}` templates, evaluates
+//! `rows(...)`/`columns(...)` (which may read those variables), and reports bindings that
+//! match nothing, tensors bound twice, and `transposed`/`rows` on a vector. Shapes against
+//! the file are the runtime's to check.
 
 use super::consts::{eval_const, Const};
 use crate::diagnostic::Diagnostic;
-use crate::ir::{ColumnSlice, StorageDType, WeightDecl};
-use moec_grammar::ast::{Binding, Columns, DTypeName, Expr, Weights};
+use crate::ir::{AxisSlice, StorageDType, WeightDecl};
+use moec_grammar::ast::{Binding, DTypeName, Expr, Stride, Weights};
 use moec_grammar::Span;
 use std::collections::HashMap;
 
@@ -62,7 +64,7 @@ impl WeightPath {
     }
 
     /// The key as a user would write it in a `weights` block: `experts[e].gate`.
-    fn pattern(&self) -> String {
+    pub fn pattern(&self) -> String {
         self.segs
             .iter()
             .map(|s| {
@@ -118,7 +120,8 @@ impl<'a> Binder<'a> {
     }
 
     /// Resolves a weight of `shape` at `path`; `owner` is the spec location that creates it,
-    /// `params` the constants a binding's `columns(...)` may read.
+    /// `params` the constants a binding's `rows(...)`/`columns(...)` may read (with the
+    /// binding's index variables and the repeat variable).
     pub fn resolve(
         &mut self,
         path: &WeightPath,
@@ -128,7 +131,7 @@ impl<'a> Binder<'a> {
     ) -> Result<WeightDecl, Diagnostic> {
         let pattern = path.pattern();
         if !self.patterns.contains(&pattern) {
-            self.patterns.push(pattern);
+            self.patterns.push(pattern.clone());
         }
         let key = path.key();
         let mut found: Vec<(usize, usize, KeyMatch)> = Vec::new();
@@ -151,9 +154,11 @@ impl<'a> Binder<'a> {
         match found.as_slice() {
             [] => Ok(WeightDecl {
                 key: key.clone(),
+                pattern,
                 tensor: key,
                 expert_slice: None,
                 transposed: false,
+                rows: None,
                 columns: None,
                 shape,
                 storage: None,
@@ -174,16 +179,17 @@ impl<'a> Binder<'a> {
                     }
                     _ => name,
                 };
-                let columns = b
-                    .columns
-                    .as_ref()
-                    .map(|c| column_slice(c, params))
-                    .transpose()?;
+                if shape.len() < 2 {
+                    vector_layout(b, &pattern, &shape)?;
+                }
+                let (rows, columns) = strides(b, &vars, params)?;
                 Ok(WeightDecl {
                     key,
+                    pattern,
                     tensor,
                     expert_slice: *slice,
                     transposed: b.transposed,
+                    rows,
                     columns,
                     shape,
                     storage: block.storage,
@@ -245,44 +251,68 @@ impl<'a> Binder<'a> {
                 }
             }
         }
-        let mut seen: HashMap<(&str, Option<usize>, Option<ColumnSlice>), &WeightDecl> =
-            HashMap::new();
+        type Part<'d> = (&'d str, Option<usize>, Option<AxisSlice>, Option<AxisSlice>);
+        let mut seen: HashMap<Part, &WeightDecl> = HashMap::new();
         for d in decls {
-            if let Some(prev) = seen.insert((d.tensor.as_str(), d.expert_slice, d.columns), d) {
-                // The same binding reached from two layers of a `repeat` lacks `{layer}`.
-                let strip = |k: &str| {
-                    k.strip_prefix("layers.")
-                        .and_then(|r| r.split_once('.'))
-                        .map(|(_, r)| r.to_string())
-                };
-                let same_in_layers =
-                    strip(&prev.key).is_some() && strip(&prev.key) == strip(&d.key);
-                let mut err = Diagnostic::at(
-                    d.span,
-                    format!(
-                        "the tensor \"{}\" is bound to both `{}` and `{}`",
-                        d.tensor, prev.key, d.key
-                    ),
-                    "bound twice",
-                );
-                if prev.span != d.span {
-                    err = err.with_related(prev.span, "also bound here");
-                }
-                return Err(err.with_help(if same_in_layers {
-                    "inside `repeat`, put the repeat variable (e.g. `{layer}`) in the tensor name"
-                } else if d.columns.is_some() {
-                    "weights that share a tensor read different columns of it: check the two `columns(...)`"
-                } else {
-                    "each weight needs a tensor of its own; check the two names"
-                }));
+            let part = (d.tensor.as_str(), d.expert_slice, d.rows, d.columns);
+            if let Some(prev) = seen.insert(part, d) {
+                return Err(bound_twice(prev, d));
             }
         }
         Ok(())
     }
 }
 
-/// Matches a binding key against a weight path. On success: the expert slice (for a
-/// fused `[E, ...]` tensor) and the index variables bound (`e` = 3).
+/// The error for one part of a tensor bound to two weights, with the likeliest fix.
+fn bound_twice(prev: &WeightDecl, d: &WeightDecl) -> Diagnostic {
+    // The same binding reached from two layers of a `repeat` lacks `{layer}`.
+    let strip = |k: &str| {
+        k.strip_prefix("layers.")
+            .and_then(|r| r.split_once('.'))
+            .map(|(_, r)| r.to_string())
+    };
+    let same_in_layers = strip(&prev.key).is_some() && strip(&prev.key) == strip(&d.key);
+    // The keys as a `weights` block writes them, unless that is one key twice.
+    let (a, b) = if prev.pattern == d.pattern {
+        (&prev.key, &d.key)
+    } else {
+        (&prev.pattern, &d.pattern)
+    };
+    let mut err = Diagnostic::at(
+        d.span,
+        format!(
+            "the tensor \"{}\" is bound to both `{a}` and `{b}`",
+            d.tensor
+        ),
+        "bound twice",
+    );
+    if prev.span != d.span {
+        err = err.with_related(prev.span, "also bound here");
+    }
+    let help = if same_in_layers {
+        "inside `repeat`, put the repeat variable (e.g. `{layer}`) in the tensor name".to_string()
+    } else if d.rows.is_some() || d.columns.is_some() {
+        "weights that share a tensor read different parts of it: check the two `rows(...)`/`columns(...)`".to_string()
+    } else if prev.shape.len() == 2 && d.shape.len() == 2 {
+        // One fused projection feeding two linears: each takes its half of the stored
+        // output axis (rows as stored `[out, in]`, columns as stored `[in, out]`).
+        let (axis, n) = if d.transposed {
+            ("columns", prev.shape[0])
+        } else {
+            ("rows", prev.shape[0])
+        };
+        format!(
+            "a fused tensor (both projections in one, e.g. gate and up as `[2·{n}, ...]`) feeds each weight its part: `{} = \"...\"{t} {axis}(0, 1)` and `{} = \"...\"{t} {axis}({n}, 1)` (or `{axis}(0, 2)`/`{axis}(1, 2)` if interleaved); otherwise each weight needs a tensor of its own",
+            prev.pattern,
+            d.pattern,
+            t = if d.transposed { " transposed" } else { "" },
+        )
+    } else {
+        "each weight needs a tensor of its own; check the two names".to_string()
+    };
+    err.with_help(help)
+}
+
 /// A binding that matches a weight: the expert slice (for a fused `[E, ...]` tensor)
 /// and the index variables it binds (`e` = 3).
 struct KeyMatch {
@@ -318,23 +348,75 @@ fn match_key(b: &Binding, path: &WeightPath) -> Option<KeyMatch> {
     Some(KeyMatch { slice, vars })
 }
 
-/// `columns(start, step)`, evaluated: start ≥ 0, step ≥ 1.
-fn column_slice(c: &Columns, params: &HashMap<String, Const>) -> Result<ColumnSlice, Diagnostic> {
-    let int = |e: &Expr, what: &str, least: i64| {
-        match eval_const(e, params)? {
-        Const::Int(v) if v >= least => Ok(v as usize),
-        other => Err(Diagnostic::at(
-            e.span,
-            format!("the columns' {what} must be an integer of at least {least}, `{e}` is {other}"),
-            "here",
-        )
-        .with_help("`columns(start, step)` reads entries start, start + step, ... of the stored tensor's last axis")),
-    }
+/// `transposed` and `rows(...)` need a matrix: on a vector (a bias, a norm's weight) they
+/// would be silently meaningless.
+fn vector_layout(b: &Binding, pattern: &str, shape: &[usize]) -> Result<(), Diagnostic> {
+    let what = if b.transposed {
+        "`transposed`"
+    } else if b.rows.is_some() {
+        "`rows(...)`"
+    } else {
+        return Ok(());
     };
-    Ok(ColumnSlice {
-        start: int(&c.start, "start", 0)?,
-        step: int(&c.step, "step", 1)?,
-    })
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    Err(Diagnostic::at(
+        b.key.span,
+        format!(
+            "{what} on `{pattern}`, a vector [{}]: a vector has no rows to transpose or pick",
+            dims.join(", ")
+        ),
+        "a vector weight",
+    )
+    .with_help("drop it; `columns(start, step)` picks entries of a vector"))
+}
+
+/// The binding's `rows(...)` and `columns(...)`, evaluated with its index variables (`e`)
+/// and the repeat variable known: start ≥ 0, step ≥ 1.
+fn strides(
+    b: &Binding,
+    vars: &[(String, usize)],
+    params: &HashMap<String, Const>,
+) -> Result<(Option<AxisSlice>, Option<AxisSlice>), Diagnostic> {
+    if b.rows.is_none() && b.columns.is_none() {
+        return Ok((None, None));
+    }
+    let mut scope;
+    let consts = if vars.is_empty() {
+        params
+    } else {
+        scope = params.clone();
+        for (name, i) in vars {
+            scope.insert(name.clone(), Const::Int(*i as i64));
+        }
+        &scope
+    };
+    let eval = |s: &Option<Stride>, axis: &str, which: &str| {
+        s.as_ref()
+            .map(|s| {
+                let int = |e: &Expr, what: &str, least: i64| match eval_const(e, consts)? {
+                    Const::Int(v) if v >= least => Ok(v as usize),
+                    other => Err(Diagnostic::at(
+                        e.span,
+                        format!(
+                            "the {axis}' {what} must be an integer of at least {least}, `{e}` is {other}"
+                        ),
+                        "here",
+                    )
+                    .with_help(format!(
+                        "`{axis}(start, step)` reads entries start, start + step, ... of the stored tensor's {which} axis"
+                    ))),
+                };
+                Ok::<_, Diagnostic>(AxisSlice {
+                    start: int(&s.start, "start", 0)?,
+                    step: int(&s.step, "step", 1)?,
+                })
+            })
+            .transpose()
+    };
+    Ok((
+        eval(&b.rows, "rows", "second-to-last")?,
+        eval(&b.columns, "columns", "last")?,
+    ))
 }
 
 /// Replaces `{var}` in a tensor-name template.

@@ -2,10 +2,13 @@
 //! small ops (linear, score, bias, group mask, top-k, gather, normalize, scale,
 //! capacity), every expert instantiated on all tokens, and a dense gated sum.
 //! This is the form whose meaning is obvious; the passes make it fast.
+//! With `scale_input = true` (Llama 4) each expert reads its input scaled by its routing
+//! weight and the sum is masked to the chosen experts; `bias = true` (JetMoE) adds a
+//! learned `[D]` bias to the block's output.
 
 use super::bind::{Seg, WeightPath};
 use super::expr::Args;
-use super::router::Selection;
+use super::router::{RouterSpec, Selection};
 use super::{Lowerer, Scope, Val};
 use crate::diagnostic::Diagnostic;
 use crate::ir::{BinaryOp, Dim, F32Bits, Op, Probe, ProbeKind, UnaryOp, Value};
@@ -56,7 +59,15 @@ impl<'a> Lowerer<'a> {
             call,
             "moe",
             args,
-            &["experts", "router", "capacity", "shared", "shared_gate"],
+            &[
+                "experts",
+                "router",
+                "capacity",
+                "shared",
+                "shared_gate",
+                "scale_input",
+                "bias",
+            ],
         )?;
         let [x] = a.positional::<1>("moe(x, experts = N * expert, router = name, ...)")?;
         let x_expr = x;
@@ -98,6 +109,21 @@ impl<'a> Lowerer<'a> {
             .map(|c| self.capacity(c))
             .transpose()?
             .flatten();
+        let scale_input = a
+            .named("scale_input")
+            .map(|s| self.bool(s, "scale_input"))
+            .transpose()?
+            .unwrap_or(false);
+        if let (true, Some(cap)) = (scale_input, &capacity) {
+            if cap.passthrough {
+                return Err(Diagnostic::at(
+                    cap.span,
+                    "`dropped = passthrough` passes a dropped token's input through scaled by its weight, which `scale_input` already does",
+                    "here",
+                )
+                .with_help("use `dropped = zero` with `scale_input = true`"));
+            }
+        }
         if let Some(cap) = &capacity {
             match router.select {
                 Selection::ExpertChoice { .. } => {
@@ -162,7 +188,8 @@ impl<'a> Lowerer<'a> {
             router.logits_span,
         )?;
         let sp = router.select_span;
-        let scores = if router.after_topk {
+        let mixer = matches!(router.select, Selection::SparseMixer { .. });
+        let scores = if router.after_topk || mixer {
             logits
         } else if router.sigmoid {
             self.node(Op::Unary(UnaryOp::Sigmoid), &[logits], None, sp)?
@@ -182,43 +209,24 @@ impl<'a> Lowerer<'a> {
                 };
                 (idx, idx, choice)
             }
-            Selection::TopK {
-                k,
-                groups,
-                selection_bias,
-            } => {
-                let mut choose = scores;
-                if selection_bias {
-                    let b = self.weight(&rpath.child(Seg::name("selection_bias")), vec![e], sp)?;
-                    choose = self.node(Op::Binary(BinaryOp::Add), &[choose, b], None, sp)?;
-                }
-                if let Some((groups, keep, score)) = groups {
-                    choose = self.node(
-                        Op::GroupMask {
-                            groups,
-                            keep,
-                            score,
-                        },
-                        &[choose],
-                        None,
-                        sp,
-                    )?;
-                }
-                let topk = self.node(Op::TopK { k }, &[choose], None, sp)?;
-                let idx = Value {
-                    node: topk.node,
-                    port: 1,
+            Selection::TopK { .. } | Selection::SparseMixer { .. } => {
+                let (idx, mut w) = match router.select {
+                    Selection::SparseMixer { k, eps } => {
+                        let op = Op::SparseMixer {
+                            k,
+                            eps: F32Bits::new(eps as f32),
+                        };
+                        let mixed = self.node(op, &[logits], None, sp)?;
+                        let idx = Value {
+                            node: mixed.node,
+                            port: 1,
+                        };
+                        (idx, mixed)
+                    }
+                    _ => self.top_k(&router, &rpath, scores, e)?,
                 };
-                let mut w = self.node(Op::Gather, &[scores, idx], None, sp)?;
-                if router.after_topk {
-                    w = if router.sigmoid {
-                        self.node(Op::Unary(UnaryOp::Sigmoid), &[w], None, sp)?
-                    } else {
-                        self.node(Op::Softmax, &[w], None, sp)?
-                    };
-                }
-                if router.normalize {
-                    w = self.node(Op::NormalizeSum, &[w], None, sp)?;
+                if let Some(n) = router.normalize {
+                    w = self.node(Op::Normalize(n), &[w], None, sp)?;
                 }
                 if router.scale != 1.0 {
                     let c = self.graph.add_constant(router.scale as f32);
@@ -238,15 +246,35 @@ impl<'a> Lowerer<'a> {
                 (idx, kept, w)
             }
         };
-        let gates = self.node(Op::ScatterGates { experts: total }, &[kept, w], None, sp)?;
+        let scatter = |mask| Op::ScatterGates {
+            experts: total,
+            mask,
+        };
+        let gates = self.node(scatter(false), &[kept, w], None, sp)?;
 
-        // Experts, each on every token, combined by the dense gates.
-        let mut outs = vec![gates];
+        // Experts, each on every token, combined by the dense gates; with `scale_input`,
+        // each reads x scaled by its gate and the sum counts the chosen ones.
+        let mut outs = vec![if scale_input {
+            self.node(scatter(true), &[kept, w], None, sp)?
+        } else {
+            gates
+        }];
         let mut index = 0;
         for group in &groups {
             for _ in 0..group.count {
                 let epath = path.child(Seg::indexed("experts", index));
-                outs.push(self.instantiate(group.template, x, &epath, group.span)?);
+                let input = if scale_input {
+                    let slice = Op::SliceCols {
+                        heads: 1,
+                        start: index as u64,
+                        len: 1,
+                    };
+                    let g = self.node(slice, &[gates], None, sp)?;
+                    self.node(Op::Binary(BinaryOp::Mul), &[x, g], None, sp)?
+                } else {
+                    x
+                };
+                outs.push(self.instantiate(group.template, input, &epath, group.span)?);
                 index += 1;
             }
         }
@@ -317,6 +345,19 @@ impl<'a> Lowerer<'a> {
             ));
         }
 
+        // A learned bias on the block's output (JetMoE).
+        let bias_path = path.child(Seg::name("bias"));
+        if self.weight_flag(a.named("bias"), "bias", &bias_path)? {
+            let span = a.named("bias").map_or(call.span, |b| b.span);
+            let b = self.weight(&bias_path, vec![width], span)?;
+            y = self.node(
+                Op::Binary(BinaryOp::Add),
+                &[y, b],
+                Some(name.to_string()),
+                span,
+            )?;
+        }
+
         // Inspection outputs.
         let counts = self.node(
             Op::ExpertCounts { experts: total },
@@ -348,6 +389,58 @@ impl<'a> Lowerer<'a> {
             aux_loss: aux,
             z_loss: z,
         })
+    }
+
+    /// Top-k selection on the scores (plus a selection bias, within the kept groups): the
+    /// chosen experts and their weights, scored after the choice when `after_topk`.
+    fn top_k(
+        &mut self,
+        router: &RouterSpec,
+        rpath: &WeightPath,
+        scores: Value,
+        experts: usize,
+    ) -> Result<(Value, Value), Diagnostic> {
+        let Selection::TopK {
+            k,
+            groups,
+            selection_bias,
+        } = router.select
+        else {
+            unreachable!("called for top-k routers only");
+        };
+        let sp = router.select_span;
+        let mut choose = scores;
+        if selection_bias {
+            let b = self.weight(&rpath.child(Seg::name("selection_bias")), vec![experts], sp)?;
+            choose = self.node(Op::Binary(BinaryOp::Add), &[choose, b], None, sp)?;
+        }
+        if let Some((groups, keep, score)) = groups {
+            choose = self.node(
+                Op::GroupMask {
+                    groups,
+                    keep,
+                    score,
+                },
+                &[choose],
+                None,
+                sp,
+            )?;
+        }
+        let topk = self.node(Op::TopK { k }, &[choose], None, sp)?;
+        let idx = Value {
+            node: topk.node,
+            port: 1,
+        };
+        let mut w = self.node(Op::Gather, &[scores, idx], None, sp)?;
+        if router.after_topk {
+            let score = if router.sigmoid {
+                Op::Unary(UnaryOp::Sigmoid)
+            } else {
+                Op::Softmax
+            };
+            w = self.node(score, &[w], None, sp)?;
+        }
+        Ok((idx, w))
     }
 
     /// Instantiates an expert template on `x`.

@@ -5,7 +5,7 @@
 use super::expr::Args;
 use super::Lowerer;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{CapacityLimit, DropPolicy, F32Bits, GroupScore};
+use crate::ir::{CapacityLimit, DropPolicy, F32Bits, GroupScore, Renorm};
 use moec_grammar::ast::{self, Arg, Expr, ExprKind, Ident};
 use moec_grammar::Span;
 
@@ -17,6 +17,11 @@ pub(super) enum Selection {
     },
     ExpertChoice {
         factor: f64,
+    },
+    /// PhiMoE's sparsemixer on the logits: `sparsemixer(logits, k, eps = jitter)`.
+    SparseMixer {
+        k: u64,
+        eps: f64,
     },
 }
 
@@ -32,7 +37,7 @@ pub(super) struct RouterSpec<'a> {
     pub(super) after_topk: bool,
     pub(super) select: Selection,
     pub(super) select_span: Span,
-    pub(super) normalize: bool,
+    pub(super) normalize: Option<Renorm>,
     pub(super) scale: f64,
 }
 
@@ -66,7 +71,16 @@ impl<'a> Lowerer<'a> {
                 )
                 .with_related(prev.span, "first here"));
             }
-            const FIELDS: &[&str] = &["logits", "scores", "select", "normalize", "scale", "jitter"];
+            const FIELDS: &[&str] = &[
+                "logits",
+                "scores",
+                "select",
+                "normalize",
+                "normalize_p",
+                "normalize_min",
+                "scale",
+                "jitter",
+            ];
             if !FIELDS.contains(&f.name.name.as_str()) {
                 return Err(Diagnostic::at(
                     f.name.span,
@@ -168,7 +182,16 @@ impl<'a> Lowerer<'a> {
                     src,
                     if after_topk { "logits" } else { "scores" },
                     "top-k's input",
-                )?;
+                )
+                .map_err(|err| {
+                    let scores = field("scores").map_or(router.name.span, |s| s.span);
+                    if after_topk {
+                        err.with_related(scores, "the scores are made from the k chosen logits")
+                            .with_help("with `after_topk = true` the choice is made on the raw logits and only the k chosen are scored: write `select = topk(logits, k)`")
+                    } else {
+                        err.with_help("to choose on the raw logits and score only the k chosen (softmax or sigmoid over them), write `scores = softmax(logits, after_topk = true)` (or `sigmoid(...)`)")
+                    }
+                })?;
                 let k = self.int(k_expr, "k")?;
                 if k > experts {
                     return Err(Diagnostic::at(
@@ -273,18 +296,57 @@ impl<'a> Lowerer<'a> {
                 }
                 Selection::ExpertChoice { factor }
             }
+            "sparsemixer" => {
+                let a = Args::new(select_expr, "sparsemixer", sargs, &["eps"])?;
+                let [src, k_expr] = a.positional::<2>("sparsemixer(logits, k, eps = jitter)")?;
+                expect_name(src, "logits", "sparsemixer's input")?;
+                if let Some(s) = field("scores") {
+                    return Err(Diagnostic::at(
+                        s.span,
+                        "sparsemixer scores the logits itself",
+                        "remove `scores`",
+                    )
+                    .with_related(select_expr.span, "sparsemixer here"));
+                }
+                let k = self.int(k_expr, "k")?;
+                if k == 0 || k > experts {
+                    return Err(Diagnostic::at(
+                        k_expr.span,
+                        format!("sparsemixer chooses {k} of {experts} experts"),
+                        format!("k = {k}"),
+                    )
+                    .with_help("k must be between 1 and the number of experts"));
+                }
+                let eps = a
+                    .named("eps")
+                    .map(|e| self.float(e, "eps"))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        Diagnostic::at(
+                            select_expr.span,
+                            "sparsemixer needs `eps = ...`, the jitter threshold",
+                            "missing `eps`",
+                        )
+                        .with_help("PhiMoE: `eps = router_jitter_noise`")
+                    })?;
+                if eps.is_nan() || eps < 0.0 {
+                    return Err(Diagnostic::at(
+                        a.named("eps").map_or(select_expr.span, |e| e.span),
+                        format!("sparsemixer's eps must be at least 0, found {eps}"),
+                        "here",
+                    ));
+                }
+                Selection::SparseMixer { k, eps }
+            }
             _ => {
                 return Err(Diagnostic::at(
                     sfunc.span,
-                    "select must be `topk(...)` or `expert_choice(...)`",
+                    "select must be `topk(...)`, `expert_choice(...)` or `sparsemixer(...)`",
                     "unknown selection",
                 ))
             }
         };
-        let normalize = field("normalize")
-            .map(|b| self.bool(b, "normalize"))
-            .transpose()?
-            .unwrap_or(false);
+        let normalize = self.renorm(router, field("normalize"))?;
         let scale = field("scale")
             .map(|s| self.float(s, "scale"))
             .transpose()?
@@ -302,6 +364,54 @@ impl<'a> Lowerer<'a> {
             normalize,
             scale,
         })
+    }
+
+    /// `normalize = true` with `normalize_p = p` (the p-norm, default 1: the sum) and
+    /// `normalize_min = m` (a lower bound on the denominator); the two need `normalize`.
+    fn renorm(
+        &self,
+        router: &ast::Router,
+        normalize: Option<&Expr>,
+    ) -> Result<Option<Renorm>, Diagnostic> {
+        let field = |n: &str| router.fields.iter().find(|f| f.name.name == n);
+        let on = normalize
+            .map(|b| self.bool(b, "normalize"))
+            .transpose()?
+            .unwrap_or(false);
+        let mut n = Renorm::sum();
+        for (name, least, strict) in [("normalize_p", 0.0, true), ("normalize_min", 0.0, false)] {
+            let Some(f) = field(name) else { continue };
+            if !on {
+                let err = Diagnostic::at(
+                    f.name.span,
+                    format!("`{name}` without `normalize = true`"),
+                    "the weights are not renormalized",
+                )
+                .with_help("add `normalize = true`, or drop this field");
+                return Err(match normalize {
+                    Some(b) => err.with_related(b.span, "normalize is off here"),
+                    None => err,
+                });
+            }
+            let v = self.float(&f.value, name)?;
+            if v < least || (strict && v == least) || !v.is_finite() {
+                return Err(Diagnostic::at(
+                    f.value.span,
+                    format!(
+                        "`{name}` must be {} 0, found {v}",
+                        if strict { "above" } else { "at least" }
+                    ),
+                    "here",
+                ));
+            }
+            let v = F32Bits::new(v as f32);
+            if name == "normalize_p" {
+                n.p = v;
+            } else {
+                n.min = v;
+            }
+        }
+        Ok(on.then_some(n))
     }
 
     /// `dropless`, `factor(f, ...)` or `fixed(n, ...)`; `None` for dropless.

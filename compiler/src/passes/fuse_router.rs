@@ -7,7 +7,7 @@
 //! scores = softmax(l) | sigmoid(l)      (or scores = l when scoring after top-k)
 //! choose = [group_mask]([scores + bias])
 //! idx    = topk(choose).1
-//! w      = [mul(normalize_sum([score](gather(scores, idx))), const)]
+//! w      = [mul(normalize([score](gather(scores, idx))), const)]
 //! ```
 //!
 //! becomes `router(l, [bias])` with the weights on port 0 and the indices on
@@ -164,10 +164,12 @@ fn match_chain(g: &Graph, topk: NodeIndex) -> Option<Chain> {
             (s, true, scores)
         }
     };
-    let mut normalize = false;
-    if let Some(u) = sole_user(g, weights).filter(|u| g.node(*u).op == Op::NormalizeSum) {
-        normalize = true;
-        weights = u.into();
+    let mut normalize = None;
+    if let Some(u) = sole_user(g, weights) {
+        if let Op::Normalize(n) = g.node(u).op {
+            normalize = Some(n);
+            weights = u.into();
+        }
     }
     let mut scale = F32Bits::new(1.0);
     if let Some(u) = sole_user(g, weights).filter(|u| g.node(*u).op == Op::Binary(BinaryOp::Mul)) {
@@ -200,6 +202,7 @@ fn match_chain(g: &Graph, topk: NodeIndex) -> Option<Chain> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::Renorm;
     use crate::lower::lower_source;
     use crate::verify::verify;
 
@@ -239,11 +242,11 @@ mod tests {
         let r = r[0];
         assert_eq!(
             (r.score, r.after_topk, r.selection_bias, r.k, r.normalize),
-            (Score::Sigmoid, false, true, 2, true)
+            (Score::Sigmoid, false, true, 2, Some(Renorm::sum()))
         );
         assert_eq!(r.groups.map(|(g, keep, _)| (g, keep)), Some((4, 2)));
         assert_eq!(r.scale.get(), 2.5);
-        for op in [Op::TopK { k: 2 }, Op::Gather, Op::NormalizeSum] {
+        for op in [Op::TopK { k: 2 }, Op::Gather, Op::Normalize(Renorm::sum())] {
             assert!(
                 !g.g.node_weights().any(|n| n.op == op),
                 "{op:?} left behind"
@@ -265,7 +268,7 @@ mod tests {
         verify(&g).unwrap();
         let r = routers(&g);
         assert_eq!(r.len(), 1);
-        assert!(r[0].after_topk && r[0].score == Score::Softmax && !r[0].normalize);
+        assert!(r[0].after_topk && r[0].score == Score::Softmax && r[0].normalize.is_none());
     }
 
     #[test]

@@ -75,7 +75,11 @@ fn schedule_group(g: &mut Graph, sum: NodeIndex) -> Result<bool, String> {
     let last = *chain.last().expect("chains are never empty");
     let gates = *g.operands(last).last().expect("weighted layers read gates");
     let experts = g.value_type(g.operands(last)[1]).shape[0].as_fixed();
-    let Op::ScatterGates { experts: routed } = g.node(gates.node).op else {
+    let Op::ScatterGates {
+        experts: routed,
+        mask: false,
+    } = g.node(gates.node).op
+    else {
         return Ok(false);
     };
     if experts != Some(routed) {

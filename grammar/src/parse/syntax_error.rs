@@ -155,6 +155,7 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::string | Rule::string_body => "a string in double quotes",
         Rule::transposed => "`transposed`",
         Rule::columns => "`columns(start, step)`",
+        Rule::rows => "`rows(start, step)`",
         Rule::expr
         | Rule::call
         | Rule::list

@@ -2,15 +2,19 @@
 //!
 //! Two phases. First every decl is checked against the file headers only (the tensor exists,
 //! its dtype is F32/F16/BF16 and the one the spec requires, its shape fits the decl) and every
-//! problem is collected; nothing is read if anything is wrong. Then each tensor's bytes (one
+//! problem is collected, one per tensor part (the experts of one fused tensor that all mismatch
+//! make one error); nothing is read if anything is wrong. Then each tensor's bytes (one
 //! expert's slice of a stacked tensor, for `expert_slice`) are widened to f32, with only the
-//! `columns` the decl reads, and transposed when the file stores `[in, out]`: one pass that
-//! decodes each value into its place.
+//! `rows` and `columns` the decl reads, and transposed when the file stores `[in, out]`: one
+//! pass that decodes each value into its place. Leading axes of size 1 beyond the rank the
+//! decl needs are ignored (Ernie 4.5 stores an `[E]` bias as `[1, E]`): they change no value.
+//! A checkpoint bias `NAME.bias` beside a read `NAME.weight` that no decl reads is an error:
+//! the spec's linear lacks a bias the model has, and its numbers would silently differ.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use moec_compiler::ir::weight::{ColumnSlice, StorageDType, WeightDecl};
+use moec_compiler::ir::weight::{AxisSlice, StorageDType, WeightDecl};
 use moec_compiler::tensor::Tensor;
 
 use super::error::{WeightError, WeightErrorKind, WeightErrors};
@@ -31,6 +35,7 @@ pub fn bind(decls: &[WeightDecl], source: &WeightSource) -> Result<Vec<Tensor>, 
         .iter()
         .filter_map(|decl| checker.check(decl))
         .collect();
+    checker.unread_biases(decls);
     if !checker.errors.is_empty() {
         return Err(WeightErrors(checker.errors));
     }
@@ -80,7 +85,7 @@ impl<'s> Checker<'s> {
         };
         let error = |kind| WeightError::new(path, kind);
         let tensor = || decl.tensor.clone();
-        let key = || decl.key.clone();
+        let key = || described(decl);
         let reported = self.errors.len();
         let dtype = FloatDType::of(raw.dtype);
         match dtype {
@@ -101,43 +106,98 @@ impl<'s> Checker<'s> {
             }
         }
         let stored = stored_shape(decl);
-        let fits = |file: &[usize]| match decl.columns {
-            None => file == stored,
-            // The last axis holds at least the entries the slice reads.
-            Some(c) => match (file.split_last(), stored.split_last()) {
-                (Some((&have, rest)), Some((&n, want))) => {
-                    rest == want && (n == 0 || c.at(n - 1) < have)
-                }
-                _ => false,
-            },
-        };
         let shape_ok = match decl.expert_slice {
-            None => fits(raw.shape),
-            Some(e) => raw
-                .shape
+            None => fits(decl, file_shape(decl, raw.shape), &stored),
+            Some(e) => file_shape(decl, raw.shape)
                 .split_first()
-                .is_some_and(|(&n, rest)| n > e && fits(rest)),
+                .is_some_and(|(&n, rest)| n > e && fits(decl, rest, &stored)),
         };
         if !shape_ok {
-            self.errors.push(error(WeightErrorKind::Shape {
-                tensor: tensor(),
-                key: key(),
-                found: raw.shape.to_vec(),
-                expected: stored,
-                expert: decl.expert_slice,
-                transposed: decl.transposed,
-                columns: decl.columns,
-            }));
+            let hint = flat_experts(decl, raw.shape, &stored);
+            self.shape_error(
+                path,
+                decl,
+                WeightErrorKind::Shape {
+                    tensor: tensor(),
+                    key: key(),
+                    found: raw.shape.to_vec(),
+                    expected: stored,
+                    expert: decl.expert_slice,
+                    transposed: decl.transposed,
+                    rows: decl.rows,
+                    columns: decl.columns,
+                    hint,
+                },
+            );
         }
         dtype
             .filter(|_| self.errors.len() == reported)
             .map(|dtype| (raw, dtype))
     }
 
+    /// Errors for checkpoint biases `NAME.bias` beside a read `NAME.weight` that no decl reads,
+    /// once per bias.
+    fn unread_biases(&mut self, decls: &[WeightDecl]) {
+        let read: BTreeSet<&str> = decls.iter().map(|d| d.tensor.as_str()).collect();
+        let mut reported = BTreeSet::new();
+        for decl in decls {
+            let Some(bias) = decl
+                .tensor
+                .strip_suffix(".weight")
+                .map(|stem| format!("{stem}.bias"))
+            else {
+                continue;
+            };
+            if read.contains(bias.as_str()) || self.source.locate(&bias).is_none() {
+                continue;
+            }
+            if reported.insert(bias.clone()) {
+                let kind = WeightErrorKind::UnreadBias {
+                    tensor: decl.tensor.clone(),
+                    key: described(decl),
+                    bias,
+                };
+                self.errors.push(WeightError::new(self.source.path(), kind));
+            }
+        }
+    }
+
+    /// Records a shape error, once per tensor part: the experts of one fused tensor that all
+    /// mismatch the same way make one error naming the highest expert.
+    fn shape_error(&mut self, file: &Path, decl: &WeightDecl, kind: WeightErrorKind) {
+        let WeightErrorKind::Shape {
+            tensor,
+            expected,
+            expert: Some(e),
+            ..
+        } = &kind
+        else {
+            self.errors.push(WeightError::new(file, kind));
+            return;
+        };
+        for error in &mut self.errors {
+            if let WeightErrorKind::Shape {
+                tensor: t,
+                expected: x,
+                expert: Some(seen),
+                rows,
+                columns,
+                ..
+            } = &mut *error.kind
+            {
+                if t == tensor && x == expected && *rows == decl.rows && *columns == decl.columns {
+                    *seen = (*seen).max(*e);
+                    return;
+                }
+            }
+        }
+        self.errors.push(WeightError::new(file, kind));
+    }
+
     fn missing(&mut self, file: &Path, decl: &WeightDecl, suggestions: Vec<String>) {
         let kind = WeightErrorKind::MissingTensor {
             tensor: decl.tensor.clone(),
-            key: decl.key.clone(),
+            key: described(decl),
             suggestions,
         };
         self.errors.push(WeightError::new(file, kind));
@@ -152,9 +212,18 @@ fn storage(dtype: FloatDType) -> StorageDType {
     }
 }
 
+/// How errors name a decl: the key as a `weights` block writes it, then the weight it is.
+fn described(decl: &WeightDecl) -> String {
+    if decl.pattern == decl.key || decl.pattern.is_empty() {
+        format!("`{}`", decl.key)
+    } else {
+        format!("`{}`: {}", decl.pattern, decl.key)
+    }
+}
+
 /// The decl's shape as the file stores it (for a stacked tensor, one expert's part): the last
 /// two dims swapped when `transposed`. Transposing a tensor of rank below 2 changes nothing.
-/// With `columns`, the last dim is the number of entries read, not the file's.
+/// With `rows`/`columns`, those axes count the entries read, not the file's.
 fn stored_shape(decl: &WeightDecl) -> Vec<usize> {
     let mut shape = decl.shape.clone();
     if decl.transposed && shape.len() >= 2 {
@@ -164,42 +233,97 @@ fn stored_shape(decl: &WeightDecl) -> Vec<usize> {
     shape
 }
 
-/// Reads a checked tensor: slices out the expert, widens, picks the columns and transposes,
-/// decoding each value once straight into its place.
+/// The file's shape without leading axes of size 1 beyond the rank the decl reads (its
+/// shape, and the expert axis of a stacked tensor).
+fn file_shape<'r>(decl: &WeightDecl, mut shape: &'r [usize]) -> &'r [usize] {
+    let rank = decl.shape.len() + usize::from(decl.expert_slice.is_some());
+    while shape.len() > rank && shape.first() == Some(&1) {
+        shape = &shape[1..];
+    }
+    shape
+}
+
+/// For a stacked decl whose file has no expert axis but a first axis that holds whole experts
+/// (DBRX's `w1` `[E·F, D]`): the binding that reads one expert's rows of it.
+fn flat_experts(decl: &WeightDecl, file: &[usize], stored: &[usize]) -> Option<String> {
+    let e = decl.expert_slice?;
+    let (&n, rest) = file.split_first()?;
+    let (&per, want) = stored.split_first()?;
+    (decl.rows.is_none() && per > 0 && n % per == 0 && n / per > e && rest == want).then(|| {
+        format!(
+            "the file holds {} experts one after another along the first axis, without an axis of their own: bind each expert's rows, keying the binding `{}` and writing `rows(e * {per}, 1)` after the tensor name{}",
+            n / per,
+            decl.pattern,
+            if decl.transposed { " and `transposed`" } else { "" },
+        )
+    })
+}
+
+/// Whether the file's shape (one expert's part) holds the decl's `stored` shape: equal, but
+/// on a sliced axis at least the entries read.
+fn fits(decl: &WeightDecl, file: &[usize], stored: &[usize]) -> bool {
+    if file.len() != stored.len() {
+        return false;
+    }
+    let rank = file.len();
+    let holds = |axis: usize, slice: Option<AxisSlice>| match slice {
+        None => file[axis] == stored[axis],
+        Some(s) => stored[axis] == 0 || s.at(stored[axis] - 1) < file[axis],
+    };
+    match rank {
+        0 => true,
+        1 => holds(0, decl.columns),
+        _ => {
+            file[..rank - 2] == stored[..rank - 2]
+                && holds(rank - 2, decl.rows)
+                && holds(rank - 1, decl.columns)
+        }
+    }
+}
+
+/// Reads a checked tensor: slices out the expert, widens, picks the rows and columns and
+/// transposes, decoding each value once straight into its place.
 fn read(decl: &WeightDecl, raw: &RawTensor<'_>, dtype: FloatDType) -> Tensor {
+    let mut file = file_shape(decl, raw.shape);
     let bytes = match decl.expert_slice {
         Some(e) => {
-            let per_expert = raw.bytes.len() / raw.shape[0];
+            let per_expert = raw.bytes.len() / file[0];
+            file = &file[1..];
             &raw.bytes[e * per_expert..(e + 1) * per_expert]
         }
         None => raw.bytes,
     };
-    if !decl.transposed && decl.columns.is_none() {
+    if !decl.transposed && decl.rows.is_none() && decl.columns.is_none() {
         return Tensor::f32(decl.shape.clone(), dtype.widen(bytes));
     }
-    let file_cols = *raw.shape.last().expect("a sliced tensor has an axis");
-    let columns = decl.columns.unwrap_or(ColumnSlice { start: 0, step: 1 });
+    let all = AxisSlice { start: 0, step: 1 };
     let shape = &decl.shape;
     let rank = shape.len();
-    // The graph's matrices `[rows, cols]` (a vector is one row); the file's rows have
-    // `file_cols` entries.
-    let (rows, cols) = match rank {
-        0 => (1, 1),
-        1 => (1, shape[0]),
-        _ => (shape[rank - 2], shape[rank - 1]),
+    // The graph's matrices `[rows, cols]` (a vector is one row); the file's matrices are
+    // `[file_rows, file_cols]`.
+    let (rows, cols, file_rows, file_cols) = match rank {
+        0 => (1, 1, 1, 1),
+        1 => (1, shape[0], 1, file[0]),
+        _ => (
+            shape[rank - 2],
+            shape[rank - 1],
+            file[rank - 2],
+            file[rank - 1],
+        ),
     };
     let transposed = decl.transposed && rank >= 2;
-    let file_rows = if transposed { cols } else { rows };
+    let (row_slice, col_slice) = (decl.rows.unwrap_or(all), decl.columns.unwrap_or(all));
     let matrices = shape.iter().product::<usize>() / (rows * cols).max(1);
     let mut out = Vec::with_capacity(matrices * rows * cols);
     for m in 0..matrices {
         let base = m * file_rows * file_cols;
         for r in 0..rows {
             for c in 0..cols {
-                // The graph's (r, c) is the file's (c, r) when transposed; the file's column
-                // index goes through the slice.
+                // The graph's (r, c) is the file's (c, r) when transposed; the file's indices
+                // go through the slices.
                 let (fr, fc) = if transposed { (c, r) } else { (r, c) };
-                out.push(dtype.value(bytes, base + fr * file_cols + columns.at(fc)));
+                let at = base + row_slice.at(fr) * file_cols + col_slice.at(fc);
+                out.push(dtype.value(bytes, at));
             }
         }
     }

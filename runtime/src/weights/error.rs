@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use moec_compiler::ir::weight::{ColumnSlice, StorageDType};
+use moec_compiler::ir::weight::{AxisSlice, StorageDType};
 use moec_compiler::tensor::ShapeDisplay;
 
 use crate::file::OpenError;
@@ -38,7 +38,8 @@ pub enum WeightErrorKind {
     },
     /// The file's shape is not the one the decl implies. `expected` is in file layout
     /// (transposed back if the decl says so); for `expert: Some(e)` it is one expert's shape
-    /// and the file should hold `[E, ..expected]` with `E > e`.
+    /// and the file should hold `[E, ..expected]` with `E > e` (`e`: the highest expert of
+    /// the tensor that mismatched). `key` is how the decl is named (see `bind::described`).
     Shape {
         tensor: String,
         key: String,
@@ -46,8 +47,12 @@ pub enum WeightErrorKind {
         expected: Vec<usize>,
         expert: Option<usize>,
         transposed: bool,
+        /// The decl reads these entries of the second-to-last axis (`expected` counts them).
+        rows: Option<AxisSlice>,
         /// The decl reads these entries of the last axis (`expected` counts them).
-        columns: Option<ColumnSlice>,
+        columns: Option<AxisSlice>,
+        /// The binding that would read the file's layout, when it is a known one.
+        hint: Option<String>,
     },
     /// The spec requires a storage dtype (`as bf16`) and the file stores another.
     DType {
@@ -55,6 +60,13 @@ pub enum WeightErrorKind {
         key: String,
         found: String,
         expected: StorageDType,
+    },
+    /// The checkpoint holds `bias` beside the read weight `tensor`, and no decl reads it: the
+    /// spec's linear has no bias where the model has one.
+    UnreadBias {
+        bias: String,
+        tensor: String,
+        key: String,
     },
     /// A dtype weights cannot have (only F32, F16 and BF16 are read).
     UnsupportedDType {
@@ -120,7 +132,9 @@ impl fmt::Display for WeightError {
                 expected,
                 expert,
                 transposed,
+                rows,
                 columns,
+                hint,
             } => {
                 write!(
                     f,
@@ -128,23 +142,35 @@ impl fmt::Display for WeightError {
                     ShapeDisplay(found)
                 )?;
                 let mut dims: Vec<String> = expected.iter().map(usize::to_string).collect();
-                if let (Some(c), Some(n)) = (columns, expected.last()) {
-                    // The last axis needs room for every entry read.
-                    let last = dims.len() - 1;
-                    dims[last] = format!("≥{}", if *n == 0 { 0 } else { c.at(n - 1) + 1 });
-                }
+                // A sliced axis needs room for every entry read.
+                let room = |dims: &mut Vec<String>, axis: Option<usize>, s: &Option<AxisSlice>| {
+                    if let (Some(s), Some(axis)) = (s, axis) {
+                        let n = expected[axis];
+                        dims[axis] = format!("≥{}", if n == 0 { 0 } else { s.at(n - 1) + 1 });
+                    }
+                };
+                let rank = expected.len();
+                room(&mut dims, rank.checked_sub(2), rows);
+                room(&mut dims, rank.checked_sub(1), columns);
                 match expert {
                     Some(e) => write!(f, "[E, {}] with E > {e}", dims.join(", "))?,
                     None => write!(f, "[{}]", dims.join(", "))?,
                 }
                 write!(f, " ({key}")?;
+                if let Some(r) = rows {
+                    write!(f, ", rows {}::{}", r.start, r.step)?;
+                }
                 if let Some(c) = columns {
                     write!(f, ", columns {}::{}", c.start, c.step)?;
                 }
                 if *transposed {
                     f.write_str(", stored transposed")?;
                 }
-                f.write_str(")")
+                f.write_str(")")?;
+                match hint {
+                    Some(hint) => write!(f, "; {hint}"),
+                    None => Ok(()),
+                }
             }
             WeightErrorKind::DType {
                 tensor,
@@ -157,6 +183,10 @@ impl fmt::Display for WeightError {
                     "tensor \"{tensor}\" is stored as {found}, expected {expected:?} ({key})"
                 )
             }
+            WeightErrorKind::UnreadBias { bias, tensor, key } => write!(
+                f,
+                "the checkpoint has a bias \"{bias}\" for \"{tensor}\" ({key}), which the spec reads without one; give its linear `bias = true` (and bind the bias if its name differs)"
+            ),
             WeightErrorKind::UnsupportedDType { tensor, key, found } => write!(
                 f,
                 "tensor \"{tensor}\" has dtype {found}; weights must be F32, F16 or BF16 ({key})"

@@ -60,9 +60,11 @@ pub fn write(path: &Path, tensors: &[Raw]) {
 pub fn decl(key: &str, tensor: &str, shape: &[usize]) -> WeightDecl {
     WeightDecl {
         key: key.into(),
+        pattern: key.into(),
         tensor: tensor.into(),
         expert_slice: None,
         transposed: false,
+        rows: None,
         columns: None,
         shape: shape.to_vec(),
         storage: None,
@@ -85,7 +87,12 @@ pub fn stored_as(mut decl: WeightDecl, dtype: StorageDType) -> WeightDecl {
     decl
 }
 
+pub fn rows(mut decl: WeightDecl, start: usize, step: usize) -> WeightDecl {
+    decl.rows = Some(moec_compiler::ir::weight::AxisSlice { start, step });
+    decl
+}
+
 pub fn columns(mut decl: WeightDecl, start: usize, step: usize) -> WeightDecl {
-    decl.columns = Some(moec_compiler::ir::weight::ColumnSlice { start, step });
+    decl.columns = Some(moec_compiler::ir::weight::AxisSlice { start, step });
     decl
 }

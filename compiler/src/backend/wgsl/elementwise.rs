@@ -129,13 +129,20 @@ pub(super) fn scatter_gates(
     tokens_by_experts: Dim,
     experts: u64,
     k: u64,
+    mask: bool,
 ) -> Result<Module, fmt::Error> {
     let mut m = Module::new("dense gates from selections", false)?;
     m.bind_all(&[read("idx", I32), read("w", F32), write("out", F32)])?;
     m.stride_loop(tokens_by_experts, SIZE)?;
+    // A mask counts each choice as 1 (`w` stays bound: the layout is the op's).
+    let add = if mask {
+        "1.0".to_string()
+    } else {
+        format!("w[t * {k}u + j]")
+    };
     writeln!(
         m,
-        "        let t = i / {experts}u;\n        let e = i32(i % {experts}u);\n        var g = 0.0;\n        for (var j = 0u; j < {k}u; j++) {{\n            if (idx[t * {k}u + j] == e) {{\n                g += w[t * {k}u + j];\n            }}\n        }}\n        out[i] = g;"
+        "        let t = i / {experts}u;\n        let e = i32(i % {experts}u);\n        var g = 0.0;\n        for (var j = 0u; j < {k}u; j++) {{\n            if (idx[t * {k}u + j] == e) {{\n                g += {add};\n            }}\n        }}\n        out[i] = g;"
     )?;
     m.end_loop()?;
     Ok(m)

@@ -78,10 +78,10 @@ impl Builder<'_> {
                 vec![In(0), In(1), Out(0)],
                 stride(total),
             )),
-            Op::Softmax | Op::NormalizeSum | Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
+            Op::Softmax | Op::Normalize(_) | Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
                 let row_op = match &node.op {
                     Op::Softmax => rows::RowOp::Softmax,
-                    Op::NormalizeSum => rows::RowOp::NormalizeSum,
+                    Op::Normalize(n) => rows::RowOp::Normalize(*n),
                     Op::RmsNorm { eps } => rows::RowOp::RmsNorm(eps.get()),
                     Op::LayerNorm { eps } => rows::RowOp::LayerNorm(eps.get()),
                     _ => unreachable!("matched above"),
@@ -120,6 +120,14 @@ impl Builder<'_> {
                     stride(r),
                 ))
             }
+            Op::SparseMixer { k, eps } => {
+                by_tokens(ty(0))?;
+                one(launch(
+                    routing::sparse_mixer(width(ty(0)), *k, eps.get()),
+                    vec![In(0), Out(0), Out(1)],
+                    stride(Dim::TOKENS),
+                ))
+            }
             Op::Gather => one(launch(
                 rows::gather(total, width(ty(0)), width(ty(1))),
                 vec![In(0), In(1), Out(0)],
@@ -144,8 +152,8 @@ impl Builder<'_> {
                 });
                 Ok(vec![l])
             }
-            Op::ScatterGates { experts } => one(launch(
-                elementwise::scatter_gates(total, *experts, width(ty(0))),
+            Op::ScatterGates { experts, mask } => one(launch(
+                elementwise::scatter_gates(total, *experts, width(ty(0)), *mask),
                 vec![In(0), In(1), Out(0)],
                 stride(total),
             )),

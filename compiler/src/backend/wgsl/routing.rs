@@ -5,7 +5,7 @@
 //! in token order, so the result is deterministic), and the two router losses.
 
 use super::plan::Elem::{F32, I32};
-use super::rows::{mask_groups, select_top, selection_helpers};
+use super::rows::{mask_groups, renorm, select_top, selection_helpers};
 use super::writer::{float, read, write, Module};
 use crate::ir::{Dim, DropPolicy, RouterAttrs, Score};
 use std::fmt::{self, Write};
@@ -62,10 +62,11 @@ pub(super) fn router(r: &RouterAttrs, experts: u64) -> Result<Module, fmt::Error
             )?,
         }
     }
-    if r.normalize {
+    if let Some(n) = r.normalize {
+        let (term, denom) = renorm(n, "w[j]", "total");
         writeln!(
             m,
-            "        var total = 0.0;\n        for (var j = 0u; j < {k}u; j++) {{\n            total += w[j];\n        }}\n        for (var j = 0u; j < {k}u; j++) {{\n            w[j] = w[j] / total;\n        }}"
+            "        var total = 0.0;\n        for (var j = 0u; j < {k}u; j++) {{\n            total += {term};\n        }}\n        for (var j = 0u; j < {k}u; j++) {{\n            w[j] = w[j] / {denom};\n        }}"
         )?;
     }
     let scale = if r.scale.get() != 1.0 {
@@ -164,5 +165,26 @@ pub(super) fn z_loss(experts: u64) -> Result<Module, fmt::Error> {
         "    var total = 0.0;\n    for (var t = 0u; t < tokens; t++) {{\n        let base = t * {experts}u;\n        var mx = -3.4028235e38;\n        for (var e = 0u; e < {experts}u; e++) {{\n            mx = max(mx, logits[base + e]);\n        }}\n        var sum = 0.0;\n        for (var e = 0u; e < {experts}u; e++) {{\n            sum += exp(logits[base + e] - mx);\n        }}\n        let lse = mx + log(sum);\n        total += lse * lse;\n    }}\n    out[0] = select(total / f32(tokens), 0.0, tokens == 0u);"
     )?;
     m.end()?;
+    Ok(m)
+}
+
+/// `Op::SparseMixer`, one invocation per token: k rounds over the experts not yet chosen.
+pub(super) fn sparse_mixer(experts: u64, k: u64, eps: f32) -> Result<Module, fmt::Error> {
+    let mut m = Module::new(
+        "PhiMoE's sparsemixer (inference): k masked-softmax rounds",
+        false,
+    )?;
+    m.bind_all(&[
+        read("logits", F32),
+        write("weights", F32),
+        write("indices", I32),
+    ])?;
+    m.stride_loop(Dim::TOKENS, SIZE)?;
+    writeln!(
+        m,
+        "        let base = i * {experts}u;\n        var chosen: array<bool, {experts}>;\n        for (var r = 0u; r < {k}u; r++) {{\n            var best = 0u;\n            var mx = -3.4028235e38;\n            var found = false;\n            for (var e = 0u; e < {experts}u; e++) {{\n                if (!chosen[e] && (!found || logits[base + e] > mx)) {{\n                    best = e;\n                    mx = logits[base + e];\n                    found = true;\n                }}\n            }}\n            var sum = 0.0;\n            for (var e = 0u; e < {experts}u; e++) {{\n                let s = logits[base + e];\n                if (!chosen[e] && !((mx - s) / max(abs(s), mx) > {})) {{\n                    sum += exp(s - mx);\n                }}\n            }}\n            chosen[best] = true;\n            weights[i * {k}u + r] = 1.0 / sum;\n            indices[i * {k}u + r] = i32(best);\n        }}",
+        float(2.0 * eps)
+    )?;
+    m.end_loop()?;
     Ok(m)
 }

@@ -4,7 +4,7 @@
 
 use super::plan::Elem::{F32, I32};
 use super::writer::{read, write, Module};
-use crate::ir::{Dim, GroupScore};
+use crate::ir::{Dim, GroupScore, Renorm};
 use std::fmt::{self, Write};
 
 const SIZE: u32 = 64;
@@ -13,7 +13,7 @@ const SIZE: u32 = 64;
 #[derive(Clone, Copy)]
 pub(super) enum RowOp {
     Softmax,
-    NormalizeSum,
+    Normalize(Renorm),
     RmsNorm(f32),
     LayerNorm(f32),
 }
@@ -21,7 +21,7 @@ pub(super) enum RowOp {
 pub(super) fn row_op(op: RowOp, rows: Dim, d: u64) -> Result<Module, fmt::Error> {
     let (doc, params): (&str, &[&str]) = match op {
         RowOp::Softmax => ("softmax of each row", &[]),
-        RowOp::NormalizeSum => ("each row divided by its sum", &[]),
+        RowOp::Normalize(_) => ("each row divided by its sum or p-norm", &[]),
         RowOp::RmsNorm(_) => ("RMSNorm of each row", &["w"]),
         RowOp::LayerNorm(_) => ("LayerNorm of each row", &["w", "b"]),
     };
@@ -47,10 +47,11 @@ pub(super) fn row_op(op: RowOp, rows: Dim, d: u64) -> Result<Module, fmt::Error>
             each(&mut m, "sum += exp(x[base + c] - mx);")?;
             each(&mut m, "out[base + c] = exp(x[base + c] - mx) / sum;")?;
         }
-        RowOp::NormalizeSum => {
+        RowOp::Normalize(n) => {
+            let (term, denom) = renorm(n, "x[base + c]", "sum");
             m.line("        var sum = 0.0;")?;
-            each(&mut m, "sum += x[base + c];")?;
-            each(&mut m, "out[base + c] = x[base + c] / sum;")?;
+            each(&mut m, &format!("sum += {term};"))?;
+            each(&mut m, &format!("out[base + c] = x[base + c] / {denom};"))?;
         }
         RowOp::RmsNorm(eps) => {
             m.line("        var ss = 0.0;")?;
@@ -239,4 +240,22 @@ pub(super) fn gather(slots: Dim, width: u64, k: u64) -> Result<Module, fmt::Erro
     )?;
     m.end_loop()?;
     Ok(m)
+}
+
+/// `Renorm` in WGSL: the term summed for an entry `v`, and the denominator made from the
+/// variable `sum` holding that sum (the sum itself for p = 1, without a lower bound).
+pub(super) fn renorm(n: Renorm, v: &str, sum: &str) -> (String, String) {
+    let p = n.p.get();
+    let (term, mut denom) = if p == 1.0 {
+        (v.to_string(), sum.to_string())
+    } else {
+        (
+            format!("pow(abs({v}), {})", super::writer::float(p)),
+            format!("pow({sum}, {})", super::writer::float(1.0 / p)),
+        )
+    };
+    if n.min.get() != 0.0 {
+        denom = format!("max({denom}, {})", super::writer::float(n.min.get()));
+    }
+    (term, denom)
 }
