@@ -1,10 +1,12 @@
 //! `moec run SPEC`: binds weights (a file, or `--random-weights SEED`), reads the
 //! inputs (a file, or `--tokens N` random ones), runs the pass pipeline (`--passes
-//! none` skips it), runs it on the interpreter, the CPU or the GPU backend (`--backend`),
+//! none` skips it), checks that weights and activations fit in memory (`--max-memory`),
+//! runs it on the interpreter, the CPU or the GPU backend (`--backend`),
 //! and writes the outputs.
 
 use super::{Backend, PassArgs, SpecArgs};
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
+use moec_runtime::budget::MemoryNeeds;
 use moec_runtime::cpu::CpuModel;
 use moec_runtime::gpu::GpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
@@ -42,12 +44,27 @@ pub struct Args {
     /// gpu backend: store matmul weights as f16 (rounded; needs the adapter's `shader-f16`).
     #[arg(long)]
     f16_weights: bool,
+    #[command(flatten)]
+    memory: super::MemoryArgs,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
     let gpu_options = super::gpu_options(args.backend, args.f16_weights)?;
     let upto = super::upto(args.passes.passes, None)?;
     let g = super::compile(&args.spec, args.weights.as_deref(), upto)?.graph;
+    let inputs = match &args.input {
+        Some(path) => Some(read_tensors(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let tokens = match (&inputs, args.tokens) {
+        (Some(inputs), _) => moec_compiler::interp::token_count(&g, inputs)
+            .map_err(|e| format!("{}: {e}", args.input.as_ref().unwrap().display()))?,
+        (None, Some(tokens)) => tokens,
+        (None, None) => return Err("no inputs: give --input FILE or --tokens N".into()),
+    };
+    // Nothing large is allocated before the plan is known to fit.
+    args.memory
+        .check(&MemoryNeeds::of(&g, args.backend.engine(), tokens, 0))?;
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => {
             let source = WeightSource::open(path).map_err(|e| e.to_string())?;
@@ -58,10 +75,9 @@ pub fn main(args: Args) -> Result<(), String> {
             return Err("no weights: give --weights FILE or --random-weights SEED".into())
         }
     };
-    let inputs = match (&args.input, args.tokens) {
-        (Some(path), _) => read_tensors(path).map_err(|e| e.to_string())?,
-        (None, Some(tokens)) => random_inputs(&g, tokens, args.random_weights.unwrap_or(0)),
-        (None, None) => return Err("no inputs: give --input FILE or --tokens N".into()),
+    let inputs = match inputs {
+        Some(inputs) => inputs,
+        None => random_inputs(&g, tokens, args.random_weights.unwrap_or(0)),
     };
     let outputs = match args.backend {
         Backend::Interp => moec_compiler::interp::run(&g, &weights, &inputs),

@@ -122,7 +122,27 @@ pub struct TensorType {
     pub shape: Vec<Dim>,
 }
 
+/// The most bytes one tensor may take at one token and one past position (1 TiB;
+/// the largest tensors of released models are a few GiB). Every tensor of a graph
+/// is under it, so sizes summed over a graph's nodes stay far inside 64 bits.
+pub const MAX_TENSOR_BYTES: u64 = 1 << 40;
+
 impl TensorType {
+    /// An error when the tensor would take more than [`MAX_TENSOR_BYTES`] at one
+    /// token and one past position.
+    pub fn check_size(&self) -> Result<(), String> {
+        let bytes = self.shape.iter().try_fold(4u64, |b, d| {
+            let extent = d.per_token.checked_add(d.per_past)?.checked_add(d.fixed)?;
+            b.checked_mul(extent)
+        });
+        match bytes {
+            Some(b) if b <= MAX_TENSOR_BYTES => Ok(()),
+            _ => Err(format!(
+                "a tensor of {self} would take more than 1 TiB, the most one tensor may"
+            )),
+        }
+    }
+
     pub fn f32(shape: Vec<Dim>) -> TensorType {
         TensorType {
             dtype: DType::F32,

@@ -5,6 +5,7 @@
 
 use super::bind::{Seg, WeightPath};
 use super::expr::Args;
+use super::limits::Limit;
 use super::router::Selection;
 use super::{Lowerer, Scope, Val};
 use crate::diagnostic::Diagnostic;
@@ -70,8 +71,10 @@ impl<'a> Lowerer<'a> {
                 )
             })
         };
-        let groups = self.expert_set(required("experts")?)?;
-        let total: u64 = groups.iter().map(|g| g.count).sum();
+        let experts = required("experts")?;
+        let groups = self.expert_set(experts)?;
+        let total = groups.iter().fold(0, |t, g| g.count.saturating_add(t));
+        self.limits.check(Limit::Experts, total, experts.span)?;
         let router_expr = required("router")?;
         let router = self.router_spec(router_expr, total)?;
         if let Some(j) = router
