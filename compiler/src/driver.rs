@@ -20,7 +20,7 @@ pub struct Compiled {
     pub graph: Graph,
     /// Every param with its value and where the value came from.
     pub params: Vec<(String, Const, ParamSource)>,
-    /// Notes worth telling the user (not errors), rendered against the spec.
+    /// Warnings and notes (never errors), rendered against the spec.
     pub notes: Vec<String>,
 }
 

@@ -125,7 +125,7 @@ pub fn compile(args: &SpecArgs, weights: Option<&Path>, upto: Upto) -> Result<Co
         .compile_file(&args.spec)
         .map_err(|e| e.to_string())?;
     for note in &compiled.notes {
-        eprintln!("{}", note.replacen("×", "note:", 1).trim_end());
+        eprintln!("{}", note.trim_end());
     }
     Ok(compiled)
 }

@@ -5,6 +5,9 @@
 //! and writes the outputs.
 
 use super::{Backend, PassArgs, SpecArgs};
+use moec_compiler::diagnostic::Diagnostic;
+use moec_compiler::interp::token_count;
+use moec_compiler::ir::{Graph, Op};
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
 use moec_runtime::budget::MemoryNeeds;
 use moec_runtime::cpu::CpuModel;
@@ -12,6 +15,7 @@ use moec_runtime::gpu::GpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -52,15 +56,23 @@ pub fn main(args: Args) -> Result<(), String> {
     let gpu_options = super::gpu_options(args.backend, args.f16_weights)?;
     let upto = super::upto(args.passes.passes, None)?;
     let g = super::compile(&args.spec, args.weights.as_deref(), upto)?.graph;
+    let spec_file = args.spec.spec.display().to_string();
     let inputs = match &args.input {
         Some(path) => Some(read_tensors(path).map_err(|e| e.to_string())?),
         None => None,
     };
-    let tokens = match (&inputs, args.tokens) {
-        (Some(inputs), _) => moec_compiler::interp::token_count(&g, inputs)
-            .map_err(|e| format!("{}: {e}", args.input.as_ref().unwrap().display()))?,
-        (None, Some(tokens)) => tokens,
-        (None, None) => return Err("no inputs: give --input FILE or --tokens N".into()),
+    let tokens = match (&inputs, &args.input) {
+        (Some(inputs), Some(path)) => {
+            let file = path.display().to_string();
+            let count = token_count(&g, inputs).map_err(|e| format!("{file}: {e}"))?;
+            if let Some(w) = extra_tensors(&g, inputs) {
+                eprintln!("{}", w.render(&file, "").trim_end());
+            }
+            count
+        }
+        _ => args
+            .tokens
+            .ok_or("no inputs: give --input FILE or --tokens N")?,
     };
     // Nothing large is allocated before the plan is known to fit.
     args.memory
@@ -84,6 +96,9 @@ pub fn main(args: Args) -> Result<(), String> {
         Backend::Cpu => CpuModel::new(&g, &weights).and_then(|m| m.run(&inputs)),
         Backend::Gpu => GpuModel::new(&g, &weights, gpu_options).and_then(|m| {
             eprintln!("gpu: {}", m.adapter());
+            for w in m.warnings() {
+                eprintln!("{}", w.render(&spec_file, "").trim_end());
+            }
             m.run(&inputs)
         }),
     }
@@ -104,6 +119,30 @@ pub fn main(args: Args) -> Result<(), String> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// A warning naming the tensors of an input file that are no input of `g`.
+fn extra_tensors(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Option<Diagnostic> {
+    let names: Vec<&str> = g
+        .inputs
+        .iter()
+        .filter_map(|&n| match &g.node(n).op {
+            Op::Input { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let extra: Vec<String> = inputs
+        .keys()
+        .filter(|name| !names.contains(&name.as_str()))
+        .map(|name| format!("`{name}`"))
+        .collect();
+    (!extra.is_empty()).then(|| {
+        Diagnostic::warning(format!(
+            "{} tensor(s) in the file are no input of the spec and are ignored: {}",
+            extra.len(),
+            extra.join(", ")
+        ))
+    })
 }
 
 fn summary(t: &Tensor) -> String {

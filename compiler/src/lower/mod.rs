@@ -28,7 +28,7 @@ use moec_grammar::Span;
 pub use params::{ParamInputs, ParamSource};
 use std::collections::HashMap;
 
-/// A lowered spec: the graph, and notes worth telling the user (not errors).
+/// A lowered spec: the graph, and warnings and notes worth telling the user.
 #[derive(Debug)]
 pub struct Lowered {
     pub graph: Graph,

@@ -8,7 +8,7 @@ use super::expr::Args;
 use super::limits::Limit;
 use super::router::Selection;
 use super::{Lowerer, Scope, Val};
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{Diagnostic, Severity};
 use crate::ir::{BinaryOp, Dim, F32Bits, Op, UnaryOp, Value};
 use moec_grammar::ast::{self, Arg, Expr, ExprKind, Ident};
 use moec_grammar::Span;
@@ -91,7 +91,8 @@ impl<'a> Lowerer<'a> {
                 ),
                 "ignored at inference",
             )
-            .with_help("moec compiles inference graphs; the router runs without noise");
+            .with_help("moec compiles inference graphs; the router runs without noise")
+            .with_severity(Severity::Note);
             if !self.notes.contains(&note) {
                 self.notes.push(note);
             }
