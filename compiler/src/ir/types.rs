@@ -82,11 +82,13 @@ impl Dim {
         self.per_past != 0
     }
     /// `self · c`.
+    /// `c` times this dim; saturating, so an absurd size stays absurd (and is
+    /// refused by `TensorType::check_size`) instead of wrapping to a small one.
     pub fn scale(self, c: u64) -> Dim {
         Dim {
-            per_token: self.per_token * c,
-            per_past: self.per_past * c,
-            fixed: self.fixed * c,
+            per_token: self.per_token.saturating_mul(c),
+            per_past: self.per_past.saturating_mul(c),
+            fixed: self.fixed.saturating_mul(c),
         }
     }
     /// The concrete size for a run with these symbols (a plain token count means nothing cached).

@@ -280,6 +280,7 @@ impl CpuModel {
                                 .ok_or_else(|| {
                                     format!("internal error: {} operand missing", op.name())
                                 })?;
+                        interp::check_operands(op, &args)?;
                         interp::eval_op(op, &args)
                     }
                 }
