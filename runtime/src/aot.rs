@@ -69,7 +69,10 @@ impl Artifact {
 
     /// Reads an artifact and checks it against the linked functions' `names` (one
     /// per table entry, in order); returns the graph and each matmul node's kernel.
-    fn load(bytes: &[u8], names: &[&str]) -> Result<(Graph, HashMap<NodeIndex, usize>), String> {
+    pub fn load(
+        bytes: &[u8],
+        names: &[&str],
+    ) -> Result<(Graph, HashMap<NodeIndex, usize>), String> {
         let mismatch = |what: String| {
             format!("this executable is inconsistent ({what}); rebuild it with `moec build`")
         };
