@@ -197,6 +197,24 @@ fn build_without_the_runtime_library_is_a_clear_error() {
     assert!(!exe.exists());
 }
 
+#[test]
+fn build_refuses_a_runtime_library_of_another_build() {
+    let dir = scratch("other_lib");
+    let exe = dir.join("mixtral");
+    // An archive without this build's artifact format (as one of an older moec would be).
+    let other = dir.join("libmoec_runtime.a");
+    std::fs::write(&other, b"!<arch>\nmoec-aot 0.0.1 abi 0000000000000000\n").unwrap();
+    let mut args = build_args(&exe);
+    args.extend(["--runtime-lib".into(), other.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = assert_user_error(&moec(&args, &[]));
+    assert!(
+        err.contains("from another moec build") && err.contains(moec_runtime::aot::FORMAT),
+        "{err}"
+    );
+    assert!(!exe.exists());
+}
+
 /// A whole model built into an executable generates transformers' greedy ids and
 /// writes the logits `moec run --backend cpu` writes, with no spec and no moec.
 #[test]

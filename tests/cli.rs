@@ -571,3 +571,33 @@ fn generate_names_a_malformed_generation_config() {
         "{err}"
     );
 }
+
+#[test]
+fn extra_input_tensors_are_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(root().join("tests/fixtures/mixtral/input.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let x = file.tensor("x").unwrap();
+    let stray = [0u8; 4];
+    let stray =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &stray).unwrap();
+    let input = tmp.path().join("input.safetensors");
+    safetensors::serialize_to_file([("x", x), ("stray", stray)], None, &input).unwrap();
+    let mut args = vec![
+        "run",
+        "examples/mixtral.moe",
+        "--random-weights",
+        "1",
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    args.extend(MIXTRAL_FIXTURE_DIMS);
+    let o = moec(&args);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("input.safetensors: warning: 1 tensor(s) in the file are no input")
+            && err.contains("`stray`"),
+        "{err}"
+    );
+}

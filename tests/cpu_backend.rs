@@ -9,7 +9,8 @@ mod backends;
 mod common;
 
 use backends::{
-    clamped_glu_cases, example, example_cases, graph, random_layer, routing_cases, REL,
+    assert_scheduled, clamped_glu_cases, example, example_cases, graph, random_layer,
+    routing_cases, REL,
 };
 use common::{assert_outputs_close, inputs, small_dims, weights};
 use moec_compiler::interp;
@@ -85,6 +86,8 @@ proptest! {
     #[test]
     fn random_specs_match_the_interpreter((source, seed, tokens) in random_layer()) {
         let g = graph(&source, &[], Upto::All);
-        check(&g, &weights(&g, seed), &[tokens], &format!("seed {seed}:\n{source}"));
+        let what = format!("seed {seed}:\n{source}");
+        assert_scheduled(&g, &what);
+        check(&g, &weights(&g, seed), &[tokens], &what);
     }
 }

@@ -110,6 +110,14 @@ fn check_case(dir: &Path, run: &Run) -> Outcome {
             dir.display()
         );
     }
+    // Router losses, where the fixture has them (switch: make_op_fixtures.py, transformers' own
+    // load_balancing_loss_func and router_z_loss_func).
+    if let Ok(losses) = read_tensors(&dir.join("losses.safetensors")) {
+        for (name, want) in &losses {
+            let err = rel_error(&out[name], want);
+            assert!(err < 1e-5, "{}: {name} is off by {err:.1e}", dir.display());
+        }
+    }
     Outcome {
         y_error: rel_error(&out["y"], &expected["y"]),
         logits_error: rel_error(&out["router_logits"], &expected["router_logits"]),

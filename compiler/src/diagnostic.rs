@@ -2,15 +2,30 @@
 //!
 //! Everything that can go wrong with a spec becomes a [`Diagnostic`]; it is
 //! rendered (by miette, without colour, so tests can compare the text) only at
-//! the API boundary.
+//! the API boundary. A diagnostic has a [`Severity`]: errors stop the command,
+//! warnings and notes are told and the command goes on; the rendering opens with
+//! `×` for an error, `warning:` or `note:` otherwise.
 
 use miette::{
     GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource, Report,
 };
 use moec_grammar::{ParseError, Span};
 
+/// How much a diagnostic matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The input is wrong; nothing is produced.
+    Error,
+    /// The input is accepted but probably not what was meant (extra tensors in a
+    /// file, weights that overflow f16).
+    Warning,
+    /// Worth knowing; nothing is wrong (a training-only field ignored).
+    Note,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
+    pub severity: Severity,
     pub message: String,
     /// The primary location and what to say there.
     pub span: Option<(Span, String)>,
@@ -22,6 +37,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     pub fn error(message: impl Into<String>) -> Diagnostic {
         Diagnostic {
+            severity: Severity::Error,
             message: message.into(),
             span: None,
             related: Vec::new(),
@@ -34,6 +50,14 @@ impl Diagnostic {
             ..Diagnostic::error(message)
         }
     }
+    /// A warning with no location (a runtime input, not the spec).
+    pub fn warning(message: impl Into<String>) -> Diagnostic {
+        Diagnostic::error(message).with_severity(Severity::Warning)
+    }
+    pub fn with_severity(mut self, severity: Severity) -> Diagnostic {
+        self.severity = severity;
+        self
+    }
     pub fn with_related(mut self, span: Span, label: impl Into<String>) -> Diagnostic {
         self.related.push((span, label.into()));
         self
@@ -45,7 +69,12 @@ impl Diagnostic {
 
     /// Renders with the file name, `line:col` and a snippet of `source`.
     pub fn render(&self, file: &str, source: &str) -> String {
-        let mut diag = MietteDiagnostic::new(self.message.clone());
+        let mut diag =
+            MietteDiagnostic::new(self.message.clone()).with_severity(match self.severity {
+                Severity::Error => miette::Severity::Error,
+                Severity::Warning => miette::Severity::Warning,
+                Severity::Note => miette::Severity::Advice,
+            });
         let mut labels = Vec::new();
         if let Some((span, label)) = &self.span {
             labels.push(LabeledSpan::new_primary_with_span(
@@ -65,16 +94,28 @@ impl Diagnostic {
         }
         let report = Report::new(diag).with_source_code(NamedSource::new(file, source.to_string()));
         let mut out = String::new();
-        let handler =
-            GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
+        let mut theme = GraphicalTheme::unicode_nocolor();
+        theme.characters.warning = "warning:".into();
+        theme.characters.advice = "note:".into();
+        let handler = GraphicalReportHandler::new_themed(theme).with_width(100);
         if handler.render_report(&mut out, report.as_ref()).is_err() {
-            out = format!("error: {}", self.message);
+            out = format!("{}: {}", self.severity, self.message);
         }
         // When there is no span, still say which file the error is about.
         if self.span.is_none() {
-            out = format!("{file}: {out}");
+            out = format!("{file}: {}", out.trim_start());
         }
         out
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Note => "note",
+        })
     }
 }
 

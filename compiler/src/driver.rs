@@ -9,7 +9,7 @@
 use crate::config::{ConfigError, HfConfig};
 use crate::diagnostic::Diagnostic;
 use crate::ir::Graph;
-use crate::lower::{lower, Const, ParamInputs, ParamSource};
+use crate::lower::{lower, Const, Limits, ParamInputs, ParamSource};
 use crate::passes::{run_pipeline, Upto};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ pub struct Compiled {
     pub graph: Graph,
     /// Every param with its value and where the value came from.
     pub params: Vec<(String, Const, ParamSource)>,
-    /// Notes worth telling the user (not errors), rendered against the spec.
+    /// Warnings and notes (never errors), rendered against the spec.
     pub notes: Vec<String>,
 }
 
@@ -60,6 +60,7 @@ impl std::error::Error for CompileError {}
 pub struct Compiler<'a> {
     sets: Vec<(String, String)>,
     checkpoint: Option<PathBuf>,
+    limits: Limits,
     upto: Upto<'a>,
     verify: bool,
 }
@@ -69,6 +70,7 @@ impl Default for Compiler<'_> {
         Compiler {
             sets: Vec::new(),
             checkpoint: None,
+            limits: Limits::default(),
             upto: Upto::All,
             verify: true,
         }
@@ -90,6 +92,12 @@ impl<'a> Compiler<'a> {
     /// `--set name=value` overrides, applied after config.json.
     pub fn sets(mut self, sets: impl IntoIterator<Item = (String, String)>) -> Self {
         self.sets.extend(sets);
+        self
+    }
+
+    /// How much lowering may unroll (`--limit`).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -117,6 +125,7 @@ impl<'a> Compiler<'a> {
         let inputs = ParamInputs {
             sets: self.sets.clone(),
             config,
+            limits: self.limits,
         };
         let lowered = moec_grammar::parse(source)
             .map_err(Diagnostic::from)

@@ -2,7 +2,7 @@
 //!
 //! Checks: operands numbered 0..n with no gaps, each edge's port exists on its
 //! source, each node's stored output types equal its op's typing rule applied to
-//! its operands, weight ids in range with matching shapes, state ids in range
+//! its operands, every tensor under `MAX_TENSOR_BYTES`, weight ids in range with matching shapes, state ids in range
 //! (each state appended to by one op, as wide as its rows), outputs that exist,
 //! and no cycles. It reports the first violation, naming the node.
 
@@ -38,17 +38,23 @@ pub fn verify(g: &Graph) -> Result<(), String> {
                 ));
             }
         }
+        for t in &node.outputs {
+            t.check_size().map_err(|m| format!("{}: {m}", at()))?;
+        }
         match &node.op {
             Op::Weight { id, .. } => {
                 let decl = g
                     .weights
                     .get(*id)
                     .ok_or_else(|| format!("{}: weight id {id} out of range", at()))?;
-                let shape: Vec<u64> = node.outputs[0]
-                    .shape
-                    .iter()
-                    .map(|d| d.as_fixed().unwrap_or(u64::MAX))
-                    .collect();
+                let shape: Vec<u64> = match node.outputs.as_slice() {
+                    [t] => t
+                        .shape
+                        .iter()
+                        .map(|d| d.as_fixed().unwrap_or(u64::MAX))
+                        .collect(),
+                    _ => return Err(format!("{}: a weight has one output", at())),
+                };
                 let want: Vec<u64> = decl.shape.iter().map(|d| *d as u64).collect();
                 if shape != want {
                     return Err(format!(

@@ -27,6 +27,7 @@ fn inputs(config: &str, sets: &[(&str, &str)]) -> ParamInputs {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         config: Some(HfConfig::parse("ckpt/config.json", config).unwrap()),
+        ..ParamInputs::default()
     }
 }
 

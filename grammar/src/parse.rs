@@ -508,14 +508,23 @@ fn parse_number(text: &str, span: Span) -> Result<ExprKind, ParseError> {
     let clean: String = text.chars().filter(|c| *c != '_').collect();
     let is_float = clean.contains(['.', 'e', 'E']);
     if is_float {
-        clean
-            .parse::<f64>()
-            .map(ExprKind::Float)
-            .map_err(|_| ParseError {
+        let v = clean.parse::<f64>().map_err(|_| ParseError {
+            span,
+            message: format!("`{text}` is not a valid number"),
+            label: "not a number".into(),
+        })?;
+        // A literal is never silently infinite, nor 0 when its digits are not.
+        let mantissa = clean.split(['e', 'E']).next().unwrap_or("");
+        let nonzero = mantissa.chars().any(|c| matches!(c, '1'..='9'));
+        if v.is_infinite() || (v == 0.0 && nonzero) {
+            let to = if v == 0.0 { "0" } else { "infinity" };
+            return Err(ParseError {
                 span,
-                message: format!("`{text}` is not a valid number"),
-                label: "not a number".into(),
-            })
+                message: format!("the number `{text}` rounds to {to} as a 64-bit float"),
+                label: "out of range".into(),
+            });
+        }
+        Ok(ExprKind::Float(v))
     } else {
         clean
             .parse::<i64>()

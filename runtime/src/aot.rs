@@ -13,7 +13,9 @@
 //! `moec run --backend cpu`.
 //!
 //! The agreement check, before any kernel runs: the artifact was written by this
-//! version of moec, every matmul node of the graph maps to a linked kernel, and
+//! version of moec with the same kernel ABI and weight packing ([`FORMAT`]), its
+//! graph passes the verifier (so the interpreter semantics the CPU model falls
+//! back on cannot index out of bounds), every matmul node of the graph maps to a linked kernel, and
 //! that kernel's name (which spells out its whole `MatmulShape`) is the name of
 //! the node's shape. Every failure is a message on stderr and exit status 1.
 
@@ -24,13 +26,21 @@ use crate::session::{load_weights, Engine, Model};
 use moec_compiler::backend::clif::{self, Program};
 use moec_compiler::ir::{Graph, NodeIndex};
 use moec_compiler::passes;
+use moec_compiler::verify::verify;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-/// What an artifact's `format` must be for this runtime to read it.
-const FORMAT: &str = concat!("moec-aot ", env!("CARGO_PKG_VERSION"));
+/// What an artifact's `format` must be for this runtime to read it: the version,
+/// and the hash of the kernel ABI and weight packing sources (`build.rs`). `moec
+/// build` also looks for it in a runtime library before linking that library.
+pub const FORMAT: &str = concat!(
+    "moec-aot ",
+    env!("CARGO_PKG_VERSION"),
+    " abi ",
+    env!("MOEC_ABI_HASH")
+);
 
 /// The scheduled graph an executable runs, and which linked kernel each matmul calls.
 #[derive(Serialize, Deserialize)]
@@ -60,7 +70,10 @@ impl Artifact {
 
     /// Reads an artifact and checks it against the linked functions' `names` (one
     /// per table entry, in order); returns the graph and each matmul node's kernel.
-    fn load(bytes: &[u8], names: &[&str]) -> Result<(Graph, HashMap<NodeIndex, usize>), String> {
+    pub fn load(
+        bytes: &[u8],
+        names: &[&str],
+    ) -> Result<(Graph, HashMap<NodeIndex, usize>), String> {
         let mismatch = |what: String| {
             format!("this executable is inconsistent ({what}); rebuild it with `moec build`")
         };
@@ -73,6 +86,7 @@ impl Artifact {
             )));
         }
         let g = a.graph;
+        verify(&g).map_err(|e| mismatch(format!("its graph does not verify: {e}")))?;
         let kernel_of: HashMap<NodeIndex, usize> = a.kernel_of.into_iter().collect();
         for n in g.g.node_indices() {
             let want = clif::matmul_shape(&g, n).map(|s| s.function_names());
@@ -342,11 +356,16 @@ mod tests {
         let stale = String::from_utf8(bytes.clone())
             .unwrap()
             .replace(FORMAT, "moec-aot 0.0.0");
+        // A damaged graph: the first output reads a port its node does not have.
+        let mut damaged = Artifact::new(&g, &program);
+        damaged.graph.outputs[0].1.port = 9;
+        let unverified = String::from_utf8(damaged.to_bytes()).unwrap();
         for (bytes, names, says) in [
             (&bytes[..], &reversed[..], "needs kernel matmul_"),
             (&bytes[..], fewer, "the linked one is missing"),
             (stale.as_bytes(), &names[..], "moec-aot 0.0.0"),
             (b"{", &names[..], "does not read"),
+            (unverified.as_bytes(), &names[..], "does not verify"),
         ] {
             let err = Artifact::load(bytes, names).err().unwrap();
             assert!(err.contains(says) && err.contains("moec build"), "{err}");

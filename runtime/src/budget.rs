@@ -21,13 +21,18 @@ impl MemoryNeeds {
     /// What `g` needs on `engine` for calls of at most `tokens` tokens and caches of
     /// `positions` positions. Weights are held as f32 (widened from f16/bf16); the
     /// CPU engine also packs each matmul's weights into its kernel's panels, which
-    /// is counted as a second copy.
+    /// is counted as a second copy. Sizes that overflow 64 bits saturate, so a
+    /// hostile size is refused like any other that does not fit.
     pub fn of(g: &Graph, engine: Engine, tokens: usize, positions: usize) -> MemoryNeeds {
-        let f32_bytes: u64 = g
+        let f32_bytes = g
             .weights
             .iter()
-            .map(|w| w.shape.iter().product::<usize>() as u64 * 4)
-            .sum();
+            .map(|w| {
+                w.shape
+                    .iter()
+                    .fold(4u64, |b, &d| b.saturating_mul(d as u64))
+            })
+            .fold(0u64, u64::saturating_add);
         let copies = match engine {
             Engine::Interp => 1,
             Engine::Cpu { .. } => 2,
@@ -35,32 +40,115 @@ impl MemoryNeeds {
         let caches = g
             .states
             .iter()
-            .map(|s| s.width * positions as u64 * 4)
-            .sum();
+            .map(|s| s.width.saturating_mul(positions as u64).saturating_mul(4))
+            .fold(0u64, u64::saturating_add);
         let plan = memory::plan(g);
         let activations = plan.peak_bytes(tokens);
         MemoryNeeds {
-            weights: f32_bytes * copies,
+            weights: f32_bytes.saturating_mul(copies),
             caches,
             activations,
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.weights + self.caches + self.activations
+        self.weights
+            .saturating_add(self.caches)
+            .saturating_add(self.activations)
     }
 
     /// An error when the total exceeds `available` bytes.
     pub fn check(&self, available: u64) -> Result<(), String> {
-        if self.total() <= available {
+        self.check_within(MemoryLimit {
+            bytes: available,
+            source: LimitSource::Available,
+        })
+    }
+
+    /// An error with both numbers when the total exceeds `limit`.
+    pub fn check_within(&self, limit: MemoryLimit) -> Result<(), String> {
+        if self.total() <= limit.bytes {
             return Ok(());
         }
+        let allowed = match limit.source {
+            LimitSource::Available => format!("only {} of memory is available", Bytes(limit.bytes)),
+            LimitSource::MaxMemory => format!("--max-memory allows {}", Bytes(limit.bytes)),
+        };
         Err(format!(
-            "the model needs {} ({self}), but only {} of memory is available",
+            "the model needs {} ({self}), but {allowed}",
             Bytes(self.total()),
-            Bytes(available)
         ))
     }
+}
+
+/// The most memory a run may take, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    pub source: LimitSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitSource {
+    /// What the system has available now.
+    Available,
+    /// The user's `--max-memory`.
+    MaxMemory,
+}
+
+impl MemoryLimit {
+    /// The smaller of the memory available and `max` (`--max-memory`); None when
+    /// neither is known.
+    pub fn new(max: Option<u64>) -> Option<MemoryLimit> {
+        let available = available_memory().map(|bytes| MemoryLimit {
+            bytes,
+            source: LimitSource::Available,
+        });
+        let max = max.map(|bytes| MemoryLimit {
+            bytes,
+            source: LimitSource::MaxMemory,
+        });
+        [available, max]
+            .into_iter()
+            .flatten()
+            .min_by_key(|l| l.bytes)
+    }
+}
+
+/// A byte count as `--max-memory` takes it: `123`, `512MiB`, `8GiB`, `8G`, `1.5TB`
+/// (K/M/G/T with or without `i`, `B` optional; all binary units).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let shift = match unit
+        .trim()
+        .trim_end_matches(['B', 'b'])
+        .trim_end_matches('i')
+    {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use B, KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    let v: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a byte count like 8GiB"))?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!(
+            "`{text}` is not a byte count between 1 B and 16 EiB"
+        ));
+    }
+    Ok(bytes as u64)
 }
 
 impl fmt::Display for MemoryNeeds {
@@ -89,7 +177,10 @@ pub struct Bytes(pub u64);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+        if self.0 == u64::MAX {
+            return f.write_str("more than 16 EiB");
+        }
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
         let mut v = self.0 as f64;
         let mut u = 0;
         while v >= 1024.0 && u + 1 < units.len() {
@@ -119,5 +210,28 @@ mod tests {
         assert!(err.contains("3.00 GiB"), "{err}");
         assert!(err.contains("only 2.00 GiB"), "{err}");
         assert!(needs.check(4 << 30).is_ok());
+        let limit = MemoryLimit {
+            bytes: 1 << 30,
+            source: LimitSource::MaxMemory,
+        };
+        let err = needs.check_within(limit).unwrap_err();
+        assert!(err.contains("--max-memory allows 1.00 GiB"), "{err}");
+    }
+
+    #[test]
+    fn byte_counts_parse_with_binary_units() {
+        assert_eq!(parse_bytes("123"), Ok(123));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("8G"), Ok(8 << 30));
+        assert_eq!(parse_bytes("1.5 TB"), Ok(3 << 39));
+        for bad in ["", "0", "-1G", "8 parsecs", "1e30", "99999999999T"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn saturated_sizes_say_so() {
+        assert_eq!(Bytes(u64::MAX).to_string(), "more than 16 EiB");
+        assert_eq!(Bytes(3 << 50).to_string(), "3.00 PiB");
     }
 }

@@ -13,6 +13,23 @@
 //! - `generate`: text generation around any model with a KV cache (`generate::Decoder`): the
 //!   loop, sampling, end-of-sequence ids, and `tokenizer.json` text in and out.
 //!
+//! Sharing: a `GpuModel` is `Sync` and runs calls through `&self`, so one model serves many
+//! threads (`tests/concurrency.rs`: 8 threads, results equal to serial calls). A `CpuModel`
+//! (it owns its JIT module) and a `Session` (one sequence's KV caches) are not, so sharing one
+//! between threads does not compile:
+//! ```compile_fail
+//! fn sync<T: Sync>(_: &T) {}
+//! fn share(m: &moec_runtime::cpu::CpuModel) {
+//!     sync(m)
+//! }
+//! ```
+//! ```compile_fail
+//! fn send<T: Send>(_: T) {}
+//! fn share(s: moec_runtime::session::Session) {
+//!     send(s)
+//! }
+//! ```
+//!
 //! The runtime depends on the compiler for `Tensor` and `WeightDecl`, never the other way.
 //! Errors are plain data implementing `std::error::Error`; rendering them is the CLI's job.
 

@@ -99,7 +99,15 @@ fn a_missing_tokenizer_names_the_directory() {
 fn a_malformed_tokenizer_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokenizer.json");
-    for text in ["{", r#"{"model": {"type": "NoSuchModel"}}"#] {
+    // The last one (found by fuzz/ `tokenizer`) makes the tokenizers library panic.
+    let bad_decoder = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus/tokenizer/crash-bad-decoder.json");
+    let bad_decoder = std::fs::read(bad_decoder).unwrap();
+    for text in [
+        &b"{"[..],
+        br#"{"model": {"type": "NoSuchModel"}}"#,
+        &bad_decoder,
+    ] {
         std::fs::write(&path, text).unwrap();
         let e = Tokenizer::from_dir(dir.path()).err().unwrap();
         assert!(matches!(e, TokenizerError::Malformed { .. }), "{e}");

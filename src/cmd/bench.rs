@@ -13,6 +13,7 @@ use super::{Backend, Passes, SpecArgs};
 use moec_compiler::ir::Graph;
 use moec_compiler::stats::stats;
 use moec_compiler::tensor::Tensor;
+use moec_runtime::budget::MemoryNeeds;
 use moec_runtime::cpu::CpuModel;
 use moec_runtime::gpu::GpuModel;
 use moec_runtime::random::{random_inputs, random_weights};
@@ -63,6 +64,8 @@ pub struct Args {
     /// gpu backend: store matmul weights as f16 (rounded; needs the adapter's `shader-f16`).
     #[arg(long)]
     f16_weights: bool,
+    #[command(flatten)]
+    memory: super::MemoryArgs,
     /// cpu backend: matmul segments of at least this many rows use the gemm path
     /// (default: the runtime's measured threshold; 0 always, a huge value never).
     #[arg(long)]
@@ -128,6 +131,9 @@ pub fn main(args: Args) -> Result<(), String> {
             super::upto(passes, None)?,
         )?
         .graph;
+        let tokens = args.tokens.iter().copied().max().unwrap_or(0);
+        args.memory
+            .check(&MemoryNeeds::of(&g, args.backend.engine(), tokens, 0))?;
         if label == "traced" {
             g = moec_runtime::trace::probed(&g)?.0;
         }

@@ -8,18 +8,20 @@
 //! `libmoec_runtime.a`. The executable runs `EXE --weights W --input X --output Y`
 //! with the code of `moec run --backend cpu`, without the parser or the passes.
 //!
-//! The library is `--runtime-lib FILE`, else `$MOEC_RUNTIME_LIB`, else the newest
-//! of `libmoec_runtime.a` and `deps/libmoec_runtime-*.a` beside the `moec`
-//! executable (where cargo puts it when it builds moec).
+//! The library is `--runtime-lib FILE`, else `$MOEC_RUNTIME_LIB`, else the one of
+//! `libmoec_runtime.a` and `deps/libmoec_runtime-*.a` beside the `moec` executable
+//! (where cargo puts it when it builds moec) that comes from moec's own build: it
+//! must hold this moec's artifact format string (`aot::FORMAT`: version and kernel
+//! ABI hash), so it reads the artifact it is linked with. A library from another
+//! build is refused by name, not linked to fail at run time.
 
 use super::{ConfigArgs, PassArgs, SpecArgs};
 use moec_compiler::backend::clif::{self, object};
-use moec_runtime::aot::Artifact;
+use moec_runtime::aot::{Artifact, FORMAT};
 use moec_runtime::cpu::{host_isa, target};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::SystemTime;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -119,13 +121,14 @@ fn runtime_lib(given: Option<PathBuf>) -> Result<PathBuf, String> {
     let hint = "build it with `cargo build --release -p moec-runtime`";
     let given = given.or_else(|| std::env::var_os("MOEC_RUNTIME_LIB").map(PathBuf::from));
     if let Some(lib) = given {
-        return if lib.is_file() {
-            Ok(lib)
-        } else {
-            Err(format!(
-                "{}: the runtime library does not exist; {hint}",
+        return match own_build(&lib) {
+            Ok(true) => Ok(lib),
+            Ok(false) => Err(format!(
+                "{}: this runtime library is from another moec build (it does not read \
+                 `{FORMAT}`); {hint}, or give the one built with this moec",
                 lib.display()
-            ))
+            )),
+            Err(e) => Err(format!("{}: {e}; {hint}", lib.display())),
         };
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate moec itself: {e}"))?;
@@ -143,18 +146,32 @@ fn runtime_lib(given: Option<PathBuf>) -> Result<PathBuf, String> {
                 .map(|e| e.path()),
         );
     }
-    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    candidates
+    let found: Vec<&PathBuf> = candidates.iter().filter(|p| p.is_file()).collect();
+    found
         .iter()
-        .filter_map(|p| Some((modified(p)?, p)))
-        .max_by_key(|(t, _): &(SystemTime, _)| *t)
-        .map(|(_, p)| p.clone())
+        .find(|p| own_build(p).unwrap_or(false))
+        .map(|p| (*p).clone())
         .ok_or_else(|| {
+            let looked = if found.is_empty() {
+                format!(
+                    "none is in {} or {}",
+                    dir.display(),
+                    dir.join("deps").display()
+                )
+            } else {
+                let names: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+                format!("{} are from other builds", names.join(", "))
+            };
             format!(
-                "cannot find the runtime library {LIB} beside moec (looked in {} and {}); \
-                 {hint}, or give --runtime-lib FILE (or set MOEC_RUNTIME_LIB)",
-                dir.display(),
-                dir.join("deps").display()
+                "cannot find the runtime library {LIB} of this moec build ({looked}); \
+                 {hint}, or give --runtime-lib FILE (or set MOEC_RUNTIME_LIB)"
             )
         })
+}
+
+/// Whether the library at `path` holds this build's artifact format string.
+fn own_build(path: &Path) -> Result<bool, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let needle = FORMAT.as_bytes();
+    Ok(bytes.windows(needle.len()).any(|w| w == needle))
 }

@@ -14,10 +14,12 @@ pub mod trace;
 
 use clap::{Args as ClapArgs, ValueEnum};
 use moec_compiler::driver::{Compiled, Compiler};
-use moec_compiler::lower::ParamSource;
+use moec_compiler::lower::{Limit, Limits, ParamSource};
 use moec_compiler::passes::{self, Upto};
 use moec_compiler::tensor::Tensor;
+use moec_runtime::budget::{parse_bytes, MemoryLimit, MemoryNeeds};
 use moec_runtime::random::round_to_bf16;
+use moec_runtime::session::Engine;
 use std::path::{Path, PathBuf};
 
 /// Where a graph runs (`run` and `bench`).
@@ -29,6 +31,17 @@ pub enum Backend {
     Cpu,
     /// WGSL kernels on the best wgpu adapter (Mesa's software Vulkan driver where there is no GPU).
     Gpu,
+}
+
+impl Backend {
+    /// The engine whose memory needs this backend has on the host (the gpu backend
+    /// keeps one f32 copy of the weights there, as the interpreter does).
+    pub fn engine(self) -> Engine {
+        match self {
+            Backend::Cpu => Engine::Cpu { threads: None },
+            Backend::Interp | Backend::Gpu => Engine::Interp,
+        }
+    }
 }
 
 /// `--weight-dtype` (`run` and `bench` with random weights): the values to use.
@@ -71,6 +84,10 @@ pub struct SpecArgs {
     /// Override a param: `--set hidden_size=64` (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
     pub sets: Vec<(String, String)>,
+    /// Raise (or lower) a limit on what the spec unrolls: `--limit layers=4096`
+    /// (limits: layers per repeat, experts per moe, nodes of the graph; repeatable).
+    #[arg(long = "limit", value_name = "NAME=N", value_parser = Limits::parse)]
+    pub limits: Vec<(Limit, u64)>,
 }
 
 /// `--weights DIR` for the commands that read only a checkpoint's config.json.
@@ -95,7 +112,14 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 /// of `weights` (a checkpoint directory, if it has one) and `--set`; notes go to
 /// stderr, errors come back rendered.
 pub fn compile(args: &SpecArgs, weights: Option<&Path>, upto: Upto) -> Result<Compiled, String> {
-    let mut compiler = Compiler::new().sets(args.sets.clone()).upto(upto);
+    let mut compiler = Compiler::new()
+        .sets(args.sets.clone())
+        .limits(
+            args.limits
+                .iter()
+                .fold(Limits::default(), |l, &(what, n)| l.with(what, n)),
+        )
+        .upto(upto);
     if let Some(dir) = weights.filter(|w| w.is_dir()) {
         compiler = compiler.checkpoint(dir);
     }
@@ -103,7 +127,7 @@ pub fn compile(args: &SpecArgs, weights: Option<&Path>, upto: Upto) -> Result<Co
         .compile_file(&args.spec)
         .map_err(|e| e.to_string())?;
     for note in &compiled.notes {
-        eprintln!("{}", note.replacen("×", "note:", 1).trim_end());
+        eprintln!("{}", note.trim_end());
     }
     Ok(compiled)
 }
@@ -130,6 +154,25 @@ pub fn explain_weights_error(error: String, compiled: &Compiled) -> String {
         error.trim_end(),
         defaulted.join(", ")
     )
+}
+
+/// `--max-memory`, for every command that allocates a model's weights and activations.
+#[derive(ClapArgs, Clone)]
+pub struct MemoryArgs {
+    /// The most memory to plan for (`8GiB`, `512MiB`); a run that needs more is refused
+    /// before anything is allocated. Without it, the memory the system has available.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
+}
+
+impl MemoryArgs {
+    /// An error with both numbers when `needs` exceeds the limit.
+    pub fn check(&self, needs: &MemoryNeeds) -> Result<(), String> {
+        match MemoryLimit::new(self.max_memory) {
+            Some(limit) => needs.check_within(limit),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Which passes a command runs.

@@ -1,15 +1,21 @@
 //! `moec run SPEC`: binds weights (a file, or `--random-weights SEED`), reads the
 //! inputs (a file, or `--tokens N` random ones), runs the pass pipeline (`--passes
-//! none` skips it), runs it on the interpreter, the CPU or the GPU backend (`--backend`),
+//! none` skips it), checks that weights and activations fit in memory (`--max-memory`),
+//! runs it on the interpreter, the CPU or the GPU backend (`--backend`),
 //! and writes the outputs.
 
 use super::{Backend, PassArgs, SpecArgs};
+use moec_compiler::diagnostic::Diagnostic;
+use moec_compiler::interp::token_count;
+use moec_compiler::ir::{Graph, Op};
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
+use moec_runtime::budget::MemoryNeeds;
 use moec_runtime::cpu::CpuModel;
 use moec_runtime::gpu::GpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -42,6 +48,8 @@ pub struct Args {
     /// gpu backend: store matmul weights as f16 (rounded; needs the adapter's `shader-f16`).
     #[arg(long)]
     f16_weights: bool,
+    #[command(flatten)]
+    memory: super::MemoryArgs,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
@@ -49,6 +57,27 @@ pub fn main(args: Args) -> Result<(), String> {
     let upto = super::upto(args.passes.passes, None)?;
     let compiled = super::compile(&args.spec, args.weights.as_deref(), upto)?;
     let g = &compiled.graph;
+    let spec_file = args.spec.spec.display().to_string();
+    let inputs = match &args.input {
+        Some(path) => Some(read_tensors(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let tokens = match (&inputs, &args.input) {
+        (Some(inputs), Some(path)) => {
+            let file = path.display().to_string();
+            let count = token_count(g, inputs).map_err(|e| format!("{file}: {e}"))?;
+            if let Some(w) = extra_tensors(g, inputs) {
+                eprintln!("{}", w.render(&file, "").trim_end());
+            }
+            count
+        }
+        _ => args
+            .tokens
+            .ok_or("no inputs: give --input FILE or --tokens N")?,
+    };
+    // Nothing large is allocated before the plan is known to fit.
+    args.memory
+        .check(&MemoryNeeds::of(g, args.backend.engine(), tokens, 0))?;
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => {
             let source = WeightSource::open(path).map_err(|e| e.to_string())?;
@@ -63,16 +92,18 @@ pub fn main(args: Args) -> Result<(), String> {
             return Err("no weights: give --weights FILE or --random-weights SEED".into())
         }
     };
-    let inputs = match (&args.input, args.tokens) {
-        (Some(path), _) => read_tensors(path).map_err(|e| e.to_string())?,
-        (None, Some(tokens)) => random_inputs(g, tokens, args.random_weights.unwrap_or(0)),
-        (None, None) => return Err("no inputs: give --input FILE or --tokens N".into()),
+    let inputs = match inputs {
+        Some(inputs) => inputs,
+        None => random_inputs(g, tokens, args.random_weights.unwrap_or(0)),
     };
     let outputs = match args.backend {
         Backend::Interp => moec_compiler::interp::run(g, &weights, &inputs),
         Backend::Cpu => CpuModel::new(g, &weights).and_then(|m| m.run(&inputs)),
         Backend::Gpu => GpuModel::new(g, &weights, gpu_options).and_then(|m| {
             eprintln!("gpu: {}", m.adapter());
+            for w in m.warnings() {
+                eprintln!("{}", w.render(&spec_file, "").trim_end());
+            }
             m.run(&inputs)
         }),
     }
@@ -93,6 +124,30 @@ pub fn main(args: Args) -> Result<(), String> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// A warning naming the tensors of an input file that are no input of `g`.
+fn extra_tensors(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Option<Diagnostic> {
+    let names: Vec<&str> = g
+        .inputs
+        .iter()
+        .filter_map(|&n| match &g.node(n).op {
+            Op::Input { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let extra: Vec<String> = inputs
+        .keys()
+        .filter(|name| !names.contains(&name.as_str()))
+        .map(|name| format!("`{name}`"))
+        .collect();
+    (!extra.is_empty()).then(|| {
+        Diagnostic::warning(format!(
+            "{} tensor(s) in the file are no input of the spec and are ignored: {}",
+            extra.len(),
+            extra.join(", ")
+        ))
+    })
 }
 
 fn summary(t: &Tensor) -> String {

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each suite uses its own subset
 
 use crate::common::{small_dims, weights};
-use moec_compiler::ir::Graph;
+use moec_compiler::ir::{Graph, Op};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::{run_pipeline, Upto};
 use moec_compiler::tensor::Tensor;
@@ -208,6 +208,16 @@ pub fn random_layer() -> impl Strategy<Value = (String, u64, usize)> {
         .prop_map(|((e, k, d, i), (act, bias, cap), tokens, seed)| {
             (spec(e, k, d, i, act, bias, cap), seed, tokens)
         })
+}
+
+/// Fails unless scheduling fired on a random layer's graph (its experts run as
+/// grouped matmuls), so the backends are held to the sparse path they are built for.
+pub fn assert_scheduled(g: &Graph, what: &str) {
+    assert!(
+        g.g.node_weights()
+            .any(|n| matches!(n.op, Op::GroupedLinear { .. })),
+        "{what}: no grouped_linear: the pipeline did not schedule the experts"
+    );
 }
 
 /// A random layer: experts, top-k, odd widths (tails in every loop), the

@@ -6,10 +6,12 @@
 //! choice), and capacity drops follow `DropPolicy`.
 
 mod attention;
+mod check;
 mod heads;
 mod kernels;
 
 pub use attention::inv_freq;
+pub use check::check_operands;
 
 use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
@@ -103,7 +105,10 @@ pub fn run_with_state(
             op @ (Op::Positions | Op::CacheAppend { .. }) => {
                 vec![eval_stateful(g, op, &args, tokens, state)]
             }
-            op => eval(op, &args),
+            op => {
+                check_operands(op, &args)?;
+                eval(op, &args)
+            }
         };
         for (port, t) in outs.into_iter().enumerate() {
             debug_assert_eq!(
@@ -141,7 +146,8 @@ pub fn check_inputs(
 }
 
 /// Evaluates one computed op on its operands, exactly as `run` does. Backends call
-/// it for the ops they do not compile, so those keep the interpreter's semantics.
+/// it for the ops they do not compile, so those keep the interpreter's semantics;
+/// operands that a graph input may have set must pass [`check_operands`] first.
 /// Leaves and stateful ops (inputs, weights, positions, caches) are the caller's.
 pub fn eval_op(op: &Op, operands: &[&Tensor]) -> Vec<Tensor> {
     assert!(

@@ -99,6 +99,9 @@ impl Graph {
     ) -> Result<NodeIndex, String> {
         let types: Vec<&TensorType> = operands.iter().map(|v| self.value_type(*v)).collect();
         let outputs = op.infer(&types)?;
+        for t in &outputs {
+            t.check_size()?;
+        }
         let node = self.g.add_node(Node { op, outputs, label });
         for (i, v) in operands.iter().enumerate() {
             self.g.add_edge(
@@ -113,19 +116,15 @@ impl Graph {
         Ok(node)
     }
 
-    pub fn add_input(&mut self, name: &str, ty: TensorType) -> Value {
-        let node = self
-            .add(
-                Op::Input {
-                    name: name.to_string(),
-                    ty,
-                },
-                &[],
-                Some(name.to_string()),
-            )
-            .expect("inputs always type");
+    /// Adds an input; an error only when its type is too large (`check_size`).
+    pub fn add_input(&mut self, name: &str, ty: TensorType) -> Result<Value, String> {
+        let op = Op::Input {
+            name: name.to_string(),
+            ty,
+        };
+        let node = self.add(op, &[], Some(name.to_string()))?;
         self.inputs.push(node);
-        node.into()
+        Ok(node.into())
     }
 
     pub fn add_weight(&mut self, decl: WeightDecl) -> Value {

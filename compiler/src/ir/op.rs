@@ -277,7 +277,8 @@ pub enum Op {
     /// `(x - mean) / std · w + b`. Typing: x f32 `[.., D]`, w `[D]`, b `[D]`; output like x.
     LayerNorm { eps: F32Bits },
     /// Keep the scores of each row's best `keep` groups of `experts / groups` consecutive experts;
-    /// the rest become -inf. Typing: f32 `[T, E]`, `groups` divides E; output like it.
+    /// the rest become -inf. Typing: f32 `[T, E]`, `groups` divides E, 1 ≤ keep ≤ groups, and
+    /// groups scored by `Top2Sum` hold at least 2 experts; output like it.
     GroupMask {
         groups: u64,
         keep: u64,
@@ -387,7 +388,7 @@ pub enum Op {
     /// `[k·T]` (slot ids `t·k + j` sorted by expert, token order within an expert, then -1 for the
     /// dropped), offsets i32 `[experts + 1]` (expert e's rows are `offsets[e]..offsets[e+1]`).
     Dispatch { experts: u64 },
-    /// Rows in dispatch order. Typing: x f32 `[T, D]`, order i32 `[k·T]` of a `[T, k]` routing;
+    /// Rows in dispatch order. Typing: k ≥ 1, x f32 `[T, D]`, order i32 `[k·T]` of a `[T, k]` routing;
     /// output `[k·T, D]`; a row whose slot is -1 is zero.
     GatherRows { k: u64 },
     /// Per-row routing weights in dispatch order. Typing: w f32 `[T, k]`, order i32 `[k·T]`;
@@ -402,7 +403,7 @@ pub enum Op {
         bias: bool,
         weighted: bool,
     },
-    /// Adds rows back to their tokens: `y[order[r] / k] += x[r]`. Typing: x f32 `[k·T, D]`, order
+    /// Adds rows back to their tokens: `y[order[r] / k] += x[r]`. Typing: k ≥ 1, x f32 `[k·T, D]`, order
     /// i32 `[k·T]`; output `[T, D]`.
     ScatterAdd { k: u64 },
 }

@@ -82,11 +82,13 @@ impl Dim {
         self.per_past != 0
     }
     /// `self · c`.
+    /// `c` times this dim; saturating, so an absurd size stays absurd (and is
+    /// refused by `TensorType::check_size`) instead of wrapping to a small one.
     pub fn scale(self, c: u64) -> Dim {
         Dim {
-            per_token: self.per_token * c,
-            per_past: self.per_past * c,
-            fixed: self.fixed * c,
+            per_token: self.per_token.saturating_mul(c),
+            per_past: self.per_past.saturating_mul(c),
+            fixed: self.fixed.saturating_mul(c),
         }
     }
     /// The concrete size for a run with these symbols (a plain token count means nothing cached).
@@ -122,7 +124,27 @@ pub struct TensorType {
     pub shape: Vec<Dim>,
 }
 
+/// The most bytes one tensor may take at one token and one past position (1 TiB;
+/// the largest tensors of released models are a few GiB). Every tensor of a graph
+/// is under it, so sizes summed over a graph's nodes stay far inside 64 bits.
+pub const MAX_TENSOR_BYTES: u64 = 1 << 40;
+
 impl TensorType {
+    /// An error when the tensor would take more than [`MAX_TENSOR_BYTES`] at one
+    /// token and one past position.
+    pub fn check_size(&self) -> Result<(), String> {
+        let bytes = self.shape.iter().try_fold(4u64, |b, d| {
+            let extent = d.per_token.checked_add(d.per_past)?.checked_add(d.fixed)?;
+            b.checked_mul(extent)
+        });
+        match bytes {
+            Some(b) if b <= MAX_TENSOR_BYTES => Ok(()),
+            _ => Err(format!(
+                "a tensor of {self} would take more than 1 TiB, the most one tensor may"
+            )),
+        }
+    }
+
     pub fn f32(shape: Vec<Dim>) -> TensorType {
         TensorType {
             dtype: DType::F32,

@@ -1,7 +1,7 @@
 //! The typing rule of every op (`Op::infer`), in one place: the builder uses it
 //! when a node is made, the verifier re-checks every node with it.
 
-use super::op::{Epilogue, Op};
+use super::op::{Epilogue, GroupScore, Op};
 use super::types::{DType, Dim, TensorType};
 
 impl Op {
@@ -92,7 +92,11 @@ impl Op {
                 }
                 Ok(vec![x.clone()])
             }
-            GroupMask { groups, keep, .. } => {
+            GroupMask {
+                groups,
+                keep,
+                score,
+            } => {
                 arity(1)?;
                 let e = routing_width(operands[0])?;
                 if *groups == 0 || e % groups != 0 {
@@ -101,6 +105,7 @@ impl Op {
                 if *keep == 0 || keep > groups {
                     return Err(format!("cannot keep {keep} of {groups} groups"));
                 }
+                top2_fits(*score, e / groups)?;
                 Ok(vec![operands[0].clone()])
             }
             TopK { k } | SparseMixer { k, .. } => {
@@ -231,10 +236,11 @@ impl Op {
                         operands[1]
                     ));
                 }
-                if let Some((g, keep, _)) = r.groups {
+                if let Some((g, keep, score)) = r.groups {
                     if g == 0 || e % g != 0 || keep == 0 || keep > g {
                         return Err(format!("bad groups: keep {keep} of {g} over {e} experts"));
                     }
+                    top2_fits(score, e / g)?;
                 }
                 let rows = operands[0].shape[0];
                 let k = Dim::fixed(r.k);
@@ -346,6 +352,9 @@ impl Op {
             }
             GatherRows { k } => {
                 arity(2)?;
+                if *k == 0 {
+                    return Err("k must be at least 1".into());
+                }
                 let (x, order) = (operands[0], operands[1]);
                 expect_f32(x, "gathered rows")?;
                 let slots = scale_dim(x.shape[0], *k);
@@ -493,6 +502,9 @@ impl Op {
             }
             ScatterAdd { k } => {
                 arity(2)?;
+                if *k == 0 {
+                    return Err("k must be at least 1".into());
+                }
                 let (x, order) = (operands[0], operands[1]);
                 expect_f32(x, "scattered rows")?;
                 let s = x.shape.first().copied().ok_or("scatter needs rows")?;
@@ -566,6 +578,16 @@ fn epilogue_width(epilogue: Epilogue, n: u64) -> Result<u64, String> {
 }
 
 /// `k` slots per row of `rows`.
+/// A group scored by its two best experts needs two.
+fn top2_fits(score: GroupScore, per_group: u64) -> Result<(), String> {
+    if score == GroupScore::Top2Sum && per_group < 2 {
+        return Err(format!(
+            "groups of {per_group} expert cannot be scored by their top-2 sum; use groups of at least 2 experts"
+        ));
+    }
+    Ok(())
+}
+
 fn scale_dim(rows: Dim, k: u64) -> Dim {
     rows.scale(k)
 }

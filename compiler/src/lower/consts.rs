@@ -369,6 +369,10 @@ fn call(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let all_int = vals.iter().all(|v| matches!(v, Const::Int(_)));
+    let int = |i: usize| match vals[i] {
+        Const::Int(v) => v,
+        _ => 0,
+    };
     let domain = |ok: bool, what: &str| {
         if ok {
             Ok(())
@@ -389,13 +393,29 @@ fn call(
             domain(nums[0] >= 0.0, "a number ≥ 0")?;
             Const::Float(nums[0].sqrt())
         }
-        "ceil" => Const::Int(nums[0].ceil() as i64),
-        "floor" => Const::Int(nums[0].floor() as i64),
-        "min" if all_int => Const::Int(nums[0].min(nums[1]) as i64),
-        "max" if all_int => Const::Int(nums[0].max(nums[1]) as i64),
+        "ceil" | "floor" if all_int => Const::Int(int(0)),
+        "ceil" | "floor" => {
+            let v = if func.name == "ceil" {
+                nums[0].ceil()
+            } else {
+                nums[0].floor()
+            };
+            // i64::MAX as f64 rounds up to 2^63, which is out of range.
+            if !(-(2f64.powi(63))..2f64.powi(63)).contains(&v) {
+                return Err(Diagnostic::at(
+                    expr.span,
+                    format!("`{func}` of {} is not a 64-bit integer", vals[0]),
+                    "out of range",
+                ));
+            }
+            Const::Int(v as i64)
+        }
+        // Integers compare as integers: past 2^53 an f64 would round them.
+        "min" if all_int => Const::Int(int(0).min(int(1))),
+        "max" if all_int => Const::Int(int(0).max(int(1))),
         "min" => Const::Float(nums[0].min(nums[1])),
         "max" => Const::Float(nums[0].max(nums[1])),
-        "clamp" if nums[1] > nums[2] => {
+        "clamp" if (all_int && int(1) > int(2)) || nums[1] > nums[2] => {
             return Err(Diagnostic::at(
                 args[1].value.span,
                 format!(
@@ -407,7 +427,7 @@ fn call(
             .with_related(args[2].value.span, "upper bound")
             .with_help("write `clamp(x, min, max)` with min ≤ max"))
         }
-        "clamp" if all_int => Const::Int(nums[0].max(nums[1]).min(nums[2]) as i64),
+        "clamp" if all_int => Const::Int(int(0).clamp(int(1), int(2))),
         _ => Const::Float(nums[0].max(nums[1]).min(nums[2])),
     })
 }
@@ -484,17 +504,32 @@ fn arith(op: BinOp, a: Const, b: Const, span: Span) -> Result<Const, Diagnostic>
                 .ok_or_else(|| err(format!("{x} {op} {y} overflows")))
         }
         (a, b) => match (a.as_f64(), b.as_f64()) {
-            (Some(x), Some(y)) => Ok(Const::Float(match op {
-                BinOp::Add => x + y,
-                BinOp::Sub => x - y,
-                BinOp::Mul => x * y,
-                BinOp::Div => x / y,
-                _ => x % y,
-            })),
+            (Some(x), Some(y)) => finite(
+                match op {
+                    BinOp::Add => x + y,
+                    BinOp::Sub => x - y,
+                    BinOp::Mul => x * y,
+                    BinOp::Div => x / y,
+                    _ => x % y,
+                },
+                span,
+                || format!("{x:?} {op} {y:?} is not a finite number"),
+            ),
             _ => {
                 let odd = if a.as_f64().is_none() { &a } else { &b };
                 Err(err(format!("cannot apply `{op}` to {}", odd.kind())))
             }
         },
+    }
+}
+
+/// `v` as a constant, or an error at `span` when it is infinite or NaN: a number
+/// too large for f64 is an input error, never `inf`.
+fn finite(v: f64, span: Span, what: impl FnOnce() -> String) -> Result<Const, Diagnostic> {
+    if v.is_finite() {
+        Ok(Const::Float(v))
+    } else {
+        Err(Diagnostic::at(span, what(), "not a finite number")
+            .with_help("numbers must be finite (an f64 reaches about 1.8e308)"))
     }
 }

@@ -12,6 +12,7 @@ mod expr;
 mod flow;
 mod heads;
 mod layers;
+mod limits;
 mod moe;
 mod params;
 mod router;
@@ -21,12 +22,13 @@ use crate::ir::{Dim, Graph, Op, TensorType, Value};
 use bind::{Binder, Seg, WeightPath};
 use consts::eval_const;
 pub use consts::Const;
+pub use limits::{Limit, Limits};
 use moec_grammar::ast::{self, DTypeName, Expr, ExprKind, Ident, Item, Spec, Stmt};
 use moec_grammar::Span;
 pub use params::{ParamInputs, ParamSource};
 use std::collections::HashMap;
 
-/// A lowered spec: the graph, and notes worth telling the user (not errors).
+/// A lowered spec: the graph, and warnings and notes worth telling the user.
 #[derive(Debug)]
 pub struct Lowered {
     pub graph: Graph,
@@ -65,6 +67,7 @@ struct Lowerer<'a> {
     binder: Binder<'a>,
     graph: Graph,
     notes: Vec<Diagnostic>,
+    limits: Limits,
     /// Spans of every top-level declaration, for duplicate-name errors.
     declared: HashMap<String, Span>,
 }
@@ -135,6 +138,7 @@ impl<'a> Lowerer<'a> {
             binder: Binder::new(&weights),
             graph: Graph::new(spec.name.name.clone()),
             notes: Vec::new(),
+            limits: inputs.limits,
             declared,
         })
     }
@@ -146,7 +150,10 @@ impl<'a> Lowerer<'a> {
             match item {
                 Item::Input(i) => {
                     let ty = self.input_type(i)?;
-                    let v = self.graph.add_input(&i.name.name, ty);
+                    let v = self
+                        .graph
+                        .add_input(&i.name.name, ty)
+                        .map_err(|m| Diagnostic::at(i.name.span, m, "this input"))?;
                     scope
                         .vars
                         .insert(i.name.name.clone(), (Val::Tensor(v), i.name.span));
@@ -275,10 +282,24 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// A number the graph stores as f32 (an eps, a scale, a factor): one that f32
+    /// holds without rounding it to 0 or to infinity.
     fn float(&self, e: &Expr, what: &str) -> Result<f64, Diagnostic> {
         let v = eval_const(e, &self.params)?;
-        v.as_f64()
-            .ok_or_else(|| Diagnostic::at(e.span, format!("{what} must be a number"), v.kind()))
+        let x = v
+            .as_f64()
+            .ok_or_else(|| Diagnostic::at(e.span, format!("{what} must be a number"), v.kind()))?;
+        let stored = x as f32;
+        if stored.is_infinite() || (stored == 0.0 && x != 0.0) {
+            let to = if stored == 0.0 { "0" } else { "infinity" };
+            return Err(Diagnostic::at(
+                e.span,
+                format!("{what} {x:e} rounds to {to} as f32"),
+                "stored as f32",
+            )
+            .with_help("f32 holds magnitudes from about 1.4e-45 to 3.4e38"));
+        }
+        Ok(x)
     }
 
     fn bool(&self, e: &Expr, what: &str) -> Result<bool, Diagnostic> {
@@ -316,6 +337,7 @@ impl<'a> Lowerer<'a> {
         outputs: &mut Vec<(Ident, Value)>,
     ) -> Result<(), Diagnostic> {
         let count = self.int(&r.count, "the repeat count")?;
+        self.limits.check(Limit::Layers, count, r.count.span)?;
         self.declare_repeat_var(&r.var, scope)?;
         let mut per_layer = Vec::new();
         for layer in 0..count as usize {
@@ -555,6 +577,9 @@ impl<'a> Lowerer<'a> {
         shape: Vec<usize>,
         owner: Span,
     ) -> Result<Value, Diagnostic> {
+        TensorType::f32(shape.iter().map(|&d| Dim::fixed(d as u64)).collect())
+            .check_size()
+            .map_err(|m| Diagnostic::at(owner, m, "this weight"))?;
         let decl = self.binder.resolve(path, shape, owner, &self.params)?;
         Ok(self.graph.add_weight(decl))
     }
@@ -566,6 +591,8 @@ impl<'a> Lowerer<'a> {
         label: Option<String>,
         span: Span,
     ) -> Result<Value, Diagnostic> {
+        let nodes = self.graph.g.node_count() as u64;
+        self.limits.check(Limit::Nodes, nodes + 1, span)?;
         self.graph
             .add(op, operands, label)
             .map(Value::from)
@@ -579,7 +606,7 @@ pub fn lower_source(source: &str, overrides: &[(String, String)]) -> Result<Lowe
     let spec = moec_grammar::parse(source)?;
     let inputs = ParamInputs {
         sets: overrides.to_vec(),
-        config: None,
+        ..ParamInputs::default()
     };
     lower(&spec, &inputs)
 }

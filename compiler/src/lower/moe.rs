@@ -8,9 +8,10 @@
 
 use super::bind::{Seg, WeightPath};
 use super::expr::Args;
+use super::limits::Limit;
 use super::router::{RouterSpec, Selection};
 use super::{Lowerer, Scope, Val};
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{Diagnostic, Severity};
 use crate::ir::{BinaryOp, Dim, F32Bits, Op, Probe, ProbeKind, UnaryOp, Value};
 use moec_grammar::ast::{self, Arg, Expr, ExprKind, Ident};
 use moec_grammar::Span;
@@ -81,8 +82,10 @@ impl<'a> Lowerer<'a> {
                 )
             })
         };
-        let groups = self.expert_set(required("experts")?)?;
-        let total: u64 = groups.iter().map(|g| g.count).sum();
+        let experts = required("experts")?;
+        let groups = self.expert_set(experts)?;
+        let total = groups.iter().fold(0, |t, g| g.count.saturating_add(t));
+        self.limits.check(Limit::Experts, total, experts.span)?;
         let router_expr = required("router")?;
         let router = self.router_spec(router_expr, total)?;
         if let Some(j) = router
@@ -99,7 +102,8 @@ impl<'a> Lowerer<'a> {
                 ),
                 "ignored at inference",
             )
-            .with_help("moec compiles inference graphs; the router runs without noise");
+            .with_help("moec compiles inference graphs; the router runs without noise")
+            .with_severity(Severity::Note);
             if !self.notes.contains(&note) {
                 self.notes.push(note);
             }

@@ -3,6 +3,7 @@
 //! from; and `model_type`, which a config must match and nothing replaces.
 
 use super::consts::{closest, eval_const, Const};
+use super::limits::Limits;
 use crate::config::{to_const, HfConfig};
 use crate::diagnostic::Diagnostic;
 use moec_grammar::ast::{Expr, ExprKind, Ident, Param};
@@ -15,6 +16,8 @@ pub struct ParamInputs {
     pub sets: Vec<(String, String)>,
     /// The checkpoint's config.json.
     pub config: Option<HfConfig>,
+    /// How much lowering may unroll.
+    pub limits: Limits,
 }
 
 /// Where a param's value came from.

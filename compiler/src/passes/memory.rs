@@ -45,9 +45,12 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// The arena size for a run with `tokens` tokens.
+    /// The arena size for a run with `tokens` tokens (saturating: a size past 64 bits
+    /// reads as `u64::MAX`).
     pub fn peak_bytes(&self, tokens: usize) -> u64 {
-        self.peak_per_token * tokens as u64 + self.peak_fixed
+        self.peak_per_token
+            .saturating_mul(tokens as u64)
+            .saturating_add(self.peak_fixed)
     }
 
     /// The byte address of `v` in the arena for a run with `tokens` tokens.

@@ -323,7 +323,9 @@ impl CpuModel {
             let args = (0..step.args.len())
                 .map(|i| r.tensor(i))
                 .collect::<Result<Vec<_>, String>>()?;
-            interp::eval_op(op, &args.iter().collect::<Vec<_>>())
+            let args: Vec<&Tensor> = args.iter().collect();
+            interp::check_operands(op, &args)?;
+            interp::eval_op(op, &args)
         };
         for (place, t) in step.outs.iter().zip(&results) {
             let words = place.words(p.peak_fixed, syms.tokens);

@@ -56,8 +56,18 @@ impl Tokenizer {
                 source,
             },
         })?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|source| TokenizerError::Malformed { path, source })?;
+        // The library panics on some malformed files (a decoder it cannot read, in 0.23): that
+        // is a malformed file too, not a crash.
+        let loaded = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "the tokenizers library panicked".into());
+                Err(why.into())
+            });
+        let inner = loaded.map_err(|source| TokenizerError::Malformed { path, source })?;
         Ok(Tokenizer { inner })
     }
 

@@ -20,6 +20,7 @@ mod device;
 pub use device::AdapterSummary;
 use device::Gpu;
 use moec_compiler::backend::wgsl::{self, Contents, Elem, Options, Plan, Segment, Step};
+use moec_compiler::diagnostic::Diagnostic;
 use moec_compiler::interp;
 use moec_compiler::ir::Graph;
 use moec_compiler::tensor::{Tensor, TensorData};
@@ -43,6 +44,8 @@ pub struct GpuModel {
     pipelines: Vec<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
     /// Weight buffers, by plan buffer index.
     weights: BTreeMap<usize, wgpu::Buffer>,
+    /// What uploading the weights lost (f16 overflow).
+    warnings: Vec<Diagnostic>,
     /// Buffers for the most tokens run so far.
     state: Mutex<Option<RunState>>,
 }
@@ -82,9 +85,11 @@ impl GpuModel {
             .map(|(k, src)| gpu.pipeline(k, src))
             .collect::<Result<Vec<_>, String>>()?;
         let mut uploaded = BTreeMap::new();
+        let mut warnings = Vec::new();
         for (i, b) in program.plan.buffers.iter().enumerate() {
             if let Contents::Weights { segments } = &b.contents {
-                let bytes = fill(segments, b.elem, weights)?;
+                let (bytes, warning) = fill(&b.name, segments, b.elem, weights)?;
+                warnings.extend(warning);
                 uploaded.insert(i, gpu.upload(&b.name, &bytes)?);
             }
         }
@@ -95,6 +100,7 @@ impl GpuModel {
             graph: g.clone(),
             pipelines,
             weights: uploaded,
+            warnings,
             state: Mutex::new(None),
         })
     }
@@ -102,6 +108,11 @@ impl GpuModel {
     /// The plan the model runs.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Warnings from preparing the model (weights that overflow f16).
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
     }
 
     /// The adapter the model runs on.
@@ -267,7 +278,14 @@ impl GpuModel {
 }
 
 /// A weight buffer's bytes from its segments.
-fn fill(segments: &[Segment], elem: Elem, weights: &[Tensor]) -> Result<Vec<u8>, String> {
+/// The bytes of a weight buffer; for f16, also a warning naming the buffer when
+/// values beyond f16's range (±65504) became infinite.
+fn fill(
+    name: &str,
+    segments: &[Segment],
+    elem: Elem,
+    weights: &[Tensor],
+) -> Result<(Vec<u8>, Option<Diagnostic>), String> {
     let mut values: Vec<f32> = Vec::new();
     for s in segments {
         match s {
@@ -297,11 +315,48 @@ fn fill(segments: &[Segment], elem: Elem, weights: &[Tensor]) -> Result<Vec<u8>,
         }
     }
     Ok(match elem {
-        Elem::F16 => values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-        Elem::F32 => bytemuck::cast_slice(&values).to_vec(),
+        Elem::F16 => {
+            let half: Vec<half::f16> = values.iter().map(|v| half::f16::from_f32(*v)).collect();
+            let overflowed = values
+                .iter()
+                .zip(&half)
+                .filter(|(v, h)| v.is_finite() && h.is_infinite())
+                .count();
+            let warning = (overflowed > 0).then(|| {
+                Diagnostic::warning(format!(
+                    "weights `{name}`: {overflowed} values are beyond f16's range (±65504) and become infinite"
+                ))
+                .with_help("run without --f16-weights to keep them as f32")
+            });
+            (half.iter().flat_map(|h| h.to_le_bytes()).collect(), warning)
+        }
+        Elem::F32 => (bytemuck::cast_slice(&values).to_vec(), None),
         Elem::I32 => return Err("internal error: an i32 weight buffer".into()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_beyond_f16_are_a_warning() {
+        let w = vec![Tensor::f32(vec![3], vec![1.0, 7e4, -1e6])];
+        let segments = [Segment::Weight {
+            weight: 0,
+            tensor: "w".into(),
+            start: 0,
+            len: 3,
+        }];
+        let (bytes, warning) = fill("w.f16", &segments, Elem::F16, &w).unwrap();
+        assert_eq!(bytes.len(), 6);
+        let warning = warning.expect("a warning");
+        assert_eq!(
+            warning.severity,
+            moec_compiler::diagnostic::Severity::Warning
+        );
+        assert!(warning.message.contains("2 values"), "{}", warning.message);
+        let (_, none) = fill("w.f32", &segments, Elem::F32, &w).unwrap();
+        assert!(none.is_none());
+    }
 }
