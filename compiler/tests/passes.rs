@@ -79,11 +79,26 @@ fn assert_rewritten(g: &Graph, what: &str) {
         print::text(g)
     );
     assert!(
-        has(|o| matches!(o, Op::Router(_) | Op::ExpertChoice { .. })),
+        // Selections that are one op from the start (expert choice, sparsemixer) count as fused.
+        has(|o| matches!(
+            o,
+            Op::Router(_) | Op::ExpertChoice { .. } | Op::SparseMixer { .. }
+        )),
         "{what}: the router was not fused:\n{}",
         print::text(g)
     );
 }
+
+/// Examples whose routed experts stay dense, as documented (schedule.rs, passes_fusion.rs):
+/// experts of several shapes form several groups (heterogeneous); the routing weight scales the
+/// experts' input (llama4_text) or a clamped SwiGLU without α has no fused epilogue (hy_v4);
+/// zero-computation experts form no group (longcat_flash).
+const DENSE_BY_DESIGN: &[&str] = &[
+    "heterogeneous.moe",
+    "llama4_text.moe",
+    "hy_v4.moe",
+    "longcat_flash.moe",
+];
 
 #[test]
 fn examples_optimized_equal_lowered() {
@@ -91,8 +106,7 @@ fn examples_optimized_equal_lowered() {
         for tokens in [0, 1, 7] {
             let what = format!("{name} at {tokens} tokens");
             let optimized = check_equivalent(&g, tokens, 7, &what);
-            // Experts of several shapes form several groups, which stay dense (schedule.rs).
-            if name != "heterogeneous.moe" {
+            if !DENSE_BY_DESIGN.contains(&name.as_str()) {
                 assert_rewritten(&optimized, &what);
             }
         }
@@ -308,6 +322,11 @@ struct Layer {
 }
 
 impl Layer {
+    /// Whether the routing weight scales the experts' input (`scale_input = true`).
+    fn scales_input(&self) -> bool {
+        self.block % 3 == 1
+    }
+
     fn spec(&self) -> String {
         let (e, d, i) = (self.experts, self.hidden, self.inter);
         let k = 1 + (self.k - 1) % e.min(8);
@@ -352,7 +371,7 @@ impl Layer {
             _ => {}
         }
         match self.block % 3 {
-            1 => args.push_str(", scale_input = true"),
+            _ if self.scales_input() => args.push_str(", scale_input = true"),
             2 => args.push_str(", bias = true"),
             _ => {}
         }
@@ -447,6 +466,10 @@ proptest! {
         let source = l.spec();
         let g = lower(&source, &[]);
         let what = format!("{tokens} tokens, seed {seed}:\n{source}");
-        assert_rewritten(&check_equivalent(&g, tokens, seed, &what), &what);
+        let optimized = check_equivalent(&g, tokens, seed, &what);
+        // Input-scaled experts (Llama 4) stay dense by design.
+        if !l.scales_input() {
+            assert_rewritten(&optimized, &what);
+        }
     }
 }
