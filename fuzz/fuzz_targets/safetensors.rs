@@ -20,9 +20,11 @@ fuzz_target!(|data: &[u8]| {
             .enumerate()
             .map(|(i, n)| WeightDecl {
                 key: format!("w{i}"),
+                pattern: format!("w{i}"),
                 tensor: n.clone(),
                 expert_slice: (i % 2 == 1).then_some(1),
                 transposed: i % 3 == 1,
+                rows: None,
                 columns: None,
                 shape: vec![2, 3],
                 storage: None,
