@@ -480,7 +480,10 @@ def profile_moec(moec, spec, sets, ckpt, args, data, dtype):
         out["decode"] = perf_symbols(dec_file)
     parts = {}
     for phase, syms in out.items():
-        total = sum(syms.values()) or 1.0
+        if not syms:
+            log(f"perf: no samples for moec {dtype} {phase}; its column is left out")
+            continue
+        total = sum(syms.values())
         grouped = {}
         for sym, pct in syms.items():
             grouped[part_of(sym)] = grouped.get(part_of(sym), 0.0) + 100 * pct / total
@@ -639,9 +642,9 @@ def findings(summary, profiles, bw, dtypes, args):
             f"target {TARGET_PREFILL}×) at {d}" for d in pre) + ". transformers' matmuls are MKL (f32) and oneDNN "
             "(bf16) GEMMs: " + ", ".join(
             f"{tf[d]['prefill'] * useful / 1e9:.0f} GFLOP/s at {d}" for d in pre) + " on 2 cores (bf16 above the f32 "
-            "FMA peak of 2 cores: bf16 matrix instructions, AMX-BF16 / AVX512-BF16, both on this CPU). moec computes lm_head for every prompt row (the "
-            f"session returns logits for all {args.prompt_len}; transformers and llama.cpp only the last), "
-            f"{lm / (useful + lm):.0%} of its prefill FLOPs")
+            "FMA peak of 2 cores: bf16 matrix instructions, AMX-BF16 / AVX512-BF16, both on this CPU). Like transformers and llama.cpp, `moec generate` "
+            "computes lm_head for the last prompt row only (`passes::last_token`); on every row it would be "
+            f"{lm / (useful + lm):.0%} of the prefill FLOPs")
         pp = [d for d in pre if profiles.get(d, {}).get("prefill")]
         if pp:
             d = pp[0]
@@ -649,8 +652,8 @@ def findings(summary, profiles, bw, dtypes, args):
                      f"crate's f32 microkernel, {prof(d, 'prefill', 'matmul::run (unpacks panels for gemm)') or 0:.0f}% "
                      "`matmul::run` unpacking packed weight panels into a row-major block for every gemm work item "
                      f"(a copy of each weight on every call), {prof(d, 'prefill', 'kernel (page faults, scheduling)') or 0:.0f}% "
-                     "the kernel (page faults: each value gets a fresh buffer, and each `moec generate` run is a "
-                     f"cold process), {prof(d, 'prefill', 'attention') or 0:.0f}% attention (per-row dot products, not a GEMM)")
+                     "the kernel (page faults: activations live in one arena, but each `moec generate` run is a "
+                     f"cold process whose arena, caches and packed weights are touched for the first time), {prof(d, 'prefill', 'attention') or 0:.0f}% attention (per-row dot products, not a GEMM)")
         text += (". bf16 has no compute path of its own (bf16 panels are unpacked to f32 for gemm), so moec's "
                  "bf16 prefill is its f32 prefill." if "bf16" in pre else ".")
         out.append(text)
