@@ -56,6 +56,8 @@ import sys
 import tarfile
 import time
 
+from md_sections import write_section
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.relpath(os.path.abspath(__file__), REPO)
 
@@ -70,8 +72,6 @@ SPEC = "models/mixtral.moe"
 BLOCK_SPEC = "examples/mixtral.moe"
 TOKENIZER = "tests/fixtures/models/mixtral/tokenizer.json"
 SECTION = "Whole model (Mixtral-shaped, 4 layers)"
-BEGIN = "<!-- compare_models.py: begin (written by benches/compare_models.py; re-run it rather than editing) -->"
-END = "<!-- compare_models.py: end -->"
 DTYPES = ("f32", "bf16")
 BYTES = {"f32": 4, "bf16": 2}
 TARGET_BW = 0.85
@@ -568,22 +568,6 @@ def plain(head, rows):
     return "\n".join(lines)
 
 
-def write_section(md_path, text):
-    """Replaces this script's section of BENCHMARKS.md (between BEGIN and END), or appends it."""
-    try:
-        with open(md_path) as f:
-            old = f.read()
-    except OSError:
-        old = ""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + block
-    with open(md_path, "w") as f:
-        f.write(new)
-
-
 def flops_per_token():
     """(FLOPs per token without lm_head, lm_head's FLOPs per row)."""
     h, i, v = DIMS["hidden_size"], DIMS["intermediate_size"], DIMS["vocab_size"]
@@ -940,7 +924,7 @@ def main():
                markdown(p_head, p_rows, left=1)]
     md += findings(summary, profiles, bw, dtypes, args)
     md.append("")
-    write_section(os.path.join(REPO, args.md), "\n".join(line for line in md if line is not None))
+    write_section(os.path.join(REPO, args.md), "compare_models.py", "\n".join(line for line in md if line is not None))
     log(f"\nwrote the section \"{SECTION}\" of {args.md}")
 
 

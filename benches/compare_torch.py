@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+from md_sections import write_section
+
 import torch
 
 import transformers
@@ -341,7 +343,7 @@ def main():
     md = [
         "# Benchmarks: moec vs transformers eager",
         "",
-        "Written by `benches/compare_torch.py`; re-run it rather than editing this file (see `benches/README.md`).",
+        "Written by `benches/compare_torch.py`; re-run it rather than editing this section (see `benches/README.md`).",
     ]
     if args.note:
         md += ["", f"**Note:** {args.note}"]
@@ -386,8 +388,7 @@ def main():
         f"![moec vs transformers eager]({png_rel})",
         "",
     ]
-    with open(os.path.join(REPO, args.md), "w") as f:
-        f.write("\n".join(md))
+    write_section(os.path.join(REPO, args.md), "compare_torch.py", "\n".join(md), first=True)
     plot(os.path.join(REPO, args.png), tokens, torch_ms, sched, dense, bf16)
     print(f"\nwrote {args.md} and {args.png} ({os.path.getsize(os.path.join(REPO, args.png)) // 1024} KiB)")
 
