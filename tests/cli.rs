@@ -186,6 +186,37 @@ fn check_lists_params_with_where_they_came_from() {
     assert!(err.contains("model.safetensors"), "{err}");
 }
 
+/// `--max-memory` bounds what `generate` and `trace` plan for, before any weight is read.
+#[test]
+fn generate_and_trace_refuse_a_model_larger_than_max_memory() {
+    let out = tempfile::tempdir().unwrap();
+    let trace = out.path().join("t.safetensors");
+    let trace = trace.to_str().unwrap();
+    let base = [
+        "models/mixtral.moe",
+        "--weights",
+        "models/tiny",
+        "--prompt-ids",
+        "1,2",
+    ];
+    for (command, extra) in [("generate", &[][..]), ("trace", &["-o", trace][..])] {
+        let args = [
+            &[command][..],
+            &base[..],
+            &["--max-memory", "1MiB"][..],
+            extra,
+        ]
+        .concat();
+        let err = assert_user_error(&moec(&args));
+        assert!(
+            err.contains("the model needs") && err.contains("but --max-memory allows 1.00 MiB"),
+            "{command}: {err}"
+        );
+        assert!(!err.contains("note:"), "{command}: {err}");
+    }
+    assert!(!out.path().join("t.safetensors").exists());
+}
+
 #[test]
 fn a_config_missing_a_field_names_the_param_that_kept_its_default() {
     let ckpt = mixtral_checkpoint(&MIXTRAL_FIXTURE_CONFIG.replace("\"hidden_size\": 16, ", ""));

@@ -246,7 +246,7 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
     };
     // Loads the weights (memory checked first) and prepares the linked kernels.
     let open = |g: &Graph, weights: &Path| -> Result<Model, String> {
-        let bound = load_weights(g, weights, engine).map_err(|e| e.to_string())?;
+        let bound = load_weights(g, weights, engine, None).map_err(|e| e.to_string())?;
         // SAFETY: `Artifact::load` checked that every matmul node maps to a kernel
         // whose table entries are named after its shape's functions, and `moec build`
         // emitted the table and the names from the same `Program`, in the same order.

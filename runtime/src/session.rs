@@ -9,7 +9,7 @@
 //! and token ids outside the vocabulary, before anything runs.
 //! It does not tokenize or sample: `generate` builds on it.
 
-use crate::budget::{available_memory, MemoryNeeds};
+use crate::budget::{MemoryLimit, MemoryNeeds};
 use crate::cpu::CpuModel;
 use crate::generate::{BoxError, Decoder};
 use crate::weights::{bind, WeightSource};
@@ -86,7 +86,18 @@ impl Model {
     /// the position limit and the activations fit in the memory available, then
     /// binds the weights and prepares them for `engine`.
     pub fn open(graph: Graph, weights: &Path, engine: Engine) -> Result<Model, SessionError> {
-        let bound = load_weights(&graph, weights, engine)?;
+        Model::open_within(graph, weights, engine, None)
+    }
+
+    /// [`Model::open`], with the memory it may plan for at most `max_memory`
+    /// bytes (`--max-memory`) as well as what is available.
+    pub fn open_within(
+        graph: Graph,
+        weights: &Path,
+        engine: Engine,
+        max_memory: Option<u64>,
+    ) -> Result<Model, SessionError> {
+        let bound = load_weights(&graph, weights, engine, max_memory)?;
         Model::new(graph, bound, engine)
     }
 
@@ -151,16 +162,18 @@ impl Model {
 
 /// The weights of `graph` from the checkpoint at `weights` (a directory, a
 /// safetensors file or a sharded index), after checking that they, the KV caches
-/// at the position limit and the activations fit in the memory available.
+/// at the position limit and the activations fit in the memory available (and
+/// in `max_memory` bytes, when given).
 pub fn load_weights(
     graph: &Graph,
     weights: &Path,
     engine: Engine,
+    max_memory: Option<u64>,
 ) -> Result<Vec<Tensor>, SessionError> {
     let positions = graph.max_positions.unwrap_or(0) as usize;
     let needs = MemoryNeeds::of(graph, engine, positions.max(1), positions);
-    if let Some(available) = available_memory() {
-        needs.check(available).map_err(SessionError::Memory)?;
+    if let Some(limit) = MemoryLimit::new(max_memory) {
+        needs.check_within(limit).map_err(SessionError::Memory)?;
     }
     let source = WeightSource::open(weights).map_err(|e| SessionError::Weights(e.to_string()))?;
     bind(&graph.weights, &source).map_err(|e| SessionError::Weights(e.to_string()))

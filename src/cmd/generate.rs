@@ -50,6 +50,8 @@ pub struct GenerateArgs {
     /// Print one JSON line at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub memory: super::MemoryArgs,
 }
 
 /// `--backend`.
@@ -79,6 +81,6 @@ fn open_decoder(args: &GenerateArgs) -> Result<Box<dyn Decoder>, String> {
         GenerateBackend::Interp => Engine::Interp,
         GenerateBackend::Cpu => Engine::Cpu { threads: None },
     };
-    let model = super::open_for_generation(&args.spec, &args.weights, engine)?;
+    let model = super::open_for_generation(&args.spec, &args.weights, engine, &args.memory)?;
     Ok(Box::new(model.session(None)))
 }

@@ -132,6 +132,18 @@ pub fn compile(args: &SpecArgs, weights: Option<&Path>, upto: Upto) -> Result<Co
     Ok(compiled)
 }
 
+/// A model that did not open; when its weights did not fit the spec, followed by
+/// the params that kept their defaults (`explain_weights_error`).
+pub fn explain_open_error(
+    error: moec_runtime::session::SessionError,
+    compiled: &Compiled,
+) -> String {
+    match error {
+        moec_runtime::session::SessionError::Weights(e) => explain_weights_error(e, compiled),
+        e => e.to_string(),
+    }
+}
+
 /// A weights error, followed, when a checkpoint's config.json supplied params,
 /// by the params that kept the spec's default because the config has no field
 /// for them: the usual cause of tensors of the wrong shape.
@@ -209,16 +221,18 @@ pub fn upto<'a>(passes: Passes, after: Option<&'a str>) -> Result<Upto<'a>, Stri
 
 /// Compiles the spec with the params of the checkpoint at `weights` for
 /// generation (only the last token's logits: `passes::last_token`) and opens it
-/// on `engine` (memory checked, weights bound and prepared).
+/// on `engine` (memory checked against what is available and `memory`, weights
+/// bound and prepared).
 pub fn open_for_generation(
     spec: &SpecArgs,
     weights: &Path,
     engine: moec_runtime::session::Engine,
+    memory: &MemoryArgs,
 ) -> Result<std::rc::Rc<moec_runtime::session::Model>, String> {
     let compiled = compile(spec, Some(weights), Upto::All)?;
     let mut g = compiled.graph.clone();
     passes::last_token::run(&mut g)?;
-    moec_runtime::session::Model::open(g, weights, engine)
+    moec_runtime::session::Model::open_within(g, weights, engine, memory.max_memory)
         .map(std::rc::Rc::new)
-        .map_err(|e| explain_weights_error(e.to_string(), &compiled))
+        .map_err(|e| explain_open_error(e, &compiled))
 }

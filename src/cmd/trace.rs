@@ -50,6 +50,8 @@ pub struct Args {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "interp")]
     pub backend: GenerateBackend,
+    #[command(flatten)]
+    pub memory: super::MemoryArgs,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
@@ -62,8 +64,8 @@ pub fn main(args: Args) -> Result<(), String> {
         GenerateBackend::Cpu => Engine::Cpu { threads: None },
     };
     let model = std::rc::Rc::new(
-        Model::open(graph, &args.weights, engine)
-            .map_err(|e| super::explain_weights_error(e.to_string(), &compiled))?,
+        Model::open_within(graph, &args.weights, engine, args.memory.max_memory)
+            .map_err(|e| super::explain_open_error(e, &compiled))?,
     );
     let mut session = model.session(None);
     let mut recorder = Recorder::default();
