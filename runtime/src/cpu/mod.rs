@@ -155,7 +155,8 @@ impl CpuModel {
             }
         }
         values.retain(|v, _| keep.contains(v));
-        let program = Program::new(g, &fixed, values, &packed_operands)?;
+        let matmuls = kernel_of.keys().copied().collect();
+        let program = Program::new(g, &fixed, values, &packed_operands, &matmuls)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(CpuModel {
             graph: g.clone(),

@@ -65,6 +65,9 @@ pub struct Step {
     pub args: Vec<Operand>,
     /// Its outputs' places, by port (a `CacheAppend` has none: its value is the cache).
     pub outs: Vec<Place>,
+    /// Whether a native kernel writes its place (else the interpreter's code runs on
+    /// copies: `run.rs`), decided once here.
+    pub native: bool,
 }
 
 /// A graph laid out for running.
@@ -88,6 +91,7 @@ impl Program {
         fixed: &HashSet<NodeIndex>,
         consts: HashMap<Value, Tensor>,
         packed: &HashSet<(NodeIndex, usize)>,
+        matmuls: &HashSet<NodeIndex>,
     ) -> Result<Program, String> {
         let plan = memory::plan(g);
         let mut const_index = HashMap::new();
@@ -150,11 +154,13 @@ impl Program {
                     })
                     .collect::<Result<_, String>>()?,
             };
+            let native = outs.len() == 1 && runs_natively(g, n, &operands, matmuls);
             steps.push(Step {
                 node: n,
                 operands,
                 args,
                 outs,
+                native,
             });
         }
         let outputs = g
@@ -175,6 +181,30 @@ impl Program {
     /// The arena's size in `f32` words for a call of `tokens` tokens.
     pub fn arena_words(&self, tokens: usize) -> usize {
         ((self.peak_per_token * tokens as u64 + self.peak_fixed) / 4) as usize
+    }
+}
+
+/// Whether node `n` (one output, reading `operands`) has a native kernel: a
+/// matmul, a layer op, the schedule's data movement, a same-shape elementwise op.
+fn runs_natively(
+    g: &Graph,
+    n: NodeIndex,
+    operands: &[Value],
+    matmuls: &HashSet<NodeIndex>,
+) -> bool {
+    let same_shape =
+        |i: usize, j: usize| g.value_type(operands[i]).shape == g.value_type(operands[j]).shape;
+    match g.node(n).op {
+        Op::Binary(_) => same_shape(0, 1),
+        Op::Positions
+        | Op::Embedding
+        | Op::RmsNorm { .. }
+        | Op::Rope(_)
+        | Op::Attention(_)
+        | Op::GatherRows { .. }
+        | Op::ScatterAdd { .. }
+        | Op::LastRow => true,
+        _ => matmuls.contains(&n),
     }
 }
 

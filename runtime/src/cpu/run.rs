@@ -196,7 +196,7 @@ impl CpuModel {
         let Some(out_place) = step.outs.first() else {
             return Err(format!("internal error: {} has no output", op.name()));
         };
-        if step.outs.len() > 1 || !self.runs_natively(step, op) {
+        if !step.native {
             return self.fallback(step, op, arena, ins, state, syms);
         }
         let (frame, out) = Frame::split(arena, words(out_place))?;
@@ -276,26 +276,6 @@ impl CpuModel {
             caches: &state.caches,
             peak_fixed: self.program.peak_fixed,
             tokens,
-        }
-    }
-
-    /// Whether `step` writes its place with a native kernel (else: `fallback`).
-    fn runs_natively(&self, step: &Step, op: &Op) -> bool {
-        let same_shape = |i: usize, j: usize| {
-            self.graph.value_type(step.operands[i]).shape
-                == self.graph.value_type(step.operands[j]).shape
-        };
-        match op {
-            Op::Binary(_) => same_shape(0, 1),
-            Op::Positions
-            | Op::Embedding
-            | Op::RmsNorm { .. }
-            | Op::Rope(_)
-            | Op::Attention(_)
-            | Op::GatherRows { .. }
-            | Op::ScatterAdd { .. }
-            | Op::LastRow => true,
-            _ => self.kernel_of.contains_key(&step.node),
         }
     }
 
