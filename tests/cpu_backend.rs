@@ -1,8 +1,9 @@
 //! The CPU backend (Cranelift JIT) against the reference interpreter: every
 //! example, scheduled and dense, at several token counts; routing that leaves all
 //! experts but one empty; capacity drops; random specs; bf16 weights (bf16
-//! panels). Every check runs both matmul paths: the JIT kernel alone, and the
-//! gemm path forced on every segment (`with_gemm_rows(1)`).
+//! panels). Every check runs every matmul path the host has: the portable JIT
+//! kernel alone, the gemm path forced on every segment (`with_gemm_rows(1)`),
+//! and the AVX-512 tiles (`MatmulIsa::Avx512`, on hosts with AVX-512F).
 
 mod backends;
 #[path = "../compiler/tests/common/mod.rs"]
@@ -17,27 +18,43 @@ use moec_compiler::interp;
 use moec_compiler::ir::Graph;
 use moec_compiler::passes::Upto;
 use moec_compiler::tensor::Tensor;
-use moec_runtime::cpu::CpuModel;
+use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::random::round_to_bf16;
 use proptest::prelude::*;
 
 /// Token counts every example runs at: none, one, odd sizes.
 const TOKENS: [usize; 4] = [0, 1, 7, 33];
 
+/// Every matmul path this host runs: (inner loops, gemm from rows).
+fn paths() -> Vec<(MatmulIsa, usize)> {
+    let mut paths = vec![(MatmulIsa::Portable, usize::MAX), (MatmulIsa::Portable, 1)];
+    if MatmulIsa::available().contains(&MatmulIsa::Avx512) {
+        paths.push((MatmulIsa::Avx512, usize::MAX));
+    } else {
+        eprintln!("skipped: the AVX-512 matmul path (this host has no AVX-512F)");
+    }
+    paths
+}
+
 /// Runs `g` on both backends at each token count and compares, with 1 and 3
-/// threads, on the JIT kernel alone and on the gemm path.
+/// threads, on every matmul path.
 fn check(g: &Graph, w: &[Tensor], tokens: &[usize], what: &str) {
-    for (threads, gemm_rows) in [(1, usize::MAX), (3, usize::MAX), (1, 1), (3, 1)] {
-        let model = CpuModel::new(g, w)
-            .unwrap_or_else(|e| panic!("{what}: {e}"))
-            .with_threads(threads)
-            .with_gemm_rows(gemm_rows);
-        for &t in tokens {
-            let x = inputs(g, t, t as u64);
-            let want = interp::run(g, w, &x).unwrap();
-            let got = model.run(&x).unwrap_or_else(|e| panic!("{what}: {e}"));
-            let how = format!("{what}, {t} tokens, {threads} threads, gemm from {gemm_rows} rows");
-            assert_outputs_close(&got, &want, REL, &how);
+    for (isa, gemm_rows) in paths() {
+        for threads in [1, 3] {
+            let model = CpuModel::for_isa(g, w, isa)
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                .with_threads(threads)
+                .with_gemm_rows(gemm_rows);
+            for &t in tokens {
+                let x = inputs(g, t, t as u64);
+                let want = interp::run(g, w, &x).unwrap();
+                let got = model.run(&x).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let how = format!(
+                    "{what}, {t} tokens, {threads} threads, {}, gemm from {gemm_rows} rows",
+                    isa.name()
+                );
+                assert_outputs_close(&got, &want, REL, &how);
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use moec_compiler::interp;
 use moec_compiler::ir::Graph;
 use moec_compiler::lower::lower_source;
 use moec_compiler::tensor::Tensor;
-use moec_runtime::cpu::CpuModel;
+use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::io::read_tensors;
 use moec_runtime::weights::{bind, WeightSource};
 use std::collections::{BTreeMap, BTreeSet};
@@ -156,19 +156,30 @@ fn interpreter_matches_transformers_on_every_fixture() {
     assert!(failures.is_empty(), "over 1e-5: {failures:?}\n{table}");
 }
 
-/// The CPU backend on the bf16 fixture: bf16 panels widened in the kernel, on the
-/// JIT kernel and on the gemm path, give transformers' output.
+/// The CPU backend on the bf16 fixture: bf16 panels widened in the kernel, on
+/// every matmul path the host has (the JIT kernel, the gemm path, the AVX-512
+/// tiles' bf16 pairs), give transformers' output.
 #[test]
 fn cpu_backend_matches_transformers_on_bf16_weights() {
     let dir = root().join("tests/fixtures/mixtral_bf16");
-    for gemm_rows in [usize::MAX, 1] {
+    let mut paths = vec![(MatmulIsa::Portable, usize::MAX), (MatmulIsa::Portable, 1)];
+    paths.extend(
+        MatmulIsa::available()
+            .into_iter()
+            .filter(|isa| *isa != MatmulIsa::Portable)
+            .map(|isa| (isa, usize::MAX)),
+    );
+    for (isa, gemm_rows) in paths {
         let o = check_case(&dir, &move |g, w, x| {
-            let model = CpuModel::new(g, w).unwrap().with_gemm_rows(gemm_rows);
+            let model = CpuModel::for_isa(g, w, isa)
+                .unwrap()
+                .with_gemm_rows(gemm_rows);
             model.run(x).unwrap()
         });
         assert!(
             o.y_error <= 1e-5 && o.logits_error <= 1e-5,
-            "gemm from {gemm_rows} rows: y {:.1e}, router_logits {:.1e}",
+            "{}, gemm from {gemm_rows} rows: y {:.1e}, router_logits {:.1e}",
+            isa.name(),
             o.y_error,
             o.logits_error
         );

@@ -14,7 +14,7 @@ use moec_compiler::ir::Graph;
 use moec_compiler::stats::stats;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::budget::MemoryNeeds;
-use moec_runtime::cpu::CpuModel;
+use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::gpu::GpuModel;
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
@@ -70,6 +70,9 @@ pub struct Args {
     /// (default: the runtime's measured threshold; 0 always, a huge value never).
     #[arg(long)]
     gemm_rows: Option<usize>,
+    /// cpu backend: the matmuls' inner loops (default: the fastest this CPU runs)
+    #[arg(long, value_enum)]
+    matmul_isa: Option<super::MatmulIsaArg>,
 }
 
 /// A graph ready to run on the chosen backend.
@@ -145,7 +148,8 @@ pub fn main(args: Args) -> Result<(), String> {
         let runner = match args.backend {
             Backend::Interp => Runner::Interp(Box::new(g.clone()), weights),
             Backend::Cpu => {
-                let mut model = CpuModel::new(&g, &weights)?;
+                let isa = args.matmul_isa.map_or(MatmulIsa::host(), Into::into);
+                let mut model = CpuModel::for_isa(&g, &weights, isa)?;
                 if let Some(n) = args.threads {
                     model = model.with_threads(n);
                 }

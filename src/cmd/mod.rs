@@ -62,6 +62,24 @@ impl WeightDType {
     }
 }
 
+/// The CPU backend's matmul inner loops, as `--matmul-isa` names them.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum MatmulIsaArg {
+    /// Cranelift's 128-bit kernels and the gemm crate (any CPU)
+    Portable,
+    /// AVX-512 register tiles (CPUs with AVX-512F)
+    Avx512,
+}
+
+impl From<MatmulIsaArg> for moec_runtime::cpu::MatmulIsa {
+    fn from(a: MatmulIsaArg) -> Self {
+        match a {
+            MatmulIsaArg::Portable => moec_runtime::cpu::MatmulIsa::Portable,
+            MatmulIsaArg::Avx512 => moec_runtime::cpu::MatmulIsa::Avx512,
+        }
+    }
+}
+
 /// GPU model options from `--f16-weights`, which only the gpu backend takes.
 pub fn gpu_options(
     backend: Backend,

@@ -7,19 +7,24 @@
 //! `offsets[e]..offsets[e+1]` of a `GroupedLinear`. Items write disjoint parts
 //! of the output (distinct rows or distinct panels), so threads never race.
 //!
-//! Two paths, chosen per segment by its row count:
+//! Weights packed for the AVX-512 path ([`Panels::Wide`], `MatmulIsa::Avx512`):
+//! every item's sums come from the `avx512` register tiles into a block (in
+//! cache), and the JIT epilogue kernel applies bias, activation / GLU and row
+//! weights on the way to the output.
+//!
+//! Weights packed for the JIT kernel ([`Panels::Jit`], `MatmulIsa::Portable`):
+//! two paths, chosen per segment by its row count:
 //! - few rows (decoding, small experts): the JIT matmul kernel, which streams
 //!   the packed panels once for all its rows — memory-bound, so it reads bf16
 //!   panels as they are and widens them in registers;
 //! - at least [`Workers::gemm_rows`] rows: the micro-kernel pattern. An item
 //!   widens `GEMM_PANELS` panels into an f32 `[K, cols]` block (in cache), the
-//!   `gemm` crate (AVX-512 tiles with `x86-v4`, which Cranelift's 128-bit SIMD
-//!   cannot match)
-//!   multiplies the item's rows by it into an accumulator block, and the JIT
-//!   epilogue kernel applies bias, activation / GLU and row weights on the way to
-//!   the output. Needs the shape's epilogue kernel; without one every segment
-//!   takes the first path.
+//!   `gemm` crate multiplies the item's rows by it into an accumulator block,
+//!   and the JIT epilogue kernel applies the epilogue on the way to the output.
+//!   Needs the shape's epilogue kernel; without one every segment takes the
+//!   first path.
 
+use super::avx512::{self, Wide};
 use super::jit::KernelFn;
 use moec_compiler::backend::clif::matmul::MR;
 use moec_compiler::backend::clif::pack::{position, PANEL};
@@ -41,8 +46,21 @@ const GEMM_ROWS: usize = 512;
 /// (17.5 vs 31.5 ms); thresholds 4 / 6 / 8 / 12 measured best at 6.
 pub const GEMM_ROWS_DEFAULT: usize = 6;
 
-/// Packed weight panels (`pack.rs`), one element type per matmul.
+/// Rows per item on the AVX-512 path: four full register tiles.
+const WIDE_ROWS: usize = 48;
+/// At most this many wide panels (16 columns each) per AVX-512 item, so its sums stay in L1/L2.
+const WIDE_PANELS: usize = 16;
+
+/// Packed weights, in the layout of the path that reads them.
 pub enum Panels {
+    /// The JIT kernel's panels (`clif/pack.rs`).
+    Jit(JitPanels),
+    /// The AVX-512 tiles' wide panels (`avx512`).
+    Wide(Wide),
+}
+
+/// The JIT kernel's panels, one element type per matmul.
+pub enum JitPanels {
     F32(Vec<f32>),
     /// bf16 bit patterns.
     Bf16(Vec<u16>),
@@ -51,22 +69,34 @@ pub enum Panels {
 impl Panels {
     fn len(&self) -> usize {
         match self {
-            Panels::F32(v) => v.len(),
-            Panels::Bf16(v) => v.len(),
-        }
-    }
-
-    fn as_ptr(&self) -> *const u8 {
-        match self {
-            Panels::F32(v) => v.as_ptr().cast(),
-            Panels::Bf16(v) => v.as_ptr().cast(),
+            Panels::Jit(JitPanels::F32(v)) => v.len(),
+            Panels::Jit(JitPanels::Bf16(v)) => v.len(),
+            Panels::Wide(w) => w.len(),
         }
     }
 
     fn dtype(&self) -> WeightDType {
         match self {
-            Panels::F32(_) => WeightDType::F32,
-            Panels::Bf16(_) => WeightDType::Bf16,
+            Panels::Jit(JitPanels::F32(_)) => WeightDType::F32,
+            Panels::Jit(JitPanels::Bf16(_)) => WeightDType::Bf16,
+            Panels::Wide(w) => w.dtype(),
+        }
+    }
+
+    /// Elements of one expert's weights.
+    fn expert_len(&self, shape: &MatmulShape) -> usize {
+        match self {
+            Panels::Jit(_) => shape.packed_len(),
+            Panels::Wide(_) => avx512::expert_len(shape),
+        }
+    }
+}
+
+impl JitPanels {
+    fn as_ptr(&self) -> *const u8 {
+        match self {
+            JitPanels::F32(v) => v.as_ptr().cast(),
+            JitPanels::Bf16(v) => v.as_ptr().cast(),
         }
     }
 
@@ -88,8 +118,8 @@ impl Panels {
                 let dst = &mut block[kk * cols + col..kk * cols + col + PANEL];
                 let at = panel + kk * PANEL;
                 match self {
-                    Panels::F32(w) => dst.copy_from_slice(&w[at..at + PANEL]),
-                    Panels::Bf16(w) => {
+                    JitPanels::F32(w) => dst.copy_from_slice(&w[at..at + PANEL]),
+                    JitPanels::Bf16(w) => {
                         for (j, d) in dst.iter_mut().enumerate() {
                             let bits = w[at + position(WeightDType::Bf16, j)];
                             *d = f32::from_bits(u32::from(bits) << 16);
@@ -177,7 +207,7 @@ pub struct Segment {
     pub rows: usize,
 }
 
-/// One kernel call (or gemm and epilogue): a segment's rows `r0..r1`, panels `p0..p1`.
+/// One kernel call (or sums and epilogue): a segment's rows `r0..r1`, panels `p0..p1`.
 #[derive(Clone, Copy, Debug)]
 struct Item {
     seg: Segment,
@@ -185,7 +215,18 @@ struct Item {
     r1: usize,
     p0: usize,
     p1: usize,
-    gemm: bool,
+    how: How,
+}
+
+/// How an item computes its sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum How {
+    /// The JIT matmul kernel, epilogue fused.
+    Kernel,
+    /// The gemm crate over widened JIT panels.
+    Gemm,
+    /// The AVX-512 tiles over wide panels (`p0` even).
+    Wide,
 }
 
 /// The operands of one matmul op.
@@ -225,14 +266,31 @@ thread_local! {
 /// `workers`. Every item is checked before any kernel runs.
 pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String> {
     let shape = &call.packed.shape;
-    let gemm_rows = call.epilogue.map_or(usize::MAX, |_| workers.gemm_rows);
-    let items = split(shape, &call.segments, workers.threads, gemm_rows);
+    let items = match &call.packed.weights {
+        Panels::Wide(_) if call.epilogue.is_some() => {
+            split_wide(shape, &call.segments, workers.threads)
+        }
+        Panels::Wide(_) => {
+            return Err(format!(
+                "internal error: {} has no epilogue kernel",
+                shape.name()
+            ))
+        }
+        Panels::Jit(_) => {
+            let gemm_rows = call.epilogue.map_or(usize::MAX, |_| workers.gemm_rows);
+            split(shape, &call.segments, workers.threads, gemm_rows)
+        }
+    };
     for it in &items {
         check(call, out.len(), it)?;
     }
     let ptrs = Ptrs {
         x: call.x.as_ptr(),
-        w: call.packed.weights.as_ptr(),
+        w: match &call.packed.weights {
+            Panels::Jit(p) => p.as_ptr(),
+            // Wide panels are read by `avx512::sums`, never by a JIT kernel.
+            Panels::Wide(_) => std::ptr::null(),
+        },
         bias: call
             .packed
             .bias
@@ -246,18 +304,21 @@ pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String
     let call_kernel = |kernel: KernelFn, it: &Item, x: *const f32, ldx: usize| {
         let s = &it.seg;
         let width = shape.width();
+        let p = ptrs;
+        // The expert's panels (JIT layout; null for wide ones, which only the
+        // epilogue kernel sees, and it does not read them).
+        let w =
+            p.w.wrapping_add(s.expert * shape.packed_len() * shape.weights.bytes());
         // SAFETY: `check` proved every address this call touches lies inside its
-        // buffer: x rows `x0+r0..x0+r1` (K floats each) or the item's accumulator
-        // block (`gemm_block`: `ldx` floats per row, panels `p0..p1`), the
-        // expert's packed panels and biases, row weights `rw0 + r·ldrw`, and output
-        // rows `out0+r0..out0+r1` at columns below the output width.
+        // buffer: x rows `x0+r0..x0+r1` (K floats each) or the item's sums block
+        // (`ldx` floats per row, panels `p0..p1`), the expert's packed panels
+        // (read by the matmul kernel only) and biases, row weights `rw0 + r·ldrw`,
+        // and output rows `out0+r0..out0+r1` at columns below the output width.
         unsafe {
-            let p = ptrs;
             kernel(
                 x,
                 ldx as isize,
-                p.w.add(s.expert * shape.packed_len() * shape.weights.bytes())
-                    .cast(),
+                w.cast(),
                 if p.bias.is_null() {
                     p.bias
                 } else {
@@ -281,11 +342,16 @@ pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String
     let work = || loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(it) = items.get(i) else { break };
-        match call.epilogue.filter(|_| it.gemm) {
-            Some(epilogue) => gemm_block(call, it, |acc, ldx| {
+        match (it.how, call.epilogue, &call.packed.weights) {
+            (How::Wide, Some(epilogue), Panels::Wide(w)) => wide_block(call, w, it, |acc, ldx| {
                 call_kernel(epilogue, it, acc.as_ptr(), ldx);
             }),
-            None => {
+            (How::Gemm, Some(epilogue), Panels::Jit(panels)) => {
+                gemm_block(call, panels, it, |acc, ldx| {
+                    call_kernel(epilogue, it, acc.as_ptr(), ldx);
+                })
+            }
+            _ => {
                 // (Through `&ptrs`: a closure capturing the raw field would not be Sync.)
                 let p = &ptrs;
                 let x = p.x.wrapping_add((it.seg.x0 + it.r0) * shape.k);
@@ -305,18 +371,32 @@ pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String
     Ok(())
 }
 
+/// The AVX-512 path's sums for `it` (x rows `r0..r1`, wide panels `p0/2..⌈p1/2⌉`)
+/// as `[rows, cols]` in panel column order (in the worker's accumulator block),
+/// handed to `then` with their row stride.
+fn wide_block(call: &Call, w: &Wide, it: &Item, then: impl FnOnce(&[f32], usize)) {
+    let shape = &call.packed.shape;
+    let k = shape.k;
+    let (q0, q1) = (it.p0 / 2, it.p1.div_ceil(2));
+    let (rows, ld) = (it.r1 - it.r0, (q1 - q0) * avx512::LANES);
+    let x = &call.x[(it.seg.x0 + it.r0) * k..(it.seg.x0 + it.r1) * k];
+    BLOCKS.with_borrow_mut(|(_, acc)| {
+        acc.resize(rows * ld, 0.0);
+        avx512::sums(shape, w, it.seg.expert, (q0, q1), x, rows, acc, ld);
+        then(&acc[..rows * ld], ld);
+    })
+}
+
 /// The gemm path's product for `it`: `x` rows `r0..r1` times panels `p0..p1`
 /// widened to f32, as `[rows, cols]` accumulators in panel column order (in the
 /// worker's accumulator block), handed to `then` with their row stride.
-fn gemm_block(call: &Call, it: &Item, then: impl FnOnce(&[f32], usize)) {
+fn gemm_block(call: &Call, panels: &JitPanels, it: &Item, then: impl FnOnce(&[f32], usize)) {
     let shape = &call.packed.shape;
     let (k, rows, cols) = (shape.k, it.r1 - it.r0, (it.p1 - it.p0) * PANEL);
     let x = &call.x[(it.seg.x0 + it.r0) * k..(it.seg.x0 + it.r1) * k];
     BLOCKS.with_borrow_mut(|(block, acc)| {
         block.resize(k * cols, 0.0);
-        call.packed
-            .weights
-            .unpack(shape, it.seg.expert, it.p0, cols, block);
+        panels.unpack(shape, it.seg.expert, it.p0, cols, block);
         acc.resize(rows * cols, 0.0);
         // SAFETY: `x` is `rows × k` (row stride k), `block` is `k × cols` and `acc`
         // is `rows × cols` (row stride cols), all row-major and in bounds; `acc`
@@ -361,7 +441,7 @@ fn split(shape: &MatmulShape, segments: &[Segment], threads: usize, gemm_rows: u
         .min(panels);
     let per = panels.div_ceil(cuts.max(1)).max(1);
     let mut items = Vec::new();
-    let mut push = |segs: &[&Segment], rows: usize, per: usize, gemm: bool| {
+    let mut push = |segs: &[&Segment], rows: usize, per: usize, how: How| {
         for seg in segs {
             for r0 in (0..seg.rows).step_by(rows) {
                 for p0 in (0..panels).step_by(per) {
@@ -371,14 +451,45 @@ fn split(shape: &MatmulShape, segments: &[Segment], threads: usize, gemm_rows: u
                         r1: (r0 + rows).min(seg.rows),
                         p0,
                         p1: (p0 + per).min(panels),
-                        gemm,
+                        how,
                     });
                 }
             }
         }
     };
-    push(&gemm, GEMM_ROWS, GEMM_PANELS, true);
-    push(&kernel, ROW_CHUNK, per, false);
+    push(&gemm, GEMM_ROWS, GEMM_PANELS, How::Gemm);
+    push(&kernel, ROW_CHUNK, per, How::Kernel);
+    items
+}
+
+/// Work items of the AVX-512 path: row chunks of up to `WIDE_ROWS` rows cut into
+/// runs of whole wide panels (an even number of JIT panels, at most
+/// `WIDE_PANELS` wide ones), so there are enough items for every thread.
+fn split_wide(shape: &MatmulShape, segments: &[Segment], threads: usize) -> Vec<Item> {
+    let chunks: usize = segments.iter().map(|s| s.rows.div_ceil(WIDE_ROWS)).sum();
+    let wide = avx512::panels(shape);
+    let cuts = (threads * ITEMS_PER_THREAD)
+        .div_ceil(chunks.max(1))
+        .min(wide);
+    let per = wide.div_ceil(cuts.max(1)).clamp(1, WIDE_PANELS);
+    let mut items = Vec::new();
+    for seg in segments {
+        // Rows in equal chunks, so no item is left with a sliver.
+        let n = seg.rows.div_ceil(WIDE_ROWS);
+        let rows = seg.rows.div_ceil(n.max(1));
+        for r0 in (0..seg.rows).step_by(rows.max(1)) {
+            for q0 in (0..wide).step_by(per) {
+                items.push(Item {
+                    seg: *seg,
+                    r0,
+                    r1: (r0 + rows).min(seg.rows),
+                    p0: 2 * q0,
+                    p1: (2 * (q0 + per)).min(shape.panels()),
+                    how: How::Wide,
+                });
+            }
+        }
+    }
     items
 }
 
@@ -395,9 +506,16 @@ fn check(call: &Call, out_len: usize, it: &Item) -> Result<(), String> {
     if it.r0 >= it.r1 || it.p0 >= it.p1 || it.p1 > shape.panels() {
         return fail("empty or past the panels");
     }
-    if s.expert >= call.packed.experts
-        || call.packed.weights.len() < (s.expert + 1) * shape.packed_len()
-        || call.packed.weights.dtype() != shape.weights
+    let weights = &call.packed.weights;
+    let layout_fits = match (it.how, weights) {
+        (How::Wide, Panels::Wide(_)) => it.p0.is_multiple_of(2),
+        (How::Kernel | How::Gemm, Panels::Jit(_)) => true,
+        _ => false,
+    };
+    if !layout_fits
+        || s.expert >= call.packed.experts
+        || weights.len() < (s.expert + 1) * weights.expert_len(shape)
+        || weights.dtype() != shape.weights
     {
         return fail("weights");
     }

@@ -26,6 +26,8 @@
 //! [`CpuModel::linked`] takes the kernels from elsewhere instead of the JIT: an
 //! executable built by `moec build` passes the ones linked into it (`crate::aot`).
 
+mod avx512;
+mod isa;
 mod jit;
 mod layers;
 mod matmul;
@@ -34,11 +36,13 @@ mod rows;
 mod run;
 mod workspace;
 
+pub use isa::MatmulIsa;
 pub use jit::{host_isa, target, KernelFn};
 
 pub use matmul::GEMM_ROWS_DEFAULT;
 
-use matmul::{Call, Packed, Panels, Segment, Workers};
+use avx512::Wide;
+use matmul::{Call, JitPanels, Packed, Panels, Segment, Workers};
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16};
 use moec_compiler::backend::clif::{self, MatmulShape, WeightDType};
 use moec_compiler::interp;
@@ -68,16 +72,28 @@ pub struct CpuModel {
     arena: Mutex<Vec<f32>>,
     /// Packed weights of each matmul whose weights are weight-only.
     packed: HashMap<NodeIndex, Packed>,
+    /// The matmuls' inner loops (and so their weights' layout).
+    isa: MatmulIsa,
     workers: Workers,
 }
 
 impl CpuModel {
-    /// Compiles `g` and prepares its bound `weights` (one per `g.weights`).
+    /// Compiles `g` and prepares its bound `weights` (one per `g.weights`) for
+    /// the fastest matmul inner loops this host runs ([`MatmulIsa::host`]).
     pub fn new(g: &Graph, weights: &[Tensor]) -> Result<CpuModel, String> {
+        CpuModel::for_isa(g, weights, MatmulIsa::host())
+    }
+
+    /// Like [`CpuModel::new`], with the matmuls' inner loops `isa` (one of
+    /// [`MatmulIsa::available`]).
+    pub fn for_isa(g: &Graph, weights: &[Tensor], isa: MatmulIsa) -> Result<CpuModel, String> {
+        if !MatmulIsa::available().contains(&isa) {
+            return Err(format!("this CPU cannot run the {} matmuls", isa.name()));
+        }
         interp::check_weights(g, weights)?;
         let (fixed, values) = weight_values(g, weights);
-        let isa = jit::host_isa(false)?;
-        let program = clif::lower_with(g, &jit::target(&isa), |n| {
+        let host = jit::host_isa(false)?;
+        let program = clif::lower_with(g, &jit::target(&host), |n| {
             let mut shape = clif::matmul_shape(g, n)?;
             let w = values.get(&g.operands(n)[1]);
             if w.is_some_and(|w| w.as_f32().iter().all(|v| v.to_bits() & 0xFFFF == 0)) {
@@ -85,14 +101,14 @@ impl CpuModel {
             }
             Some(shape)
         });
-        let jit = jit::compile(&program, isa)?;
+        let jit = jit::compile(&program, host)?;
         let shapes = program
             .by_node
             .iter()
             .map(|(&n, &k)| (n, program.kernels[k].shape))
             .collect();
         let code = (jit.kernels.clone(), jit.epilogues.clone(), Some(jit));
-        CpuModel::prepare(g, (fixed, values), program.by_node, shapes, code)
+        CpuModel::prepare(g, (fixed, values), program.by_node, shapes, code, isa)
     }
 
     /// Like [`CpuModel::new`], with kernels compiled ahead of time: `code` holds
@@ -120,7 +136,8 @@ impl CpuModel {
             .collect::<Result<_, String>>()?;
         let (kernels, epilogues) = jit::by_kernel(code);
         let values = weight_values(g, weights);
-        CpuModel::prepare(g, values, kernel_of, shapes, (kernels, epilogues, None))
+        let code = (kernels, epilogues, None);
+        CpuModel::prepare(g, values, kernel_of, shapes, code, MatmulIsa::host())
     }
 
     /// Prepares the weight-only `values` for running `g` with `code` (kernels,
@@ -132,6 +149,7 @@ impl CpuModel {
         kernel_of: HashMap<NodeIndex, usize>,
         shapes: HashMap<NodeIndex, MatmulShape>,
         (kernels, epilogues, jit): (Vec<KernelFn>, Vec<KernelFn>, Option<jit::Jit>),
+        isa: MatmulIsa,
     ) -> Result<CpuModel, String> {
         let mut packed = HashMap::new();
         let mut packed_operands = HashSet::new();
@@ -142,7 +160,7 @@ impl CpuModel {
             if !fixed.contains(&w.node) || b.is_some_and(|b| !fixed.contains(&b.node)) {
                 continue;
             }
-            packed.insert(n, pack(shape, &values[&w], b.map(|b| &values[&b])));
+            packed.insert(n, pack(shape, &values[&w], b.map(|b| &values[&b]), isa));
             packed_operands.insert((n, 1));
             packed_operands.extend(bias_at.map(|i| (n, i)));
         }
@@ -168,6 +186,7 @@ impl CpuModel {
             program,
             arena: Mutex::new(Vec::new()),
             packed,
+            isa,
             workers: Workers::new(threads, GEMM_ROWS_DEFAULT),
         })
     }
@@ -212,7 +231,7 @@ impl CpuModel {
             Some(p) => p,
             None => {
                 let bias = bias_at.map(|i| r.tensor(i)).transpose()?;
-                owned = pack(shape, &r.tensor(1)?, bias.as_ref());
+                owned = pack(shape, &r.tensor(1)?, bias.as_ref(), self.isa);
                 &owned
             }
         };
@@ -329,15 +348,22 @@ fn weight_values(g: &Graph, weights: &[Tensor]) -> (HashSet<NodeIndex>, HashMap<
     (fixed, values)
 }
 
-/// Packs a matmul's weights (`[N, K]` or `[E, N, K]`, as `shape.weights`) and bias.
-fn pack(shape: MatmulShape, w: &Tensor, b: Option<&Tensor>) -> Packed {
+/// Packs a matmul's weights (`[N, K]` or `[E, N, K]`, as `shape.weights`) for
+/// `isa`'s inner loops, and its bias.
+fn pack(shape: MatmulShape, w: &Tensor, b: Option<&Tensor>, isa: MatmulIsa) -> Packed {
     let experts = if w.shape.len() == 3 { w.shape[0] } else { 1 };
+    let w = w.as_f32();
     Packed {
         shape,
         experts,
-        weights: match shape.weights {
-            WeightDType::F32 => Panels::F32(pack_weights(&shape, w.as_f32())),
-            WeightDType::Bf16 => Panels::Bf16(pack_weights_bf16(&shape, w.as_f32())),
+        weights: match (isa, shape.weights) {
+            (MatmulIsa::Avx512, _) => Panels::Wide(Wide::pack(&shape, w)),
+            (MatmulIsa::Portable, WeightDType::F32) => {
+                Panels::Jit(JitPanels::F32(pack_weights(&shape, w)))
+            }
+            (MatmulIsa::Portable, WeightDType::Bf16) => {
+                Panels::Jit(JitPanels::Bf16(pack_weights_bf16(&shape, w)))
+            }
         },
         bias: b.map(|b| pack_bias(&shape, b.as_f32())),
     }

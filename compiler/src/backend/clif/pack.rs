@@ -18,7 +18,7 @@ use super::{MatmulShape, WeightDType};
 pub const PANEL: usize = 8;
 
 /// The weight column (row of `[N, K]`) in slot `j` of panel `p`, if any.
-fn column(shape: &MatmulShape, p: usize, j: usize) -> Option<usize> {
+pub fn column(shape: &MatmulShape, p: usize, j: usize) -> Option<usize> {
     if shape.epilogue.is_glu() {
         let h = shape.n / 2;
         let half = PANEL / 2;
