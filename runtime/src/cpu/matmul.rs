@@ -46,10 +46,13 @@ const GEMM_ROWS: usize = 512;
 /// (17.5 vs 31.5 ms); thresholds 4 / 6 / 8 / 12 measured best at 6.
 pub const GEMM_ROWS_DEFAULT: usize = 6;
 
-/// Rows per item on the AVX-512 path: four full register tiles.
-const WIDE_ROWS: usize = 48;
-/// At most this many wide panels (16 columns each) per AVX-512 item, so its sums stay in L1/L2.
-const WIDE_PANELS: usize = 16;
+/// At most this many rows per item on the AVX-512 path: an expert's rows at
+/// prefill in one item, so its weights are read once (the tiles slice k so the
+/// rows' x stays in L2).
+const WIDE_ROWS: usize = 256;
+/// Bytes of sums an AVX-512 item may hold (its rows × its panels' 64 bytes),
+/// so they stay in L2 beside the item's x slice.
+const WIDE_SUM_BYTES: usize = 256 << 10;
 
 /// Packed weights, in the layout of the path that reads them.
 pub enum Panels {
@@ -258,6 +261,8 @@ unsafe impl Send for Ptrs {}
 unsafe impl Sync for Ptrs {}
 
 thread_local! {
+    /// The calling thread's copy of an AVX-512 matmul's x rows in tile order.
+    static TILED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A worker's gemm blocks: widened weights `[K, cols]` and accumulators `[rows, cols]`.
     static BLOCKS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -266,22 +271,50 @@ thread_local! {
 /// `workers`. Every item is checked before any kernel runs.
 pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String> {
     let shape = &call.packed.shape;
-    let items = match &call.packed.weights {
+    match &call.packed.weights {
         Panels::Wide(_) if call.epilogue.is_some() => {
-            split_wide(shape, &call.segments, workers.threads)
+            let items = split_wide(shape, &call.segments, workers.threads);
+            TILED.with_borrow_mut(|tiled| {
+                tiled.resize(call.x.len(), 0.0);
+                let k = shape.k;
+                // (Segments that share their input rows are consecutive: copy those once.)
+                let mut last = None;
+                for s in &call.segments {
+                    if last.replace((s.x0, s.rows)) == Some((s.x0, s.rows)) {
+                        continue;
+                    }
+                    let rows = s.x0 * k..(s.x0 + s.rows) * k;
+                    match (call.x.get(rows.clone()), tiled.get_mut(rows)) {
+                        (Some(x), Some(t)) => avx512::tile_order(x, k, t),
+                        _ => return Err(format!("internal error: {} input rows", shape.name())),
+                    }
+                }
+                run_items(call, &items, tiled, out, workers)
+            })
         }
-        Panels::Wide(_) => {
-            return Err(format!(
-                "internal error: {} has no epilogue kernel",
-                shape.name()
-            ))
-        }
+        Panels::Wide(_) => Err(format!(
+            "internal error: {} has no epilogue kernel",
+            shape.name()
+        )),
         Panels::Jit(_) => {
             let gemm_rows = call.epilogue.map_or(usize::MAX, |_| workers.gemm_rows);
-            split(shape, &call.segments, workers.threads, gemm_rows)
+            let items = split(shape, &call.segments, workers.threads, gemm_rows);
+            run_items(call, &items, &[], out, workers)
         }
-    };
-    for it in &items {
+    }
+}
+
+/// Runs `items` of `call` into `out`; `tiled` holds `x` in tile order for the
+/// AVX-512 items (empty for the others).
+fn run_items(
+    call: &Call,
+    items: &[Item],
+    tiled: &[f32],
+    out: &mut [f32],
+    workers: &Workers,
+) -> Result<(), String> {
+    let shape = &call.packed.shape;
+    for it in items {
         check(call, out.len(), it)?;
     }
     let ptrs = Ptrs {
@@ -343,9 +376,11 @@ pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(it) = items.get(i) else { break };
         match (it.how, call.epilogue, &call.packed.weights) {
-            (How::Wide, Some(epilogue), Panels::Wide(w)) => wide_block(call, w, it, |acc, ldx| {
-                call_kernel(epilogue, it, acc.as_ptr(), ldx);
-            }),
+            (How::Wide, Some(epilogue), Panels::Wide(w)) => {
+                wide_block(call, w, tiled, it, |acc, ldx| {
+                    call_kernel(epilogue, it, acc.as_ptr(), ldx);
+                })
+            }
             (How::Gemm, Some(epilogue), Panels::Jit(panels)) => {
                 gemm_block(call, panels, it, |acc, ldx| {
                     call_kernel(epilogue, it, acc.as_ptr(), ldx);
@@ -374,12 +409,13 @@ pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String
 /// The AVX-512 path's sums for `it` (x rows `r0..r1`, wide panels `p0/2..⌈p1/2⌉`)
 /// as `[rows, cols]` in panel column order (in the worker's accumulator block),
 /// handed to `then` with their row stride.
-fn wide_block(call: &Call, w: &Wide, it: &Item, then: impl FnOnce(&[f32], usize)) {
+fn wide_block(call: &Call, w: &Wide, tiled: &[f32], it: &Item, then: impl FnOnce(&[f32], usize)) {
     let shape = &call.packed.shape;
     let k = shape.k;
     let (q0, q1) = (it.p0 / 2, it.p1.div_ceil(2));
     let (rows, ld) = (it.r1 - it.r0, (q1 - q0) * avx512::LANES);
-    let x = &call.x[(it.seg.x0 + it.r0) * k..(it.seg.x0 + it.r1) * k];
+    // `r0` is a multiple of `ROWS`, so the item's rows are whole tiles of its segment's.
+    let x = &tiled[(it.seg.x0 + it.r0) * k..(it.seg.x0 + it.r1) * k];
     BLOCKS.with_borrow_mut(|(_, acc)| {
         acc.resize(rows * ld, 0.0);
         avx512::sums(shape, w, it.seg.expert, (q0, q1), x, rows, acc, ld);
@@ -471,12 +507,13 @@ fn split_wide(shape: &MatmulShape, segments: &[Segment], threads: usize) -> Vec<
     let cuts = (threads * ITEMS_PER_THREAD)
         .div_ceil(chunks.max(1))
         .min(wide);
-    let per = wide.div_ceil(cuts.max(1)).clamp(1, WIDE_PANELS);
     let mut items = Vec::new();
     for seg in segments {
         // Rows in equal chunks, so no item is left with a sliver.
         let n = seg.rows.div_ceil(WIDE_ROWS);
-        let rows = seg.rows.div_ceil(n.max(1));
+        let rows = seg.rows.div_ceil(n.max(1)).next_multiple_of(avx512::ROWS);
+        let fit = WIDE_SUM_BYTES / (rows.max(1) * avx512::LANES * 4);
+        let per = wide.div_ceil(cuts.max(1)).clamp(1, fit.max(1));
         for r0 in (0..seg.rows).step_by(rows.max(1)) {
             for q0 in (0..wide).step_by(per) {
                 items.push(Item {
@@ -508,7 +545,9 @@ fn check(call: &Call, out_len: usize, it: &Item) -> Result<(), String> {
     }
     let weights = &call.packed.weights;
     let layout_fits = match (it.how, weights) {
-        (How::Wide, Panels::Wide(_)) => it.p0.is_multiple_of(2),
+        (How::Wide, Panels::Wide(_)) => {
+            it.p0.is_multiple_of(2) && it.r0.is_multiple_of(avx512::ROWS)
+        }
         (How::Kernel | How::Gemm, Panels::Jit(_)) => true,
         _ => false,
     };

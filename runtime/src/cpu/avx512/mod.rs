@@ -23,6 +23,25 @@ use moec_compiler::backend::clif::{MatmulShape, WeightDType};
 
 /// Columns (f32 lanes) of a wide panel: two JIT panels.
 pub const LANES: usize = 2 * PANEL;
+/// Rows of a full register tile; blocks of rows start at multiples of it.
+pub const ROWS: usize = 12;
+
+/// Copies `rows` rows of `x` (`k` floats each) into `out` in tile order: the
+/// rows in tiles of `ROWS` from the first (the last tile may be shorter), each
+/// tile of `m` rows taking the same `m·k` floats as in `x`, k-major (value
+/// `(kk, i)` at `kk·m + i`).
+pub fn tile_order(x: &[f32], k: usize, out: &mut [f32]) {
+    let rows = x.len().checked_div(k).unwrap_or(0);
+    for r in (0..rows).step_by(ROWS) {
+        let m = (rows - r).min(ROWS);
+        let src = &x[r * k..(r + m) * k];
+        for (kk, dst) in out[r * k..(r + m) * k].chunks_exact_mut(m).enumerate() {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src[i * k + kk];
+            }
+        }
+    }
+}
 
 /// Weights in the wide layout, every expert's panels one after another.
 pub enum Wide {
@@ -110,9 +129,10 @@ impl Wide {
     }
 }
 
-/// Writes the sums of `rows` rows of `x` (`K` floats apart) and wide panels
-/// `q0..q1` of `expert` into `acc`: row `r`, panel `q` at
-/// `acc[r·ldacc + (q - q0)·LANES ..][..LANES]`.
+/// Writes the sums of `rows` rows of x and wide panels `q0..q1` of `expert`
+/// into `acc`: row `r`, panel `q` at `acc[r·ldacc + (q - q0)·LANES ..][..LANES]`.
+/// `x` holds the rows in tile order ([`tile_order`], tiles counted from `x`'s
+/// first row).
 ///
 /// Panics (an internal error: the caller checks every item first) when a
 /// buffer is too short or the host lacks AVX-512.
@@ -145,16 +165,15 @@ pub fn sums(
         let stride = steps(shape) * LANES;
         let tile = tiles::Tile {
             x: x.as_ptr(),
-            ldx: k,
             k,
             stride,
             acc: acc.as_mut_ptr(),
             ldacc,
         };
         let first = expert * per + q0 * stride;
-        // SAFETY: checked above: the host has AVX-512F; the tiles read `rows` x rows
-        // of `k` floats, panels `q0..q1` of this expert (`stride` elements each), and
-        // write `rows` rows of `(q1 - q0)·LANES` sums `ldacc` apart.
+        // SAFETY: checked above: the host has AVX-512F; the tiles read `rows` x
+        // rows of `k` floats, panels `q0..q1` of this expert (`stride` elements
+        // each), and write `rows` rows of `(q1 - q0)·LANES` sums `ldacc` apart.
         unsafe {
             match w {
                 Wide::F32(v) => tiles::f32_sums(&tile, v.as_ptr().add(first), rows, q1 - q0),
@@ -189,9 +208,9 @@ mod tests {
         out
     }
 
-    /// Every remainder: K odd and even (bf16 pairs), an odd panel count (a last
-    /// panel paired with zeros), GLU columns, rows that are not whole tiles, and
-    /// blocks that start past the first panel.
+    /// Every remainder: K odd and even (bf16 pairs), K past one slice, an odd
+    /// panel count (a last panel paired with zeros), GLU columns, rows that are
+    /// not whole tiles, and blocks that start past the first panel.
     #[test]
     fn tiles_give_the_plain_sums() {
         if !crate::cpu::isa::avx512_supported() {
@@ -211,6 +230,8 @@ mod tests {
             (16, 40, Epilogue::Glu(UnaryOp::Silu)),
             (33, 8, Epilogue::None),
             (1, 50, Epilogue::Glu(UnaryOp::Silu)),
+            // Several k slices, the last one odd.
+            (601, 40, Epilogue::None),
         ] {
             for dtype in [WeightDType::F32, WeightDType::Bf16] {
                 let shape = MatmulShape {
@@ -228,11 +249,13 @@ mod tests {
                 for rows in [1, 5, 12, 13, 30] {
                     let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
                     let want = plain(&shape, &w, 1, &x, rows);
+                    let mut tiled = vec![f32::NAN; x.len()];
+                    tile_order(&x, k, &mut tiled);
                     for q0 in 0..panels(&shape) {
                         let q1 = panels(&shape);
                         let ld = (q1 - q0) * LANES + 3;
                         let mut acc = vec![f32::NAN; rows * ld];
-                        sums(&shape, &packed, 1, (q0, q1), &x, rows, &mut acc, ld);
+                        sums(&shape, &packed, 1, (q0, q1), &tiled, rows, &mut acc, ld);
                         for r in 0..rows {
                             for s in 0..(q1 - q0) * LANES {
                                 let (got, want) =

@@ -3,25 +3,33 @@
 //! one x value per row into `R·C` FMAs. A block of rows and panels is covered by
 //! full `ROWS × PANELS` tiles and remainder tiles specialised to their size.
 //!
+//! Loop order (the BLIS one): k in slices of `KC`, then panel groups, then row
+//! tiles. A panel group's slice (`PANELS · KC · 64` bytes) stays in L1 while
+//! every row tile passes over it, and the block's x slice stays in L2 while
+//! every panel group passes, so each weight is read from memory once per block
+//! however many rows it has; tiles after the first slice resume from the sums
+//! they stored. The x rows come in tile order (`mod.rs::tile_order`: k-major per
+//! row tile, `R` values per k-step, copied once per matmul call), so a tile's
+//! broadcasts all read one stream at fixed offsets.
+//!
 //! bf16 panels hold two k-steps per 32-bit lane (`mod.rs`): one load, then a
 //! shift (even k) and a mask (odd k) give exact f32 weights for two FMAs.
 //!
 //! Everything here trusts its pointers; `mod.rs::sums` checks them.
 
-#[cfg(target_arch = "x86_64")]
+use super::ROWS;
 use std::arch::x86_64::*;
 
-/// Rows of a full tile.
-const ROWS: usize = 12;
 /// Wide panels of a full tile.
 const PANELS: usize = 2;
+/// k-steps per slice (even, so bf16 pairs never straddle two).
+const KC: usize = 256;
 
 /// Where a block's operands are.
 pub struct Tile {
-    /// The block's first x row.
+    /// The block's x rows in tile order (`tile_order`).
     pub x: *const f32,
-    /// Floats between x rows.
-    pub ldx: usize,
+    /// k-steps in all.
     pub k: usize,
     /// Elements between consecutive wide panels.
     pub stride: usize,
@@ -29,6 +37,17 @@ pub struct Tile {
     pub acc: *mut f32,
     /// Floats between rows of sums.
     pub ldacc: usize,
+}
+
+/// One tile: its x slice (k-major, `R` floats per k-step), its first panel, its
+/// first sum, and the k-steps `k0..k1` it adds.
+#[derive(Clone, Copy)]
+struct At<W> {
+    x: *const f32,
+    w: *const W,
+    acc: *mut f32,
+    k0: usize,
+    k1: usize,
 }
 
 /// Runs `tile::<R, C>` (a const-generic tile function) for a run-time `rows`
@@ -52,19 +71,36 @@ macro_rules! by_rows {
     };
 }
 
-/// Visits the block in tiles: panels in groups of `PANELS` (then one at a time),
-/// rows in tiles of `ROWS` (then the rest), calling `tile(rows, panels, row, panel)`.
-fn cover(rows: usize, panels: usize, mut tile: impl FnMut(usize, usize, usize, usize)) {
-    let mut q = 0;
-    while q < panels {
-        let c = if panels - q >= PANELS { PANELS } else { 1 };
-        let mut r = 0;
-        while r < rows {
-            let m = (rows - r).min(ROWS);
-            tile(m, c, r, q);
-            r += m;
+/// Visits the block in tiles: k in slices of `KC`, panels in groups of `PANELS`
+/// (then one at a time), rows in tiles of `ROWS` (then the rest), calling
+/// `tile(rows, panels, at)`.
+///
+/// # Safety
+/// As [`f32_sums`], with `w` the first panel.
+unsafe fn cover<W>(
+    t: &Tile,
+    w: *const W,
+    (rows, panels): (usize, usize),
+    mut tile: impl FnMut(usize, usize, At<W>),
+) {
+    for k0 in (0..t.k).step_by(KC) {
+        let k1 = (k0 + KC).min(t.k);
+        let mut q = 0;
+        while q < panels {
+            let c = if panels - q >= PANELS { PANELS } else { 1 };
+            for r in (0..rows).step_by(ROWS) {
+                let m = (rows - r).min(ROWS);
+                let at = At {
+                    x: t.x.add(r * t.k + k0 * m),
+                    w: w.add(q * t.stride),
+                    acc: t.acc.add(r * t.ldacc + q * 16),
+                    k0,
+                    k1,
+                };
+                tile(m, c, at);
+            }
+            q += c;
         }
-        q += c;
     }
 }
 
@@ -74,13 +110,11 @@ fn cover(rows: usize, panels: usize, mut tile: impl FnMut(usize, usize, usize, u
 /// The host has AVX-512F; `t` and `w` describe `rows` readable x rows, `panels`
 /// readable wide panels and `rows` writable rows of `panels·16` sums.
 pub unsafe fn f32_sums(t: &Tile, w: *const f32, rows: usize, panels: usize) {
-    cover(rows, panels, |m, c, r, q| {
-        let (x, acc) = (t.x.add(r * t.ldx), t.acc.add(r * t.ldacc + q * 16));
-        let w = w.add(q * t.stride);
+    cover(t, w, (rows, panels), |m, c, at| {
         if c == PANELS {
-            by_rows!(f32_tile, 2, m, t, x, w, acc)
+            by_rows!(f32_tile, 2, m, t, at)
         } else {
-            by_rows!(f32_tile, 1, m, t, x, w, acc)
+            by_rows!(f32_tile, 1, m, t, at)
         }
     });
 }
@@ -90,82 +124,88 @@ pub unsafe fn f32_sums(t: &Tile, w: *const f32, rows: usize, panels: usize) {
 /// # Safety
 /// As [`f32_sums`].
 pub unsafe fn bf16_sums(t: &Tile, w: *const u32, rows: usize, panels: usize) {
-    cover(rows, panels, |m, c, r, q| {
-        let (x, acc) = (t.x.add(r * t.ldx), t.acc.add(r * t.ldacc + q * 16));
-        let w = w.add(q * t.stride);
+    cover(t, w, (rows, panels), |m, c, at| {
         if c == PANELS {
-            by_rows!(bf16_tile, 2, m, t, x, w, acc)
+            by_rows!(bf16_tile, 2, m, t, at)
         } else {
-            by_rows!(bf16_tile, 1, m, t, x, w, acc)
+            by_rows!(bf16_tile, 1, m, t, at)
         }
     });
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn f32_tile<const R: usize, const C: usize>(
-    t: &Tile,
-    x: *const f32,
-    w: *const f32,
-    acc: *mut f32,
-) {
-    let mut a = [[_mm512_setzero_ps(); C]; R];
-    for kk in 0..t.k {
+unsafe fn f32_tile<const R: usize, const C: usize>(t: &Tile, at: At<f32>) {
+    let mut a = resume::<R, C, _>(&at, t.ldacc);
+    for kk in 0..at.k1 - at.k0 {
         let mut wv = [_mm512_setzero_ps(); C];
         for (c, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(w.add(c * t.stride + kk * 16));
+            *v = _mm512_loadu_ps(at.w.add(c * t.stride + (at.k0 + kk) * 16));
         }
+        let x = at.x.add(kk * R);
         for (r, ar) in a.iter_mut().enumerate() {
-            let xv = _mm512_set1_ps(*x.add(r * t.ldx + kk));
+            let xv = _mm512_set1_ps(*x.add(r));
             for (ac, wc) in ar.iter_mut().zip(&wv) {
                 *ac = _mm512_fmadd_ps(xv, *wc, *ac);
             }
         }
     }
-    store(a, acc, t.ldacc);
+    store(a, at.acc, t.ldacc);
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn bf16_tile<const R: usize, const C: usize>(
-    t: &Tile,
-    x: *const f32,
-    w: *const u32,
-    acc: *mut f32,
-) {
+unsafe fn bf16_tile<const R: usize, const C: usize>(t: &Tile, at: At<u32>) {
     let high = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
-    let widen = |at: *const u32| {
-        let v = _mm512_loadu_si512(at.cast());
+    let widen = |step: usize, c: usize| {
+        let v = _mm512_loadu_si512(at.w.add(c * t.stride + step * 16).cast());
         (
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)),
             _mm512_castsi512_ps(_mm512_and_si512(v, high)),
         )
     };
-    let mut a = [[_mm512_setzero_ps(); C]; R];
-    let pairs = t.k / 2;
-    for s in 0..pairs {
+    let mut a = resume::<R, C, _>(&at, t.ldacc);
+    // `k0` is even (`KC` is); only the last slice can end in half a pair.
+    let kc = at.k1 - at.k0;
+    for s in 0..kc / 2 {
         let mut wv = [(_mm512_setzero_ps(), _mm512_setzero_ps()); C];
         for (c, v) in wv.iter_mut().enumerate() {
-            *v = widen(w.add(c * t.stride + s * 16));
+            *v = widen(at.k0 / 2 + s, c);
         }
+        let x = at.x.add(2 * s * R);
         for (r, ar) in a.iter_mut().enumerate() {
-            let x0 = _mm512_set1_ps(*x.add(r * t.ldx + 2 * s));
-            let x1 = _mm512_set1_ps(*x.add(r * t.ldx + 2 * s + 1));
+            let x0 = _mm512_set1_ps(*x.add(r));
+            let x1 = _mm512_set1_ps(*x.add(R + r));
             for (ac, (even, odd)) in ar.iter_mut().zip(&wv) {
                 *ac = _mm512_fmadd_ps(x0, *even, *ac);
                 *ac = _mm512_fmadd_ps(x1, *odd, *ac);
             }
         }
     }
-    if t.k % 2 == 1 {
+    if kc % 2 == 1 {
         // The last step's high halves are zero and x has no element past K.
+        let x = at.x.add((kc - 1) * R);
         for (r, ar) in a.iter_mut().enumerate() {
-            let x0 = _mm512_set1_ps(*x.add(r * t.ldx + 2 * pairs));
+            let x0 = _mm512_set1_ps(*x.add(r));
             for (c, ac) in ar.iter_mut().enumerate() {
-                let (even, _) = widen(w.add(c * t.stride + pairs * 16));
+                let (even, _) = widen(at.k1 / 2, c);
                 *ac = _mm512_fmadd_ps(x0, even, *ac);
             }
         }
     }
-    store(a, acc, t.ldacc);
+    store(a, at.acc, t.ldacc);
+}
+
+/// A tile's sums so far: zero at the first slice, else what it stored.
+#[target_feature(enable = "avx512f")]
+unsafe fn resume<const R: usize, const C: usize, W>(at: &At<W>, ld: usize) -> [[__m512; C]; R] {
+    let mut a = [[_mm512_setzero_ps(); C]; R];
+    if at.k0 > 0 {
+        for (r, ar) in a.iter_mut().enumerate() {
+            for (c, v) in ar.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(at.acc.add(r * ld + c * 16));
+            }
+        }
+    }
+    a
 }
 
 #[target_feature(enable = "avx512f")]
