@@ -83,6 +83,56 @@ fn bf16_weights_match_the_interpreter() {
     }
 }
 
+/// `MatmulIsa::Amx` rounds the activations of bf16 matmuls with 16+ rows to
+/// bf16, so it is not exact: on a layer whose experts get 40+ rows each (and K a
+/// multiple of 32, so every such matmul runs on the AMX tiles), its output stays
+/// within bf16 rounding of the interpreter's (relative L2 error under 1%; a
+/// wrong tile layout gives errors of order 1).
+#[test]
+fn amx_path_stays_within_bf16_rounding() {
+    if !MatmulIsa::available().contains(&MatmulIsa::Amx) {
+        eprintln!("skipped: this host cannot run AMX tiles");
+        return;
+    }
+    let source = example("mixtral.moe");
+    let sets: Vec<(String, String)> = [
+        ("hidden_size", "64"),
+        ("intermediate_size", "96"),
+        ("num_local_experts", "4"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let g = graph(&source, &sets, Upto::All);
+    let w: Vec<Tensor> = weights(&g, 5).into_iter().map(round_to_bf16).collect();
+    let x = inputs(&g, 96, 3);
+    let want = interp::run(&g, &w, &x).unwrap();
+    for threads in [1, 3] {
+        let model = CpuModel::for_isa(&g, &w, MatmulIsa::Amx)
+            .unwrap()
+            .with_threads(threads);
+        let got = model.run(&x).unwrap();
+        for (name, want) in &want {
+            let (got, want) = (got[name].as_f32(), want.as_f32());
+            let diff: f64 = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            let norm: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum();
+            let rel = (diff / norm.max(1e-30)).sqrt();
+            assert!(
+                rel < 1e-2,
+                "{name}, {threads} threads: relative L2 error {rel:.2e}"
+            );
+            assert!(
+                rel > 0.0,
+                "{name}: exactly equal, so the AMX tiles did not run"
+            );
+        }
+    }
+}
+
 #[test]
 fn clamped_glu_epilogue_matches() {
     for c in clamped_glu_cases() {

@@ -69,6 +69,9 @@ pub enum MatmulIsaArg {
     Portable,
     /// AVX-512 register tiles (CPUs with AVX-512F)
     Avx512,
+    /// AVX-512, and AMX-BF16 tiles for bf16 weights at 16+ rows, rounding their
+    /// activations to bf16 (CPUs with AMX)
+    Amx,
 }
 
 impl From<MatmulIsaArg> for moec_runtime::cpu::MatmulIsa {
@@ -76,6 +79,7 @@ impl From<MatmulIsaArg> for moec_runtime::cpu::MatmulIsa {
         match a {
             MatmulIsaArg::Portable => moec_runtime::cpu::MatmulIsa::Portable,
             MatmulIsaArg::Avx512 => moec_runtime::cpu::MatmulIsa::Avx512,
+            MatmulIsaArg::Amx => moec_runtime::cpu::MatmulIsa::Amx,
         }
     }
 }

@@ -5,32 +5,42 @@
 //!   Cranelift supports), with the `gemm` crate for segments of many rows;
 //! - [`MatmulIsa::Avx512`]: the `std::arch` AVX-512 tiles of `avx512/` for every
 //!   segment, weights packed 16 columns wide, followed by the Cranelift epilogue
-//!   kernel (bias, activation, GLU, row weights).
+//!   kernel (bias, activation, GLU, row weights);
+//! - [`MatmulIsa::Amx`]: the AVX-512 tiles, and AMX-BF16 tiles for segments of
+//!   many rows with bf16 weights, whose activations are then rounded to bf16 (as
+//!   transformers' and llama.cpp's bf16 matmuls round them). Never the default:
+//!   asked for by name (`--matmul-isa amx`).
 //!
-//! Both compute the same sums in f32 (bf16 weights widened exactly), so they
-//! differ only in the order of additions.
+//! The first two compute the same sums in f32 (bf16 weights widened exactly),
+//! so they differ only in the order of additions.
 
 /// The inner loops of the CPU backend's matmuls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulIsa {
     Portable,
     Avx512,
+    Amx,
 }
 
 impl MatmulIsa {
-    /// The fastest this host runs.
+    /// The fastest exact choice this host runs (not [`MatmulIsa::Amx`], which
+    /// rounds activations).
     pub fn host() -> MatmulIsa {
-        MatmulIsa::available()
-            .last()
-            .copied()
-            .unwrap_or(MatmulIsa::Portable)
+        if avx512_supported() {
+            MatmulIsa::Avx512
+        } else {
+            MatmulIsa::Portable
+        }
     }
 
-    /// Every choice this host can run, slowest first (tests run them all).
+    /// Every choice this host can run (tests run them all).
     pub fn available() -> Vec<MatmulIsa> {
         let mut isas = vec![MatmulIsa::Portable];
         if avx512_supported() {
             isas.push(MatmulIsa::Avx512);
+            if super::avx512::amx::supported() {
+                isas.push(MatmulIsa::Amx);
+            }
         }
         isas
     }
@@ -40,6 +50,7 @@ impl MatmulIsa {
         match self {
             MatmulIsa::Portable => "portable (cranelift 128-bit + gemm crate)",
             MatmulIsa::Avx512 => "avx512",
+            MatmulIsa::Amx => "avx512 + amx-bf16 (bf16 activations)",
         }
     }
 }

@@ -50,6 +50,9 @@ pub const GEMM_ROWS_DEFAULT: usize = 6;
 /// prefill in one item, so its weights are read once (the tiles slice k so the
 /// rows' x stays in L2).
 const WIDE_ROWS: usize = 256;
+/// Rows from which a bf16 segment takes the AMX tiles (`MatmulIsa::Amx`): one
+/// activation tile; fewer rows stay on the exact AVX-512 tiles.
+const AMX_ROWS: usize = 16;
 /// Bytes of sums an AVX-512 item may hold (its rows × its panels' 64 bytes),
 /// so they stay in L2 beside the item's x slice.
 const WIDE_SUM_BYTES: usize = 256 << 10;
@@ -151,6 +154,9 @@ pub struct Workers {
     threads: usize,
     /// Segments of at least this many rows take the gemm path.
     pub gemm_rows: usize,
+    /// Segments of at least this many rows with bf16 weights take the AMX path
+    /// (`usize::MAX`: never, the default).
+    pub amx_rows: usize,
 }
 
 impl Workers {
@@ -169,7 +175,14 @@ impl Workers {
             pool,
             threads,
             gemm_rows,
+            amx_rows: usize::MAX,
         }
+    }
+
+    /// Sends bf16 segments of at least [`AMX_ROWS`] rows to the AMX tiles when `amx`.
+    pub fn with_amx(mut self, amx: bool) -> Workers {
+        self.amx_rows = if amx { AMX_ROWS } else { usize::MAX };
+        self
     }
 
     /// Splits `out` into one run of whole `item`-long items per thread and calls
@@ -219,6 +232,9 @@ struct Item {
     p0: usize,
     p1: usize,
     how: How,
+    /// AVX-512 and AMX items: their first row in the call's prepared x (tile
+    /// order, or bf16 rows with each segment padded to whole tiles).
+    xt: usize,
 }
 
 /// How an item computes its sums.
@@ -230,6 +246,8 @@ enum How {
     Gemm,
     /// The AVX-512 tiles over wide panels (`p0` even).
     Wide,
+    /// AMX-BF16 tiles over wide bf16 panels (`p0` even), activations rounded to bf16.
+    Amx,
 }
 
 /// The operands of one matmul op.
@@ -261,8 +279,8 @@ unsafe impl Send for Ptrs {}
 unsafe impl Sync for Ptrs {}
 
 thread_local! {
-    /// The calling thread's copy of an AVX-512 matmul's x rows in tile order.
-    static TILED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's prepared rows of an AVX-512 or AMX matmul.
+    static TILED: RefCell<Prepared> = RefCell::new(Prepared::default());
     /// A worker's gemm blocks: widened weights `[K, cols]` and accumulators `[rows, cols]`.
     static BLOCKS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -273,23 +291,10 @@ pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String
     let shape = &call.packed.shape;
     match &call.packed.weights {
         Panels::Wide(_) if call.epilogue.is_some() => {
-            let items = split_wide(shape, &call.segments, workers.threads);
-            TILED.with_borrow_mut(|tiled| {
-                tiled.resize(call.x.len(), 0.0);
-                let k = shape.k;
-                // (Segments that share their input rows are consecutive: copy those once.)
-                let mut last = None;
-                for s in &call.segments {
-                    if last.replace((s.x0, s.rows)) == Some((s.x0, s.rows)) {
-                        continue;
-                    }
-                    let rows = s.x0 * k..(s.x0 + s.rows) * k;
-                    match (call.x.get(rows.clone()), tiled.get_mut(rows)) {
-                        (Some(x), Some(t)) => avx512::tile_order(x, k, t),
-                        _ => return Err(format!("internal error: {} input rows", shape.name())),
-                    }
-                }
-                run_items(call, &items, tiled, out, workers)
+            let items = split_wide(shape, &call.segments, workers);
+            TILED.with_borrow_mut(|prepared| {
+                prepare_rows(call, &items, prepared)?;
+                run_items(call, &items, prepared, out, workers)
             })
         }
         Panels::Wide(_) => Err(format!(
@@ -299,17 +304,17 @@ pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String
         Panels::Jit(_) => {
             let gemm_rows = call.epilogue.map_or(usize::MAX, |_| workers.gemm_rows);
             let items = split(shape, &call.segments, workers.threads, gemm_rows);
-            run_items(call, &items, &[], out, workers)
+            run_items(call, &items, &Prepared::default(), out, workers)
         }
     }
 }
 
-/// Runs `items` of `call` into `out`; `tiled` holds `x` in tile order for the
-/// AVX-512 items (empty for the others).
+/// Runs `items` of `call` into `out`; `prepared` holds the AVX-512 and AMX
+/// items' rows (`prepare_rows`; empty for the others).
 fn run_items(
     call: &Call,
     items: &[Item],
-    tiled: &[f32],
+    prepared: &Prepared,
     out: &mut [f32],
     workers: &Workers,
 ) -> Result<(), String> {
@@ -376,8 +381,8 @@ fn run_items(
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(it) = items.get(i) else { break };
         match (it.how, call.epilogue, &call.packed.weights) {
-            (How::Wide, Some(epilogue), Panels::Wide(w)) => {
-                wide_block(call, w, tiled, it, |acc, ldx| {
+            (How::Wide | How::Amx, Some(epilogue), Panels::Wide(w)) => {
+                wide_block(call, w, prepared, it, |acc, ldx| {
                     call_kernel(epilogue, it, acc.as_ptr(), ldx);
                 })
             }
@@ -406,19 +411,81 @@ fn run_items(
     Ok(())
 }
 
-/// The AVX-512 path's sums for `it` (x rows `r0..r1`, wide panels `p0/2..⌈p1/2⌉`)
-/// as `[rows, cols]` in panel column order (in the worker's accumulator block),
-/// handed to `then` with their row stride.
-fn wide_block(call: &Call, w: &Wide, tiled: &[f32], it: &Item, then: impl FnOnce(&[f32], usize)) {
+/// The AVX-512 and AMX items' rows, prepared once per call.
+#[derive(Default)]
+struct Prepared {
+    /// AVX-512 items' rows in tile order, at their rows of `x`.
+    tiled: Vec<f32>,
+    /// AMX items' rows rounded to bf16, each segment's padded with zero rows to whole tiles.
+    bf16: Vec<u16>,
+}
+
+/// Prepares the rows of every segment that `items` start (an item at row 0
+/// and panel 0), for their path.
+fn prepare_rows(call: &Call, items: &[Item], prepared: &mut Prepared) -> Result<(), String> {
+    let k = call.packed.shape.k;
+    let fail = || format!("internal error: {} input rows", call.packed.shape.name());
+    prepared.tiled.resize(call.x.len(), 0.0);
+    let bf16_rows = items
+        .iter()
+        .filter(|it| it.how == How::Amx)
+        .map(|it| it.xt - it.r0 + it.seg.rows.next_multiple_of(avx512::amx::TILE_ROWS))
+        .max()
+        .unwrap_or(0);
+    prepared.bf16.resize(bf16_rows * k, 0);
+    // (Segments that share their input rows are consecutive: copy those once.)
+    let mut last = None;
+    for it in items.iter().filter(|it| it.r0 == 0 && it.p0 == 0) {
+        let s = &it.seg;
+        let x = call.x.get(s.x0 * k..(s.x0 + s.rows) * k).ok_or_else(fail)?;
+        match it.how {
+            How::Amx => {
+                let padded = s.rows.next_multiple_of(avx512::amx::TILE_ROWS);
+                let rows = it.xt * k..(it.xt + padded) * k;
+                let dst = prepared.bf16.get_mut(rows).ok_or_else(fail)?;
+                let (real, pad) = dst.split_at_mut(x.len());
+                for (d, v) in real.iter_mut().zip(x) {
+                    *d = avx512::amx::to_bf16(*v);
+                }
+                pad.fill(0);
+            }
+            _ if last.replace((s.x0, s.rows)) == Some((s.x0, s.rows)) => {}
+            _ => {
+                let dst = prepared.tiled.get_mut(s.x0 * k..(s.x0 + s.rows) * k);
+                avx512::tile_order(x, k, dst.ok_or_else(fail)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The AVX-512 or AMX sums for `it` (rows `r0..r1`, wide panels
+/// `p0/2..⌈p1/2⌉`) as `[rows, cols]` in panel column order (in the worker's
+/// accumulator block), handed to `then` with their row stride.
+fn wide_block(
+    call: &Call,
+    w: &Wide,
+    prepared: &Prepared,
+    it: &Item,
+    then: impl FnOnce(&[f32], usize),
+) {
     let shape = &call.packed.shape;
     let k = shape.k;
     let (q0, q1) = (it.p0 / 2, it.p1.div_ceil(2));
     let (rows, ld) = (it.r1 - it.r0, (q1 - q0) * avx512::LANES);
-    // `r0` is a multiple of `ROWS`, so the item's rows are whole tiles of its segment's.
-    let x = &tiled[(it.seg.x0 + it.r0) * k..(it.seg.x0 + it.r1) * k];
     BLOCKS.with_borrow_mut(|(_, acc)| {
-        acc.resize(rows * ld, 0.0);
-        avx512::sums(shape, w, it.seg.expert, (q0, q1), x, rows, acc, ld);
+        if it.how == How::Amx {
+            // Whole tiles of rows: the segment's padding rows are zeros.
+            let tiles = rows.next_multiple_of(avx512::amx::TILE_ROWS);
+            acc.resize(tiles * ld, 0.0);
+            let x = &prepared.bf16[it.xt * k..(it.xt + tiles) * k];
+            avx512::amx_sums(shape, w, it.seg.expert, (q0, q1), x, tiles, acc, ld);
+        } else {
+            acc.resize(rows * ld, 0.0);
+            // `r0` is a multiple of `ROWS`, so the item's rows are whole tiles of its segment's.
+            let x = &prepared.tiled[it.xt * k..(it.xt + rows) * k];
+            avx512::sums(shape, w, it.seg.expert, (q0, q1), x, rows, acc, ld);
+        }
         then(&acc[..rows * ld], ld);
     })
 }
@@ -488,6 +555,7 @@ fn split(shape: &MatmulShape, segments: &[Segment], threads: usize, gemm_rows: u
                         p0,
                         p1: (p0 + per).min(panels),
                         how,
+                        xt: 0,
                     });
                 }
             }
@@ -498,23 +566,36 @@ fn split(shape: &MatmulShape, segments: &[Segment], threads: usize, gemm_rows: u
     items
 }
 
-/// Work items of the AVX-512 path: row chunks of up to `WIDE_ROWS` rows cut into
-/// runs of whole wide panels (an even number of JIT panels, at most
-/// `WIDE_PANELS` wide ones), so there are enough items for every thread.
-fn split_wide(shape: &MatmulShape, segments: &[Segment], threads: usize) -> Vec<Item> {
+/// Work items of the AVX-512 path (and of the AMX path, for segments of at
+/// least `workers.amx_rows` rows with bf16 weights and K a multiple of 32): row
+/// chunks of up to `WIDE_ROWS` rows (whole tiles) cut into runs of whole wide
+/// panels (an even number of JIT panels), so there are enough items for every
+/// thread and each item's sums stay in L2.
+fn split_wide(shape: &MatmulShape, segments: &[Segment], workers: &Workers) -> Vec<Item> {
     let chunks: usize = segments.iter().map(|s| s.rows.div_ceil(WIDE_ROWS)).sum();
     let wide = avx512::panels(shape);
-    let cuts = (threads * ITEMS_PER_THREAD)
+    let cuts = (workers.threads * ITEMS_PER_THREAD)
         .div_ceil(chunks.max(1))
         .min(wide);
+    let amx_fits =
+        shape.weights == WeightDType::Bf16 && shape.k.is_multiple_of(avx512::amx::TILE_K);
+    let mut bf16_rows = 0;
     let mut items = Vec::new();
     for seg in segments {
+        let amx = amx_fits && seg.rows >= workers.amx_rows;
+        let (how, unit, base) = if amx {
+            let base = bf16_rows;
+            bf16_rows += seg.rows.next_multiple_of(avx512::amx::TILE_ROWS);
+            (How::Amx, 2 * avx512::amx::TILE_ROWS, base)
+        } else {
+            (How::Wide, avx512::ROWS, seg.x0)
+        };
         // Rows in equal chunks, so no item is left with a sliver.
         let n = seg.rows.div_ceil(WIDE_ROWS);
-        let rows = seg.rows.div_ceil(n.max(1)).next_multiple_of(avx512::ROWS);
-        let fit = WIDE_SUM_BYTES / (rows.max(1) * avx512::LANES * 4);
+        let rows = seg.rows.div_ceil(n.max(1)).next_multiple_of(unit);
+        let fit = WIDE_SUM_BYTES / (rows * avx512::LANES * 4);
         let per = wide.div_ceil(cuts.max(1)).clamp(1, fit.max(1));
-        for r0 in (0..seg.rows).step_by(rows.max(1)) {
+        for r0 in (0..seg.rows).step_by(rows) {
             for q0 in (0..wide).step_by(per) {
                 items.push(Item {
                     seg: *seg,
@@ -522,7 +603,8 @@ fn split_wide(shape: &MatmulShape, segments: &[Segment], threads: usize) -> Vec<
                     r1: (r0 + rows).min(seg.rows),
                     p0: 2 * q0,
                     p1: (2 * (q0 + per)).min(shape.panels()),
-                    how: How::Wide,
+                    how,
+                    xt: base + r0,
                 });
             }
         }
@@ -547,6 +629,9 @@ fn check(call: &Call, out_len: usize, it: &Item) -> Result<(), String> {
     let layout_fits = match (it.how, weights) {
         (How::Wide, Panels::Wide(_)) => {
             it.p0.is_multiple_of(2) && it.r0.is_multiple_of(avx512::ROWS)
+        }
+        (How::Amx, Panels::Wide(_)) => {
+            it.p0.is_multiple_of(2) && it.r0.is_multiple_of(avx512::amx::TILE_ROWS)
         }
         (How::Kernel | How::Gemm, Panels::Jit(_)) => true,
         _ => false,

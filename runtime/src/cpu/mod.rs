@@ -187,13 +187,14 @@ impl CpuModel {
             arena: Mutex::new(Vec::new()),
             packed,
             isa,
-            workers: Workers::new(threads, GEMM_ROWS_DEFAULT),
+            workers: Workers::new(threads, GEMM_ROWS_DEFAULT).with_amx(isa == MatmulIsa::Amx),
         })
     }
 
     /// Uses `threads` worker threads (at least one) instead of one per core.
     pub fn with_threads(mut self, threads: usize) -> CpuModel {
-        self.workers = Workers::new(threads, self.workers.gemm_rows);
+        self.workers =
+            Workers::new(threads, self.workers.gemm_rows).with_amx(self.isa == MatmulIsa::Amx);
         self
     }
 
@@ -357,7 +358,7 @@ fn pack(shape: MatmulShape, w: &Tensor, b: Option<&Tensor>, isa: MatmulIsa) -> P
         shape,
         experts,
         weights: match (isa, shape.weights) {
-            (MatmulIsa::Avx512, _) => Panels::Wide(Wide::pack(&shape, w)),
+            (MatmulIsa::Avx512 | MatmulIsa::Amx, _) => Panels::Wide(Wide::pack(&shape, w)),
             (MatmulIsa::Portable, WeightDType::F32) => {
                 Panels::Jit(JitPanels::F32(pack_weights(&shape, w)))
             }

@@ -15,6 +15,7 @@
 //!   load gives two k-steps, widened exactly with a shift and a mask. (This is
 //!   also the pair layout `vdpbf16ps` and AMX-BF16 tiles read.)
 
+pub mod amx;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
 
@@ -183,6 +184,59 @@ pub fn sums(
     }
 }
 
+/// Like [`sums`] on the AMX tiles: `x` holds `rows` rows (a multiple of
+/// `amx::TILE_ROWS`) rounded to bf16, row-major; `w` has bf16 pairs and `K` is a
+/// multiple of `amx::TILE_K`.
+///
+/// Panics (an internal error) when a buffer is too short or the process cannot
+/// run AMX tiles.
+#[allow(clippy::too_many_arguments)]
+pub fn amx_sums(
+    shape: &MatmulShape,
+    w: &Wide,
+    expert: usize,
+    (q0, q1): (usize, usize),
+    x: &[u16],
+    rows: usize,
+    acc: &mut [f32],
+    ldacc: usize,
+) {
+    let (k, per) = (shape.k, expert_len(shape));
+    let Wide::Bf16(v) = w else {
+        panic!("internal error: AMX sums of f32 panels");
+    };
+    assert!(
+        q0 <= q1
+            && q1 <= panels(shape)
+            && v.len() >= (expert + 1) * per
+            && k.is_multiple_of(amx::TILE_K)
+            && rows.is_multiple_of(amx::TILE_ROWS)
+            && x.len() >= rows * k
+            && ldacc >= (q1 - q0) * LANES
+            && acc.len() >= rows * ldacc
+            && amx::supported(),
+        "internal error: AMX sums out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let stride = steps(shape) * LANES;
+        let block = amx::Block {
+            x: x.as_ptr(),
+            rows,
+            k,
+            // SAFETY: `expert·per + q0·stride` is inside `v` (checked above).
+            w: unsafe { v.as_ptr().add(expert * per + q0 * stride) },
+            stride,
+            panels: q1 - q0,
+            acc: acc.as_mut_ptr(),
+            ldacc,
+        };
+        // SAFETY: checked above: AMX is granted; the block's activations, panels
+        // and sums lie inside `x`, `v` and `acc`.
+        unsafe { amx::sums(&block) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +325,73 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AMX tiles give the plain sums of the activations rounded to bf16
+    /// (products of bf16 values are exact in f32; only the order of additions
+    /// differs): several k slices, an odd wide panel count, rows past one pair
+    /// of tiles, blocks starting past the first panel.
+    #[test]
+    fn amx_tiles_give_the_plain_sums_of_bf16_activations() {
+        if !amx::supported() {
+            eprintln!("skipped: this host cannot run AMX tiles");
+            return;
+        }
+        let mut seed = 11u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 9) as f32 / (1u32 << 23) as f32 * 2.0 - 1.0
+        };
+        for (k, n) in [(32, 40), (1088, 24)] {
+            let shape = MatmulShape {
+                k,
+                n,
+                epilogue: Epilogue::None,
+                bias: false,
+                weighted: false,
+                weights: WeightDType::Bf16,
+            };
+            let w: Vec<f32> = (0..2 * n * k)
+                .map(|_| f32::from_bits(next().to_bits() & 0xFFFF_0000))
+                .collect();
+            let packed = Wide::pack(&shape, &w);
+            let cols = panels(&shape) * LANES;
+            for rows in [16, 48] {
+                let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+                let xb: Vec<u16> = x.iter().map(|v| amx::to_bf16(*v)).collect();
+                let rounded: Vec<f32> = xb
+                    .iter()
+                    .map(|b| f32::from_bits(u32::from(*b) << 16))
+                    .collect();
+                let want = plain(&shape, &w, 1, &rounded, rows);
+                for q0 in [0, 1] {
+                    let q1 = panels(&shape);
+                    let ld = (q1 - q0) * LANES;
+                    let mut acc = vec![f32::NAN; rows * ld];
+                    amx_sums(&shape, &packed, 1, (q0, q1), &xb, rows, &mut acc, ld);
+                    for r in 0..rows {
+                        for s in 0..ld {
+                            let (got, want) = (acc[r * ld + s], want[r * cols + q0 * LANES + s]);
+                            assert!(
+                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "k {k} n {n} rows {rows} panels {q0}..{q1}: row {r} sum {s}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        let bf = |v: f32| f32::from_bits(u32::from(amx::to_bf16(v)) << 16);
+        assert_eq!(bf(1.0), 1.0);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even 1.
+        assert_eq!(bf(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(bf(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        assert_eq!(bf(-1.0 - 1.5 / 256.0), -1.0 - 2.0 / 256.0);
+        assert!(bf(f32::NAN).is_nan());
+        assert_eq!(bf(f32::INFINITY), f32::INFINITY);
     }
 }

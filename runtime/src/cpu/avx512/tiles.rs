@@ -8,7 +8,8 @@
 //! every row tile passes over it, and the block's x slice stays in L2 while
 //! every panel group passes, so each weight is read from memory once per block
 //! however many rows it has; tiles after the first slice resume from the sums
-//! they stored. The x rows come in tile order (`mod.rs::tile_order`: k-major per
+//! they stored. The first row tile of a group prefetches the next group's
+//! slice, so the weights' stream from memory overlaps the arithmetic. The x rows come in tile order (`mod.rs::tile_order`: k-major per
 //! row tile, `R` values per k-step, copied once per matmul call), so a tile's
 //! broadcasts all read one stream at fixed offsets.
 //!
@@ -45,6 +46,9 @@ pub struct Tile {
 struct At<W> {
     x: *const f32,
     w: *const W,
+    /// The next panel group, fetched into cache while this tile streams its
+    /// own (the first row tile of a group only; null for none).
+    next: *const W,
     acc: *mut f32,
     k0: usize,
     k1: usize,
@@ -90,9 +94,15 @@ unsafe fn cover<W>(
             let c = if panels - q >= PANELS { PANELS } else { 1 };
             for r in (0..rows).step_by(ROWS) {
                 let m = (rows - r).min(ROWS);
+                let more = r == 0 && q + c < panels;
                 let at = At {
                     x: t.x.add(r * t.k + k0 * m),
                     w: w.add(q * t.stride),
+                    next: if more {
+                        w.add((q + c) * t.stride)
+                    } else {
+                        std::ptr::null()
+                    },
                     acc: t.acc.add(r * t.ldacc + q * 16),
                     k0,
                     k1,
@@ -140,6 +150,10 @@ unsafe fn f32_tile<const R: usize, const C: usize>(t: &Tile, at: At<f32>) {
         let mut wv = [_mm512_setzero_ps(); C];
         for (c, v) in wv.iter_mut().enumerate() {
             *v = _mm512_loadu_ps(at.w.add(c * t.stride + (at.k0 + kk) * 16));
+            if !at.next.is_null() {
+                let ahead = at.next.add(c * t.stride + (at.k0 + kk) * 16);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            }
         }
         let x = at.x.add(kk * R);
         for (r, ar) in a.iter_mut().enumerate() {
@@ -169,6 +183,10 @@ unsafe fn bf16_tile<const R: usize, const C: usize>(t: &Tile, at: At<u32>) {
         let mut wv = [(_mm512_setzero_ps(), _mm512_setzero_ps()); C];
         for (c, v) in wv.iter_mut().enumerate() {
             *v = widen(at.k0 / 2 + s, c);
+            if !at.next.is_null() {
+                let ahead = at.next.add(c * t.stride + (at.k0 / 2 + s) * 16);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            }
         }
         let x = at.x.add(2 * s * R);
         for (r, ar) in a.iter_mut().enumerate() {
