@@ -23,6 +23,10 @@ use std::arch::x86_64::*;
 
 /// Wide panels of a full tile.
 const PANELS: usize = 2;
+/// Wide panels of a tile of at most `FEW_ROWS` rows (decoding): more
+/// independent accumulator chains and weight streams per row.
+const FEW_PANELS: usize = 4;
+const FEW_ROWS: usize = 4;
 /// k-steps per slice (even, so bf16 pairs never straddle two).
 const KC: usize = 256;
 
@@ -75,9 +79,21 @@ macro_rules! by_rows {
     };
 }
 
+/// Runs `tile::<R, FEW_PANELS>` for a run-time `rows` in `1..=FEW_ROWS`.
+macro_rules! by_few_rows {
+    ($f:ident, $rows:expr, $($arg:expr),*) => {
+        match $rows {
+            1 => $f::<1, FEW_PANELS>($($arg),*),
+            2 => $f::<2, FEW_PANELS>($($arg),*),
+            3 => $f::<3, FEW_PANELS>($($arg),*),
+            _ => $f::<FEW_ROWS, FEW_PANELS>($($arg),*),
+        }
+    };
+}
+
 /// Visits the block in tiles: k in slices of `KC`, panels in groups of `PANELS`
-/// (then one at a time), rows in tiles of `ROWS` (then the rest), calling
-/// `tile(rows, panels, at)`.
+/// (`FEW_PANELS` when the block has at most `FEW_ROWS` rows; then one at a
+/// time), rows in tiles of `ROWS` (then the rest), calling `tile(rows, panels, at)`.
 ///
 /// # Safety
 /// As [`f32_sums`], with `w` the first panel.
@@ -87,11 +103,12 @@ unsafe fn cover<W>(
     (rows, panels): (usize, usize),
     mut tile: impl FnMut(usize, usize, At<W>),
 ) {
+    let group = if rows <= FEW_ROWS { FEW_PANELS } else { PANELS };
     for k0 in (0..t.k).step_by(KC) {
         let k1 = (k0 + KC).min(t.k);
         let mut q = 0;
         while q < panels {
-            let c = if panels - q >= PANELS { PANELS } else { 1 };
+            let c = if panels - q >= group { group } else { 1 };
             for r in (0..rows).step_by(ROWS) {
                 let m = (rows - r).min(ROWS);
                 let more = r == 0 && q + c < panels;
@@ -120,12 +137,10 @@ unsafe fn cover<W>(
 /// The host has AVX-512F; `t` and `w` describe `rows` readable x rows, `panels`
 /// readable wide panels and `rows` writable rows of `panels·16` sums.
 pub unsafe fn f32_sums(t: &Tile, w: *const f32, rows: usize, panels: usize) {
-    cover(t, w, (rows, panels), |m, c, at| {
-        if c == PANELS {
-            by_rows!(f32_tile, 2, m, t, at)
-        } else {
-            by_rows!(f32_tile, 1, m, t, at)
-        }
+    cover(t, w, (rows, panels), |m, c, at| match c {
+        FEW_PANELS => by_few_rows!(f32_tile, m, t, at),
+        PANELS => by_rows!(f32_tile, 2, m, t, at),
+        _ => by_rows!(f32_tile, 1, m, t, at),
     });
 }
 
@@ -134,12 +149,10 @@ pub unsafe fn f32_sums(t: &Tile, w: *const f32, rows: usize, panels: usize) {
 /// # Safety
 /// As [`f32_sums`].
 pub unsafe fn bf16_sums(t: &Tile, w: *const u32, rows: usize, panels: usize) {
-    cover(t, w, (rows, panels), |m, c, at| {
-        if c == PANELS {
-            by_rows!(bf16_tile, 2, m, t, at)
-        } else {
-            by_rows!(bf16_tile, 1, m, t, at)
-        }
+    cover(t, w, (rows, panels), |m, c, at| match c {
+        FEW_PANELS => by_few_rows!(bf16_tile, m, t, at),
+        PANELS => by_rows!(bf16_tile, 2, m, t, at),
+        _ => by_rows!(bf16_tile, 1, m, t, at),
     });
 }
 
