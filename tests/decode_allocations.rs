@@ -55,7 +55,17 @@ fn decode_steps_allocate_no_activations_and_never_move_a_cache() {
         .unwrap()
         .graph;
     last_token::run(&mut g).unwrap();
-    let model = std::rc::Rc::new(Model::open(g, &dir, Engine::Cpu { threads: Some(1) }).unwrap());
+    let model = std::rc::Rc::new(
+        Model::open(
+            g,
+            &dir,
+            Engine::Cpu {
+                threads: Some(1),
+                isa: None,
+            },
+        )
+        .unwrap(),
+    );
     let mut session = model.session(None);
     session.forward(&(1..=8).collect::<Vec<i32>>()).unwrap();
     session.forward(&[9]).unwrap();

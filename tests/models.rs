@@ -30,7 +30,13 @@ fn cases() -> Vec<(String, String)> {
     cases
 }
 
-const ENGINES: &[Engine] = &[Engine::Interp, Engine::Cpu { threads: Some(2) }];
+const ENGINES: &[Engine] = &[
+    Engine::Interp,
+    Engine::Cpu {
+        threads: Some(2),
+        isa: None,
+    },
+];
 
 /// Largest |a − b| relative to the largest |b|.
 const TOLERANCE: f32 = 1e-4;
@@ -204,7 +210,15 @@ fn decoding_without_the_cache_gives_the_same_ids() {
     for (case, spec) in &cases() {
         let (case, spec) = (case.as_str(), spec.as_str());
         let f = fixture(case);
-        let model = open(case, spec, &f, Engine::Cpu { threads: Some(2) });
+        let model = open(
+            case,
+            spec,
+            &f,
+            Engine::Cpu {
+                threads: Some(2),
+                isa: None,
+            },
+        );
         let mut seq = f.prompt.clone();
         for (i, want) in f.greedy.iter().enumerate() {
             let got = argmax(last_row(&logits(&mut model.session(None), &seq)));
@@ -233,7 +247,15 @@ fn a_call_past_the_position_limit_is_refused_and_changes_nothing() {
 #[test]
 fn token_ids_outside_the_vocabulary_are_refused() {
     let f = fixture("mixtral");
-    let model = open("mixtral", "mixtral", &f, Engine::Cpu { threads: Some(1) });
+    let model = open(
+        "mixtral",
+        "mixtral",
+        &f,
+        Engine::Cpu {
+            threads: Some(1),
+            isa: None,
+        },
+    );
     let mut session = model.session(None);
     let err = session.forward(&[1, 320]).unwrap_err().to_string();
     assert!(

@@ -110,7 +110,13 @@ fn traces_match_the_routers_of_transformers() {
         assert_eq!(blocks.len(), layers, "{case}: MoE blocks");
         let ids = prompt(&dir);
         let inputs = BTreeMap::from([("input_ids".to_string(), Tensor::i32(vec![tokens], ids))]);
-        for engine in [Engine::Interp, Engine::Cpu { threads: Some(2) }] {
+        for engine in [
+            Engine::Interp,
+            Engine::Cpu {
+                threads: Some(2),
+                isa: None,
+            },
+        ] {
             let model = std::rc::Rc::new(Model::open(traced.clone(), &dir, engine).unwrap());
             let outputs = model.session(None).run(&inputs).unwrap();
             let trace = Trace::from_outputs(&blocks, &outputs, tokens).unwrap();

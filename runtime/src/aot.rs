@@ -243,6 +243,7 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
     let (g, kernel_of) = Artifact::load(artifact, &names)?;
     let engine = Engine::Cpu {
         threads: opts.threads,
+        isa: None,
     };
     // Loads the weights (memory checked first) and prepares the linked kernels.
     let open = |g: &Graph, weights: &Path| -> Result<Model, String> {

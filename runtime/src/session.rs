@@ -10,7 +10,7 @@
 //! It does not tokenize or sample: `generate` builds on it.
 
 use crate::budget::{MemoryLimit, MemoryNeeds};
-use crate::cpu::CpuModel;
+use crate::cpu::{CpuModel, MatmulIsa};
 use crate::generate::{BoxError, Decoder};
 use crate::weights::{bind, WeightSource};
 use moec_compiler::interp::{self, State};
@@ -26,8 +26,12 @@ use std::rc::Rc;
 pub enum Engine {
     /// The reference interpreter.
     Interp,
-    /// JIT-compiled kernels on `threads` worker threads (None: one per core).
-    Cpu { threads: Option<usize> },
+    /// JIT-compiled kernels on `threads` worker threads (None: one per core),
+    /// matmuls on `isa`'s inner loops (None: `MatmulIsa::host()`).
+    Cpu {
+        threads: Option<usize>,
+        isa: Option<MatmulIsa>,
+    },
 }
 
 /// What went wrong running a model.
@@ -114,8 +118,9 @@ impl Model {
         interp::check_weights(&graph, &weights).map_err(SessionError::Input)?;
         let prepared = match engine {
             Engine::Interp => Prepared::Interp(weights),
-            Engine::Cpu { threads } => {
-                let m = CpuModel::new(&graph, &weights).map_err(SessionError::Backend)?;
+            Engine::Cpu { threads, isa } => {
+                let isa = isa.unwrap_or_else(MatmulIsa::host);
+                let m = CpuModel::for_isa(&graph, &weights, isa).map_err(SessionError::Backend)?;
                 Prepared::Cpu(Box::new(match threads {
                     Some(t) => m.with_threads(t),
                     None => m,

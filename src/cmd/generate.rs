@@ -47,6 +47,9 @@ pub struct GenerateArgs {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "interp")]
     pub backend: GenerateBackend,
+    /// cpu backend: the matmuls' inner loops (default: the fastest exact ones this CPU runs)
+    #[arg(long, value_enum)]
+    pub matmul_isa: Option<super::MatmulIsaArg>,
     /// Print one JSON line at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -79,7 +82,10 @@ pub fn main(args: GenerateArgs) -> Result<(), String> {
 fn open_decoder(args: &GenerateArgs) -> Result<Box<dyn Decoder>, String> {
     let engine = match args.backend {
         GenerateBackend::Interp => Engine::Interp,
-        GenerateBackend::Cpu => Engine::Cpu { threads: None },
+        GenerateBackend::Cpu => Engine::Cpu {
+            threads: None,
+            isa: args.matmul_isa.map(Into::into),
+        },
     };
     let model = super::open_for_generation(&args.spec, &args.weights, engine, &args.memory)?;
     Ok(Box::new(model.session(None)))

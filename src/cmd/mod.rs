@@ -38,7 +38,10 @@ impl Backend {
     /// keeps one f32 copy of the weights there, as the interpreter does).
     pub fn engine(self) -> Engine {
         match self {
-            Backend::Cpu => Engine::Cpu { threads: None },
+            Backend::Cpu => Engine::Cpu {
+                threads: None,
+                isa: None,
+            },
             Backend::Interp | Backend::Gpu => Engine::Interp,
         }
     }

@@ -10,7 +10,7 @@ use moec_compiler::interp::token_count;
 use moec_compiler::ir::{Graph, Op};
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
 use moec_runtime::budget::MemoryNeeds;
-use moec_runtime::cpu::CpuModel;
+use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::gpu::GpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
 use moec_runtime::random::{random_inputs, random_weights};
@@ -42,6 +42,9 @@ pub struct Args {
     output: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "interp")]
     backend: Backend,
+    /// cpu backend: the matmuls' inner loops (default: the fastest exact ones this CPU runs)
+    #[arg(long, value_enum)]
+    matmul_isa: Option<super::MatmulIsaArg>,
     /// With --random-weights: round them to this dtype (bf16: the cpu backend streams bf16 panels).
     #[arg(long, value_enum, default_value = "f32", requires = "random_weights")]
     weight_dtype: super::WeightDType,
@@ -98,7 +101,10 @@ pub fn main(args: Args) -> Result<(), String> {
     };
     let outputs = match args.backend {
         Backend::Interp => moec_compiler::interp::run(g, &weights, &inputs),
-        Backend::Cpu => CpuModel::new(g, &weights).and_then(|m| m.run(&inputs)),
+        Backend::Cpu => {
+            let isa = args.matmul_isa.map_or_else(MatmulIsa::host, Into::into);
+            CpuModel::for_isa(g, &weights, isa).and_then(|m| m.run(&inputs))
+        }
         Backend::Gpu => GpuModel::new(g, &weights, gpu_options).and_then(|m| {
             eprintln!("gpu: {}", m.adapter());
             for w in m.warnings() {

@@ -50,6 +50,9 @@ pub struct Args {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "interp")]
     pub backend: GenerateBackend,
+    /// cpu backend: the matmuls' inner loops (default: the fastest exact ones this CPU runs)
+    #[arg(long, value_enum)]
+    pub matmul_isa: Option<super::MatmulIsaArg>,
     #[command(flatten)]
     pub memory: super::MemoryArgs,
 }
@@ -61,7 +64,10 @@ pub fn main(args: Args) -> Result<(), String> {
     let tokens = moec_compiler::interp::token_count(&graph, &inputs)?;
     let engine = match args.backend {
         GenerateBackend::Interp => Engine::Interp,
-        GenerateBackend::Cpu => Engine::Cpu { threads: None },
+        GenerateBackend::Cpu => Engine::Cpu {
+            threads: None,
+            isa: args.matmul_isa.map(Into::into),
+        },
     };
     let model = std::rc::Rc::new(
         Model::open_within(graph, &args.weights, engine, args.memory.max_memory)
