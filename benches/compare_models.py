@@ -441,6 +441,12 @@ def part_of(sym):
     h, v, i = DIMS["hidden_size"], DIMS["vocab_size"], DIMS["intermediate_size"]
     if sym.startswith("[k] "):
         return "kernel (page faults, scheduling)"
+    if "amx" in sym:
+        return "matmul sums (AMX tiles)"
+    if "avx512" in sym:
+        return "matmul sums (AVX-512 tiles)"
+    if sym.startswith("matmul_") and sym.endswith("_epilogue"):
+        return "matmul epilogues (JIT)"
     if sym.startswith("matmul_"):
         if "glu" in sym or "weighted" in sym:
             return "experts (JIT)"
@@ -492,8 +498,10 @@ def profile_moec(moec, spec, sets, ckpt, args, data, dtype):
 
 
 PROFILE_NEW = 320  # new tokens of the decode profile (its first 1.5 s after load and prefill are not sampled)
-PARTS = ["experts (JIT)", "lm_head (JIT)", "q/k/v/o, router (JIT)", "gemm crate", "matmul::run (unpacks panels for gemm)",
+PARTS = ["experts (JIT)", "lm_head (JIT)", "q/k/v/o, router (JIT)", "matmul sums (AVX-512 tiles)",
+         "matmul sums (AMX tiles)", "matmul epilogues (JIT)", "gemm crate", "matmul::run (unpacks panels for gemm)",
          "attention", "kernel (page faults, scheduling)", "other"]
+MATMUL_PARTS = [p for p in PARTS if p not in ("attention", "kernel (page faults, scheduling)", "other")]
 
 
 def profile_table(profiles):
@@ -510,6 +518,16 @@ def profile_table(profiles):
 
 
 # --------------------------------------------------------------------------- report
+
+
+def amx_available():
+    """Whether this CPU and kernel have AMX-BF16 (moec's `--matmul-isa amx`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+        return "amx_bf16" in flags.split()
+    except OSError:
+        return False
 
 
 def machine():
@@ -596,17 +614,10 @@ def findings(summary, profiles, bw, dtypes, args):
             f"{m[d]['weight_gbps']:.1f} GB/s vs llama.cpp's {llama[d]['weight_gbps']:.1f} at {d}" for d in dec) + ".")
         k = [d for d in dec if profiles.get(d, {}).get("decode")]
         if k:
-            text += (" moec's decode step is the weight stream: its JIT matmul kernels take " + ", ".join(
-                f"{sum(prof(d, 'decode', p) or 0 for p in PARTS[:3]):.0f}% of the decode samples at {d} (experts "
-                f"{prof(d, 'decode', PARTS[0]) or 0:.0f}%, lm_head {prof(d, 'decode', PARTS[1]) or 0:.0f}%, attention "
-                f"{prof(d, 'decode', 'attention') or 0:.0f}%)" for d in k)
-                + ", so the gap is the kernels' streaming rate, not overhead around them.")
-        text += (" Likely cause: moec's kernels are 128-bit SIMD (Cranelift has no 256/512-bit vector types; "
-                 "`f32x4` loads and FMAs, bf16 panels widened with a shift and a mask per 4 lanes), so a 64-byte "
-                 "line of weights costs 4 loads + 4 FMAs in f32 and 4 loads + 8 widening ops + 8 FMAs in bf16 (plus "
-                 "broadcasts of x), where llama.cpp's AVX-512 kernels need about 1 load + 1 FMA per line in f32 and "
-                 "1 load + 1 AVX512-BF16 `vdpbf16ps` in bf16: fewer loads in flight per core, and in bf16 the "
-                 "kernels no longer keep up with memory.")
+            text += (" moec's decode step is the weight stream: its matmuls (sums and epilogues) take " + ", ".join(
+                f"{sum(prof(d, 'decode', p) or 0 for p in MATMUL_PARTS):.0f}% of the decode samples at {d} "
+                f"(attention {prof(d, 'decode', 'attention') or 0:.0f}%, the kernel "
+                f"{prof(d, 'decode', 'kernel (page faults, scheduling)') or 0:.0f}%)" for d in k) + ".")
         out.append(text)
     if bw and any(m[d] for d in dtypes):
         best_l = max((llama[d]["weight_gbps"] for d in dtypes if llama[d]), default=None)
@@ -630,16 +641,16 @@ def findings(summary, profiles, bw, dtypes, args):
             "computes lm_head for the last prompt row only (`passes::last_token`); on every row it would be "
             f"{lm / (useful + lm):.0%} of the prefill FLOPs")
         pp = [d for d in pre if profiles.get(d, {}).get("prefill")]
-        if pp:
-            d = pp[0]
-            text += (f"; of its prefill samples ({d}) {prof(d, 'prefill', 'gemm crate') or 0:.0f}% are the gemm "
-                     f"crate's f32 microkernel, {prof(d, 'prefill', 'matmul::run (unpacks panels for gemm)') or 0:.0f}% "
-                     "`matmul::run` unpacking packed weight panels into a row-major block for every gemm work item "
-                     f"(a copy of each weight on every call), {prof(d, 'prefill', 'kernel (page faults, scheduling)') or 0:.0f}% "
-                     "the kernel (page faults: activations live in one arena, but each `moec generate` run is a "
-                     f"cold process whose arena, caches and packed weights are touched for the first time), {prof(d, 'prefill', 'attention') or 0:.0f}% attention (per-row dot products, not a GEMM)")
-        text += (". bf16 has no compute path of its own (bf16 panels are unpacked to f32 for gemm), so moec's "
-                 "bf16 prefill is its f32 prefill." if "bf16" in pre else ".")
+        for d in pp:
+            parts = sorted(profiles[d]["prefill"].items(), key=lambda kv: -kv[1])[:4]
+            text += f"; its prefill samples at {d}: " + ", ".join(f"{p} {v:.0f}%" for p, v in parts)
+        amx = [d for d in pre if summary.get(f"{d} moec amx")]
+        for d in amx:
+            a = summary[f"{d} moec amx"]
+            text += (f". With `--matmul-isa amx` (AMX-BF16 tiles for bf16 matmuls of 16+ rows, activations rounded to "
+                     f"bf16 as transformers does): {a['prefill']:.0f} tok/s ({a['prefill'] / tf[d]['prefill']:.2f}× "
+                     "transformers)")
+        text += "."
         out.append(text)
     return out
 
@@ -725,6 +736,13 @@ def main():
             res.update(load=load, weight_dtype=d)
             results[(d, "moec")] = res
             commands.append(shown)
+            if d == "bf16" and "amx" in sh([moec, "generate", "--help"]).stdout and amx_available():
+                quiet.wait("moec amx bf16")
+                load = loadavg()
+                res, shown = run_moec(moec, spec, sets, ckpt[d], ["--matmul-isa", "amx"], args)
+                res.update(load=load, weight_dtype=d)
+                results[(d, "moec amx")] = res
+                commands.append(shown)
 
     contenders = [] if "transformers" in skip else [(f"transformers {i}", "torch", i) for i in impls]
     if lver:
@@ -764,7 +782,7 @@ def main():
             log("perf not found: no profile of moec")
 
     # ----------------------------------------------------------------- tables
-    names = (["moec"] if "moec" not in skip else []) + [c[0] for c in contenders]
+    names = (["moec", "moec amx"] if "moec" not in skip else []) + [c[0] for c in contenders]
     head = ["precision", "contender", f"prefill({args.prompt_len}) tok/s", "decode tok/s",
             "moec/this prefill", "moec/this decode", "decode weight GB/s", "% of read BW", "ids = tf eager",
             "ids = moec", "load avg"]
@@ -777,7 +795,7 @@ def main():
             if r is None:
                 continue
             pre, dec = med(r["runs"], "prefill"), med(r["runs"], "decode")
-            wdt = r.get("weight_dtype", d) if name == "moec" else d
+            wdt = r.get("weight_dtype", d) if name.startswith("moec") else d
             gbs = weight_bytes_per_decode_token(BYTES[wdt]) * dec / 1e9
             same = f"{agree(r['runs'][0]['ids'], ref['runs'][0]['ids'])}/{args.new_tokens}" if ref else "—"
             same_m = f"{agree(r['runs'][0]['ids'], m['runs'][0]['ids'])}/{args.new_tokens}" if m else "—"
@@ -906,7 +924,7 @@ def main():
         "what one step reads, so this can pass 100%). ids = tf eager / ids = moec: how many of the first new ids "
         "equal transformers eager's / moec's at the same precision (random weights give small logit gaps, so "
         "bf16 rounding soon changes a choice: transformers rounds every activation to bf16, moec keeps them "
-        "f32).",
+        "f32, except `moec amx`, which rounds the activations of its many-row bf16 matmuls, i.e. at prefill).",
     ]
     md.append("")
     md.append("moec reads the bf16 checkpoint widened to f32 and its CPU backend packs bf16 panels for every "
@@ -919,8 +937,9 @@ def main():
                "sampling started 1.5 s after load and prefill took in a first run; prefill: the last part of a one-new-token run, as long as "
                "its prefill). Share of samples by part (JIT kernels are named by shape: `matmul_k1024_n7168_glu_silu` "
                "= experts' gate and up, `..._weighted` = experts' down, `n32000` = lm_head, the other `matmul_` "
-               "= q/k/v/o and router; `gemm` = the gemm crate, which prefill uses for many-row matmuls after "
-               "unpacking the weight panels into a block per work item; kernel = page faults, scheduling):", "",
+               "= q/k/v/o and router; AVX-512 / AMX tiles = the `std::arch` / AMX sums that hosts with AVX-512 "
+               "use for every matmul, followed by the JIT epilogue kernels (`..._epilogue`); `gemm` = the gemm crate of "
+               "the portable path; kernel = page faults, scheduling):", "",
                markdown(p_head, p_rows, left=1)]
     md += findings(summary, profiles, bw, dtypes, args)
     md.append("")
