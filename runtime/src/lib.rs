@@ -41,6 +41,7 @@ mod file;
 pub mod generate;
 pub mod gpu;
 pub mod io;
+pub mod quant;
 pub mod random;
 mod rng;
 pub mod session;

@@ -26,6 +26,7 @@
 
 use super::avx512::{self, Wide};
 use super::jit::KernelFn;
+use crate::quant::WeightFormat;
 use moec_compiler::backend::clif::matmul::MR;
 use moec_compiler::backend::clif::pack::{position, PANEL};
 use moec_compiler::backend::clif::{MatmulShape, WeightDType};
@@ -77,23 +78,24 @@ impl Panels {
         match self {
             Panels::Jit(JitPanels::F32(v)) => v.len(),
             Panels::Jit(JitPanels::Bf16(v)) => v.len(),
-            Panels::Wide(w) => w.len(),
+            Panels::Wide(w) => w.bytes().len(),
         }
     }
 
-    fn dtype(&self) -> WeightDType {
+    /// Whether these are panels of `shape`'s weights.
+    fn fits(&self, shape: &MatmulShape) -> bool {
         match self {
-            Panels::Jit(JitPanels::F32(_)) => WeightDType::F32,
-            Panels::Jit(JitPanels::Bf16(_)) => WeightDType::Bf16,
-            Panels::Wide(w) => w.dtype(),
+            Panels::Jit(JitPanels::F32(_)) => shape.weights == WeightDType::F32,
+            Panels::Jit(JitPanels::Bf16(_)) => shape.weights == WeightDType::Bf16,
+            Panels::Wide(w) => w.fits(shape),
         }
     }
 
-    /// Elements of one expert's weights.
+    /// Elements (JIT panels) or bytes (wide panels) of one expert's weights, as `len`.
     fn expert_len(&self, shape: &MatmulShape) -> usize {
         match self {
             Panels::Jit(_) => shape.packed_len(),
-            Panels::Wide(_) => avx512::expert_len(shape),
+            Panels::Wide(w) => w.expert_bytes(),
         }
     }
 }
@@ -291,7 +293,7 @@ pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String
     let shape = &call.packed.shape;
     match &call.packed.weights {
         Panels::Wide(_) if call.epilogue.is_some() => {
-            let items = split_wide(shape, &call.segments, workers);
+            let items = split_wide(call, workers);
             TILED.with_borrow_mut(|prepared| {
                 prepare_rows(call, &items, prepared)?;
                 run_items(call, &items, prepared, out, workers)
@@ -571,17 +573,18 @@ fn split(shape: &MatmulShape, segments: &[Segment], threads: usize, gemm_rows: u
 /// chunks of up to `WIDE_ROWS` rows (whole tiles) cut into runs of whole wide
 /// panels (an even number of JIT panels), so there are enough items for every
 /// thread and each item's sums stay in L2.
-fn split_wide(shape: &MatmulShape, segments: &[Segment], workers: &Workers) -> Vec<Item> {
+fn split_wide(call: &Call, workers: &Workers) -> Vec<Item> {
+    let (shape, segments) = (&call.packed.shape, &call.segments);
     let chunks: usize = segments.iter().map(|s| s.rows.div_ceil(WIDE_ROWS)).sum();
     let wide = avx512::panels(shape);
     let cuts = (workers.threads * ITEMS_PER_THREAD)
         .div_ceil(chunks.max(1))
         .min(wide);
-    let amx_fits =
-        shape.weights == WeightDType::Bf16 && shape.k.is_multiple_of(avx512::amx::TILE_K);
+    let amx_fits = matches!(&call.packed.weights, Panels::Wide(w) if w.format() == WeightFormat::Bf16)
+        && shape.k.is_multiple_of(avx512::amx::TILE_K);
     let mut bf16_rows = 0;
     let mut items = Vec::new();
-    for seg in segments {
+    for seg in segments.iter().filter(|s| s.rows > 0) {
         let amx = amx_fits && seg.rows >= workers.amx_rows;
         let (how, unit, base) = if amx {
             let base = bf16_rows;
@@ -639,7 +642,7 @@ fn check(call: &Call, out_len: usize, it: &Item) -> Result<(), String> {
     if !layout_fits
         || s.expert >= call.packed.experts
         || weights.len() < (s.expert + 1) * weights.expert_len(shape)
-        || weights.dtype() != shape.weights
+        || !weights.fits(shape)
     {
         return fail("weights");
     }

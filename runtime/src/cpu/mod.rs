@@ -41,6 +41,7 @@ pub use jit::{host_isa, target, KernelFn};
 
 pub use matmul::GEMM_ROWS_DEFAULT;
 
+use crate::quant::WeightFormat;
 use avx512::Wide;
 use matmul::{Call, JitPanels, Packed, Panels, Segment, Workers};
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16};
@@ -72,8 +73,8 @@ pub struct CpuModel {
     arena: Mutex<Vec<f32>>,
     /// Packed weights of each matmul whose weights are weight-only.
     packed: HashMap<NodeIndex, Packed>,
-    /// The matmuls' inner loops (and so their weights' layout).
-    isa: MatmulIsa,
+    /// The matmuls' inner loops and expert weight format (and so their weights' layout).
+    layout: Layout,
     workers: Workers,
 }
 
@@ -87,8 +88,35 @@ impl CpuModel {
     /// Like [`CpuModel::new`], with the matmuls' inner loops `isa` (one of
     /// [`MatmulIsa::available`]).
     pub fn for_isa(g: &Graph, weights: &[Tensor], isa: MatmulIsa) -> Result<CpuModel, String> {
+        CpuModel::with_expert_format(g, weights, isa, None)
+    }
+
+    /// Like [`CpuModel::for_isa`], with the experts' weights (those of matmuls
+    /// over stacked `[E, N, K]` weights) stored as `experts` (q8_0 or q4_0
+    /// blocks: the model then computes with `quant::dequantize`d weights).
+    pub fn with_expert_format(
+        g: &Graph,
+        weights: &[Tensor],
+        isa: MatmulIsa,
+        experts: Option<WeightFormat>,
+    ) -> Result<CpuModel, String> {
         if !MatmulIsa::available().contains(&isa) {
             return Err(format!("this CPU cannot run the {} matmuls", isa.name()));
+        }
+        match experts {
+            Some(f) if !f.is_quantized() => {
+                return Err(format!(
+                    "expert weights as {}: only q8_0 and q4_0 are stored apart",
+                    f.name()
+                ))
+            }
+            Some(f) if isa == MatmulIsa::Portable => {
+                return Err(format!(
+                    "{} expert weights need the AVX-512 matmuls, which this CPU lacks",
+                    f.name()
+                ))
+            }
+            _ => {}
         }
         interp::check_weights(g, weights)?;
         let (fixed, values) = weight_values(g, weights);
@@ -96,7 +124,9 @@ impl CpuModel {
         let program = clif::lower_with(g, &jit::target(&host), |n| {
             let mut shape = clif::matmul_shape(g, n)?;
             let w = values.get(&g.operands(n)[1]);
-            if w.is_some_and(|w| w.as_f32().iter().all(|v| v.to_bits() & 0xFFFF == 0)) {
+            let quantized = experts.is_some() && w.is_some_and(|w| w.shape.len() == 3);
+            if !quantized && w.is_some_and(|w| w.as_f32().iter().all(|v| v.to_bits() & 0xFFFF == 0))
+            {
                 shape.weights = WeightDType::Bf16;
             }
             Some(shape)
@@ -108,7 +138,8 @@ impl CpuModel {
             .map(|(&n, &k)| (n, program.kernels[k].shape))
             .collect();
         let code = (jit.kernels.clone(), jit.epilogues.clone(), Some(jit));
-        CpuModel::prepare(g, (fixed, values), program.by_node, shapes, code, isa)
+        let layout = Layout { isa, experts };
+        CpuModel::prepare(g, (fixed, values), program.by_node, shapes, code, layout)
     }
 
     /// Like [`CpuModel::new`], with kernels compiled ahead of time: `code` holds
@@ -137,7 +168,11 @@ impl CpuModel {
         let (kernels, epilogues) = jit::by_kernel(code);
         let values = weight_values(g, weights);
         let code = (kernels, epilogues, None);
-        CpuModel::prepare(g, values, kernel_of, shapes, code, MatmulIsa::host())
+        let layout = Layout {
+            isa: MatmulIsa::host(),
+            experts: None,
+        };
+        CpuModel::prepare(g, values, kernel_of, shapes, code, layout)
     }
 
     /// Prepares the weight-only `values` for running `g` with `code` (kernels,
@@ -149,7 +184,7 @@ impl CpuModel {
         kernel_of: HashMap<NodeIndex, usize>,
         shapes: HashMap<NodeIndex, MatmulShape>,
         (kernels, epilogues, jit): (Vec<KernelFn>, Vec<KernelFn>, Option<jit::Jit>),
-        isa: MatmulIsa,
+        layout: Layout,
     ) -> Result<CpuModel, String> {
         let mut packed = HashMap::new();
         let mut packed_operands = HashSet::new();
@@ -160,7 +195,7 @@ impl CpuModel {
             if !fixed.contains(&w.node) || b.is_some_and(|b| !fixed.contains(&b.node)) {
                 continue;
             }
-            packed.insert(n, pack(shape, &values[&w], b.map(|b| &values[&b]), isa));
+            packed.insert(n, pack(shape, &values[&w], b.map(|b| &values[&b]), layout));
             packed_operands.insert((n, 1));
             packed_operands.extend(bias_at.map(|i| (n, i)));
         }
@@ -186,15 +221,16 @@ impl CpuModel {
             program,
             arena: Mutex::new(Vec::new()),
             packed,
-            isa,
-            workers: Workers::new(threads, GEMM_ROWS_DEFAULT).with_amx(isa == MatmulIsa::Amx),
+            layout,
+            workers: Workers::new(threads, GEMM_ROWS_DEFAULT)
+                .with_amx(layout.isa == MatmulIsa::Amx),
         })
     }
 
     /// Uses `threads` worker threads (at least one) instead of one per core.
     pub fn with_threads(mut self, threads: usize) -> CpuModel {
-        self.workers =
-            Workers::new(threads, self.workers.gemm_rows).with_amx(self.isa == MatmulIsa::Amx);
+        self.workers = Workers::new(threads, self.workers.gemm_rows)
+            .with_amx(self.layout.isa == MatmulIsa::Amx);
         self
     }
 
@@ -232,7 +268,7 @@ impl CpuModel {
             Some(p) => p,
             None => {
                 let bias = bias_at.map(|i| r.tensor(i)).transpose()?;
-                owned = pack(shape, &r.tensor(1)?, bias.as_ref(), self.isa);
+                owned = pack(shape, &r.tensor(1)?, bias.as_ref(), self.layout);
                 &owned
             }
         };
@@ -349,16 +385,30 @@ fn weight_values(g: &Graph, weights: &[Tensor]) -> (HashSet<NodeIndex>, HashMap<
     (fixed, values)
 }
 
-/// Packs a matmul's weights (`[N, K]` or `[E, N, K]`, as `shape.weights`) for
-/// `isa`'s inner loops, and its bias.
-fn pack(shape: MatmulShape, w: &Tensor, b: Option<&Tensor>, isa: MatmulIsa) -> Packed {
-    let experts = if w.shape.len() == 3 { w.shape[0] } else { 1 };
+/// How a model's weights are packed: for which inner loops, and in which format
+/// the experts' weights are stored (`None`: as the other weights).
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    isa: MatmulIsa,
+    experts: Option<WeightFormat>,
+}
+
+/// Packs a matmul's weights (`[N, K]`, or `[E, N, K]`: experts) for `layout`,
+/// and its bias.
+fn pack(shape: MatmulShape, w: &Tensor, b: Option<&Tensor>, layout: Layout) -> Packed {
+    let stacked = w.shape.len() == 3;
+    let experts = if stacked { w.shape[0] } else { 1 };
+    let as_loaded = match shape.weights {
+        WeightDType::F32 => WeightFormat::F32,
+        WeightDType::Bf16 => WeightFormat::Bf16,
+    };
+    let format = layout.experts.filter(|_| stacked).unwrap_or(as_loaded);
     let w = w.as_f32();
     Packed {
         shape,
         experts,
-        weights: match (isa, shape.weights) {
-            (MatmulIsa::Avx512 | MatmulIsa::Amx, _) => Panels::Wide(Wide::pack(&shape, w)),
+        weights: match (layout.isa, shape.weights) {
+            (MatmulIsa::Avx512 | MatmulIsa::Amx, _) => Panels::Wide(Wide::pack(&shape, w, format)),
             (MatmulIsa::Portable, WeightDType::F32) => {
                 Panels::Jit(JitPanels::F32(pack_weights(&shape, w)))
             }

@@ -13,8 +13,11 @@
 //! row tile, `R` values per k-step, copied once per matmul call), so a tile's
 //! broadcasts all read one stream at fixed offsets.
 //!
-//! bf16 panels hold two k-steps per 32-bit lane (`mod.rs`): one load, then a
-//! shift (even k) and a mask (odd k) give exact f32 weights for two FMAs.
+//! The tiles are generic over how a panel stores its weights ([`Format`]): f32;
+//! bf16 pairs (one load, then a shift (even k) and a mask (odd k) give exact f32
+//! weights for two k-steps); q8_0 and q4_0 blocks (integers widened and
+//! multiplied by their block's f16 scale: exactly the dequantized weights).
+//! Whatever the format, a tile computes `Σ x·w` in f32 with f32 `x`.
 //!
 //! Everything here trusts its pointers; `mod.rs::sums` checks them.
 
@@ -36,7 +39,7 @@ pub struct Tile {
     pub x: *const f32,
     /// k-steps in all.
     pub k: usize,
-    /// Elements between consecutive wide panels.
+    /// Bytes between consecutive wide panels.
     pub stride: usize,
     /// The block's first sum.
     pub acc: *mut f32,
@@ -44,65 +47,156 @@ pub struct Tile {
     pub ldacc: usize,
 }
 
-/// One tile: its x slice (k-major, `R` floats per k-step), its first panel, its
-/// first sum, and the k-steps `k0..k1` it adds.
+/// How a wide panel stores its weights (`pack.rs`): loads come in groups of
+/// `STEPS` k-steps, group `g` at byte `offset(g)` of the panel.
+pub trait Format {
+    const STEPS: usize;
+    fn offset(g: usize) -> usize;
+    /// The f32 weights of group `g` (16 columns per k-step; the second vector is
+    /// unused when `STEPS` is 1).
+    ///
+    /// # Safety
+    /// AVX-512F; `panel` is a panel of this format holding group `g`.
+    unsafe fn load(panel: *const u8, g: usize) -> [__m512; 2];
+}
+
+pub struct F32;
+pub struct Bf16;
+pub struct Q8_0;
+pub struct Q4_0;
+
+/// Bytes of a q8_0 block of a wide panel: 16 f16 scales, then 32 k-steps of 16 integers.
+const Q8_0_BLOCK: usize = 32 + 32 * 16;
+/// Bytes of a q4_0 block: 16 f16 scales, then 16 k-pairs of 16 bytes.
+const Q4_0_BLOCK: usize = 32 + 16 * 16;
+
+impl Format for F32 {
+    const STEPS: usize = 1;
+    fn offset(g: usize) -> usize {
+        g * 64
+    }
+    #[inline(always)]
+    unsafe fn load(panel: *const u8, g: usize) -> [__m512; 2] {
+        let v = _mm512_loadu_ps(panel.add(Self::offset(g)).cast());
+        [v, v]
+    }
+}
+
+impl Format for Bf16 {
+    const STEPS: usize = 2;
+    fn offset(g: usize) -> usize {
+        g * 64
+    }
+    #[inline(always)]
+    unsafe fn load(panel: *const u8, g: usize) -> [__m512; 2] {
+        let v = _mm512_loadu_si512(panel.add(Self::offset(g)).cast());
+        let high = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
+        [
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)),
+            _mm512_castsi512_ps(_mm512_and_si512(v, high)),
+        ]
+    }
+}
+
+/// The 16 f16 scales at `block`, widened.
+#[inline(always)]
+unsafe fn scales(block: *const u8) -> __m512 {
+    _mm512_cvtph_ps(_mm256_loadu_si256(block.cast()))
+}
+
+impl Format for Q8_0 {
+    const STEPS: usize = 1;
+    fn offset(g: usize) -> usize {
+        g / 32 * Q8_0_BLOCK + 32 + g % 32 * 16
+    }
+    #[inline(always)]
+    unsafe fn load(panel: *const u8, g: usize) -> [__m512; 2] {
+        let d = scales(panel.add(g / 32 * Q8_0_BLOCK));
+        let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(panel.add(Self::offset(g)).cast()));
+        let v = _mm512_mul_ps(_mm512_cvtepi32_ps(q), d);
+        [v, v]
+    }
+}
+
+impl Format for Q4_0 {
+    const STEPS: usize = 2;
+    fn offset(g: usize) -> usize {
+        g / 16 * Q4_0_BLOCK + 32 + g % 16 * 16
+    }
+    #[inline(always)]
+    unsafe fn load(panel: *const u8, g: usize) -> [__m512; 2] {
+        let d = scales(panel.add(g / 16 * Q4_0_BLOCK));
+        let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(panel.add(Self::offset(g)).cast()));
+        let eight = _mm512_set1_epi32(8);
+        let low = _mm512_sub_epi32(_mm512_and_si512(bytes, _mm512_set1_epi32(0xF)), eight);
+        let high = _mm512_sub_epi32(_mm512_srli_epi32::<4>(bytes), eight);
+        [
+            _mm512_mul_ps(_mm512_cvtepi32_ps(low), d),
+            _mm512_mul_ps(_mm512_cvtepi32_ps(high), d),
+        ]
+    }
+}
+
+/// One tile: its x slice (k-major, `R` floats per k-step), its first panel, the
+/// next group's (fetched into cache while this tile streams its own: the first
+/// row tile of a group only; null for none), its first sum, and the k-steps
+/// `k0..k1` it adds.
 #[derive(Clone, Copy)]
-struct At<W> {
+struct At {
     x: *const f32,
-    w: *const W,
-    /// The next panel group, fetched into cache while this tile streams its
-    /// own (the first row tile of a group only; null for none).
-    next: *const W,
+    w: *const u8,
+    next: *const u8,
     acc: *mut f32,
     k0: usize,
     k1: usize,
 }
 
-/// Runs `tile::<R, C>` (a const-generic tile function) for a run-time `rows`
-/// in `1..=ROWS`.
+/// Runs `tile::<F, R, C>` for a run-time `rows` in `1..=ROWS` (`C` = `PANELS`
+/// or 1), or in `1..=FEW_ROWS` (`C` = `FEW_PANELS`).
 macro_rules! by_rows {
-    ($f:ident, $c:literal, $rows:expr, $($arg:expr),*) => {
-        match $rows {
-            1 => $f::<1, $c>($($arg),*),
-            2 => $f::<2, $c>($($arg),*),
-            3 => $f::<3, $c>($($arg),*),
-            4 => $f::<4, $c>($($arg),*),
-            5 => $f::<5, $c>($($arg),*),
-            6 => $f::<6, $c>($($arg),*),
-            7 => $f::<7, $c>($($arg),*),
-            8 => $f::<8, $c>($($arg),*),
-            9 => $f::<9, $c>($($arg),*),
-            10 => $f::<10, $c>($($arg),*),
-            11 => $f::<11, $c>($($arg),*),
-            _ => $f::<ROWS, $c>($($arg),*),
+    ($F:ty, $c:expr, $rows:expr, $($arg:expr),*) => {
+        match ($c, $rows) {
+            (FEW_PANELS, 1) => tile::<$F, 1, FEW_PANELS>($($arg),*),
+            (FEW_PANELS, 2) => tile::<$F, 2, FEW_PANELS>($($arg),*),
+            (FEW_PANELS, 3) => tile::<$F, 3, FEW_PANELS>($($arg),*),
+            (FEW_PANELS, _) => tile::<$F, FEW_ROWS, FEW_PANELS>($($arg),*),
+            (PANELS, 1) => tile::<$F, 1, PANELS>($($arg),*),
+            (PANELS, 2) => tile::<$F, 2, PANELS>($($arg),*),
+            (PANELS, 3) => tile::<$F, 3, PANELS>($($arg),*),
+            (PANELS, 4) => tile::<$F, 4, PANELS>($($arg),*),
+            (PANELS, 5) => tile::<$F, 5, PANELS>($($arg),*),
+            (PANELS, 6) => tile::<$F, 6, PANELS>($($arg),*),
+            (PANELS, 7) => tile::<$F, 7, PANELS>($($arg),*),
+            (PANELS, 8) => tile::<$F, 8, PANELS>($($arg),*),
+            (PANELS, 9) => tile::<$F, 9, PANELS>($($arg),*),
+            (PANELS, 10) => tile::<$F, 10, PANELS>($($arg),*),
+            (PANELS, 11) => tile::<$F, 11, PANELS>($($arg),*),
+            (PANELS, _) => tile::<$F, ROWS, PANELS>($($arg),*),
+            (_, 1) => tile::<$F, 1, 1>($($arg),*),
+            (_, 2) => tile::<$F, 2, 1>($($arg),*),
+            (_, 3) => tile::<$F, 3, 1>($($arg),*),
+            (_, 4) => tile::<$F, 4, 1>($($arg),*),
+            (_, 5) => tile::<$F, 5, 1>($($arg),*),
+            (_, 6) => tile::<$F, 6, 1>($($arg),*),
+            (_, 7) => tile::<$F, 7, 1>($($arg),*),
+            (_, 8) => tile::<$F, 8, 1>($($arg),*),
+            (_, 9) => tile::<$F, 9, 1>($($arg),*),
+            (_, 10) => tile::<$F, 10, 1>($($arg),*),
+            (_, 11) => tile::<$F, 11, 1>($($arg),*),
+            (_, _) => tile::<$F, ROWS, 1>($($arg),*),
         }
     };
 }
 
-/// Runs `tile::<R, FEW_PANELS>` for a run-time `rows` in `1..=FEW_ROWS`.
-macro_rules! by_few_rows {
-    ($f:ident, $rows:expr, $($arg:expr),*) => {
-        match $rows {
-            1 => $f::<1, FEW_PANELS>($($arg),*),
-            2 => $f::<2, FEW_PANELS>($($arg),*),
-            3 => $f::<3, FEW_PANELS>($($arg),*),
-            _ => $f::<FEW_ROWS, FEW_PANELS>($($arg),*),
-        }
-    };
-}
-
-/// Visits the block in tiles: k in slices of `KC`, panels in groups of `PANELS`
-/// (`FEW_PANELS` when the block has at most `FEW_ROWS` rows; then one at a
-/// time), rows in tiles of `ROWS` (then the rest), calling `tile(rows, panels, at)`.
+/// The sums of a block of panels of format `F` starting at `w`: k in slices of
+/// `KC`, panels in groups of `PANELS` (`FEW_PANELS` when the block has at most
+/// `FEW_ROWS` rows; then one at a time), rows in tiles of `ROWS` (then the rest).
 ///
 /// # Safety
-/// As [`f32_sums`], with `w` the first panel.
-unsafe fn cover<W>(
-    t: &Tile,
-    w: *const W,
-    (rows, panels): (usize, usize),
-    mut tile: impl FnMut(usize, usize, At<W>),
-) {
+/// The host has AVX-512F; `t` and `w` describe `rows` readable x rows in tile
+/// order, `panels` readable wide panels of format `F` and `rows` writable rows
+/// of `panels·16` sums.
+pub unsafe fn sums<F: Format>(t: &Tile, w: *const u8, rows: usize, panels: usize) {
     let group = if rows <= FEW_ROWS { FEW_PANELS } else { PANELS };
     for k0 in (0..t.k).step_by(KC) {
         let k1 = (k0 + KC).min(t.k);
@@ -124,101 +218,48 @@ unsafe fn cover<W>(
                     k0,
                     k1,
                 };
-                tile(m, c, at);
+                by_rows!(F, c, m, t, at);
             }
             q += c;
         }
     }
 }
 
-/// The sums of a block of f32 panels starting at `w`.
-///
-/// # Safety
-/// The host has AVX-512F; `t` and `w` describe `rows` readable x rows, `panels`
-/// readable wide panels and `rows` writable rows of `panels·16` sums.
-pub unsafe fn f32_sums(t: &Tile, w: *const f32, rows: usize, panels: usize) {
-    cover(t, w, (rows, panels), |m, c, at| match c {
-        FEW_PANELS => by_few_rows!(f32_tile, m, t, at),
-        PANELS => by_rows!(f32_tile, 2, m, t, at),
-        _ => by_rows!(f32_tile, 1, m, t, at),
-    });
-}
-
-/// The sums of a block of bf16-pair panels starting at `w`.
-///
-/// # Safety
-/// As [`f32_sums`].
-pub unsafe fn bf16_sums(t: &Tile, w: *const u32, rows: usize, panels: usize) {
-    cover(t, w, (rows, panels), |m, c, at| match c {
-        FEW_PANELS => by_few_rows!(bf16_tile, m, t, at),
-        PANELS => by_rows!(bf16_tile, 2, m, t, at),
-        _ => by_rows!(bf16_tile, 1, m, t, at),
-    });
-}
-
 #[target_feature(enable = "avx512f")]
-unsafe fn f32_tile<const R: usize, const C: usize>(t: &Tile, at: At<f32>) {
-    let mut a = resume::<R, C, _>(&at, t.ldacc);
-    for kk in 0..at.k1 - at.k0 {
-        let mut wv = [_mm512_setzero_ps(); C];
+unsafe fn tile<F: Format, const R: usize, const C: usize>(t: &Tile, at: At) {
+    let mut a = resume::<R, C>(&at, t.ldacc);
+    // `k0` is a multiple of `STEPS` (`KC` is); only the last slice can end in
+    // part of a group.
+    let kc = at.k1 - at.k0;
+    let (g0, groups) = (at.k0 / F::STEPS, kc / F::STEPS);
+    for g in 0..groups {
+        let mut wv = [[_mm512_setzero_ps(); 2]; C];
         for (c, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(at.w.add(c * t.stride + (at.k0 + kk) * 16));
+            *v = F::load(at.w.add(c * t.stride), g0 + g);
             if !at.next.is_null() {
-                let ahead = at.next.add(c * t.stride + (at.k0 + kk) * 16);
+                let ahead = at.next.add(c * t.stride + F::offset(g0 + g));
                 _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
             }
         }
-        let x = at.x.add(kk * R);
+        let x = at.x.add(g * F::STEPS * R);
+        for (r, ar) in a.iter_mut().enumerate() {
+            for s in 0..F::STEPS {
+                let xv = _mm512_set1_ps(*x.add(s * R + r));
+                for (ac, wc) in ar.iter_mut().zip(&wv) {
+                    *ac = _mm512_fmadd_ps(xv, wc[s], *ac);
+                }
+            }
+        }
+    }
+    if !kc.is_multiple_of(F::STEPS) {
+        // A last group past K: its first step only (the rest are zero weights,
+        // and x has no element past K).
+        let x = at.x.add(groups * F::STEPS * R);
         for (r, ar) in a.iter_mut().enumerate() {
             let xv = _mm512_set1_ps(*x.add(r));
-            for (ac, wc) in ar.iter_mut().zip(&wv) {
-                *ac = _mm512_fmadd_ps(xv, *wc, *ac);
-            }
-        }
-    }
-    store(a, at.acc, t.ldacc);
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn bf16_tile<const R: usize, const C: usize>(t: &Tile, at: At<u32>) {
-    let high = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
-    let widen = |step: usize, c: usize| {
-        let v = _mm512_loadu_si512(at.w.add(c * t.stride + step * 16).cast());
-        (
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)),
-            _mm512_castsi512_ps(_mm512_and_si512(v, high)),
-        )
-    };
-    let mut a = resume::<R, C, _>(&at, t.ldacc);
-    // `k0` is even (`KC` is); only the last slice can end in half a pair.
-    let kc = at.k1 - at.k0;
-    for s in 0..kc / 2 {
-        let mut wv = [(_mm512_setzero_ps(), _mm512_setzero_ps()); C];
-        for (c, v) in wv.iter_mut().enumerate() {
-            *v = widen(at.k0 / 2 + s, c);
-            if !at.next.is_null() {
-                let ahead = at.next.add(c * t.stride + (at.k0 / 2 + s) * 16);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-            }
-        }
-        let x = at.x.add(2 * s * R);
-        for (r, ar) in a.iter_mut().enumerate() {
-            let x0 = _mm512_set1_ps(*x.add(r));
-            let x1 = _mm512_set1_ps(*x.add(R + r));
-            for (ac, (even, odd)) in ar.iter_mut().zip(&wv) {
-                *ac = _mm512_fmadd_ps(x0, *even, *ac);
-                *ac = _mm512_fmadd_ps(x1, *odd, *ac);
-            }
-        }
-    }
-    if kc % 2 == 1 {
-        // The last step's high halves are zero and x has no element past K.
-        let x = at.x.add((kc - 1) * R);
-        for (r, ar) in a.iter_mut().enumerate() {
-            let x0 = _mm512_set1_ps(*x.add(r));
             for (c, ac) in ar.iter_mut().enumerate() {
-                let (even, _) = widen(at.k1 / 2, c);
-                *ac = _mm512_fmadd_ps(x0, even, *ac);
+                let [first, _] = F::load(at.w.add(c * t.stride), g0 + groups);
+                *ac = _mm512_fmadd_ps(xv, first, *ac);
             }
         }
     }
@@ -227,7 +268,7 @@ unsafe fn bf16_tile<const R: usize, const C: usize>(t: &Tile, at: At<u32>) {
 
 /// A tile's sums so far: zero at the first slice, else what it stored.
 #[target_feature(enable = "avx512f")]
-unsafe fn resume<const R: usize, const C: usize, W>(at: &At<W>, ld: usize) -> [[__m512; C]; R] {
+unsafe fn resume<const R: usize, const C: usize>(at: &At, ld: usize) -> [[__m512; C]; R] {
     let mut a = [[_mm512_setzero_ps(); C]; R];
     if at.k0 > 0 {
         for (r, ar) in a.iter_mut().enumerate() {

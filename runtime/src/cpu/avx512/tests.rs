@@ -1,0 +1,173 @@
+//! The AVX-512 and AMX tiles against sums straight from the definition.
+
+use super::*;
+use crate::quant::dequantize;
+use moec_compiler::backend::clif::pack::column;
+use moec_compiler::backend::clif::WeightDType;
+use moec_compiler::ir::{Epilogue, UnaryOp};
+use moec_compiler::tensor::Tensor;
+
+/// The sums of every JIT panel slot, straight from the definition: slot `j`
+/// of panel `p` is `Σ_k x[r, k]·w[e, column(p, j), k]` (0 for no column).
+fn plain(shape: &MatmulShape, w: &[f32], e: usize, x: &[f32], rows: usize) -> Vec<f32> {
+    let (n, k) = (shape.n, shape.k);
+    let cols = panels(shape) * LANES;
+    let mut out = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        for s in 0..cols {
+            if let Some(c) = column(shape, s / PANEL, s % PANEL) {
+                let row = &w[(e * n + c) * k..(e * n + c + 1) * k];
+                let dot: f64 = (0..k)
+                    .map(|i| f64::from(x[r * k + i]) * f64::from(row[i]))
+                    .sum();
+                out[r * cols + s] = dot as f32;
+            }
+        }
+    }
+    out
+}
+
+/// Every format (the quantized ones against the dequantized weights) and every
+/// remainder: K odd and even (bf16 and q4_0 pairs), K past one slice and not a
+/// whole number of blocks, an odd panel count (a last panel paired with zeros),
+/// GLU columns, rows that are not whole tiles, and blocks that start past the
+/// first panel.
+#[test]
+fn tiles_give_the_plain_sums() {
+    if !crate::cpu::isa::avx512_supported() {
+        eprintln!("skipped: this host has no AVX-512F");
+        return;
+    }
+    let mut seed = 7u32;
+    let mut next = move || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        // bf16 values (low 16 bits zero) in [-1, 1), so both dtypes see the same weights.
+        f32::from_bits(
+            ((seed >> 9) as f32 / (1u32 << 23) as f32 * 2.0 - 1.0).to_bits() & 0xFFFF_0000,
+        )
+    };
+    for (k, n, epilogue) in [
+        (7, 24, Epilogue::None),
+        (16, 40, Epilogue::Glu(UnaryOp::Silu)),
+        (33, 8, Epilogue::None),
+        (1, 50, Epilogue::Glu(UnaryOp::Silu)),
+        // Several k slices, the last one odd.
+        (601, 40, Epilogue::None),
+    ] {
+        for format in [
+            WeightFormat::F32,
+            WeightFormat::Bf16,
+            WeightFormat::Q8_0,
+            WeightFormat::Q4_0,
+        ] {
+            let dtype = if format == WeightFormat::Bf16 {
+                WeightDType::Bf16
+            } else {
+                WeightDType::F32
+            };
+            let shape = MatmulShape {
+                k,
+                n,
+                epilogue,
+                bias: false,
+                weighted: false,
+                weights: dtype,
+            };
+            let experts = 2;
+            let w: Vec<f32> = (0..experts * n * k).map(|_| next()).collect();
+            let packed = Wide::pack(&shape, &w, format);
+            let dequantized = dequantize(format, Tensor::f32(vec![experts * n, k], w.clone()));
+            let cols = panels(&shape) * LANES;
+            for rows in [1, 5, 12, 13, 30] {
+                let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+                let want = plain(&shape, dequantized.as_f32(), 1, &x, rows);
+                let mut tiled = vec![f32::NAN; x.len()];
+                tile_order(&x, k, &mut tiled);
+                for q0 in 0..panels(&shape) {
+                    let q1 = panels(&shape);
+                    let ld = (q1 - q0) * LANES + 3;
+                    let mut acc = vec![f32::NAN; rows * ld];
+                    sums(&shape, &packed, 1, (q0, q1), &tiled, rows, &mut acc, ld);
+                    for r in 0..rows {
+                        for s in 0..(q1 - q0) * LANES {
+                            let (got, want) = (acc[r * ld + s], want[r * cols + q0 * LANES + s]);
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "k {k} n {n} {format:?} rows {rows} panels {q0}..{q1}: \
+                                 row {r} sum {s}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The AMX tiles give the plain sums of the activations rounded to bf16
+/// (products of bf16 values are exact in f32; only the order of additions
+/// differs): several k slices, an odd wide panel count, rows past one pair
+/// of tiles, blocks starting past the first panel.
+#[test]
+fn amx_tiles_give_the_plain_sums_of_bf16_activations() {
+    if !amx::supported() {
+        eprintln!("skipped: this host cannot run AMX tiles");
+        return;
+    }
+    let mut seed = 11u32;
+    let mut next = move || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (seed >> 9) as f32 / (1u32 << 23) as f32 * 2.0 - 1.0
+    };
+    for (k, n) in [(32, 40), (1088, 24)] {
+        let shape = MatmulShape {
+            k,
+            n,
+            epilogue: Epilogue::None,
+            bias: false,
+            weighted: false,
+            weights: WeightDType::Bf16,
+        };
+        let w: Vec<f32> = (0..2 * n * k)
+            .map(|_| f32::from_bits(next().to_bits() & 0xFFFF_0000))
+            .collect();
+        let packed = Wide::pack(&shape, &w, WeightFormat::Bf16);
+        let cols = panels(&shape) * LANES;
+        for rows in [16, 48] {
+            let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+            let xb: Vec<u16> = x.iter().map(|v| amx::to_bf16(*v)).collect();
+            let rounded: Vec<f32> = xb
+                .iter()
+                .map(|b| f32::from_bits(u32::from(*b) << 16))
+                .collect();
+            let want = plain(&shape, &w, 1, &rounded, rows);
+            for q0 in [0, 1] {
+                let q1 = panels(&shape);
+                let ld = (q1 - q0) * LANES;
+                let mut acc = vec![f32::NAN; rows * ld];
+                amx_sums(&shape, &packed, 1, (q0, q1), &xb, rows, &mut acc, ld);
+                for r in 0..rows {
+                    for s in 0..ld {
+                        let (got, want) = (acc[r * ld + s], want[r * cols + q0 * LANES + s]);
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "k {k} n {n} rows {rows} panels {q0}..{q1}: row {r} sum {s}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_rounding_is_to_nearest_even() {
+    let bf = |v: f32| f32::from_bits(u32::from(amx::to_bf16(v)) << 16);
+    assert_eq!(bf(1.0), 1.0);
+    // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even 1.
+    assert_eq!(bf(1.0 + 1.0 / 256.0), 1.0);
+    assert_eq!(bf(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+    assert_eq!(bf(-1.0 - 1.5 / 256.0), -1.0 - 2.0 / 256.0);
+    assert!(bf(f32::NAN).is_nan());
+    assert_eq!(bf(f32::INFINITY), f32::INFINITY);
+}

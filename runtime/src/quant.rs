@@ -1,0 +1,191 @@
+//! Block quantization of expert weights: GGUF's q8_0 and q4_0.
+//!
+//! A weight row `[K]` (one output column of `[N, K]`) is cut into blocks of
+//! [`BLOCK`] consecutive values (the last one padded with zeros), each stored as
+//! small integers and one f16 scale `d`, exactly as ggml's reference quantizers
+//! compute them:
+//! - q8_0: `d = max|x| / 127`, `q = round(x / d)` (half away from zero), the
+//!   value is `q·d`;
+//! - q4_0: `d = m / -8` where `m` is the value of largest magnitude, `q =
+//!   min(15, trunc(x/d + 8.5))`, the value is `(q - 8)·d`.
+//!
+//! (`1/d` is computed from the f32 `d`, the value from the f16 one, as in ggml.)
+//! Every dequantized value `q·d` is exact in f32 (an 8-bit integer times an
+//! 11-bit significand), so a kernel that multiplies `q` by `d` in f32 computes
+//! with exactly the weights [`dequantize`] gives the interpreter.
+
+use crate::random::round_to_bf16;
+use half::f16;
+use moec_compiler::tensor::{Tensor, TensorData};
+
+/// Values per quantization block.
+pub const BLOCK: usize = 32;
+
+/// How expert weights are stored for the CPU backend (`--weight-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    F32,
+    Bf16,
+    Q8_0,
+    Q4_0,
+}
+
+impl WeightFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Q4_0 => "q4_0",
+        }
+    }
+
+    /// Whether this format stores blocks of integers with scales.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, WeightFormat::Q8_0 | WeightFormat::Q4_0)
+    }
+
+    /// Bytes one block of [`BLOCK`] values takes (scale included), for a quantized format.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            WeightFormat::Q8_0 => 2 + BLOCK,
+            WeightFormat::Q4_0 => 2 + BLOCK / 2,
+            WeightFormat::F32 => 4 * BLOCK,
+            WeightFormat::Bf16 => 2 * BLOCK,
+        }
+    }
+}
+
+/// One quantized block: its scale and its integers (q8_0: `-127..=127`; q4_0:
+/// `0..=15`, offset by 8).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Block {
+    pub d: f16,
+    pub q: [i8; BLOCK],
+}
+
+/// Quantizes up to [`BLOCK`] values (missing ones are zeros).
+pub fn quantize_block(format: WeightFormat, x: &[f32]) -> Block {
+    let mut v = [0.0f32; BLOCK];
+    v[..x.len().min(BLOCK)].copy_from_slice(&x[..x.len().min(BLOCK)]);
+    let mut q = [0i8; BLOCK];
+    let d = match format {
+        WeightFormat::Q8_0 => {
+            let amax = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            for (q, x) in q.iter_mut().zip(&v) {
+                *q = (x * id).round() as i8;
+            }
+            d
+        }
+        WeightFormat::Q4_0 => {
+            let max = v
+                .iter()
+                .fold(0.0f32, |m, x| if x.abs() > m.abs() { *x } else { m });
+            let d = max / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            for (q, x) in q.iter_mut().zip(&v) {
+                *q = ((x * id + 8.5) as i8).min(15);
+            }
+            d
+        }
+        WeightFormat::F32 | WeightFormat::Bf16 => 0.0,
+    };
+    Block {
+        d: f16::from_f32(d),
+        q,
+    }
+}
+
+impl Block {
+    /// Value `i` as the kernels compute it.
+    pub fn value(&self, format: WeightFormat, i: usize) -> f32 {
+        let q = match format {
+            WeightFormat::Q4_0 => i32::from(self.q[i]) - 8,
+            _ => i32::from(self.q[i]),
+        };
+        q as f32 * self.d.to_f32()
+    }
+}
+
+/// `t` (rank ≥ 1, f32) with each last-axis row replaced by what `format` stores:
+/// rounded to bf16, or quantized in blocks and dequantized; unchanged for f32.
+pub fn dequantize(format: WeightFormat, mut t: Tensor) -> Tensor {
+    match format {
+        WeightFormat::F32 => t,
+        WeightFormat::Bf16 => round_to_bf16(t),
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+            let k = t.shape.last().copied().unwrap_or(1).max(1);
+            if let TensorData::F32(v) = &mut t.data {
+                for row in v.chunks_mut(k) {
+                    for chunk in row.chunks_mut(BLOCK) {
+                        let b = quantize_block(format, chunk);
+                        for (i, x) in chunk.iter_mut().enumerate() {
+                            *x = b.value(format, i);
+                        }
+                    }
+                }
+            }
+            t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ggml's reference quantizers on hand-worked blocks.
+    #[test]
+    fn blocks_quantize_as_ggml_does() {
+        let mut x = [0.0f32; BLOCK];
+        x[0] = 1.27;
+        x[1] = -0.635;
+        x[2] = 0.005; // 0.5 / 100 of the max: rounds half away from zero
+        let b = quantize_block(WeightFormat::Q8_0, &x);
+        assert_eq!(b.d, f16::from_f32(0.01));
+        assert_eq!(&b.q[..4], &[127, -64, 1, 0]);
+
+        let mut x = [0.0f32; BLOCK];
+        x[0] = -0.8; // the largest magnitude: d = -0.8 / -8 = 0.1
+        x[1] = 0.7;
+        x[2] = 0.74; // 7.4 + 8.5 = 15.9 → 15
+        x[3] = 0.04;
+        let b = quantize_block(WeightFormat::Q4_0, &x);
+        assert_eq!(b.d, f16::from_f32(0.1));
+        assert_eq!(&b.q[..5], &[0, 15, 15, 8, 8]);
+        assert_eq!(
+            b.value(WeightFormat::Q4_0, 0),
+            -8.0 * f16::from_f32(0.1).to_f32()
+        );
+    }
+
+    #[test]
+    fn a_zero_block_stays_zero_and_a_short_row_is_padded() {
+        for f in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+            let t = Tensor::f32(vec![1, 3], vec![0.0, 0.0, 0.0]);
+            assert_eq!(dequantize(f, t).as_f32(), &[0.0, 0.0, 0.0]);
+            let t = Tensor::f32(vec![2, 33], (0..66).map(|i| i as f32 - 30.0).collect());
+            let d = dequantize(f, t);
+            assert_eq!(d.shape, vec![2, 33]);
+            // Row 0's last value is a block of its own, its maximum: within the f16 scale's rounding.
+            assert!(
+                (d.as_f32()[32] - 2.0).abs() < 2e-3,
+                "{f:?}: {}",
+                d.as_f32()[32]
+            );
+            // Row 1 (3..=35) starts a block of its own, max 34: within half a step of 3.
+            let step = if f == WeightFormat::Q8_0 {
+                34.0 / 127.0
+            } else {
+                34.0 / 8.0
+            };
+            assert!(
+                (d.as_f32()[33] - 3.0).abs() <= step / 2.0 + 1e-3,
+                "{f:?}: {}",
+                d.as_f32()[33]
+            );
+        }
+    }
+}
