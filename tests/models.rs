@@ -2,7 +2,8 @@
 //! `tests/fixtures/models/<case>/` (written by transformers' own
 //! `save_pretrained`, with expected outputs from transformers, made by
 //! `make_model_fixtures.py`) is compiled from `models/<model_type>.moe` with the
-//! params of its config.json, and run on the interpreter and the CPU backend:
+//! params of its config.json, and run on the interpreter, the CPU backend and the
+//! GPU backend (Mesa's software Vulkan driver in CI; its KV caches on the device):
 //! - the logits of one forward pass over the prompt;
 //! - greedy decoding through the KV cache (prefill, then one token per call):
 //!   each step's logits and the chosen ids, as `model.generate(do_sample=False)`;
@@ -15,6 +16,7 @@ use moec_compiler::ir::{Graph, Op};
 use moec_compiler::passes::last_token;
 use moec_compiler::tensor::{Tensor, TensorData};
 use moec_compiler::verify::verify;
+use moec_runtime::gpu::GpuOptions;
 use moec_runtime::io::read_tensors;
 use moec_runtime::session::{Engine, Model, Session};
 use std::path::PathBuf;
@@ -30,7 +32,14 @@ fn cases() -> Vec<(String, String)> {
     cases
 }
 
-const ENGINES: &[Engine] = &[Engine::Interp, Engine::Cpu { threads: Some(2) }];
+const ENGINES: &[Engine] = &[
+    Engine::Interp,
+    Engine::Cpu { threads: Some(2) },
+    Engine::Gpu(GpuOptions {
+        f16_weights: false,
+        max_binding_bytes: None,
+    }),
+];
 
 /// Largest |a − b| relative to the largest |b|.
 const TOLERANCE: f32 = 1e-4;

@@ -1,8 +1,10 @@
 //! Running a compiled graph call after call: a [`Model`] is a graph with its
-//! weights prepared for one backend (the reference interpreter, or the CPU
-//! backend's compiled kernels); a [`Session`] is one sequence run on it, owning
-//! the KV caches a stateful graph declares, so each call appends its tokens to
-//! what the earlier calls left.
+//! weights prepared for one backend (the reference interpreter, the CPU
+//! backend's compiled kernels, or the GPU backend's WGSL kernels); a [`Session`]
+//! is one sequence run on it, owning the KV caches a stateful graph declares, so
+//! each call appends its tokens to what the earlier calls left. On the GPU the
+//! caches are device buffers (made at the session's first call, for its
+//! position limit); elsewhere host vectors.
 //!
 //! A session refuses a call that would hold more positions than its limit
 //! (the spec's `max_position_embeddings`, or a smaller one the caller asks for),
@@ -12,6 +14,7 @@
 use crate::budget::{MemoryLimit, MemoryNeeds};
 use crate::cpu::CpuModel;
 use crate::generate::{BoxError, Decoder};
+use crate::gpu::{GpuCaches, GpuModel, GpuOptions};
 use crate::weights::{bind, WeightSource};
 use moec_compiler::interp::{self, State};
 use moec_compiler::ir::{DType, Graph, Op};
@@ -28,6 +31,8 @@ pub enum Engine {
     Interp,
     /// JIT-compiled kernels on `threads` worker threads (None: one per core).
     Cpu { threads: Option<usize> },
+    /// WGSL kernels on the best wgpu adapter.
+    Gpu(GpuOptions),
 }
 
 /// What went wrong running a model.
@@ -72,6 +77,7 @@ impl std::error::Error for SessionError {}
 enum Prepared {
     Interp(Vec<Tensor>),
     Cpu(Box<CpuModel>),
+    Gpu(Box<GpuModel>),
 }
 
 /// A graph with its weights, prepared for one engine.
@@ -121,6 +127,9 @@ impl Model {
                     None => m,
                 }))
             }
+            Engine::Gpu(options) => Prepared::Gpu(Box::new(
+                GpuModel::new(&graph, &weights, options).map_err(SessionError::Backend)?,
+            )),
         };
         Ok(Model { graph, prepared })
     }
@@ -139,23 +148,43 @@ impl Model {
     pub fn session(self: &Rc<Model>, limit: Option<usize>) -> Session {
         let own = self.max_positions().unwrap_or(usize::MAX);
         let limit = limit.map_or(own, |l| l.min(own));
+        let state = match self.prepared {
+            // The caches live on the device; the host state only counts positions.
+            Prepared::Gpu(_) => State::new(&self.graph),
+            _ => State::with_room(&self.graph, limit),
+        };
         Session {
             model: Rc::clone(self),
-            state: State::with_room(&self.graph, limit),
+            state,
+            device_caches: None,
             limit,
         }
     }
 
+    /// Runs one call after `state`; on the GPU, on the session's `device_caches`
+    /// (made for `limit` positions when it has none yet).
     fn run(
         &self,
         inputs: &BTreeMap<String, Tensor>,
         state: &mut State,
+        device_caches: &mut Option<GpuCaches>,
+        limit: usize,
     ) -> Result<BTreeMap<String, Tensor>, String> {
         match &self.prepared {
             Prepared::Interp(weights) => {
                 interp::run_with_state(&self.graph, weights, inputs, state)
             }
             Prepared::Cpu(m) => m.run_with_state(inputs, state),
+            Prepared::Gpu(m) => {
+                let caches = match device_caches {
+                    Some(c) => c,
+                    None => device_caches.insert(m.caches(limit)?),
+                };
+                let tokens = interp::token_count(&self.graph, inputs)?;
+                let out = m.run_with_caches(inputs, caches, state.past)?;
+                state.past += tokens;
+                Ok(out)
+            }
         }
     }
 }
@@ -183,6 +212,8 @@ pub fn load_weights(
 pub struct Session {
     model: Rc<Model>,
     state: State,
+    /// The KV caches on the device, for a model on the GPU.
+    device_caches: Option<GpuCaches>,
     limit: usize,
 }
 
@@ -202,11 +233,15 @@ impl Session {
             });
         }
         let before = self.state.past;
-        self.model.run(inputs, &mut self.state).map_err(|e| {
-            // A failed call leaves the caches as they were.
-            self.state.truncate(before);
-            SessionError::Input(e)
-        })
+        let limit = self.limit;
+        let model = Rc::clone(&self.model);
+        model
+            .run(inputs, &mut self.state, &mut self.device_caches, limit)
+            .map_err(|e| {
+                // A failed call leaves the caches as they were.
+                self.state.truncate(before);
+                SessionError::Input(e)
+            })
     }
 
     /// Runs token ids through a language model (`input input_ids: i32[tokens]`,

@@ -61,6 +61,19 @@ pub enum GenerateBackend {
     Interp,
     /// Cranelift JIT-compiled kernels on all cores.
     Cpu,
+    /// WGSL kernels on the best wgpu adapter, the KV caches on the device.
+    Gpu,
+}
+
+impl GenerateBackend {
+    /// The session engine this backend runs on.
+    pub fn engine(self) -> Engine {
+        match self {
+            GenerateBackend::Interp => Engine::Interp,
+            GenerateBackend::Cpu => Engine::Cpu { threads: None },
+            GenerateBackend::Gpu => Engine::Gpu(moec_runtime::gpu::GpuOptions::default()),
+        }
+    }
 }
 
 pub fn main(args: GenerateArgs) -> Result<(), String> {
@@ -77,10 +90,7 @@ pub fn main(args: GenerateArgs) -> Result<(), String> {
 /// The model `args` name, ready to generate: compiled, its memory needs checked, its
 /// weights bound, and a session on it.
 fn open_decoder(args: &GenerateArgs) -> Result<Box<dyn Decoder>, String> {
-    let engine = match args.backend {
-        GenerateBackend::Interp => Engine::Interp,
-        GenerateBackend::Cpu => Engine::Cpu { threads: None },
-    };
+    let engine = args.backend.engine();
     let model = super::open_for_generation(&args.spec, &args.weights, engine, &args.memory)?;
     Ok(Box::new(model.session(None)))
 }
