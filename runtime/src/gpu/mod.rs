@@ -112,7 +112,6 @@ impl GpuModel {
         cache_bytes(
             &program.plan,
             program.plan.max_positions.unwrap_or(0) as usize,
-            gpu.max_binding_bytes(),
         )?;
         let pipelines = program
             .plan
@@ -172,7 +171,7 @@ impl GpuModel {
     /// when one would not fit one storage binding of the adapter.
     pub fn caches(&self, positions: usize) -> Result<GpuCaches, String> {
         let mut buffers = BTreeMap::new();
-        for (i, bytes) in cache_bytes(&self.plan, positions, self.gpu.max_binding_bytes())? {
+        for (i, bytes) in cache_bytes(&self.plan, positions)? {
             buffers.insert(i, self.gpu.storage(&self.plan.buffers[i].name, bytes));
         }
         self.gpu.check_errors("allocating the KV caches")?;
@@ -388,13 +387,10 @@ impl GpuModel {
 }
 
 /// The bytes of each KV cache buffer of `plan` (by plan buffer index) for
-/// `positions` positions, refused with both numbers when one exceeds a binding
-/// of `max_binding` bytes.
-fn cache_bytes(
-    plan: &Plan,
-    positions: usize,
-    max_binding: u64,
-) -> Result<Vec<(usize, u64)>, String> {
+/// `positions` positions, refused with both numbers when one exceeds the
+/// binding size the plan was made for (at most the adapter's).
+fn cache_bytes(plan: &Plan, positions: usize) -> Result<Vec<(usize, u64)>, String> {
+    let max_binding = plan.max_binding_bytes;
     let mut out = Vec::new();
     for (i, b) in plan.buffers.iter().enumerate() {
         if let Contents::State { width, .. } = b.contents {
@@ -403,7 +399,7 @@ fn cache_bytes(
                 .saturating_mul(b.elem.bytes());
             if bytes > max_binding {
                 return Err(format!(
-                    "the KV cache `{}` needs {bytes} bytes for {positions} positions, more than one storage binding of this adapter holds ({max_binding} bytes); hold fewer positions",
+                    "the KV cache `{}` needs {bytes} bytes for {positions} positions, more than one storage binding holds ({max_binding} bytes); a smaller max_position_embeddings (--set) holds fewer",
                     b.name
                 ));
             }
