@@ -98,7 +98,8 @@ impl Builder<'_> {
                 // RMSNorm normalizes each group of its weight's width (per-head norms).
                 let per_head = matches!(row_op, rows::RowOp::RmsNorm(_));
                 let d = if per_head { width(ty(1)) } else { width(ty(0)) };
-                if ops.len() > 1 && (width(ty(1)) != d || d == 0 || width(ty(0)) % d != 0) {
+                if ops.len() > 1 && (width(ty(1)) != d || d == 0 || !width(ty(0)).is_multiple_of(d))
+                {
                     return Err(format!(
                         "{name}: a norm over groups of a row (per-head) is not supported by the GPU backend yet"
                     ));
