@@ -154,9 +154,10 @@ fn weights_split_across_bindings_match() {
     );
 }
 
-/// Two attention layers between them covering every attention and rope variant.
+/// Three attention layers between them covering every attention and rope
+/// variant, with room for more keys than one tile of the kernel (64).
 const ATTENTION: &str = "model attn {
-  param max_position_embeddings = 16
+  param max_position_embeddings = 160
   input x: f32[tokens, 16]
   rotary partial { head_dim = 4 rotary_dim = 2 theta = 500.0 }
   rotary pairs {
@@ -169,16 +170,20 @@ const ATTENTION: &str = "model attn {
   let v = linear(x, 12)
   let a = attention(rope(q, partial), rope(k, partial), v, heads = 4, kv_heads = 2, window = 3, sinks = true)
   let b = attention(rope(q, pairs), rope(k, pairs), v, heads = 4, kv_heads = 2, causal = false)
+  let k_one = linear(x, 4)
+  let v_one = linear(x, 6)
+  let c = attention(q, k_one, v_one, heads = 4, kv_heads = 1)
   output a
   output b
+  output c
 }";
 
 fn session_on(g: &Graph, w: &[Tensor], engine: Engine) -> Session {
     Rc::new(Model::new(g.clone(), w.to_vec(), engine).unwrap()).session(None)
 }
 
-/// Calls of 5, 1, 1 and 3 tokens through one session per engine, twice over
-/// on the GPU with the two sessions' calls interleaved on one model.
+/// Calls of 70, 1, 1 and 75 tokens (three key tiles) through one session per
+/// engine, twice over on the GPU with the two sessions' calls interleaved on one model.
 #[test]
 fn attention_call_after_call_matches_the_interpreter() {
     let g = graph(ATTENTION, &[], Upto::All);
@@ -190,7 +195,7 @@ fn attention_call_after_call_matches_the_interpreter() {
         session_on(&g, &w, Engine::Interp),
         session_on(&g, &w, Engine::Interp),
     ];
-    for (call, t) in [5, 1, 1, 3].into_iter().enumerate() {
+    for (call, t) in [70, 1, 1, 75].into_iter().enumerate() {
         for s in 0..2 {
             let x: BTreeMap<String, Tensor> = inputs(&g, t, (10 * call + s) as u64);
             let want = on_interp[s].run(&x).unwrap();
@@ -203,7 +208,7 @@ fn attention_call_after_call_matches_the_interpreter() {
             );
         }
     }
-    assert_eq!(on_gpu[0].position(), 10);
+    assert_eq!(on_gpu[0].position(), 147);
 }
 
 #[test]
@@ -216,7 +221,7 @@ fn kv_caches_larger_than_a_binding_are_refused_with_both_numbers() {
     let err = GpuModel::new(&g, &weights(&g, 1), options).err().unwrap();
     assert!(
         err.contains("KV cache")
-            && err.contains("needs 512 bytes for 16 positions")
+            && err.contains("needs 5120 bytes for 160 positions")
             && err.contains("(300 bytes)"),
         "{err}"
     );

@@ -403,10 +403,16 @@ impl Builder<'_> {
                 let keys = ty(1).shape[0];
                 let mut slots: Vec<Slot> = (0..ops.len()).map(In).collect();
                 slots.push(Out(0));
+                // One workgroup per (query token, kv head), grid-stride.
+                let pairs = Dim::TOKENS.scale(a.kv_heads.max(1));
+                let size = attention::ATTENTION_SIZE;
                 one(launch(
                     attention::attention(a, keys),
                     slots,
-                    stride(Dim::TOKENS.scale(a.heads)),
+                    Workgroups::Stride {
+                        items: pairs.scale(size as u64),
+                        size,
+                    },
                 ))
             }
             Op::Input { .. } | Op::Weight { .. } | Op::Constant(_) | Op::Stack => {
