@@ -80,13 +80,6 @@ pub struct GpuCaches {
     buffers: BTreeMap<usize, wgpu::Buffer>,
 }
 
-impl GpuCaches {
-    /// The most positions they hold.
-    pub fn positions(&self) -> usize {
-        self.positions
-    }
-}
-
 fn next_caches_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
