@@ -279,7 +279,7 @@ fn matrix(results: &BTreeMap<String, Row>) -> String {
     for b in BACKENDS {
         s += &format!(" {} |", b.name());
     }
-    s += " selection compared | whole model (interp, cpu) |\n|---|---|";
+    s += " selection compared | whole model (interp, cpu, gpu) |\n|---|---|";
     s += &"---|".repeat(BACKENDS.len() + 2);
     s += "\n";
     let mark = |ok: bool| if ok { "✓" } else { "✗" };

@@ -18,7 +18,9 @@ use moec_compiler::interp;
 use moec_compiler::ir::Graph;
 use moec_compiler::passes::Upto;
 use moec_compiler::tensor::Tensor;
+use moec_compiler::ir::Op;
 use moec_runtime::cpu::{CpuModel, MatmulIsa};
+use moec_runtime::quant::{dequantize, WeightFormat};
 use moec_runtime::random::round_to_bf16;
 use proptest::prelude::*;
 
@@ -80,6 +82,77 @@ fn bf16_weights_match_the_interpreter() {
         let g = graph(&source, &small_dims(&source), Upto::All);
         let w: Vec<Tensor> = weights(&g, 5).into_iter().map(round_to_bf16).collect();
         check(&g, &w, &TOKENS, &format!("{name} bf16"));
+    }
+}
+
+/// The ids of the weights that reach an expert matmul's weight operand
+/// (`ExpertLinear`, `GroupedLinear`) through weight-only ops.
+fn expert_weight_ids(g: &Graph) -> Vec<usize> {
+    let mut ids = Vec::new();
+    let mut stack: Vec<_> = g
+        .g
+        .node_indices()
+        .filter(|&n| matches!(g.node(n).op, Op::ExpertLinear { .. } | Op::GroupedLinear { .. }))
+        .map(|n| g.operands(n)[1].node)
+        .collect();
+    while let Some(n) = stack.pop() {
+        match &g.node(n).op {
+            Op::Weight { id, .. } => ids.push(*id),
+            _ => stack.extend(g.operands(n).iter().map(|v| v.node)),
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// q8_0 and q4_0 expert weights (`--expert-format`) on the AVX-512 tiles
+/// compute with exactly the weights `quant::dequantize` gives: the interpreter
+/// on those matches them as on f32 weights, every example and dims of whole
+/// and partial blocks (K 40: a block and a part; 96: three).
+#[test]
+fn quantized_experts_match_the_interpreter_on_dequantized_weights() {
+    if !MatmulIsa::available().contains(&MatmulIsa::Avx512) {
+        eprintln!("skipped: quantized experts need the AVX-512 matmuls");
+        return;
+    }
+    for name in ["mixtral.moe", "qwen2_moe.moe", "deepseek_v3.moe", "gpt_oss.moe"] {
+        let source = example(name);
+        let mut sets = small_dims(&source);
+        for (k, v) in &mut sets {
+            if k == "hidden_size" || k == "d_model" {
+                *v = "40".into();
+            } else if v == "16" {
+                *v = "96".into();
+            }
+        }
+        let g = graph(&source, &sets, Upto::All);
+        let w = weights(&g, 5);
+        let experts = expert_weight_ids(&g);
+        assert!(!experts.is_empty(), "{name}: no expert weights");
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+            let deq: Vec<Tensor> = w
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match experts.contains(&i) {
+                    true => dequantize(format, t.clone()),
+                    false => t.clone(),
+                })
+                .collect();
+            for isa in [MatmulIsa::Avx512, MatmulIsa::Amx] {
+                if !MatmulIsa::available().contains(&isa) {
+                    continue;
+                }
+                let model = CpuModel::with_expert_format(&g, &w, isa, Some(format)).unwrap();
+                for t in [1, 7, 33] {
+                    let x = inputs(&g, t, t as u64);
+                    let want = interp::run(&g, &deq, &x).unwrap();
+                    let got = model.run(&x).unwrap();
+                    let how = format!("{name} {}, {t} tokens, {}", format.name(), isa.name());
+                    assert_outputs_close(&got, &want, REL, &how);
+                }
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use moec_compiler::driver::Compiler;
 use moec_compiler::passes::last_token;
-use moec_runtime::session::{Engine, Model};
+use moec_runtime::session::{CpuOptions, Engine, Model};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,17 +55,8 @@ fn decode_steps_allocate_no_activations_and_never_move_a_cache() {
         .unwrap()
         .graph;
     last_token::run(&mut g).unwrap();
-    let model = std::rc::Rc::new(
-        Model::open(
-            g,
-            &dir,
-            Engine::Cpu {
-                threads: Some(1),
-                isa: None,
-            },
-        )
-        .unwrap(),
-    );
+    let model =
+        std::rc::Rc::new(Model::open(g, &dir, Engine::Cpu(CpuOptions::threads(1))).unwrap());
     let mut session = model.session(None);
     session.forward(&(1..=8).collect::<Vec<i32>>()).unwrap();
     session.forward(&[9]).unwrap();

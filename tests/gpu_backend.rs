@@ -2,7 +2,11 @@
 //! adapter wgpu finds — Mesa's software Vulkan driver in CI: every example,
 //! scheduled and dense, at 0, 1 and odd token counts; routing that leaves all
 //! experts but one empty; capacity drops; weights split across bindings; f16
-//! weights where the adapter has them; random specs (few: software is slow).
+//! weights where the adapter has them; random specs (few: software is slow);
+//! attention variants (partial, interleaved and llama3 rope, GQA, windows,
+//! sinks, non-causal) call after call through sessions whose KV caches stay on
+//! the device, two sessions interleaved on one model; caches too large for a
+//! binding refused. Whole models: `tests/models.rs`.
 
 mod backends;
 #[path = "../compiler/tests/common/mod.rs"]
@@ -18,7 +22,10 @@ use moec_compiler::ir::Graph;
 use moec_compiler::passes::Upto;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::gpu::{GpuModel, GpuOptions};
+use moec_runtime::session::{Engine, Model, Session};
 use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::rc::Rc;
 
 /// Token counts every example runs at: none, one, odd sizes and a smaller count after a larger one (reused buffers).
 const TOKENS: [usize; 5] = [0, 1, 7, 33, 5];
@@ -144,6 +151,79 @@ fn weights_split_across_bindings_match() {
         "mixtral, 1000-byte bindings",
         options,
         REL,
+    );
+}
+
+/// Three attention layers between them covering every attention and rope
+/// variant, with room for more keys than one tile of the kernel (64).
+const ATTENTION: &str = "model attn {
+  param max_position_embeddings = 160
+  input x: f32[tokens, 16]
+  rotary partial { head_dim = 4 rotary_dim = 2 theta = 500.0 }
+  rotary pairs {
+    head_dim = 4 interleaved = true type = \"llama3\" factor = 8.0
+    original_max_position_embeddings = 8
+  }
+  let q_proj = linear(x, 16)
+  let q = rmsnorm(q_proj, eps = 1e-6, head_dim = 4)
+  let k = linear(x, 8)
+  let v = linear(x, 12)
+  let a = attention(rope(q, partial), rope(k, partial), v, heads = 4, kv_heads = 2, window = 3, sinks = true)
+  let b = attention(rope(q, pairs), rope(k, pairs), v, heads = 4, kv_heads = 2, causal = false)
+  let k_one = linear(x, 4)
+  let v_one = linear(x, 6)
+  let c = attention(q, k_one, v_one, heads = 4, kv_heads = 1)
+  output a
+  output b
+  output c
+}";
+
+fn session_on(g: &Graph, w: &[Tensor], engine: Engine) -> Session {
+    Rc::new(Model::new(g.clone(), w.to_vec(), engine).unwrap()).session(None)
+}
+
+/// Calls of 70, 1, 1 and 75 tokens (three key tiles) through one session per
+/// engine, twice over on the GPU with the two sessions' calls interleaved on one model.
+#[test]
+fn attention_call_after_call_matches_the_interpreter() {
+    let g = graph(ATTENTION, &[], Upto::All);
+    let w = weights(&g, 3);
+    let gpu =
+        Rc::new(Model::new(g.clone(), w.clone(), Engine::Gpu(GpuOptions::default())).unwrap());
+    let mut on_gpu = [gpu.session(None), gpu.session(None)];
+    let mut on_interp = [
+        session_on(&g, &w, Engine::Interp),
+        session_on(&g, &w, Engine::Interp),
+    ];
+    for (call, t) in [70, 1, 1, 75].into_iter().enumerate() {
+        for s in 0..2 {
+            let x: BTreeMap<String, Tensor> = inputs(&g, t, (10 * call + s) as u64);
+            let want = on_interp[s].run(&x).unwrap();
+            let got = on_gpu[s].run(&x).unwrap();
+            assert_outputs_close(
+                &got,
+                &want,
+                REL,
+                &format!("session {s}, call {call} ({t} tokens)"),
+            );
+        }
+    }
+    assert_eq!(on_gpu[0].position(), 147);
+}
+
+#[test]
+fn kv_caches_larger_than_a_binding_are_refused_with_both_numbers() {
+    let g = graph(ATTENTION, &[], Upto::All);
+    let options = GpuOptions {
+        max_binding_bytes: Some(300),
+        ..GpuOptions::default()
+    };
+    let err = GpuModel::new(&g, &weights(&g, 1), options).err().unwrap();
+    assert!(
+        err.contains("KV cache")
+            && err.contains("needs 5120 bytes for 160 positions")
+            && err.contains("(300 bytes)"),
+        "{err}"
     );
 }
 

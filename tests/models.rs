@@ -2,11 +2,13 @@
 //! `tests/fixtures/models/<case>/` (written by transformers' own
 //! `save_pretrained`, with expected outputs from transformers, made by
 //! `make_model_fixtures.py`) is compiled from `models/<model_type>.moe` with the
-//! params of its config.json, and run on the interpreter and the CPU backend:
+//! params of its config.json, and run on the interpreter, the CPU backend and the
+//! GPU backend (Mesa's software Vulkan driver in CI; its KV caches on the device):
 //! - the logits of one forward pass over the prompt;
 //! - greedy decoding through the KV cache (prefill, then one token per call):
 //!   each step's logits and the chosen ids, as `model.generate(do_sample=False)`;
-//! - the same ids without the cache: every step recomputed from the whole sequence.
+//! - the same ids without the cache: every step recomputed from the whole sequence;
+//! - `moec run --backend gpu` on the prompt gives transformers' logits.
 
 mod model_fixtures;
 
@@ -15,9 +17,12 @@ use moec_compiler::ir::{Graph, Op};
 use moec_compiler::passes::last_token;
 use moec_compiler::tensor::{Tensor, TensorData};
 use moec_compiler::verify::verify;
-use moec_runtime::io::read_tensors;
-use moec_runtime::session::{Engine, Model, Session};
+use moec_runtime::gpu::GpuOptions;
+use moec_runtime::io::{read_tensors, write_tensors};
+use moec_runtime::session::{CpuOptions, Engine, Model, Session};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::Command;
 use std::rc::Rc;
 
 /// (fixture directory, model spec): every checkpoint in `tests/fixtures/models/`.
@@ -32,10 +37,11 @@ fn cases() -> Vec<(String, String)> {
 
 const ENGINES: &[Engine] = &[
     Engine::Interp,
-    Engine::Cpu {
-        threads: Some(2),
-        isa: None,
-    },
+    Engine::Cpu(CpuOptions::threads(2)),
+    Engine::Gpu(GpuOptions {
+        f16_weights: false,
+        max_binding_bytes: None,
+    }),
 ];
 
 /// Largest |a − b| relative to the largest |b|.
@@ -210,15 +216,7 @@ fn decoding_without_the_cache_gives_the_same_ids() {
     for (case, spec) in &cases() {
         let (case, spec) = (case.as_str(), spec.as_str());
         let f = fixture(case);
-        let model = open(
-            case,
-            spec,
-            &f,
-            Engine::Cpu {
-                threads: Some(2),
-                isa: None,
-            },
-        );
+        let model = open(case, spec, &f, Engine::Cpu(CpuOptions::threads(2)));
         let mut seq = f.prompt.clone();
         for (i, want) in f.greedy.iter().enumerate() {
             let got = argmax(last_row(&logits(&mut model.session(None), &seq)));
@@ -251,10 +249,7 @@ fn token_ids_outside_the_vocabulary_are_refused() {
         "mixtral",
         "mixtral",
         &f,
-        Engine::Cpu {
-            threads: Some(1),
-            isa: None,
-        },
+        Engine::Cpu(CpuOptions::threads(1)),
     );
     let mut session = model.session(None);
     let err = session.forward(&[1, 320]).unwrap_err().to_string();
@@ -263,4 +258,45 @@ fn token_ids_outside_the_vocabulary_are_refused() {
         "{err}"
     );
     assert_eq!(session.position(), 0);
+}
+
+/// The command line's one-call path (`moec run`) on the GPU backend, with a model spec.
+#[test]
+fn moec_run_on_the_gpu_gives_transformers_logits() {
+    let f = fixture("qwen3_moe");
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, output) = (
+        tmp.path().join("ids.safetensors"),
+        tmp.path().join("out.safetensors"),
+    );
+    let ids = Tensor::i32(vec![f.prompt.len()], f.prompt.clone());
+    write_tensors(&input, &BTreeMap::from([("input_ids".to_string(), ids)])).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_moec"))
+        .args([
+            "run",
+            "models/qwen3_moe.moe",
+            "--backend",
+            "gpu",
+            "--weights",
+        ])
+        .arg(&f.dir)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = read_tensors(&output).unwrap().remove("logits").unwrap();
+    assert_eq!(got.shape, f.logits.shape);
+    let err = rel_err(f32s(&got), f32s(&f.logits));
+    assert!(
+        err <= TOLERANCE,
+        "moec run --backend gpu: logits off by {err:e}"
+    );
 }

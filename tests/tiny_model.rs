@@ -2,7 +2,8 @@
 //! `models/tiny/train.py`): `moec generate models/mixtral.moe --weights models/tiny` — the
 //! README's first command — gives transformers' greedy ids for the prompt in
 //! `models/tiny/expected.json` (`generate(do_sample=False)` on the same bf16 checkpoint, loaded in
-//! float32) on the interpreter and the CPU backend, and prints the text the Python tokenizer
+//! float32) on the interpreter, the CPU backend and the GPU backend (Mesa's software Vulkan
+//! driver in CI; its KV caches on the device), and prints the text the Python tokenizer
 //! decodes them to. The whole user path runs: tokenizing the text prompt, eos ids from
 //! generation_config.json, config params, bf16 weights, decoding.
 
@@ -20,7 +21,7 @@ fn the_tiny_model_generates_transformers_greedy_text() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let prompt = expected["prompt"].as_str().unwrap();
     let max_new = expected["max_new_tokens"].to_string();
-    for backend in ["interp", "cpu"] {
+    for backend in ["interp", "cpu", "gpu"] {
         let out = Command::new(env!("CARGO_BIN_EXE_moec"))
             .args(["generate", "models/mixtral.moe", "--weights", "models/tiny"])
             .args(["--prompt", prompt, "--max-new-tokens", &max_new])

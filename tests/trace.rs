@@ -9,7 +9,7 @@ use moec_compiler::driver::Compiler;
 use moec_compiler::ir::Op;
 use moec_compiler::tensor::{Tensor, TensorData};
 use moec_runtime::io::read_tensors;
-use moec_runtime::session::{Engine, Model};
+use moec_runtime::session::{CpuOptions, Engine, Model};
 use moec_runtime::trace::{probed, Trace};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -110,13 +110,7 @@ fn traces_match_the_routers_of_transformers() {
         assert_eq!(blocks.len(), layers, "{case}: MoE blocks");
         let ids = prompt(&dir);
         let inputs = BTreeMap::from([("input_ids".to_string(), Tensor::i32(vec![tokens], ids))]);
-        for engine in [
-            Engine::Interp,
-            Engine::Cpu {
-                threads: Some(2),
-                isa: None,
-            },
-        ] {
+        for engine in [Engine::Interp, Engine::Cpu(CpuOptions::threads(2))] {
             let model = std::rc::Rc::new(Model::open(traced.clone(), &dir, engine).unwrap());
             let outputs = model.session(None).run(&inputs).unwrap();
             let trace = Trace::from_outputs(&blocks, &outputs, tokens).unwrap();

@@ -95,17 +95,6 @@ fn check_plan(g: &Graph, plan: &Plan) {
 }
 
 #[test]
-fn per_head_concats_are_refused_clearly() {
-    let source = "model m { input a: f32[tokens, 8] input b: f32[tokens, 2]
-        let key = concat(a, b, heads = 4, broadcast = true) output key }";
-    let err = lower(&graph(source, &[], Upto::All), &Options::default()).unwrap_err();
-    assert!(
-        err.contains("concat_cols") && err.contains("not supported by the GPU backend"),
-        "{err}"
-    );
-}
-
-#[test]
 fn kernels_snapshot() {
     insta::glob!("../../examples", "*.moe", |path| {
         let source = std::fs::read_to_string(path).unwrap();

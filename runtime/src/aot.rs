@@ -22,7 +22,7 @@
 use crate::cpu::{CpuModel, KernelFn};
 use crate::generate::command::{self, Request};
 use crate::io::{read_tensors, write_tensors};
-use crate::session::{load_weights, Engine, Model};
+use crate::session::{load_weights, CpuOptions, Engine, Model};
 use moec_compiler::backend::clif::{self, Program};
 use moec_compiler::ir::{Graph, NodeIndex};
 use moec_compiler::passes;
@@ -241,10 +241,10 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
     let opts = parse(&program, args)?;
     let names: Vec<&str> = names.lines().collect();
     let (g, kernel_of) = Artifact::load(artifact, &names)?;
-    let engine = Engine::Cpu {
+    let engine = Engine::Cpu(CpuOptions {
         threads: opts.threads,
-        isa: None,
-    };
+        ..CpuOptions::default()
+    });
     // Loads the weights (memory checked first) and prepares the linked kernels.
     let open = |g: &Graph, weights: &Path| -> Result<Model, String> {
         let bound = load_weights(g, weights, engine, None).map_err(|e| e.to_string())?;

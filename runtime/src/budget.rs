@@ -21,7 +21,8 @@ impl MemoryNeeds {
     /// What `g` needs on `engine` for calls of at most `tokens` tokens and caches of
     /// `positions` positions. Weights are held as f32 (widened from f16/bf16); the
     /// CPU engine also packs each matmul's weights into its kernel's panels, which
-    /// is counted as a second copy. Sizes that overflow 64 bits saturate, so a
+    /// is counted as a second copy. On the GPU engine only the weights are on the
+    /// host (to upload them); its caches and activations are device memory. Sizes that overflow 64 bits saturate, so a
     /// hostile size is refused like any other that does not fit.
     pub fn of(g: &Graph, engine: Engine, tokens: usize, positions: usize) -> MemoryNeeds {
         let f32_bytes = g
@@ -34,16 +35,19 @@ impl MemoryNeeds {
             })
             .fold(0u64, u64::saturating_add);
         let copies = match engine {
-            Engine::Interp => 1,
-            Engine::Cpu { .. } => 2,
+            Engine::Interp | Engine::Gpu(_) => 1,
+            Engine::Cpu(_) => 2,
         };
+        // The GPU backend keeps its caches and activations on the device.
+        let on_host = !matches!(engine, Engine::Gpu(_));
+        let positions = if on_host { positions } else { 0 };
         let caches = g
             .states
             .iter()
             .map(|s| s.width.saturating_mul(positions as u64).saturating_mul(4))
             .fold(0u64, u64::saturating_add);
         let plan = memory::plan(g);
-        let activations = plan.peak_bytes(tokens);
+        let activations = if on_host { plan.peak_bytes(tokens) } else { 0 };
         MemoryNeeds {
             weights: f32_bytes.saturating_mul(copies),
             caches,

@@ -1,8 +1,10 @@
 //! Running a compiled graph call after call: a [`Model`] is a graph with its
-//! weights prepared for one backend (the reference interpreter, or the CPU
-//! backend's compiled kernels); a [`Session`] is one sequence run on it, owning
-//! the KV caches a stateful graph declares, so each call appends its tokens to
-//! what the earlier calls left.
+//! weights prepared for one backend (the reference interpreter, the CPU
+//! backend's compiled kernels, or the GPU backend's WGSL kernels); a [`Session`]
+//! is one sequence run on it, owning the KV caches a stateful graph declares, so
+//! each call appends its tokens to what the earlier calls left. On the GPU the
+//! caches are device buffers (made at the session's first call, for its
+//! position limit); elsewhere host vectors.
 //!
 //! A session refuses a call that would hold more positions than its limit
 //! (the spec's `max_position_embeddings`, or a smaller one the caller asks for),
@@ -12,6 +14,8 @@
 use crate::budget::{MemoryLimit, MemoryNeeds};
 use crate::cpu::{CpuModel, MatmulIsa};
 use crate::generate::{BoxError, Decoder};
+use crate::gpu::{GpuCaches, GpuModel, GpuOptions};
+use crate::quant::WeightFormat;
 use crate::weights::{bind, WeightSource};
 use moec_compiler::interp::{self, State};
 use moec_compiler::ir::{DType, Graph, Op};
@@ -21,17 +25,37 @@ use std::fmt;
 use std::path::Path;
 use std::rc::Rc;
 
+/// How the CPU backend runs a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// Worker threads (None: one per core).
+    pub threads: Option<usize>,
+    /// The matmuls' inner loops (None: `MatmulIsa::host()`).
+    pub isa: Option<MatmulIsa>,
+    /// How the experts' weights are stored (None: as loaded; q8_0 or q4_0 quantize them).
+    pub experts: Option<WeightFormat>,
+}
+
+impl CpuOptions {
+    /// The defaults on `threads` threads.
+    pub const fn threads(threads: usize) -> CpuOptions {
+        CpuOptions {
+            threads: Some(threads),
+            isa: None,
+            experts: None,
+        }
+    }
+}
+
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
     /// The reference interpreter.
     Interp,
-    /// JIT-compiled kernels on `threads` worker threads (None: one per core),
-    /// matmuls on `isa`'s inner loops (None: `MatmulIsa::host()`).
-    Cpu {
-        threads: Option<usize>,
-        isa: Option<MatmulIsa>,
-    },
+    /// JIT-compiled kernels ([`CpuOptions`]).
+    Cpu(CpuOptions),
+    /// WGSL kernels on the best wgpu adapter.
+    Gpu(GpuOptions),
 }
 
 /// What went wrong running a model.
@@ -76,6 +100,7 @@ impl std::error::Error for SessionError {}
 enum Prepared {
     Interp(Vec<Tensor>),
     Cpu(Box<CpuModel>),
+    Gpu(Box<GpuModel>),
 }
 
 /// A graph with its weights, prepared for one engine.
@@ -118,14 +143,18 @@ impl Model {
         interp::check_weights(&graph, &weights).map_err(SessionError::Input)?;
         let prepared = match engine {
             Engine::Interp => Prepared::Interp(weights),
-            Engine::Cpu { threads, isa } => {
-                let isa = isa.unwrap_or_else(MatmulIsa::host);
-                let m = CpuModel::for_isa(&graph, &weights, isa).map_err(SessionError::Backend)?;
-                Prepared::Cpu(Box::new(match threads {
+            Engine::Cpu(o) => {
+                let isa = o.isa.unwrap_or_else(MatmulIsa::host);
+                let m = CpuModel::with_expert_format(&graph, &weights, isa, o.experts)
+                    .map_err(SessionError::Backend)?;
+                Prepared::Cpu(Box::new(match o.threads {
                     Some(t) => m.with_threads(t),
                     None => m,
                 }))
             }
+            Engine::Gpu(options) => Prepared::Gpu(Box::new(
+                GpuModel::new(&graph, &weights, options).map_err(SessionError::Backend)?,
+            )),
         };
         Ok(Model { graph, prepared })
     }
@@ -144,23 +173,43 @@ impl Model {
     pub fn session(self: &Rc<Model>, limit: Option<usize>) -> Session {
         let own = self.max_positions().unwrap_or(usize::MAX);
         let limit = limit.map_or(own, |l| l.min(own));
+        let state = match self.prepared {
+            // The caches live on the device; the host state only counts positions.
+            Prepared::Gpu(_) => State::new(&self.graph),
+            _ => State::with_room(&self.graph, limit),
+        };
         Session {
             model: Rc::clone(self),
-            state: State::with_room(&self.graph, limit),
+            state,
+            device_caches: None,
             limit,
         }
     }
 
+    /// Runs one call after `state`; on the GPU, on the session's `device_caches`
+    /// (made for `limit` positions when it has none yet).
     fn run(
         &self,
         inputs: &BTreeMap<String, Tensor>,
         state: &mut State,
+        device_caches: &mut Option<GpuCaches>,
+        limit: usize,
     ) -> Result<BTreeMap<String, Tensor>, String> {
         match &self.prepared {
             Prepared::Interp(weights) => {
                 interp::run_with_state(&self.graph, weights, inputs, state)
             }
             Prepared::Cpu(m) => m.run_with_state(inputs, state),
+            Prepared::Gpu(m) => {
+                let caches = match device_caches {
+                    Some(c) => c,
+                    None => device_caches.insert(m.caches(limit)?),
+                };
+                let tokens = interp::token_count(&self.graph, inputs)?;
+                let out = m.run_with_caches(inputs, caches, state.past)?;
+                state.past += tokens;
+                Ok(out)
+            }
         }
     }
 }
@@ -188,6 +237,8 @@ pub fn load_weights(
 pub struct Session {
     model: Rc<Model>,
     state: State,
+    /// The KV caches on the device, for a model on the GPU.
+    device_caches: Option<GpuCaches>,
     limit: usize,
 }
 
@@ -207,11 +258,15 @@ impl Session {
             });
         }
         let before = self.state.past;
-        self.model.run(inputs, &mut self.state).map_err(|e| {
-            // A failed call leaves the caches as they were.
-            self.state.truncate(before);
-            SessionError::Input(e)
-        })
+        let limit = self.limit;
+        let model = Rc::clone(&self.model);
+        model
+            .run(inputs, &mut self.state, &mut self.device_caches, limit)
+            .map_err(|e| {
+                // A failed call leaves the caches as they were.
+                self.state.truncate(before);
+                SessionError::Input(e)
+            })
     }
 
     /// Runs token ids through a language model (`input input_ids: i32[tokens]`,

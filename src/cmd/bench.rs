@@ -70,9 +70,8 @@ pub struct Args {
     /// (default: the runtime's measured threshold; 0 always, a huge value never).
     #[arg(long)]
     gemm_rows: Option<usize>,
-    /// cpu backend: the matmuls' inner loops (default: the fastest this CPU runs)
-    #[arg(long, value_enum)]
-    matmul_isa: Option<super::MatmulIsaArg>,
+    #[command(flatten)]
+    cpu: super::CpuArgs,
 }
 
 /// A graph ready to run on the chosen backend.
@@ -148,8 +147,9 @@ pub fn main(args: Args) -> Result<(), String> {
         let runner = match args.backend {
             Backend::Interp => Runner::Interp(Box::new(g.clone()), weights),
             Backend::Cpu => {
-                let isa = args.matmul_isa.map_or(MatmulIsa::host(), Into::into);
-                let mut model = CpuModel::for_isa(&g, &weights, isa)?;
+                let o = args.cpu.options();
+                let isa = o.isa.unwrap_or_else(MatmulIsa::host);
+                let mut model = CpuModel::with_expert_format(&g, &weights, isa, o.experts)?;
                 if let Some(n) = args.threads {
                     model = model.with_threads(n);
                 }

@@ -13,7 +13,7 @@ use moec_runtime::generate::command::{self, Request};
 use moec_runtime::generate::Decoder;
 
 use super::SpecArgs;
-use moec_runtime::session::Engine;
+use moec_runtime::session::{CpuOptions, Engine};
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
@@ -47,9 +47,8 @@ pub struct GenerateArgs {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "interp")]
     pub backend: GenerateBackend,
-    /// cpu backend: the matmuls' inner loops (default: the fastest exact ones this CPU runs)
-    #[arg(long, value_enum)]
-    pub matmul_isa: Option<super::MatmulIsaArg>,
+    #[command(flatten)]
+    pub cpu: super::CpuArgs,
     /// Print one JSON line at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -64,6 +63,19 @@ pub enum GenerateBackend {
     Interp,
     /// Cranelift JIT-compiled kernels on all cores.
     Cpu,
+    /// WGSL kernels on the best wgpu adapter, the KV caches on the device.
+    Gpu,
+}
+
+impl GenerateBackend {
+    /// The session engine this backend runs on.
+    pub fn engine(self, cpu: CpuOptions) -> Engine {
+        match self {
+            GenerateBackend::Interp => Engine::Interp,
+            GenerateBackend::Cpu => Engine::Cpu(cpu),
+            GenerateBackend::Gpu => Engine::Gpu(moec_runtime::gpu::GpuOptions::default()),
+        }
+    }
 }
 
 pub fn main(args: GenerateArgs) -> Result<(), String> {
@@ -80,13 +92,7 @@ pub fn main(args: GenerateArgs) -> Result<(), String> {
 /// The model `args` name, ready to generate: compiled, its memory needs checked, its
 /// weights bound, and a session on it.
 fn open_decoder(args: &GenerateArgs) -> Result<Box<dyn Decoder>, String> {
-    let engine = match args.backend {
-        GenerateBackend::Interp => Engine::Interp,
-        GenerateBackend::Cpu => Engine::Cpu {
-            threads: None,
-            isa: args.matmul_isa.map(Into::into),
-        },
-    };
+    let engine = args.backend.engine(args.cpu.options());
     let model = super::open_for_generation(&args.spec, &args.weights, engine, &args.memory)?;
     Ok(Box::new(model.session(None)))
 }

@@ -19,7 +19,7 @@ use moec_compiler::passes::{self, Upto};
 use moec_compiler::tensor::Tensor;
 use moec_runtime::budget::{parse_bytes, MemoryLimit, MemoryNeeds};
 use moec_runtime::random::round_to_bf16;
-use moec_runtime::session::Engine;
+use moec_runtime::session::{CpuOptions, Engine};
 use std::path::{Path, PathBuf};
 
 /// Where a graph runs (`run` and `bench`).
@@ -38,10 +38,7 @@ impl Backend {
     /// keeps one f32 copy of the weights there, as the interpreter does).
     pub fn engine(self) -> Engine {
         match self {
-            Backend::Cpu => Engine::Cpu {
-                threads: None,
-                isa: None,
-            },
+            Backend::Cpu => Engine::Cpu(CpuOptions::default()),
             Backend::Interp | Backend::Gpu => Engine::Interp,
         }
     }
@@ -61,6 +58,46 @@ impl WeightDType {
         match self {
             WeightDType::F32 => weights,
             WeightDType::Bf16 => weights.into_iter().map(round_to_bf16).collect(),
+        }
+    }
+}
+
+/// The CPU backend's options on the command line (`generate`, `trace`).
+#[derive(clap::Args)]
+pub struct CpuArgs {
+    /// cpu backend: the matmuls' inner loops (default: the fastest exact ones this CPU runs)
+    #[arg(long, value_enum)]
+    pub matmul_isa: Option<MatmulIsaArg>,
+    /// cpu backend: store the experts' weights as q8_0 or q4_0 blocks (GGUF's formats;
+    /// needs the avx512 matmuls); other weights stay as loaded
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub expert_format: Option<ExpertFormatArg>,
+}
+
+impl CpuArgs {
+    pub fn options(&self) -> CpuOptions {
+        CpuOptions {
+            threads: None,
+            isa: self.matmul_isa.map(Into::into),
+            experts: self.expert_format.map(Into::into),
+        }
+    }
+}
+
+/// `--expert-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExpertFormatArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl From<ExpertFormatArg> for moec_runtime::quant::WeightFormat {
+    fn from(a: ExpertFormatArg) -> Self {
+        match a {
+            ExpertFormatArg::Q8_0 => moec_runtime::quant::WeightFormat::Q8_0,
+            ExpertFormatArg::Q4_0 => moec_runtime::quant::WeightFormat::Q4_0,
         }
     }
 }

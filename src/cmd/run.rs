@@ -42,9 +42,8 @@ pub struct Args {
     output: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "interp")]
     backend: Backend,
-    /// cpu backend: the matmuls' inner loops (default: the fastest exact ones this CPU runs)
-    #[arg(long, value_enum)]
-    matmul_isa: Option<super::MatmulIsaArg>,
+    #[command(flatten)]
+    cpu: super::CpuArgs,
     /// With --random-weights: round them to this dtype (bf16: the cpu backend streams bf16 panels).
     #[arg(long, value_enum, default_value = "f32", requires = "random_weights")]
     weight_dtype: super::WeightDType,
@@ -102,8 +101,9 @@ pub fn main(args: Args) -> Result<(), String> {
     let outputs = match args.backend {
         Backend::Interp => moec_compiler::interp::run(g, &weights, &inputs),
         Backend::Cpu => {
-            let isa = args.matmul_isa.map_or_else(MatmulIsa::host, Into::into);
-            CpuModel::for_isa(g, &weights, isa).and_then(|m| m.run(&inputs))
+            let o = args.cpu.options();
+            let isa = o.isa.unwrap_or_else(MatmulIsa::host);
+            CpuModel::with_expert_format(g, &weights, isa, o.experts).and_then(|m| m.run(&inputs))
         }
         Backend::Gpu => GpuModel::new(g, &weights, gpu_options).and_then(|m| {
             eprintln!("gpu: {}", m.adapter());

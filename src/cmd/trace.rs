@@ -14,7 +14,7 @@ use moec_runtime::generate::command::{self, Prompt};
 use moec_runtime::generate::eos_ids;
 use moec_runtime::generate::Tokenizer;
 use moec_runtime::io::read_tensors;
-use moec_runtime::session::{Engine, Model};
+use moec_runtime::session::Model;
 use moec_runtime::trace::{probed, Recorder};
 
 use super::generate::GenerateBackend;
@@ -50,9 +50,8 @@ pub struct Args {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "interp")]
     pub backend: GenerateBackend,
-    /// cpu backend: the matmuls' inner loops (default: the fastest exact ones this CPU runs)
-    #[arg(long, value_enum)]
-    pub matmul_isa: Option<super::MatmulIsaArg>,
+    #[command(flatten)]
+    pub cpu: super::CpuArgs,
     #[command(flatten)]
     pub memory: super::MemoryArgs,
 }
@@ -62,13 +61,7 @@ pub fn main(args: Args) -> Result<(), String> {
     let (graph, blocks) = probed(&compiled.graph)?;
     let (inputs, ids) = inputs(&args, &graph)?;
     let tokens = moec_compiler::interp::token_count(&graph, &inputs)?;
-    let engine = match args.backend {
-        GenerateBackend::Interp => Engine::Interp,
-        GenerateBackend::Cpu => Engine::Cpu {
-            threads: None,
-            isa: args.matmul_isa.map(Into::into),
-        },
-    };
+    let engine = args.backend.engine(args.cpu.options());
     let model = std::rc::Rc::new(
         Model::open_within(graph, &args.weights, engine, args.memory.max_memory)
             .map_err(|e| super::explain_open_error(e, &compiled))?,

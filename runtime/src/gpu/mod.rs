@@ -6,11 +6,17 @@
 //! kernel with an explicit bind-group layout from the plan, and uploads every
 //! weight buffer once from the plan's segments (f32 or f16).
 //!
-//! Running ([`GpuModel::run`]): buffers of computed values are sized for the
+//! Running ([`GpuModel::run_with_caches`]): buffers of computed values are sized for the
 //! token count and kept for later runs with as many tokens or fewer; each run
-//! writes the inputs and every step's params (token count, capacity), records
-//! all steps into one command buffer, and reads the outputs back through
-//! readback buffers kept with the others. There is no
+//! writes the inputs and every step's params (token count, capacity, cached
+//! positions), records all steps into one command buffer, and reads the outputs
+//! back through readback buffers kept with the others.
+//!
+//! KV caches ([`GpuCaches`]) are device buffers a session owns: a call appends
+//! its rows at the positions already held and attention reads them there, so a
+//! decode step uploads its token ids and reads back its outputs (the logits
+//! row of a `last_token` graph) and nothing else. [`GpuModel::run`] runs on
+//! fresh caches, as a first call. There is no
 //! host round-trip between routing and the expert matmuls. Sizes are checked
 //! against the device's limits before anything is submitted, and wgpu's
 //! validation errors are returned as errors, never panics.
@@ -22,7 +28,7 @@ use device::Gpu;
 use moec_compiler::backend::wgsl::{self, Contents, Elem, Options, Plan, Segment, Step};
 use moec_compiler::diagnostic::Diagnostic;
 use moec_compiler::interp;
-use moec_compiler::ir::Graph;
+use moec_compiler::ir::{Graph, Syms};
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -57,8 +63,27 @@ struct RunState {
     buffers: BTreeMap<usize, wgpu::Buffer>,
     /// Per kernel step: its params uniform and bind group.
     steps: Vec<Option<(wgpu::Buffer, wgpu::BindGroup)>>,
+    /// The caches the bind groups bind (`GpuCaches::id`).
+    bound_caches: u64,
     /// Per graph output: the buffer it is read back through.
     readback: Vec<wgpu::Buffer>,
+}
+
+/// The KV caches of one sequence, on the device: one buffer per state of the
+/// graph, each with room for `positions` rows. What they hold is only meaningful
+/// up to the positions the caller says are held (`past` of a run).
+pub struct GpuCaches {
+    /// Distinguishes cache sets, so bind groups are rebuilt for another one.
+    id: u64,
+    positions: usize,
+    /// Plan buffer index → buffer.
+    buffers: BTreeMap<usize, wgpu::Buffer>,
+}
+
+fn next_caches_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl GpuModel {
@@ -76,6 +101,10 @@ impl GpuModel {
                     }),
                 f16_weights: options.f16_weights,
             },
+        )?;
+        cache_bytes(
+            &program.plan,
+            program.plan.max_positions.unwrap_or(0) as usize,
         )?;
         let pipelines = program
             .plan
@@ -120,12 +149,48 @@ impl GpuModel {
         self.gpu.summary()
     }
 
-    /// Runs the graph on named inputs.
+    /// Runs the graph on named inputs, as a first call: a stateful graph starts
+    /// from empty caches (with room for this call's tokens).
     pub fn run(
         &self,
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, String> {
         let tokens = interp::token_count(&self.graph, inputs)?;
+        let mut caches = self.caches(tokens)?;
+        self.run_with_caches(inputs, &mut caches, 0)
+    }
+
+    /// KV caches on the device for `positions` positions, refused with both numbers
+    /// when one would not fit one storage binding of the adapter.
+    pub fn caches(&self, positions: usize) -> Result<GpuCaches, String> {
+        let mut buffers = BTreeMap::new();
+        for (i, bytes) in cache_bytes(&self.plan, positions)? {
+            buffers.insert(i, self.gpu.storage(&self.plan.buffers[i].name, bytes));
+        }
+        self.gpu.check_errors("allocating the KV caches")?;
+        Ok(GpuCaches {
+            id: next_caches_id(),
+            positions,
+            buffers,
+        })
+    }
+
+    /// Runs the graph on named inputs as the call after `past` positions held in
+    /// `caches`, appending this call's rows to them.
+    pub fn run_with_caches(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        caches: &mut GpuCaches,
+        past: usize,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        let tokens = interp::token_count(&self.graph, inputs)?;
+        interp::check_token_ids(&self.graph, inputs)?;
+        if !self.graph.states.is_empty() && past + tokens > caches.positions {
+            return Err(format!(
+                "{tokens} new tokens after {past} do not fit the KV caches, which hold {} positions",
+                caches.positions
+            ));
+        }
         let mut guard = self
             .state
             .lock()
@@ -133,14 +198,21 @@ impl GpuModel {
         if guard.as_ref().is_none_or(|s| s.tokens < tokens) {
             *guard = Some(self.allocate(tokens.max(1))?);
         }
-        let state = guard.as_ref().expect("allocated above");
+        let state = guard.as_mut().expect("allocated above");
+        if state.bound_caches != caches.id {
+            self.bind(state, caches);
+        }
+        let state = &*state;
         for (i, b) in self.plan.buffers.iter().enumerate() {
             if let Contents::Input { name } = &b.contents {
-                let t = &inputs[name];
-                self.gpu
-                    .write(&state.buffers[&i], bytemuck::cast_slice(t.as_f32()));
+                let bytes: &[u8] = match &inputs[name].data {
+                    TensorData::F32(v) => bytemuck::cast_slice(v),
+                    TensorData::I32(v) => bytemuck::cast_slice(v),
+                };
+                self.gpu.write(&state.buffers[&i], bytes);
             }
         }
+        let syms = Syms { tokens, past };
         let mut encoder = self.gpu.encoder();
         for (step, res) in self.plan.steps.iter().zip(&state.steps) {
             match (step, res) {
@@ -154,8 +226,10 @@ impl GpuModel {
                     Some((params, bind_group)),
                 ) => {
                     let cap = capacity.map_or(0, |c| c.eval(tokens));
-                    self.gpu
-                        .write(params, bytemuck::cast_slice(&[tokens as u32, cap, 0, 0]));
+                    self.gpu.write(
+                        params,
+                        bytemuck::cast_slice(&[tokens as u32, cap, past as u32, 0]),
+                    );
                     if let Some((x, y)) = workgroups.count(tokens, self.gpu.max_workgroups()) {
                         if x > self.gpu.max_workgroups() {
                             return Err(format!(
@@ -182,13 +256,13 @@ impl GpuModel {
                     },
                     _,
                 ) => {
-                    let n = elements.eval(tokens) as u64 * 4;
+                    let n = elements.eval(syms) as u64 * 4;
                     if n > 0 {
                         encoder.copy_buffer_to_buffer(
-                            self.buffer(state, *src),
+                            self.buffer(state, caches, *src),
                             0,
-                            self.buffer(state, *dst),
-                            dst_offset.eval(tokens) as u64 * 4,
+                            self.buffer(state, caches, *dst),
+                            dst_offset.eval(syms) as u64 * 4,
                             n,
                         );
                     }
@@ -198,10 +272,16 @@ impl GpuModel {
         }
         let mut reads = Vec::new();
         for (o, staging) in self.plan.outputs.iter().zip(&state.readback) {
-            let shape: Vec<usize> = o.shape.iter().map(|d| d.eval(tokens)).collect();
+            let shape: Vec<usize> = o.shape.iter().map(|d| d.eval(syms)).collect();
             let bytes = shape.iter().product::<usize>() as u64 * o.elem.bytes();
             if bytes > 0 {
-                encoder.copy_buffer_to_buffer(self.buffer(state, o.buffer), 0, staging, 0, bytes);
+                encoder.copy_buffer_to_buffer(
+                    self.buffer(state, caches, o.buffer),
+                    0,
+                    staging,
+                    0,
+                    bytes,
+                );
             }
             reads.push((o, shape, staging, bytes));
         }
@@ -219,15 +299,53 @@ impl GpuModel {
         Ok(out)
     }
 
-    fn buffer<'a>(&'a self, state: &'a RunState, i: usize) -> &'a wgpu::Buffer {
-        self.weights.get(&i).unwrap_or_else(|| &state.buffers[&i])
+    fn buffer<'a>(
+        &'a self,
+        state: &'a RunState,
+        caches: &'a GpuCaches,
+        i: usize,
+    ) -> &'a wgpu::Buffer {
+        self.weights
+            .get(&i)
+            .or_else(|| caches.buffers.get(&i))
+            .unwrap_or_else(|| &state.buffers[&i])
+    }
+
+    /// (Re)builds every kernel step's params and bind group over `caches`.
+    fn bind(&self, state: &mut RunState, caches: &GpuCaches) {
+        let steps = self
+            .plan
+            .steps
+            .iter()
+            .map(|step| match step {
+                Step::Kernel {
+                    kernel, buffers, ..
+                } => {
+                    let params = self.gpu.uniform(16);
+                    let bound: Vec<&wgpu::Buffer> = buffers
+                        .iter()
+                        .map(|b| self.buffer(state, caches, *b))
+                        .collect();
+                    let group = self
+                        .gpu
+                        .bind_group(&self.pipelines[*kernel].1, &params, &bound);
+                    Some((params, group))
+                }
+                Step::Copy { .. } => None,
+            })
+            .collect();
+        state.steps = steps;
+        state.bound_caches = caches.id;
     }
 
     /// Buffers and bind groups for runs of up to `tokens` tokens.
     fn allocate(&self, tokens: usize) -> Result<RunState, String> {
         let mut buffers = BTreeMap::new();
         for (i, b) in self.plan.buffers.iter().enumerate() {
-            if matches!(b.contents, Contents::Weights { .. }) {
+            if matches!(
+                b.contents,
+                Contents::Weights { .. } | Contents::State { .. }
+            ) {
                 continue;
             }
             let bytes = b.elements.eval(tokens) as u64 * b.elem.bytes();
@@ -249,32 +367,39 @@ impl GpuModel {
                 self.gpu.staging(elements as u64 * o.elem.bytes())
             })
             .collect();
-        let mut state = RunState {
+        self.gpu.check_errors("allocating buffers")?;
+        // Bind groups come with the first caches run on them.
+        Ok(RunState {
             tokens,
             buffers,
             steps: Vec::new(),
+            bound_caches: 0,
             readback,
-        };
-        for step in &self.plan.steps {
-            let res = match step {
-                Step::Kernel {
-                    kernel, buffers, ..
-                } => {
-                    let params = self.gpu.uniform(16);
-                    let bound: Vec<&wgpu::Buffer> =
-                        buffers.iter().map(|b| self.buffer(&state, *b)).collect();
-                    let group = self
-                        .gpu
-                        .bind_group(&self.pipelines[*kernel].1, &params, &bound);
-                    Some((params, group))
-                }
-                Step::Copy { .. } => None,
-            };
-            state.steps.push(res);
-        }
-        self.gpu.check_errors("allocating buffers")?;
-        Ok(state)
+        })
     }
+}
+
+/// The bytes of each KV cache buffer of `plan` (by plan buffer index) for
+/// `positions` positions, refused with both numbers when one exceeds the
+/// binding size the plan was made for (at most the adapter's).
+fn cache_bytes(plan: &Plan, positions: usize) -> Result<Vec<(usize, u64)>, String> {
+    let max_binding = plan.max_binding_bytes;
+    let mut out = Vec::new();
+    for (i, b) in plan.buffers.iter().enumerate() {
+        if let Contents::State { width, .. } = b.contents {
+            let bytes = (positions as u64)
+                .saturating_mul(width)
+                .saturating_mul(b.elem.bytes());
+            if bytes > max_binding {
+                return Err(format!(
+                    "the KV cache `{}` needs {bytes} bytes for {positions} positions, more than one storage binding holds ({max_binding} bytes); a smaller max_position_embeddings (--set) holds fewer",
+                    b.name
+                ));
+            }
+            out.push((i, bytes));
+        }
+    }
+    Ok(out)
 }
 
 /// A weight buffer's bytes from its segments.
@@ -312,6 +437,7 @@ fn fill(
             Segment::Fill { value, len } => {
                 values.extend(std::iter::repeat_n(*value, *len as usize))
             }
+            Segment::Values { values: v } => values.extend_from_slice(v),
         }
     }
     Ok(match elem {

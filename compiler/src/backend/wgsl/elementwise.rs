@@ -220,3 +220,40 @@ pub(super) fn dense_combine(
 pub(super) fn mul(d: Dim, c: u64) -> Dim {
     d.scale(c)
 }
+
+/// The last of `rows` rows of width `w` (zeros when there are none).
+pub(super) fn last_row(rows: Dim, w: u64) -> Result<Module, fmt::Error> {
+    let mut m = Module::new("the last row", false)?;
+    m.bind_all(&[read("x", F32), write("out", F32)])?;
+    m.stride_loop(Dim::fixed(w), SIZE)?;
+    writeln!(
+        m,
+        "        let rows = {};\n        var v = 0.0;\n        if (rows > 0u) {{\n            v = x[(rows - 1u) * {w}u + i];\n        }}\n        out[i] = v;",
+        dim(rows)
+    )?;
+    m.end_loop()?;
+    Ok(m)
+}
+
+/// Per head, `a`'s `a_len` columns then `b`'s `b_len` (b's one head for every
+/// head when `broadcast`), over `n` output elements.
+pub(super) fn concat_cols(
+    n: Dim,
+    heads: u64,
+    a_len: u64,
+    b_len: u64,
+    broadcast: bool,
+) -> Result<Module, fmt::Error> {
+    let mut m = Module::new("per-head column concat", false)?;
+    m.bind_all(&[read("a", F32), read("b", F32), write("out", F32)])?;
+    m.stride_loop(n, SIZE)?;
+    let per = a_len + b_len;
+    let (b_heads, b_head) = if broadcast { (1, "0u") } else { (heads, "h") };
+    writeln!(
+        m,
+        "        let r = i / {}u;\n        let h = (i / {per}u) % {heads}u;\n        let c = i % {per}u;\n        if (c < {a_len}u) {{\n            out[i] = a[(r * {heads}u + h) * {a_len}u + c];\n        }} else {{\n            out[i] = b[(r * {b_heads}u + {b_head}) * {b_len}u + c - {a_len}u];\n        }}",
+        heads * per
+    )?;
+    m.end_loop()?;
+    Ok(m)
+}

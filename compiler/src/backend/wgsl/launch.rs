@@ -6,9 +6,10 @@
 use super::matmul::{self, Matmul, Rows};
 use super::writer::Module;
 use super::{
-    count, elementwise, fixed_dim, routing, rows, rows_per_binding, width, Builder, CapacityRule,
-    Elem, Workgroups,
+    attention, count, elementwise, fixed_dim, routing, rows, rows_per_binding, width, Builder,
+    CapacityRule, Elem, Workgroups,
 };
+use crate::interp;
 use crate::ir::{Dim, NodeIndex, Op, TensorType, Value};
 
 /// One kernel dispatch of an op: bindings as operand, output or scratch slots.
@@ -19,11 +20,15 @@ pub(super) struct Launch {
     pub capacity: Option<CapacityRule>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) enum Slot {
     Operand(usize),
     /// A matmul's weight operand, in chunks of whole rows, maybe as f16.
     Weights(usize),
+    /// A table read by rows (embeddings): f32 chunks of whole rows.
+    Table(usize),
+    /// A buffer of values the compiler computes, named for the plan.
+    Values(&'static str, Vec<f32>),
     Output(usize),
     Scratch(usize),
 }
@@ -65,7 +70,11 @@ impl Builder<'_> {
                 ))
             }
         };
-        let total = count(&out_ty.shape)?;
+        // The elements this call writes (a KV cache: the appended rows).
+        let total = match node.op {
+            Op::CacheAppend { .. } => count(&ty(0).shape)?,
+            _ => count(&out_ty.shape)?,
+        };
         let one = |l: Result<Launch, String>| l.map(|l| vec![l]);
         match &node.op {
             Op::Unary(u) => one(launch(
@@ -86,19 +95,19 @@ impl Builder<'_> {
                     Op::LayerNorm { eps } => rows::RowOp::LayerNorm(eps.get()),
                     _ => unreachable!("matched above"),
                 };
-                if ops.len() > 1 && ty(1).width() != ty(0).width() {
+                // RMSNorm normalizes each group of its weight's width (per-head norms).
+                let per_head = matches!(row_op, rows::RowOp::RmsNorm(_));
+                let d = if per_head { width(ty(1)) } else { width(ty(0)) };
+                if ops.len() > 1 && (width(ty(1)) != d || d == 0 || !width(ty(0)).is_multiple_of(d))
+                {
                     return Err(format!(
                         "{name}: a norm over groups of a row (per-head) is not supported by the GPU backend yet"
                     ));
                 }
-                let r = leading(ty(0))?;
+                let r = leading(ty(0))?.scale(width(ty(0)) / d);
                 let mut slots: Vec<Slot> = (0..ops.len()).map(In).collect();
                 slots.push(Out(0));
-                one(launch(
-                    rows::row_op(row_op, r, width(ty(0))),
-                    slots,
-                    stride(r),
-                ))
+                one(launch(rows::row_op(row_op, r, d), slots, stride(r)))
             }
             Op::GroupMask {
                 groups,
@@ -339,17 +348,73 @@ impl Builder<'_> {
             Op::ConcatRows => Err(format!(
                 "{name}: concatenating computed values is not supported by the GPU backend"
             )),
-            Op::ConcatCols { .. } => Err(format!(
-                "{name}: concatenating heads' columns is not supported by the GPU backend yet"
+            Op::ConcatCols { heads, broadcast } => {
+                let b_heads = if *broadcast { 1 } else { *heads };
+                one(launch(
+                    elementwise::concat_cols(
+                        total,
+                        *heads,
+                        width(ty(0)) / heads,
+                        width(ty(1)) / b_heads,
+                        *broadcast,
+                    ),
+                    vec![In(0), In(1), Out(0)],
+                    stride(total),
+                ))
+            }
+            Op::LastRow => one(launch(
+                elementwise::last_row(leading(ty(0))?, width(ty(0))),
+                vec![In(0), Out(0)],
+                stride(Dim::fixed(width(ty(0)))),
             )),
-            Op::Embedding
-            | Op::LastRow
-            | Op::Positions
-            | Op::Rope(_)
-            | Op::CacheAppend { .. }
-            | Op::Attention(_) => Err(format!(
-                "{name}: whole models (embeddings, rope, attention, KV caches) do not run on the GPU backend yet"
+            Op::Embedding => {
+                let (rows, d) = (fixed_dim(ty(1), 0), width(ty(1)));
+                let rows_per_chunk = if self.recipes.contains_key(&ops[1]) {
+                    rows_per_binding(rows, d, Elem::F32, self.options.max_binding_bytes).max(1)
+                } else {
+                    rows.max(1)
+                };
+                let chunks = rows.div_ceil(rows_per_chunk).max(1);
+                one(launch(
+                    attention::embedding(total, d, chunks, rows_per_chunk),
+                    vec![In(0), Slot::Table(1), Out(0)],
+                    stride(total),
+                ))
+            }
+            Op::Positions => one(launch(
+                attention::positions(),
+                vec![Out(0)],
+                stride(Dim::TOKENS),
             )),
+            Op::Rope(r) => {
+                let (inv_freq, scale) = interp::inv_freq(r);
+                one(launch(
+                    attention::rope(total, r, width(ty(0)), scale),
+                    vec![In(0), In(1), Slot::Values("inv_freq", inv_freq), Out(0)],
+                    stride(total),
+                ))
+            }
+            Op::CacheAppend { .. } => one(launch(
+                attention::cache_append(total, width(ty(0))),
+                vec![In(0), Out(0)],
+                stride(total),
+            )),
+            Op::Attention(a) => {
+                let keys = ty(1).shape[0];
+                let mut slots: Vec<Slot> = (0..ops.len()).map(In).collect();
+                slots.push(Out(0));
+                // One workgroup per (query token, kv head), grid-stride.
+                let pairs = Dim::TOKENS.scale(a.kv_heads.max(1));
+                let size = attention::ATTENTION_SIZE;
+                one(launch(
+                    attention::attention(a, keys),
+                    slots,
+                    Workgroups::Stride {
+                        items: pairs.scale(size as u64),
+                        size,
+                    },
+                ))
+            }
             Op::Input { .. } | Op::Weight { .. } | Op::Constant(_) | Op::Stack => {
                 unreachable!("handled by the caller")
             }

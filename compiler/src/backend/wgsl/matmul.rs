@@ -209,31 +209,7 @@ pub(super) fn matmul(mm: &Matmul) -> Result<Module, fmt::Error> {
 
 /// `fn w_at(row, k) -> f32`: element k of weight row `row` (expert-major rows).
 fn weight_reader(m: &mut Module, mm: &Matmul, names: &[String]) -> fmt::Result {
-    let k = mm.k;
-    writeln!(m, "\nfn w_at(row: u32, k: u32) -> f32 {{")?;
-    if names.len() == 1 {
-        writeln!(m, "    return f32(w0[row * {k}u + k]);\n}}")
-    } else {
-        let rpc = mm.rows_per_chunk;
-        writeln!(
-            m,
-            "    let chunk = row / {rpc}u;\n    let at = (row - chunk * {rpc}u) * {k}u + k;\n    switch chunk {{"
-        )?;
-        for (c, name) in names.iter().enumerate() {
-            if c + 1 == names.len() {
-                writeln!(
-                    m,
-                    "        default: {{\n            return f32({name}[at]);\n        }}"
-                )?;
-            } else {
-                writeln!(
-                    m,
-                    "        case {c}u: {{\n            return f32({name}[at]);\n        }}"
-                )?;
-            }
-        }
-        writeln!(m, "    }}\n}}")
-    }
+    m.chunk_reader("w_at", names, mm.rows_per_chunk, mm.k)
 }
 
 /// `fn find_tile(id, tokens) -> vec4<u32>`: (expert, first row, end row, kind)

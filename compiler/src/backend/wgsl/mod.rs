@@ -4,8 +4,9 @@
 //! kernel per op — a scatter-add takes three; `launch.rs` says which, with
 //! what bindings and workgroup counts — written by `writer::Module`
 //! through `fmt::Write`: per-element ops (`elementwise.rs`), per-row ops
-//! (`rows.rs`), routing (`routing.rs`) and the tiled matmul with fused
-//! epilogues (`matmul.rs`). Equal sources are emitted once. Every module is
+//! (`rows.rs`), routing (`routing.rs`), the tiled matmul with fused
+//! epilogues (`matmul.rs`) and the whole-model ops — embedding, rope, KV-cache
+//! append and attention (`attention.rs`). Equal sources are emitted once. Every module is
 //! parsed and validated by naga (`validate.rs`); a failure is a compiler bug
 //! reported with the kernel's name.
 //!
@@ -14,9 +15,14 @@
 //! ranges of which bound weights fill their buffers at load time, and splits a
 //! matmul's weights across bindings of at most `Options::max_binding_bytes`.
 //!
-//! Not handled: `ConcatRows` of computed values, and values whose element count
-//! is not affine in the token count; both are reported as errors.
+//! KV caches (`CacheAppend` outputs) are state buffers of `max_positions` rows
+//! that the host keeps on the device across calls; they are the only values
+//! whose size may depend on `past`.
+//!
+//! Not handled: `ConcatRows` of computed values, and other values whose element
+//! count is not affine in the token count; both are reported as errors.
 
+mod attention;
 mod elementwise;
 mod launch;
 mod matmul;
@@ -71,6 +77,7 @@ pub fn lower(g: &Graph, options: &Options) -> Result<Program, String> {
             steps: Vec::new(),
             outputs: Vec::new(),
             max_binding_bytes: options.max_binding_bytes,
+            max_positions: g.max_positions,
         },
         sources: Vec::new(),
         by_source: HashMap::new(),
@@ -85,6 +92,11 @@ pub fn lower(g: &Graph, options: &Options) -> Result<Program, String> {
     }
     for (name, v) in &g.outputs {
         let ty = g.value_type(*v);
+        if ty.shape.iter().any(|d| d.uses_past()) {
+            return Err(format!(
+                "output `{name}` holds the KV cache; the GPU backend reads back only values of this call's tokens"
+            ));
+        }
         let buffer = b.whole(*v)?;
         b.plan.outputs.push(Output {
             name: name.clone(),
@@ -200,6 +212,9 @@ fn slice(segments: &[Segment], start: u64, len: u64) -> Vec<Segment> {
                     value: *value,
                     len: hi - lo,
                 },
+                Segment::Values { values } => Segment::Values {
+                    values: values[(lo - at) as usize..(hi - at) as usize].to_vec(),
+                },
             });
         }
         at += s.elements();
@@ -303,7 +318,7 @@ impl Builder<'_> {
                 let elements = count(&ty.shape)?;
                 let b = self.add_buffer(
                     self.value_name(out),
-                    Elem::F32,
+                    elem(ty.dtype),
                     elements,
                     Contents::Input { name: name.clone() },
                 );
@@ -366,12 +381,15 @@ impl Builder<'_> {
                 node: n,
                 port: port as u8,
             };
-            let b = self.add_buffer(
-                self.value_name(v),
-                elem(ty.dtype),
-                count(&ty.shape)?,
-                Contents::Computed,
-            );
+            let b = match node.op {
+                Op::CacheAppend { state } => self.state_buffer(v, state)?,
+                _ => self.add_buffer(
+                    self.value_name(v),
+                    elem(ty.dtype),
+                    count(&ty.shape)?,
+                    Contents::Computed,
+                ),
+            };
             self.buffers.insert(v, b);
             outs.push(b);
         }
@@ -405,9 +423,27 @@ impl Builder<'_> {
             .collect();
         for launch in launches {
             let mut buffers = Vec::new();
-            for slot in &launch.slots {
-                match *slot {
+            for slot in launch.slots {
+                match slot {
                     Slot::Operand(i) => buffers.push(self.whole(ops[i])?),
+                    Slot::Table(i) if !self.recipes.contains_key(&ops[i]) => {
+                        buffers.push(self.whole(ops[i])?)
+                    }
+                    Slot::Table(i) => {
+                        let row = width(g.value_type(ops[i]));
+                        buffers.extend(self.materialize(ops[i], Elem::F32, Some(row))?);
+                    }
+                    Slot::Values(name, values) => {
+                        let b = self.add_buffer(
+                            format!("%{}.{name}", self.names[&n]),
+                            Elem::F32,
+                            Dim::fixed(values.len() as u64),
+                            Contents::Weights {
+                                segments: vec![Segment::Values { values }],
+                            },
+                        );
+                        buffers.push(b);
+                    }
                     Slot::Weights(i) if !self.recipes.contains_key(&ops[i]) => {
                         buffers.push(self.whole(ops[i])?)
                     }
@@ -434,6 +470,25 @@ impl Builder<'_> {
             });
         }
         Ok(())
+    }
+
+    /// The buffer of KV cache `state`, which `v` (a `CacheAppend`) appends to:
+    /// `max_positions` rows of the state's width.
+    fn state_buffer(&mut self, v: Value, state: usize) -> Result<usize, String> {
+        let name = self.value_name(v);
+        let decl = self.g.states.get(state).ok_or_else(|| {
+            format!("internal error: {name} appends to state {state}, which the graph lacks")
+        })?;
+        let positions = self.g.max_positions.ok_or_else(|| {
+            format!("{name}: a KV cache on the GPU needs the graph's max_positions")
+        })?;
+        let width = decl.width;
+        Ok(self.add_buffer(
+            format!("{name} {}", decl.name),
+            Elem::F32,
+            Dim::fixed(positions.saturating_mul(width)),
+            Contents::State { state, width },
+        ))
     }
 
     /// The kernel index of `module`'s source, adding it when new.

@@ -4,10 +4,13 @@
 //!
 //! - every buffer has an element type and an element count `per_token · T +
 //!   fixed` for a run on `T` tokens;
+//! - state buffers are the KV caches: `max_positions` rows of a state's width,
+//!   owned by the host's session and kept on the device across calls (a call
+//!   appends its rows at `past`, the positions held before it);
 //! - weight buffers are filled once, at load time, from ranges of the bound
 //!   weight tensors (`Segment`s, in the graph's weight order); input buffers from
 //!   the named inputs; the rest are computed;
-//! - every kernel's binding 0 is a uniform `Params { tokens, capacity, 0, 0 }`
+//! - every kernel's binding 0 is a uniform `Params { tokens, capacity, past, 0 }`
 //!   (`u32`s) written per step; its other bindings are the step's buffers in
 //!   order;
 //! - steps run in order; a copy step copies elements between buffers.
@@ -27,6 +30,10 @@ pub struct Plan {
     pub outputs: Vec<Output>,
     /// The largest storage binding the plan was made for, in bytes.
     pub max_binding_bytes: u64,
+    /// The most positions the state buffers hold (the graph's `max_positions`);
+    /// None for a graph without KV caches.
+    #[serde(default)]
+    pub max_positions: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +98,11 @@ pub enum Contents {
     Weights { segments: Vec<Segment> },
     /// Written by the steps.
     Computed,
+    /// KV cache `state` of the graph (`width` values per position): the
+    /// session's, kept on the device across calls; its `elements` are for
+    /// `max_positions` positions, and a host may allocate fewer for a session
+    /// holding fewer.
+    State { state: usize, width: u64 },
 }
 
 /// A run of elements of a weight buffer.
@@ -106,12 +118,15 @@ pub enum Segment {
     },
     /// `len` copies of a constant.
     Fill { value: f32, len: u64 },
+    /// These values (tables the compiler computes, e.g. rotary frequencies).
+    Values { values: Vec<f32> },
 }
 
 impl Segment {
     pub fn elements(&self) -> u64 {
         match self {
             Segment::Weight { len, .. } | Segment::Fill { len, .. } => *len,
+            Segment::Values { values } => values.len() as u64,
         }
     }
 }

@@ -52,7 +52,7 @@ impl Module {
         }
         writeln!(
             m.text,
-            "\nstruct Params {{\n    tokens: u32,\n    capacity: u32,\n    pad0: u32,\n    pad1: u32,\n}}\n"
+            "\nstruct Params {{\n    tokens: u32,\n    capacity: u32,\n    past: u32,\n    pad: u32,\n}}\n"
         )?;
         writeln!(m.text, "@group(0) @binding(0) var<uniform> params: Params;")?;
         Ok(m)
@@ -130,6 +130,42 @@ impl Module {
         writeln!(self.text, "}}")
     }
 
+    /// `fn NAME(row: u32, k: u32) -> f32`: element `k` of row `row` of a matrix
+    /// whose rows are split across the bindings `chunks`, `rows_per_chunk` whole
+    /// rows of `row_len` elements each (the plan's weight split).
+    pub fn chunk_reader(
+        &mut self,
+        name: &str,
+        chunks: &[String],
+        rows_per_chunk: u64,
+        row_len: u64,
+    ) -> fmt::Result {
+        writeln!(self.text, "\nfn {name}(row: u32, k: u32) -> f32 {{")?;
+        if chunks.len() == 1 {
+            return writeln!(
+                self.text,
+                "    return f32({}[row * {row_len}u + k]);\n}}",
+                chunks[0]
+            );
+        }
+        writeln!(
+            self.text,
+            "    let chunk = row / {rows_per_chunk}u;\n    let at = (row - chunk * {rows_per_chunk}u) * {row_len}u + k;\n    switch chunk {{"
+        )?;
+        for (c, chunk) in chunks.iter().enumerate() {
+            let label = if c + 1 == chunks.len() {
+                "default".to_string()
+            } else {
+                format!("case {c}u")
+            };
+            writeln!(
+                self.text,
+                "        {label}: {{\n            return f32({chunk}[at]);\n        }}"
+            )?;
+        }
+        writeln!(self.text, "    }}\n}}")
+    }
+
     /// Appends lines as they are.
     pub fn line(&mut self, s: &str) -> fmt::Result {
         writeln!(self.text, "{s}")
@@ -142,14 +178,20 @@ impl Write for Module {
     }
 }
 
-/// A dim as a WGSL `u32` expression of `tokens`.
+/// A dim as a WGSL `u32` expression of `tokens` (and of `params.past`, the
+/// positions the KV caches held before this call).
 pub(super) fn dim(d: Dim) -> String {
-    match (d.per_token, d.fixed) {
+    let by_tokens = match (d.per_token, d.fixed) {
         (0, n) => format!("{n}u"),
         (1, 0) => "tokens".into(),
         (p, 0) => format!("({p}u * tokens)"),
         (1, n) => format!("(tokens + {n}u)"),
         (p, n) => format!("({p}u * tokens + {n}u)"),
+    };
+    match d.per_past {
+        0 => by_tokens,
+        1 => format!("(params.past + {by_tokens})"),
+        p => format!("({p}u * params.past + {by_tokens})"),
     }
 }
 
