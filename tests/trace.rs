@@ -256,3 +256,88 @@ fn tracing_a_generation_follows_every_new_token() {
         assert_routing(case, &got, experts, weights, 1e-4);
     }
 }
+
+/// Quantized experts (`--expert-format q8_0|q4_0`) against the same model with
+/// f32 experts, on every whole-model fixture's prompt: the share of (layer,
+/// token) pairs whose set of selected experts is unchanged, and the largest
+/// logit error relative to the largest logit. Prints the table the notes
+/// quote; fails when quantization is far off what 8 or 4 bits per weight give
+/// (a misplaced scale or nibble routes almost every token elsewhere).
+#[test]
+fn quantized_experts_keep_most_routing_choices() {
+    use moec_runtime::cpu::MatmulIsa;
+    use moec_runtime::quant::WeightFormat;
+    if !MatmulIsa::available().contains(&MatmulIsa::Avx512) {
+        eprintln!("skipped: quantized experts need the AVX-512 matmuls");
+        return;
+    }
+    let mut table =
+        vec!["| model | format | same top-k sets | max logit error / max logit |".to_string()];
+    for case in CASES {
+        let dir = root().join("tests/fixtures/models").join(case);
+        let spec = root().join("models").join(format!("{case}.moe"));
+        let g = Compiler::new()
+            .checkpoint(&dir)
+            .compile_file(&spec)
+            .unwrap()
+            .graph;
+        let (traced, blocks) = probed(&g).unwrap();
+        let ids = prompt(&dir);
+        let tokens = ids.len();
+        let inputs = BTreeMap::from([("input_ids".to_string(), Tensor::i32(vec![tokens], ids))]);
+        let run = |experts: Option<WeightFormat>| {
+            let options = CpuOptions {
+                experts,
+                ..CpuOptions::threads(2)
+            };
+            let model =
+                std::rc::Rc::new(Model::open(traced.clone(), &dir, Engine::Cpu(options)).unwrap());
+            let outputs = model.session(None).run(&inputs).unwrap();
+            let trace = Trace::from_outputs(&blocks, &outputs, tokens).unwrap();
+            (
+                outputs["logits"].clone(),
+                trace.tensors["routed_experts"].clone(),
+            )
+        };
+        let (logits, routed) = run(None);
+        let k = routed.shape[2];
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+            let (q_logits, q_routed) = run(Some(format));
+            let sets = |t: &Tensor| -> Vec<Vec<i32>> {
+                i32s(t)
+                    .chunks(k)
+                    .map(|c| {
+                        let mut c = c.to_vec();
+                        c.sort_unstable();
+                        c
+                    })
+                    .collect()
+            };
+            let (a, b) = (sets(&routed), sets(&q_routed));
+            let same = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+            let max = f32s(&logits).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = f32s(&logits)
+                .iter()
+                .zip(f32s(&q_logits))
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+                / max;
+            table.push(format!(
+                "| {case} | {} | {:.1}% | {err:.2e} |",
+                format.name(),
+                100.0 * same
+            ));
+            let (min_same, max_err) = match format {
+                WeightFormat::Q8_0 => (0.85, 0.05),
+                _ => (0.5, 0.5),
+            };
+            assert!(
+                same >= min_same && err <= max_err,
+                "{case} {}: {:.1}% same top-k sets, logit error {err:.2e}\n{}",
+                format.name(),
+                100.0 * same,
+                table.join("\n")
+            );
+        }
+    }
+    println!("{}", table.join("\n"));
+}
