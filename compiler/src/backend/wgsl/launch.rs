@@ -342,6 +342,12 @@ impl Builder<'_> {
             Op::ConcatCols { .. } => Err(format!(
                 "{name}: concatenating heads' columns is not supported by the GPU backend yet"
             )),
+            Op::EpRoute { .. }
+            | Op::AllToAll { .. }
+            | Op::AllToAllV { .. }
+            | Op::AllGatherRows { .. } => Err(format!(
+                "{name}: a graph partitioned over ranks runs on the CPU backend only"
+            )),
             Op::Embedding
             | Op::LastRow
             | Op::Positions
