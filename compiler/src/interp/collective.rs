@@ -17,7 +17,7 @@ use std::ops::Range;
 
 /// The ranks' point-to-point exchange, the one primitive the collectives need. Every rank
 /// calls [`Comm::exchange`] at the same points, in the same order.
-pub trait Comm: Sync {
+pub trait Comm: Send + Sync {
     /// How many ranks take part.
     fn ranks(&self) -> usize;
     /// This rank, `0..ranks()`.

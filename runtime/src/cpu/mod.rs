@@ -48,7 +48,7 @@ use moec_compiler::tensor::Tensor;
 use program::{Program, Step};
 use run::Reader;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A graph compiled for this CPU, with its weights prepared.
 pub struct CpuModel {
@@ -69,6 +69,8 @@ pub struct CpuModel {
     /// Packed weights of each matmul whose weights are weight-only.
     packed: HashMap<NodeIndex, Packed>,
     workers: Workers,
+    /// Where a partitioned graph's collectives exchange (one rank unless `with_comm`).
+    comm: Arc<dyn interp::Comm>,
 }
 
 impl CpuModel {
@@ -169,7 +171,15 @@ impl CpuModel {
             arena: Mutex::new(Vec::new()),
             packed,
             workers: Workers::new(threads, GEMM_ROWS_DEFAULT),
+            comm: Arc::new(interp::SingleRank),
         })
+    }
+
+    /// Runs a partitioned graph's collectives through `comm` (this process's rank of a
+    /// multi-process run) instead of a single rank.
+    pub fn with_comm(mut self, comm: Arc<dyn interp::Comm>) -> CpuModel {
+        self.comm = comm;
+        self
     }
 
     /// Uses `threads` worker threads (at least one) instead of one per core.
