@@ -12,12 +12,14 @@
 //! calls it, one collective at a time (the worker pool runs matmuls only).
 
 use moec_compiler::interp::Comm;
-use moec_compiler::tensor::TensorData;
+use moec_compiler::tensor::{Tensor, TensorData};
 use mpi::datatype::{Partition, PartitionMut};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::{Count, Threading};
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::Arc;
 
 /// MPI, initialized for the life of this value (finalized when it drops).
@@ -93,14 +95,34 @@ impl World {
         ))
     }
 
+    /// Rank 0's `tensors` on every rank (the other ranks pass None): only rank 0 reads a
+    /// run's inputs.
+    pub fn broadcast(
+        &self,
+        tensors: Option<BTreeMap<String, Tensor>>,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        let root = self.comm.world.process_at_rank(0);
+        let mut bytes = tensors.as_ref().map(encode).unwrap_or_default();
+        let mut len = bytes.len() as u64;
+        root.broadcast_into(&mut len);
+        bytes.resize(len as usize, 0);
+        root.broadcast_into(&mut bytes[..]);
+        match tensors {
+            Some(t) => Ok(t),
+            None => decode(&bytes),
+        }
+    }
+
     /// Prints `message` as this rank's and ends every rank (`MPI_Abort`).
     pub fn abort(&self, message: &str) -> ! {
-        eprintln!(
-            "rank {} of {}: {}",
+        // One write, so that the ranks' lines do not interleave.
+        let line = format!(
+            "rank {} of {}: {}\n",
             self.rank(),
             self.ranks(),
             message.trim_end()
         );
+        let _ = std::io::stderr().write_all(line.as_bytes());
         self.comm.world.abort(1)
     }
 }
@@ -170,6 +192,57 @@ impl MpiComm {
         self.world.all_to_all_varcount_into(&send, &mut recv);
         out
     }
+}
+
+/// Tensors as bytes: a JSON header (name, shape, whether f32) and its length, then the
+/// values, little-endian.
+fn encode(tensors: &BTreeMap<String, Tensor>) -> Vec<u8> {
+    let header: Vec<(&String, &Vec<usize>, bool)> = tensors
+        .iter()
+        .map(|(n, t)| (n, &t.shape, matches!(t.data, TensorData::F32(_))))
+        .collect();
+    let header = serde_json::to_vec(&header).expect("names and shapes serialize");
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    for t in tensors.values() {
+        match &t.data {
+            TensorData::F32(v) => bytes.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::I32(v) => bytes.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+        }
+    }
+    bytes
+}
+
+fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Tensor>, String> {
+    let bad = || "rank 0 broadcast malformed inputs".to_string();
+    let len = u64::from_le_bytes(
+        bytes
+            .get(..8)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
+    let end = 8usize.checked_add(len as usize).ok_or_else(bad)?;
+    let header: Vec<(String, Vec<usize>, bool)> =
+        serde_json::from_slice(bytes.get(8..end).ok_or_else(bad)?).map_err(|_| bad())?;
+    let mut words = bytes[end..]
+        .chunks_exact(4)
+        .map(|w| [w[0], w[1], w[2], w[3]]);
+    let mut tensors = BTreeMap::new();
+    for (name, shape, f32s) in header {
+        let n: usize = shape.iter().product();
+        let values: Vec<[u8; 4]> = words.by_ref().take(n).collect();
+        if values.len() != n {
+            return Err(bad());
+        }
+        let t = if f32s {
+            Tensor::f32(shape, values.into_iter().map(f32::from_le_bytes).collect())
+        } else {
+            Tensor::i32(shape, values.into_iter().map(i32::from_le_bytes).collect())
+        };
+        tensors.insert(name, t);
+    }
+    Ok(tensors)
 }
 
 fn displacements(counts: &[Count]) -> Vec<Count> {

@@ -11,7 +11,11 @@ use moec_compiler::interp::Comm;
 use moec_compiler::ir::Graph;
 use moec_compiler::passes::partition::{self, Placement};
 use moec_compiler::print;
+#[cfg(not(feature = "mpi"))]
+use moec_compiler::tensor::Tensor;
 use moec_runtime::ranks::{fingerprint, requested};
+#[cfg(not(feature = "mpi"))]
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 #[cfg(feature = "mpi")]
@@ -33,6 +37,12 @@ impl World {
         match *self {}
     }
     fn agree(&self, _: u64, _: &str) -> Result<(), String> {
+        match *self {}
+    }
+    pub fn broadcast(
+        &self,
+        _: Option<BTreeMap<String, Tensor>>,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
         match *self {}
     }
     fn abort(&self, _: &str) -> ! {
