@@ -632,3 +632,38 @@ fn extra_input_tensors_are_a_warning() {
         "{err}"
     );
 }
+
+/// Launched by mpirun (its environment says several ranks), a build without the `mpi`
+/// feature refuses rather than running the whole model on every rank.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_multi_rank_launch_needs_the_mpi_feature() {
+    let o = Command::new(env!("CARGO_BIN_EXE_moec"))
+        .args(["generate", "models/mixtral.moe", "--weights"])
+        .arg(root().join("tests/fixtures/models/mixtral"))
+        .args(["--prompt-ids", "1,2", "--max-new-tokens", "1"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let err = assert_user_error(&o);
+    assert!(
+        err.contains("launched as 2 ranks") && err.contains("--features mpi"),
+        "{err}"
+    );
+}
+
+#[test]
+fn expert_ranks_need_an_mpirun_launch() {
+    let o = moec(&[
+        "generate",
+        "models/mixtral.moe",
+        "--weights",
+        "tests/fixtures/models/mixtral",
+        "--prompt-ids",
+        "1,2",
+        "--expert-ranks",
+        "0,1,0,1",
+    ]);
+    assert!(assert_user_error(&o).contains("--expert-ranks places experts on the ranks"));
+}

@@ -16,9 +16,9 @@ use backends::{
 use common::{assert_outputs_close, inputs, small_dims, weights};
 use moec_compiler::interp;
 use moec_compiler::ir::Graph;
+use moec_compiler::ir::Op;
 use moec_compiler::passes::Upto;
 use moec_compiler::tensor::Tensor;
-use moec_compiler::ir::Op;
 use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::quant::{dequantize, WeightFormat};
 use moec_runtime::random::round_to_bf16;
@@ -89,12 +89,16 @@ fn bf16_weights_match_the_interpreter() {
 /// (`ExpertLinear`, `GroupedLinear`) through weight-only ops.
 fn expert_weight_ids(g: &Graph) -> Vec<usize> {
     let mut ids = Vec::new();
-    let mut stack: Vec<_> = g
-        .g
-        .node_indices()
-        .filter(|&n| matches!(g.node(n).op, Op::ExpertLinear { .. } | Op::GroupedLinear { .. }))
-        .map(|n| g.operands(n)[1].node)
-        .collect();
+    let mut stack: Vec<_> =
+        g.g.node_indices()
+            .filter(|&n| {
+                matches!(
+                    g.node(n).op,
+                    Op::ExpertLinear { .. } | Op::GroupedLinear { .. }
+                )
+            })
+            .map(|n| g.operands(n)[1].node)
+            .collect();
     while let Some(n) = stack.pop() {
         match &g.node(n).op {
             Op::Weight { id, .. } => ids.push(*id),
@@ -116,7 +120,12 @@ fn quantized_experts_match_the_interpreter_on_dequantized_weights() {
         eprintln!("skipped: quantized experts need the AVX-512 matmuls");
         return;
     }
-    for name in ["mixtral.moe", "qwen2_moe.moe", "deepseek_v3.moe", "gpt_oss.moe"] {
+    for name in [
+        "mixtral.moe",
+        "qwen2_moe.moe",
+        "deepseek_v3.moe",
+        "gpt_oss.moe",
+    ] {
         let source = example(name);
         let mut sets = small_dims(&source);
         for (k, v) in &mut sets {

@@ -12,6 +12,9 @@
 //! - `aot`: what an executable built by `moec build` carries, and its entry point.
 //! - `generate`: text generation around any model with a KV cache (`generate::Decoder`): the
 //!   loop, sampling, end-of-sequence ids, and `tokenizer.json` text in and out.
+//! - `ranks`: whether this process is one rank of an `mpirun` launch, and the fingerprint the
+//!   ranks compare; `mpi` (feature `mpi`): the MPI communicator a partitioned graph's
+//!   collectives exchange through.
 //!
 //! Sharing: a `GpuModel` is `Sync` and runs calls through `&self`, so one model serves many
 //! threads (`tests/concurrency.rs`: 8 threads, results equal to serial calls). A `CpuModel`
@@ -41,8 +44,11 @@ mod file;
 pub mod generate;
 pub mod gpu;
 pub mod io;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod quant;
 pub mod random;
+pub mod ranks;
 mod rng;
 pub mod session;
 pub mod trace;

@@ -17,13 +17,14 @@ use crate::generate::{BoxError, Decoder};
 use crate::gpu::{GpuCaches, GpuModel, GpuOptions};
 use crate::quant::WeightFormat;
 use crate::weights::{bind, WeightSource};
-use moec_compiler::interp::{self, State};
+use moec_compiler::interp::{self, Comm, SingleRank, State};
 use moec_compiler::ir::{DType, Graph, Op};
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// How the CPU backend runs a model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,6 +108,8 @@ enum Prepared {
 pub struct Model {
     graph: Graph,
     prepared: Prepared,
+    /// Where a partitioned graph's collectives exchange (a single rank unless opened ranked).
+    comm: Arc<dyn Comm>,
 }
 
 impl Model {
@@ -130,16 +133,41 @@ impl Model {
         Model::new(graph, bound, engine)
     }
 
+    /// [`Model::open_within`] as one rank of a multi-process run: `graph` is this rank's
+    /// partition (`passes::partition`), so only its experts' weights are read, and its
+    /// collectives exchange through `comm`.
+    pub fn open_ranked(
+        graph: Graph,
+        weights: &Path,
+        engine: Engine,
+        max_memory: Option<u64>,
+        comm: Arc<dyn Comm>,
+    ) -> Result<Model, SessionError> {
+        let bound = load_weights(&graph, weights, engine, max_memory)?;
+        Model::with_comm(graph, bound, engine, comm)
+    }
+
     /// A model on CPU code prepared elsewhere (kernels linked ahead of time).
     pub fn from_cpu(graph: Graph, cpu: CpuModel) -> Model {
         Model {
             graph,
             prepared: Prepared::Cpu(Box::new(cpu)),
+            comm: Arc::new(SingleRank),
         }
     }
 
     /// Prepares `graph` (optimized or not) with its bound `weights` for `engine`.
     pub fn new(graph: Graph, weights: Vec<Tensor>, engine: Engine) -> Result<Model, SessionError> {
+        Model::with_comm(graph, weights, engine, Arc::new(SingleRank))
+    }
+
+    /// [`Model::new`], with a partitioned graph's collectives exchanging through `comm`.
+    pub fn with_comm(
+        graph: Graph,
+        weights: Vec<Tensor>,
+        engine: Engine,
+        comm: Arc<dyn Comm>,
+    ) -> Result<Model, SessionError> {
         interp::check_weights(&graph, &weights).map_err(SessionError::Input)?;
         let prepared = match engine {
             Engine::Interp => Prepared::Interp(weights),
@@ -147,6 +175,7 @@ impl Model {
                 let isa = o.isa.unwrap_or_else(MatmulIsa::host);
                 let m = CpuModel::with_expert_format(&graph, &weights, isa, o.experts)
                     .map_err(SessionError::Backend)?;
+                let m = m.with_comm(comm.clone());
                 Prepared::Cpu(Box::new(match o.threads {
                     Some(t) => m.with_threads(t),
                     None => m,
@@ -156,7 +185,11 @@ impl Model {
                 GpuModel::new(&graph, &weights, options).map_err(SessionError::Backend)?,
             )),
         };
-        Ok(Model { graph, prepared })
+        Ok(Model {
+            graph,
+            prepared,
+            comm,
+        })
     }
 
     pub fn graph(&self) -> &Graph {
@@ -197,7 +230,7 @@ impl Model {
     ) -> Result<BTreeMap<String, Tensor>, String> {
         match &self.prepared {
             Prepared::Interp(weights) => {
-                interp::run_with_state(&self.graph, weights, inputs, state)
+                interp::run_with_comm(&self.graph, weights, inputs, state, &*self.comm)
             }
             Prepared::Cpu(m) => m.run_with_state(inputs, state),
             Prepared::Gpu(m) => {

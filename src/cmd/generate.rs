@@ -5,6 +5,10 @@
 //!
 //! Decoding is greedy unless `--temperature` is given; `--top-k`/`--top-p` without it are an error
 //! rather than a silent temperature of 1.
+//!
+//! Under `mpirun -np N` (`ranks.rs`) every rank runs the same loop on its partition of the
+//! model: the logits, replicated on every rank, are bit-identical to one process's, so every
+//! rank picks the same tokens; only rank 0 writes them.
 
 use std::io;
 use std::path::PathBuf;
@@ -54,6 +58,10 @@ pub struct GenerateArgs {
     pub json: bool,
     #[command(flatten)]
     pub memory: super::MemoryArgs,
+    /// Under mpirun: the rank holding each expert of every MoE layer, in expert order
+    /// (`--expert-ranks 0,0,0,1,1,1,1,2`); without it, contiguous blocks.
+    #[arg(long, value_name = "RANKS")]
+    pub expert_ranks: Option<String>,
 }
 
 /// `--backend`.
@@ -79,20 +87,57 @@ impl GenerateBackend {
 }
 
 pub fn main(args: GenerateArgs) -> Result<(), String> {
+    let world = super::ranks::start()?;
+    let result = generate(&args, world.as_ref());
+    super::ranks::finish(world.as_ref(), result)
+}
+
+fn generate(args: &GenerateArgs, world: Option<&super::ranks::World>) -> Result<(), String> {
+    let writes = super::ranks::writes_output(world);
     let request = Request {
         weights: args.weights.clone(),
         prompt: command::prompt(args.prompt.clone(), args.prompt_ids.as_deref())?,
         max_new_tokens: args.max_new_tokens,
         sampling: command::sampling(args.temperature, args.top_k, args.top_p, args.seed)?,
-        json: args.json,
+        // The other ranks print nothing: their one JSON line goes to a sink.
+        json: args.json || !writes,
     };
-    command::run(&request, || open_decoder(&args), &mut io::stdout()).map(drop)
+    let ranked = match world {
+        Some(world) => Some(super::ranks::Ranked {
+            world,
+            placement: super::ranks::placement(Some(world), args.expert_ranks.as_deref())?,
+            settings: format!(
+                "{:?} {:?} {} {:?} {:?} {:?} {}",
+                args.prompt,
+                args.prompt_ids,
+                args.max_new_tokens,
+                args.temperature,
+                args.top_k,
+                args.top_p,
+                args.seed
+            ),
+        }),
+        None => {
+            super::ranks::placement(None, args.expert_ranks.as_deref())?;
+            None
+        }
+    };
+    let mut out: Box<dyn io::Write> = if writes {
+        Box::new(io::stdout())
+    } else {
+        Box::new(io::sink())
+    };
+    command::run(&request, || open_decoder(args, ranked), &mut out).map(drop)
 }
 
-/// The model `args` name, ready to generate: compiled, its memory needs checked, its
-/// weights bound, and a session on it.
-fn open_decoder(args: &GenerateArgs) -> Result<Box<dyn Decoder>, String> {
+/// The model `args` name, ready to generate: compiled (and partitioned, as one of
+/// `ranked`'s ranks), its memory needs checked, its weights bound, and a session on it.
+fn open_decoder(
+    args: &GenerateArgs,
+    ranked: Option<super::ranks::Ranked>,
+) -> Result<Box<dyn Decoder>, String> {
     let engine = args.backend.engine(args.cpu.options());
-    let model = super::open_for_generation(&args.spec, &args.weights, engine, &args.memory)?;
+    let model =
+        super::open_for_generation(&args.spec, &args.weights, engine, &args.memory, ranked)?;
     Ok(Box::new(model.session(None)))
 }

@@ -8,6 +8,7 @@ pub mod check;
 pub mod compile;
 pub mod generate;
 pub mod graph;
+pub mod ranks;
 pub mod report;
 pub mod run;
 pub mod trace;
@@ -285,16 +286,28 @@ pub fn upto<'a>(passes: Passes, after: Option<&'a str>) -> Result<Upto<'a>, Stri
 /// generation (only the last token's logits: `passes::last_token`) and opens it
 /// on `engine` (memory checked against what is available and `memory`, weights
 /// bound and prepared).
+///
+/// With `ranks` (an `mpirun` launch), the graph is this rank's partition
+/// (`ranks::partition`), so only its experts' weights are read.
 pub fn open_for_generation(
     spec: &SpecArgs,
     weights: &Path,
     engine: moec_runtime::session::Engine,
     memory: &MemoryArgs,
+    ranks: Option<ranks::Ranked>,
 ) -> Result<std::rc::Rc<moec_runtime::session::Model>, String> {
+    use moec_runtime::session::Model;
     let compiled = compile(spec, Some(weights), Upto::All)?;
     let mut g = compiled.graph.clone();
     passes::last_token::run(&mut g)?;
-    moec_runtime::session::Model::open_within(g, weights, engine, memory.max_memory)
+    let model = match ranks {
+        None => Model::open_within(g, weights, engine, memory.max_memory),
+        Some(ranked) => {
+            let comm = ranked.partition(&mut g)?;
+            Model::open_ranked(g, weights, engine, memory.max_memory, comm)
+        }
+    };
+    model
         .map(std::rc::Rc::new)
         .map_err(|e| explain_open_error(e, &compiled))
 }

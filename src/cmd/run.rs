@@ -3,10 +3,14 @@
 //! none` skips it), checks that weights and activations fit in memory (`--max-memory`),
 //! runs it on the interpreter, the CPU or the GPU backend (`--backend`),
 //! and writes the outputs.
+//!
+//! Under `mpirun -np N` (`ranks.rs`) each rank runs its partition of the graph on the
+//! interpreter or the CPU backend; rank 0 reads or makes the inputs and hands them to the
+//! others, and only rank 0 prints and writes the outputs (every rank computes them).
 
 use super::{Backend, PassArgs, SpecArgs};
 use moec_compiler::diagnostic::Diagnostic;
-use moec_compiler::interp::token_count;
+use moec_compiler::interp::{self, token_count, Comm, SingleRank, State};
 use moec_compiler::ir::{Graph, Op};
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
 use moec_runtime::budget::MemoryNeeds;
@@ -17,6 +21,7 @@ use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,23 +57,64 @@ pub struct Args {
     f16_weights: bool,
     #[command(flatten)]
     memory: super::MemoryArgs,
+    /// Under mpirun: the rank holding each expert of every MoE layer, in expert order
+    /// (`--expert-ranks 0,0,1,1`); without it, contiguous blocks.
+    #[arg(long, value_name = "RANKS")]
+    expert_ranks: Option<String>,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
+    let world = super::ranks::start()?;
+    let result = run(&args, world.as_ref());
+    super::ranks::finish(world.as_ref(), result)
+}
+
+fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
     let gpu_options = super::gpu_options(args.backend, args.f16_weights)?;
+    let placement = super::ranks::placement(world, args.expert_ranks.as_deref())?;
+    let writes = super::ranks::writes_output(world);
     let upto = super::upto(args.passes.passes, None)?;
     let compiled = super::compile(&args.spec, args.weights.as_deref(), upto)?;
-    let g = &compiled.graph;
+    let mut g = compiled.graph.clone();
+    let comm: Arc<dyn Comm> = match world {
+        None => Arc::new(SingleRank),
+        Some(_) if matches!(args.backend, Backend::Gpu) => {
+            return Err("a run over MPI ranks uses --backend cpu or interp".into())
+        }
+        Some(world) => super::ranks::Ranked {
+            world,
+            placement,
+            settings: format!(
+                "{:?} {:?} {:?}",
+                args.tokens, args.random_weights, args.passes.passes as u8
+            ),
+        }
+        .partition(&mut g)?,
+    };
+    let g = &g;
     let spec_file = args.spec.spec.display().to_string();
     let inputs = match &args.input {
-        Some(path) => Some(read_tensors(path).map_err(|e| e.to_string())?),
-        None => None,
+        Some(path) if writes => Some(read_tensors(path).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    // Rank 0's inputs, read or made, are every rank's.
+    let inputs = match (world, inputs) {
+        (None, inputs) => inputs,
+        (Some(w), Some(inputs)) => Some(w.broadcast(Some(inputs))?),
+        (Some(w), None) if writes => {
+            let tokens = args
+                .tokens
+                .ok_or("no inputs: give --input FILE or --tokens N")?;
+            let seed = args.random_weights.unwrap_or(0);
+            Some(w.broadcast(Some(random_inputs(g, tokens, seed)))?)
+        }
+        (Some(w), None) => Some(w.broadcast(None)?),
     };
     let tokens = match (&inputs, &args.input) {
         (Some(inputs), Some(path)) => {
             let file = path.display().to_string();
             let count = token_count(g, inputs).map_err(|e| format!("{file}: {e}"))?;
-            if let Some(w) = extra_tensors(g, inputs) {
+            if let Some(w) = extra_tensors(g, inputs).filter(|_| writes) {
                 eprintln!("{}", w.render(&file, "").trim_end());
             }
             count
@@ -99,11 +145,12 @@ pub fn main(args: Args) -> Result<(), String> {
         None => random_inputs(g, tokens, args.random_weights.unwrap_or(0)),
     };
     let outputs = match args.backend {
-        Backend::Interp => moec_compiler::interp::run(g, &weights, &inputs),
+        Backend::Interp => interp::run_with_comm(g, &weights, &inputs, &mut State::new(g), &*comm),
         Backend::Cpu => {
             let o = args.cpu.options();
             let isa = o.isa.unwrap_or_else(MatmulIsa::host);
-            CpuModel::with_expert_format(g, &weights, isa, o.experts).and_then(|m| m.run(&inputs))
+            CpuModel::with_expert_format(g, &weights, isa, o.experts)
+                .and_then(|m| m.with_comm(comm).run(&inputs))
         }
         Backend::Gpu => GpuModel::new(g, &weights, gpu_options).and_then(|m| {
             eprintln!("gpu: {}", m.adapter());
@@ -117,6 +164,9 @@ pub fn main(args: Args) -> Result<(), String> {
         Some(p) => format!("{}: {e}", p.display()),
         None => e,
     })?;
+    if !writes {
+        return Ok(());
+    }
     for (name, t) in &outputs {
         println!(
             "{name}: {} {}{}",

@@ -32,6 +32,7 @@ pub fn check_operands(op: &Op, a: &[&Tensor]) -> Result<(), String> {
         | Op::ScatterGates { experts, .. }
         | Op::ExpertCounts { experts }
         | Op::Dispatch { experts } => in_range(a[0], true, *experts as usize, "expert"),
+        Op::EpRoute { placement, .. } => in_range(a[0], true, placement.len(), "expert"),
         Op::GatherRows { k } => in_range(a[1], true, a[0].shape[0] * *k as usize, "slot"),
         Op::GatherSlots => in_range(a[1], true, a[0].len(), "slot"),
         Op::ScatterAdd { .. } => in_range(a[1], true, a[1].len(), "slot"),

@@ -7,11 +7,15 @@
 
 mod attention;
 mod check;
+mod collective;
 mod heads;
 mod kernels;
+mod simulate;
 
 pub use attention::inv_freq;
 pub use check::check_operands;
+pub use collective::{eval_collective, source_block, Comm, SingleRank};
+pub use simulate::simulate;
 
 use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
@@ -83,6 +87,17 @@ pub fn run_with_state(
     inputs: &BTreeMap<String, Tensor>,
     state: &mut State,
 ) -> Result<BTreeMap<String, Tensor>, String> {
+    run_with_comm(g, weights, inputs, state, &SingleRank)
+}
+
+/// `run_with_state` as one rank of `comm`, through which the collectives exchange.
+pub fn run_with_comm(
+    g: &Graph,
+    weights: &[Tensor],
+    inputs: &BTreeMap<String, Tensor>,
+    state: &mut State,
+    comm: &dyn Comm,
+) -> Result<BTreeMap<String, Tensor>, String> {
     let tokens = check_inputs(g, weights, inputs)?;
     if state.caches.len() != g.states.len() {
         return Err(format!(
@@ -104,6 +119,10 @@ pub fn run_with_state(
             Op::Weight { id, .. } => vec![weights[*id].clone()],
             op @ (Op::Positions | Op::CacheAppend { .. }) => {
                 vec![eval_stateful(g, op, &args, tokens, state)]
+            }
+            op if op.is_collective() => {
+                check_operands(op, &args)?;
+                eval_collective(op, &args, comm)?
             }
             op => {
                 check_operands(op, &args)?;
@@ -154,8 +173,8 @@ pub fn eval_op(op: &Op, operands: &[&Tensor]) -> Vec<Tensor> {
         !matches!(
             op,
             Op::Input { .. } | Op::Weight { .. } | Op::Positions | Op::CacheAppend { .. }
-        ),
-        "eval_op evaluates computed, stateless ops only"
+        ) && !op.is_collective(),
+        "eval_op evaluates computed, stateless, local ops only"
     );
     eval(op, operands)
 }
@@ -662,6 +681,14 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
                 vec![t, d],
                 acc.into_iter().map(|v| v as f32).collect(),
             ))
+        }
+        EpRoute {
+            ranks,
+            rank,
+            placement,
+        } => collective::ep_route(*ranks as usize, *rank as usize, placement, a[0]),
+        AllToAll { .. } | AllToAllV { .. } | AllGatherRows { .. } => {
+            unreachable!("collectives are evaluated through a Comm")
         }
         Stack => {
             let mut shape = vec![a.len()];

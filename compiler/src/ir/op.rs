@@ -406,6 +406,37 @@ pub enum Op {
     /// Adds rows back to their tokens: `y[order[r] / k] += x[r]`. Typing: k ≥ 1, x f32 `[k·T, D]`, order
     /// i32 `[k·T]`; output `[T, D]`.
     ScatterAdd { k: u64 },
+
+    // ---- Expert parallelism, made by the partition pass (`passes/partition.rs`) ----
+    // A partitioned graph is one rank's program (SPMD): every rank runs the same graph but for
+    // its `rank` and its own experts' weights. Activations outside the experts are replicated;
+    // for the exchanges each rank is the source of one block of tokens, the rows
+    // `⌊rank·T/ranks⌋ .. ⌊(rank+1)·T/ranks⌋` (empty on some ranks when T < ranks). The
+    // collectives (`all_to_all`, `all_to_all_v`, `all_gather_rows`) are the points where the
+    // ranks meet; the interpreter gives them their meaning through `interp::Comm`.
+    /// This rank's routed slots, packed for sending: the slots of its source tokens whose
+    /// expert is routed (not -1), ordered by destination rank (`placement[expert]`), then
+    /// expert, then token. Typing: idx i32 `[T, k]`, rank < ranks, every placement entry <
+    /// ranks; outputs: order i32 `[k·T]` (slot ids `t·k + j`, then -1), counts i32 `[ranks]`
+    /// (slots per destination), local i32 `[k·T, 1]` (each slot's expert as an index among
+    /// its destination's experts in ascending order, then -1). Expert indices must be below
+    /// `placement.len()`.
+    EpRoute {
+        ranks: u64,
+        rank: u64,
+        placement: Vec<u32>,
+    },
+    /// Collective: entry d of this rank's operand goes to rank d; entry s of the result came
+    /// from rank s (the transpose of the ranks' operands). Typing: i32 `[ranks]`; output like it.
+    AllToAll { ranks: u64 },
+    /// Collective: this rank's first `send[0]` rows go to rank 0, the next `send[1]` to rank 1,
+    /// …; the result holds the rows received, rank 0's first, then zeros (f32) or -1 (i32) up
+    /// to the operand's row count. Every rank's `recv[s]` must equal what rank s sends it.
+    /// Typing: x f32 or i32 `[R, ..]`, send i32 `[ranks]`, recv i32 `[ranks]`; output like x.
+    AllToAllV { ranks: u64 },
+    /// Collective: the rows of each rank's source block taken from that rank, so every rank
+    /// ends with the same value. Typing: f32 `[T, D]`; output like it.
+    AllGatherRows { ranks: u64 },
 }
 
 impl Op {
@@ -432,6 +463,15 @@ impl Op {
     /// never merged with an equal one, nor removed when its value is unused.
     pub fn is_stateful(&self) -> bool {
         matches!(self, Op::CacheAppend { .. })
+    }
+
+    /// Whether the op is a collective: every rank must reach it, in the same order, and it
+    /// is evaluated through an `interp::Comm`.
+    pub fn is_collective(&self) -> bool {
+        matches!(
+            self,
+            Op::AllToAll { .. } | Op::AllToAllV { .. } | Op::AllGatherRows { .. }
+        )
     }
 
     /// The op's name in printed IR.
@@ -487,6 +527,10 @@ impl Op {
             GatherSlots => "gather_slots",
             GroupedLinear { .. } => "grouped_linear",
             ScatterAdd { .. } => "scatter_add",
+            EpRoute { .. } => "ep_route",
+            AllToAll { .. } => "all_to_all",
+            AllToAllV { .. } => "all_to_all_v",
+            AllGatherRows { .. } => "all_gather_rows",
         }
     }
 
@@ -626,6 +670,17 @@ impl Op {
                 a
             }
             GatherRows { k } | ScatterAdd { k } => format!("k={k}"),
+            EpRoute {
+                ranks,
+                rank,
+                placement,
+            } => {
+                let experts: Vec<String> = placement.iter().map(u32::to_string).collect();
+                format!("ranks={ranks} rank={rank} placement={}", experts.join(","))
+            }
+            AllToAll { ranks } | AllToAllV { ranks } | AllGatherRows { ranks } => {
+                format!("ranks={ranks}")
+            }
             _ => String::new(),
         }
     }

@@ -500,6 +500,66 @@ impl Op {
                     Dim::fixed(a.heads * a.v_head_dim),
                 ])])
             }
+            EpRoute {
+                ranks,
+                rank,
+                placement,
+            } => {
+                arity(1)?;
+                if rank >= ranks || placement.is_empty() {
+                    return Err(format!(
+                        "rank {rank} of {ranks} with {} experts placed",
+                        placement.len()
+                    ));
+                }
+                if let Some(r) = placement.iter().find(|r| u64::from(**r) >= *ranks) {
+                    return Err(format!("an expert is placed on rank {r} of {ranks}"));
+                }
+                let idx = operands[0];
+                let slots = match (idx.dtype, idx.shape.as_slice()) {
+                    (DType::I32, [r, k]) => {
+                        scale_dim(*r, k.as_fixed().ok_or("slot count must be fixed")?)
+                    }
+                    _ => return Err(format!("expected i32 [tokens, k] indices, found {idx}")),
+                };
+                Ok(vec![
+                    TensorType::i32(vec![slots]),
+                    TensorType::i32(vec![Dim::fixed(*ranks)]),
+                    TensorType::i32(vec![slots, Dim::fixed(1)]),
+                ])
+            }
+            AllToAll { ranks } => {
+                arity(1)?;
+                let counts = operands[0];
+                if counts.dtype != DType::I32 || counts.shape != [Dim::fixed(*ranks)] {
+                    return Err(format!("expected i32 [{ranks}] counts, found {counts}"));
+                }
+                Ok(vec![counts.clone()])
+            }
+            AllToAllV { ranks } => {
+                arity(3)?;
+                let x = operands[0];
+                if x.rank() == 0 {
+                    return Err(format!("all_to_all_v sends rows, found {x}"));
+                }
+                for counts in &operands[1..] {
+                    if counts.dtype != DType::I32 || counts.shape != [Dim::fixed(*ranks)] {
+                        return Err(format!("expected i32 [{ranks}] counts, found {counts}"));
+                    }
+                }
+                Ok(vec![x.clone()])
+            }
+            AllGatherRows { .. } => {
+                arity(1)?;
+                let x = operands[0];
+                expect_f32(x, "gathered rows")?;
+                if x.rank() != 2 {
+                    return Err(format!(
+                        "all_gather_rows gathers [tokens, width], found {x}"
+                    ));
+                }
+                Ok(vec![x.clone()])
+            }
             ScatterAdd { k } => {
                 arity(2)?;
                 if *k == 0 {

@@ -11,6 +11,7 @@ pub mod fuse_experts;
 pub mod fuse_router;
 pub mod last_token;
 pub mod memory;
+pub mod partition;
 pub mod rewrite;
 pub mod schedule;
 

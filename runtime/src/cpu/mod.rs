@@ -53,7 +53,7 @@ use moec_compiler::tensor::Tensor;
 use program::{Program, Step};
 use run::Reader;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A graph compiled for this CPU, with its weights prepared.
 pub struct CpuModel {
@@ -76,6 +76,8 @@ pub struct CpuModel {
     /// The matmuls' inner loops and expert weight format (and so their weights' layout).
     layout: Layout,
     workers: Workers,
+    /// Where a partitioned graph's collectives exchange (one rank unless `with_comm`).
+    comm: Arc<dyn interp::Comm>,
 }
 
 impl CpuModel {
@@ -224,7 +226,15 @@ impl CpuModel {
             layout,
             workers: Workers::new(threads, GEMM_ROWS_DEFAULT)
                 .with_amx(layout.isa == MatmulIsa::Amx),
+            comm: Arc::new(interp::SingleRank),
         })
+    }
+
+    /// Runs a partitioned graph's collectives through `comm` (this process's rank of a
+    /// multi-process run) instead of a single rank.
+    pub fn with_comm(mut self, comm: Arc<dyn interp::Comm>) -> CpuModel {
+        self.comm = comm;
+        self
     }
 
     /// Uses `threads` worker threads (at least one) instead of one per core.

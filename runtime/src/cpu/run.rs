@@ -8,7 +8,8 @@
 //! reads it there. Every other op (routing, dispatch, capacity, losses,
 //! broadcasting elementwise ops, per-head slices) runs `interp::eval_op` on
 //! copies of its operands, and its results are copied into their places: those
-//! values are a few numbers per token.
+//! values are a few numbers per token. A partitioned graph's collectives run the
+//! same way, through the model's `Comm` (`interp::eval_collective`).
 
 use super::layers;
 use super::program::{Operand, Place, Step};
@@ -305,7 +306,11 @@ impl CpuModel {
                 .collect::<Result<Vec<_>, String>>()?;
             let args: Vec<&Tensor> = args.iter().collect();
             interp::check_operands(op, &args)?;
-            interp::eval_op(op, &args)
+            if op.is_collective() {
+                interp::eval_collective(op, &args, &*self.comm)?
+            } else {
+                interp::eval_op(op, &args)
+            }
         };
         for (place, t) in step.outs.iter().zip(&results) {
             let words = place.words(p.peak_fixed, syms.tokens);

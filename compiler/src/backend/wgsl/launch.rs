@@ -367,6 +367,12 @@ impl Builder<'_> {
                 vec![In(0), Out(0)],
                 stride(Dim::fixed(width(ty(0)))),
             )),
+            Op::EpRoute { .. }
+            | Op::AllToAll { .. }
+            | Op::AllToAllV { .. }
+            | Op::AllGatherRows { .. } => Err(format!(
+                "{name}: a graph partitioned over ranks runs on the CPU backend only"
+            )),
             Op::Embedding => {
                 let (rows, d) = (fixed_dim(ty(1), 0), width(ty(1)));
                 let rows_per_chunk = if self.recipes.contains_key(&ops[1]) {
