@@ -73,7 +73,8 @@ BLOCK_SPEC = "examples/mixtral.moe"
 TOKENIZER = "tests/fixtures/models/mixtral/tokenizer.json"
 SECTION = "Whole model (Mixtral-shaped, 4 layers)"
 DTYPES = ("f32", "bf16")
-BYTES = {"f32": 4, "bf16": 2}
+# Bytes per weight of each format: GGUF's q8_0 / q4_0 blocks are 32 values and an f16 scale.
+BYTES = {"f32": 4, "bf16": 2, "q8_0": 34 / 32, "q4_0": 18 / 32}
 TARGET_BW = 0.85
 TARGET_PREFILL = 1.5
 
@@ -215,15 +216,17 @@ def build_checkpoints(data, seed):
     return f32_dir, bf16_dir
 
 
-def weight_bytes_per_decode_token(dtype_bytes):
+def weight_bytes_per_decode_token(dtype_bytes, expert_bytes=None):
     """Weights one decode step reads: attention, router, norms and 2 of 8 experts per layer, one
-    embedding row, the final norm and lm_head (the KV cache not counted)."""
+    embedding row, the final norm and lm_head (the KV cache not counted); experts at `expert_bytes`
+    per weight (default: `dtype_bytes`)."""
     h, i, v = DIMS["hidden_size"], DIMS["intermediate_size"], DIMS["vocab_size"]
     q = DIMS["num_attention_heads"] * DIMS["head_dim"]
     kv = DIMS["num_key_value_heads"] * DIMS["head_dim"]
     layer = h * q + 2 * h * kv + q * h + DIMS["num_local_experts"] * h + 2 * h
-    layer += DIMS["num_experts_per_tok"] * 3 * h * i
-    return (DIMS["num_hidden_layers"] * layer + h + h + v * h) * dtype_bytes
+    experts = DIMS["num_hidden_layers"] * DIMS["num_experts_per_tok"] * 3 * h * i
+    rest = (DIMS["num_hidden_layers"] * layer + h + h + v * h) * dtype_bytes
+    return rest + experts * (dtype_bytes if expert_bytes is None else expert_bytes)
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -277,6 +280,24 @@ def convert_gguf(src, ckpt, out, outtype):
         log(f"reusing {os.path.relpath(out, REPO)}")
         return
     sh([sys.executable, "-c", CONVERT, src, ckpt, "--outtype", outtype, "--outfile", out])
+
+
+# llama.cpp's own quantizer (llama_model_quantize), for q4_0, which convert_hf_to_gguf.py does not write.
+QUANTIZE = r"""
+import sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = int(sys.argv[3])
+params.nthread = 2
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params))
+"""
+LLAMA_FTYPE = {"q8_0": 7, "q4_0": 2}  # LLAMA_FTYPE_MOSTLY_Q8_0, LLAMA_FTYPE_MOSTLY_Q4_0
+
+
+def quantize_gguf(f32_gguf, out, fmt):
+    if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(f32_gguf):
+        log(f"reusing {os.path.relpath(out, REPO)}")
+        return
+    sh([sys.executable, "-c", QUANTIZE, f32_gguf, out, str(LLAMA_FTYPE[fmt])])
 
 
 # --------------------------------------------------------------------------- workers (own processes)
@@ -670,6 +691,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--experts", default="eager,grouped_mm", help="transformers experts implementations")
     ap.add_argument("--dtypes", default="f32,bf16")
+    ap.add_argument("--quants", default="q8_0,q4_0",
+                    help="quantized formats: moec --expert-format on the f32 checkpoint, llama.cpp's quantized GGUF")
     ap.add_argument("--llama-fa", default="off,on",
                     help="llama.cpp flash attention: off (llama-cpp-python's default), on, or both")
     ap.add_argument("--skip", default="", help="contenders to leave out: moec,transformers,llama.cpp")
@@ -698,6 +721,7 @@ def main():
         args.prompt_len, args.new_tokens, args.repeats, args.warmup = 64, 8, 1, 0
         args.experts, args.llama_fa, args.no_write, args.max_wait, args.profile = "eager", "off", True, 0, False
     dtypes = args.dtypes.split(",")
+    quants = [q for q in args.quants.split(",") if q]
     impls = [e for e in args.experts.split(",") if e]
     skip = set(filter(None, args.skip.split(",")))
 
@@ -717,6 +741,12 @@ def main():
         for d in dtypes:
             gguf[d] = os.path.join(data, f"mixtral_bench_{d}.gguf")
             convert_gguf(src, ckpt[d], gguf[d], d)
+        if quants:
+            f32_gguf = os.path.join(data, "mixtral_bench_f32.gguf")
+            convert_gguf(src, ckpt["f32"], f32_gguf, "f32")
+            for q in quants:
+                gguf[q] = os.path.join(data, f"mixtral_bench_{q}.gguf")
+                quantize_gguf(f32_gguf, gguf[q], q)
     elif "llama.cpp" not in skip:
         log("llama_cpp is not importable (pip install -r benches/requirements.txt): no llama.cpp rows")
 
@@ -736,6 +766,14 @@ def main():
             res.update(load=load, weight_dtype=d)
             results[(d, "moec")] = res
             commands.append(shown)
+        for q in quants:
+            quiet.wait(f"moec {q}")
+            load = loadavg()
+            res, shown = run_moec(moec, spec, sets, ckpt["f32"], ["--expert-format", q], args)
+            res.update(load=load, weight_dtype="f32", expert_format=q)
+            results[(q, "moec")] = res
+            commands.append(shown)
+        for d in dtypes:
             if d == "bf16" and "amx" in sh([moec, "generate", "--help"]).stdout and amx_available():
                 quiet.wait("moec amx bf16")
                 load = loadavg()
@@ -748,8 +786,11 @@ def main():
     if lver:
         contenders += [("llama.cpp" + ("" if fa == "off" else " flash-attn"), "llama",
                         "flash-attn" if fa == "on" else "off") for fa in args.llama_fa.split(",") if fa]
-    for d in dtypes:
-        for name, kind, impl in contenders:
+    # Quantized formats: llama.cpp only (transformers has no q8_0 / q4_0 CPU path), flash attention off.
+    plans = [(d, contenders) for d in dtypes]
+    plans += [(q, [c for c in contenders if c[1] == "llama" and c[2] == "off"]) for q in quants if q in gguf]
+    for d, these in plans:
+        for name, kind, impl in these:
             cmd = [sys.executable, SCRIPT, "--worker", kind, "--dtype", d, *common]
             if kind == "torch":
                 cmd += ["--ckpt", ckpt[d], "--impl", impl] + (["--generate-check"] if not args.quick else [])
@@ -787,7 +828,7 @@ def main():
             "moec/this prefill", "moec/this decode", "decode weight GB/s", "% of read BW", "ids = tf eager",
             "ids = moec", "load avg"]
     rows, summary = [], {}
-    for d in dtypes:
+    for d in dtypes + quants:
         m = results.get((d, "moec"))
         ref = results.get((d, "transformers eager"))
         for name in names:
@@ -795,8 +836,12 @@ def main():
             if r is None:
                 continue
             pre, dec = med(r["runs"], "prefill"), med(r["runs"], "decode")
-            wdt = r.get("weight_dtype", d) if name.startswith("moec") else d
-            gbs = weight_bytes_per_decode_token(BYTES[wdt]) * dec / 1e9
+            if name.startswith("moec"):
+                expert = r.get("expert_format")
+                step = weight_bytes_per_decode_token(BYTES[r["weight_dtype"]], expert and BYTES[expert])
+            else:
+                step = weight_bytes_per_decode_token(BYTES[d])
+            gbs = step * dec / 1e9
             same = f"{agree(r['runs'][0]['ids'], ref['runs'][0]['ids'])}/{args.new_tokens}" if ref else "—"
             same_m = f"{agree(r['runs'][0]['ids'], m['runs'][0]['ids'])}/{args.new_tokens}" if m else "—"
             mp = med(m["runs"], "prefill") if m else None
@@ -811,12 +856,12 @@ def main():
             summary[f"{d} {name}"] = dict(prefill=pre, decode=dec, weight_gbps=gbs, prefill_spread=spread(r["runs"], "prefill"),
                                           decode_spread=spread(r["runs"], "decode"), load=r["load"])
 
-    t_head = ["target"] + dtypes
+    t_head = ["target"] + dtypes + [q for q in quants if (q, "moec") in results]
     t_rows = []
     if "moec" not in skip:
         row1, row2, row3 = ["decode ≥ llama.cpp (its faster row)"], [f"decode weight stream ≥ {TARGET_BW:.0%} of read BW"], \
             [f"prefill({args.prompt_len}) ≥ {TARGET_PREFILL}× faster transformers"]
-        for d in dtypes:
+        for d in t_head[1:]:
             m = summary.get(f"{d} moec")
             lc = [summary[k] for k in summary if k.startswith(f"{d} llama.cpp")]
             l = max(lc, key=lambda s: s["decode"]) if lc else None
@@ -927,6 +972,14 @@ def main():
         "f32, except `moec amx`, which rounds the activations of its many-row bf16 matmuls, i.e. at prefill).",
     ]
     md.append("")
+    if quants:
+        md.append("")
+        md.append("Quantized rows: moec runs the f32 checkpoint with `--expert-format q8_0|q4_0` (the experts' "
+                  "weights quantized at load into GGUF's 32-value blocks; attention, router, norms, embedding and "
+                  "lm_head stay f32), llama.cpp a GGUF quantized by its own `llama_model_quantize` from the f32 "
+                  "GGUF (every matrix in that format, so it also streams attention and lm_head quantized). decode "
+                  "weight GB/s counts each one's own bytes (q8_0: 34 bytes per 32 weights, q4_0: 18).")
+        md.append("")
     md.append("moec reads the bf16 checkpoint widened to f32 and its CPU backend packs bf16 panels for every "
               "matmul whose weights are all bf16 values (here all of them, lm_head and router included), so its "
               "bf16 row streams bf16 weights; the embedding table stays f32 (one row per token).")
