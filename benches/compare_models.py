@@ -349,6 +349,18 @@ def worker_llama(args):
     import llama_cpp
     from llama_cpp import Llama
 
+    if args.dtype in LLAMA_FTYPE:
+        # llama.cpp repacks quantized weights for its AMX / CPU "extra" buffer types, which crashes
+        # (SIGSEGV/SIGILL) on this Xeon; Llama() has no switch for it, so its default params are patched.
+        import llama_cpp.llama_cpp as lib
+        default = lib.llama_model_default_params
+
+        def no_extra_bufts():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        lib.llama_model_default_params = no_extra_bufts
     llm = Llama(model_path=args.gguf, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=args.threads,
                 n_threads_batch=args.threads, logits_all=False, verbose=False, seed=0,
                 flash_attn=args.impl == "flash-attn")
