@@ -27,6 +27,18 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A whole-model fixture's directory and its spec compiled against it.
+fn compiled(case: &str) -> (PathBuf, moec_compiler::ir::Graph) {
+    let dir = root().join("tests/fixtures/models").join(case);
+    let spec = root().join("models").join(format!("{case}.moe"));
+    let g = Compiler::new()
+        .checkpoint(&dir)
+        .compile_file(&spec)
+        .unwrap()
+        .graph;
+    (dir, g)
+}
+
 fn f32s(t: &Tensor) -> &[f32] {
     match &t.data {
         TensorData::F32(v) => v,
@@ -85,13 +97,7 @@ fn entropy(row: &[f32]) -> f64 {
 #[test]
 fn traces_match_the_routers_of_transformers() {
     for case in CASES {
-        let dir = root().join("tests/fixtures/models").join(case);
-        let spec = root().join("models").join(format!("{case}.moe"));
-        let g = Compiler::new()
-            .checkpoint(&dir)
-            .compile_file(&spec)
-            .unwrap()
-            .graph;
+        let (dir, g) = compiled(case);
         let (traced, blocks) = probed(&g).unwrap_or_else(|e| panic!("{case}: {e}"));
         // Probes block no fusion: every block's router is one fused op.
         let routers =
@@ -274,13 +280,7 @@ fn quantized_experts_keep_most_routing_choices() {
     let mut table =
         vec!["| model | format | same top-k sets | max logit error / max logit |".to_string()];
     for case in CASES {
-        let dir = root().join("tests/fixtures/models").join(case);
-        let spec = root().join("models").join(format!("{case}.moe"));
-        let g = Compiler::new()
-            .checkpoint(&dir)
-            .compile_file(&spec)
-            .unwrap()
-            .graph;
+        let (dir, g) = compiled(case);
         let (traced, blocks) = probed(&g).unwrap();
         let ids = prompt(&dir);
         let tokens = ids.len();

@@ -481,12 +481,28 @@ fn wide_block(
             let tiles = rows.next_multiple_of(avx512::amx::TILE_ROWS);
             acc.resize(tiles * ld, 0.0);
             let x = &prepared.bf16[it.xt * k..(it.xt + tiles) * k];
-            avx512::amx_sums(shape, w, it.seg.expert, (q0, q1), x, tiles, acc, ld);
+            let b = avx512::Block {
+                expert: it.seg.expert,
+                panels: (q0, q1),
+                x,
+                rows: tiles,
+                acc,
+                ld,
+            };
+            avx512::amx_sums(shape, w, b);
         } else {
             acc.resize(rows * ld, 0.0);
             // `r0` is a multiple of `ROWS`, so the item's rows are whole tiles of its segment's.
             let x = &prepared.tiled[it.xt * k..(it.xt + rows) * k];
-            avx512::sums(shape, w, it.seg.expert, (q0, q1), x, rows, acc, ld);
+            let b = avx512::Block {
+                expert: it.seg.expert,
+                panels: (q0, q1),
+                x,
+                rows,
+                acc,
+                ld,
+            };
+            avx512::sums(shape, w, b);
         }
         then(&acc[..rows * ld], ld);
     })

@@ -50,52 +50,60 @@ pub fn tile_order(x: &[f32], k: usize, out: &mut [f32]) {
     }
 }
 
-/// Writes the sums of `rows` rows of x and wide panels `q0..q1` of `expert`
-/// into `acc`: row `r`, panel `q` at `acc[r·ldacc + (q - q0)·LANES ..][..LANES]`.
-/// `x` holds the rows in tile order ([`tile_order`], tiles counted from `x`'s
-/// first row).
-///
-/// Panics (an internal error: the caller checks every item first) when a
-/// buffer is too short or the host lacks AVX-512.
-#[allow(clippy::too_many_arguments)]
-pub fn sums(
-    shape: &MatmulShape,
-    w: &Wide,
-    expert: usize,
-    (q0, q1): (usize, usize),
-    x: &[f32],
-    rows: usize,
-    acc: &mut [f32],
-    ldacc: usize,
-) {
-    let k = shape.k;
-    let (panel, first) = (w.panel_bytes(), w.panel_start(expert, q0));
-    assert!(
+/// One call's operands: panels `q0..q1` of `expert`, `rows` rows of x (f32 in
+/// tile order for [`sums`], bf16 row-major for [`amx_sums`]), and where the sums
+/// go: row `r`, panel `q` at `acc[r·ld + (q - q0)·LANES ..][..LANES]`.
+pub struct Block<'a, X> {
+    pub expert: usize,
+    pub panels: (usize, usize),
+    pub x: &'a [X],
+    pub rows: usize,
+    pub acc: &'a mut [f32],
+    pub ld: usize,
+}
+
+impl<X> Block<'_, X> {
+    /// Whether the block's panels, rows and sums lie inside `w`, `x` and `acc`.
+    fn in_bounds(&self, shape: &MatmulShape, w: &Wide) -> bool {
+        let (q0, q1) = self.panels;
+        let first = w.panel_start(self.expert, q0);
         q0 <= q1
             && q1 <= panels(shape)
             && w.fits(shape)
-            && w.bytes().len() >= first + (q1 - q0) * panel
-            && x.len() >= rows * k
-            && ldacc >= (q1 - q0) * LANES
-            && (rows == 0 || acc.len() >= (rows - 1) * ldacc + (q1 - q0) * LANES)
-            && super::isa::avx512_supported(),
+            && w.bytes().len() >= first + (q1 - q0) * w.panel_bytes()
+            && self.x.len() >= self.rows * shape.k
+            && self.ld >= (q1 - q0) * LANES
+            && (self.rows == 0 || self.acc.len() >= (self.rows - 1) * self.ld + (q1 - q0) * LANES)
+    }
+}
+
+/// Writes the sums `Σ_k x·w` of `b` (x in tile order, [`tile_order`], tiles
+/// counted from its first row).
+///
+/// Panics (an internal error: the caller checks every item first) when a
+/// buffer is too short or the host lacks AVX-512.
+pub fn sums(shape: &MatmulShape, w: &Wide, b: Block<f32>) {
+    assert!(
+        b.in_bounds(shape, w) && super::isa::avx512_supported(),
         "internal error: AVX-512 sums out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
     {
+        let (q0, q1) = b.panels;
         let tile = tiles::Tile {
-            x: x.as_ptr(),
-            k,
-            stride: panel,
-            acc: acc.as_mut_ptr(),
-            ldacc,
+            x: b.x.as_ptr(),
+            k: shape.k,
+            stride: w.panel_bytes(),
+            acc: b.acc.as_mut_ptr(),
+            ldacc: b.ld,
         };
         // SAFETY: checked above: the host has AVX-512F; the tiles read `rows` x
-        // rows of `k` floats, panels `q0..q1` of this expert (`panel` bytes
+        // rows of `k` floats, panels `q0..q1` of this expert (`panel_bytes`
         // each, in `w`'s format), and write `rows` rows of `(q1 - q0)·LANES`
-        // sums `ldacc` apart.
+        // sums `ld` apart.
         unsafe {
-            let (w0, n) = (w.bytes().as_ptr().add(first), q1 - q0);
+            let w0 = w.bytes().as_ptr().add(w.panel_start(b.expert, q0));
+            let (rows, n) = (b.rows, q1 - q0);
             match w.format() {
                 WeightFormat::F32 => tiles::sums::<tiles::F32>(&tile, w0, rows, n),
                 WeightFormat::Bf16 => tiles::sums::<tiles::Bf16>(&tile, w0, rows, n),
@@ -106,51 +114,35 @@ pub fn sums(
     }
 }
 
-/// Like [`sums`] on the AMX tiles: `x` holds `rows` rows (a multiple of
+/// Like [`sums`] on the AMX tiles: `b.x` holds `rows` rows (a multiple of
 /// `amx::TILE_ROWS`) rounded to bf16, row-major; `w` has bf16 pairs and `K` is a
 /// multiple of `amx::TILE_K`.
 ///
 /// Panics (an internal error) when a buffer is too short or the process cannot
 /// run AMX tiles.
-#[allow(clippy::too_many_arguments)]
-pub fn amx_sums(
-    shape: &MatmulShape,
-    w: &Wide,
-    expert: usize,
-    (q0, q1): (usize, usize),
-    x: &[u16],
-    rows: usize,
-    acc: &mut [f32],
-    ldacc: usize,
-) {
-    let k = shape.k;
-    let (panel, first) = (w.panel_bytes(), w.panel_start(expert, q0));
+pub fn amx_sums(shape: &MatmulShape, w: &Wide, b: Block<u16>) {
     assert!(
-        w.format() == WeightFormat::Bf16
-            && q0 <= q1
-            && q1 <= panels(shape)
-            && w.fits(shape)
-            && w.bytes().len() >= first + (q1 - q0) * panel
-            && k.is_multiple_of(amx::TILE_K)
-            && rows.is_multiple_of(amx::TILE_ROWS)
-            && x.len() >= rows * k
-            && ldacc >= (q1 - q0) * LANES
-            && acc.len() >= rows * ldacc
+        b.in_bounds(shape, w)
+            && w.format() == WeightFormat::Bf16
+            && shape.k.is_multiple_of(amx::TILE_K)
+            && b.rows.is_multiple_of(amx::TILE_ROWS)
+            && b.acc.len() >= b.rows * b.ld
             && amx::supported(),
         "internal error: AMX sums out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
     {
+        let (q0, q1) = b.panels;
         let block = amx::Block {
-            x: x.as_ptr(),
-            rows,
-            k,
-            // SAFETY: `first` is inside the panels (checked above).
-            w: unsafe { w.bytes().as_ptr().add(first) }.cast(),
-            stride: panel / 4,
+            x: b.x.as_ptr(),
+            rows: b.rows,
+            k: shape.k,
+            // SAFETY: the panel start is inside the panels (checked above).
+            w: unsafe { w.bytes().as_ptr().add(w.panel_start(b.expert, q0)) }.cast(),
+            stride: w.panel_bytes() / 4,
             panels: q1 - q0,
-            acc: acc.as_mut_ptr(),
-            ldacc,
+            acc: b.acc.as_mut_ptr(),
+            ldacc: b.ld,
         };
         // SAFETY: checked above: AMX is granted; the block's activations, panels
         // and sums lie inside `x`, `w` and `acc`.

@@ -87,7 +87,15 @@ fn tiles_give_the_plain_sums() {
                     let q1 = panels(&shape);
                     let ld = (q1 - q0) * LANES + 3;
                     let mut acc = vec![f32::NAN; rows * ld];
-                    sums(&shape, &packed, 1, (q0, q1), &tiled, rows, &mut acc, ld);
+                    let b = Block {
+                        expert: 1,
+                        panels: (q0, q1),
+                        x: &tiled,
+                        rows,
+                        acc: &mut acc,
+                        ld,
+                    };
+                    sums(&shape, &packed, b);
                     for r in 0..rows {
                         for s in 0..(q1 - q0) * LANES {
                             let (got, want) = (acc[r * ld + s], want[r * cols + q0 * LANES + s]);
@@ -145,7 +153,15 @@ fn amx_tiles_give_the_plain_sums_of_bf16_activations() {
                 let q1 = panels(&shape);
                 let ld = (q1 - q0) * LANES;
                 let mut acc = vec![f32::NAN; rows * ld];
-                amx_sums(&shape, &packed, 1, (q0, q1), &xb, rows, &mut acc, ld);
+                let b = Block {
+                    expert: 1,
+                    panels: (q0, q1),
+                    x: &xb,
+                    rows,
+                    acc: &mut acc,
+                    ld,
+                };
+                amx_sums(&shape, &packed, b);
                 for r in 0..rows {
                     for s in 0..ld {
                         let (got, want) = (acc[r * ld + s], want[r * cols + q0 * LANES + s]);
