@@ -9,16 +9,18 @@ mod attention;
 mod check;
 mod collective;
 mod heads;
+mod inputs;
 mod kernels;
 mod simulate;
 
 pub use attention::inv_freq;
 pub use check::check_operands;
 pub use collective::{eval_collective, source_block, Comm, SingleRank};
+pub use inputs::{check_inputs, check_token_ids, check_weights, token_count};
 pub use simulate::simulate;
 
 use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value};
-use crate::tensor::{ShapeDisplay, Tensor, TensorData};
+use crate::tensor::{Tensor, TensorData};
 use kernels::{
     binary, expert_row, gather, group_mask, map_rows, normalize, ranked, router, rows, softmax_row,
     sparse_mixer, topk, unary,
@@ -152,18 +154,6 @@ pub fn run_with_comm(
         .collect())
 }
 
-/// Checks inputs and weights against the graph; returns the token count.
-pub fn check_inputs(
-    g: &Graph,
-    weights: &[Tensor],
-    inputs: &BTreeMap<String, Tensor>,
-) -> Result<usize, String> {
-    check_weights(g, weights)?;
-    let tokens = token_count(g, inputs)?;
-    check_token_ids(g, inputs)?;
-    Ok(tokens)
-}
-
 /// Evaluates one computed op on its operands, exactly as `run` does. Backends call
 /// it for the ops they do not compile, so those keep the interpreter's semantics;
 /// operands that a graph input may have set must pass [`check_operands`] first.
@@ -204,84 +194,6 @@ pub fn eval_stateful(
         }
         _ => unreachable!("{} is not stateful", op.name()),
     }
-}
-
-/// Checks that every token id an `Embedding` reads straight from an input is a
-/// row of its table.
-pub fn check_token_ids(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<(), String> {
-    for n in g.g.node_indices() {
-        if g.node(n).op != Op::Embedding {
-            continue;
-        }
-        let [ids, table]: [Value; 2] = g.operands(n).try_into().expect("embedding has 2 operands");
-        let Op::Input { name, .. } = &g.node(ids.node).op else {
-            continue;
-        };
-        let vocab = g.value_type(table).shape[0].fixed;
-        if let Some((i, id)) = inputs[name]
-            .as_i32()
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id < 0 || **id as u64 >= vocab)
-        {
-            return Err(format!(
-                "token id {id} (at index {i} of `{name}`) is outside the vocabulary of {vocab} tokens"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Checks bound weights against the graph's weight table (count, shape, f32).
-pub fn check_weights(g: &Graph, weights: &[Tensor]) -> Result<(), String> {
-    if weights.len() != g.weights.len() {
-        return Err(format!(
-            "{} weights bound, the graph needs {}",
-            weights.len(),
-            g.weights.len()
-        ));
-    }
-    for (w, d) in weights.iter().zip(&g.weights) {
-        if w.shape != d.shape || !matches!(w.data, TensorData::F32(_)) {
-            return Err(format!(
-                "weight `{}` is {} {}, expected f32 {}",
-                d.key,
-                w.dtype_name(),
-                ShapeDisplay(&w.shape),
-                ShapeDisplay(&d.shape)
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Checks the named inputs against the graph's inputs; returns the token count.
-pub fn token_count(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<usize, String> {
-    let mut tokens = None;
-    for &n in &g.inputs {
-        let Op::Input { name, ty } = &g.node(n).op else {
-            continue;
-        };
-        let t = inputs
-            .get(name)
-            .ok_or_else(|| format!("missing input `{name}` ({ty})"))?;
-        let count = *t.shape.first().unwrap_or(&0);
-        let want = ty.concrete_shape(count);
-        if t.shape != want || t.dtype_name() != ty.dtype.to_string() {
-            return Err(format!(
-                "input `{name}` is {} {}, expected {ty}",
-                t.dtype_name(),
-                ShapeDisplay(&t.shape)
-            ));
-        }
-        if let Some(prev) = tokens.filter(|p| *p != count) {
-            return Err(format!(
-                "inputs disagree on the token count: {prev} and {count} (`{name}`)"
-            ));
-        }
-        tokens = Some(count);
-    }
-    Ok(tokens.unwrap_or(0))
 }
 
 /// Slots each expert keeps under `limit` for `tokens` tokens routed to `k` of `experts`.
