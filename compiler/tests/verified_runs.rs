@@ -72,8 +72,7 @@ fn op(which: u8, a: [u64; 3], flag: bool) -> Op {
 fn operands(which: u8, [e, k, d]: [u64; 3]) -> Vec<TensorType> {
     let rows = |per_token: u64| Dim {
         per_token,
-        per_past: 0,
-        fixed: 0,
+        ..Dim::fixed(0)
     };
     let f32 = |r: u64, w: u64| TensorType::f32(vec![rows(r), Dim::fixed(w)]);
     let i32 = |r: u64, w: u64| TensorType::i32(vec![rows(r), Dim::fixed(w)]);

@@ -16,7 +16,8 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Every spec of `models/` with the fixture checkpoint of the same name.
+/// Every decoder-only spec of `models/` with the fixture checkpoint of the same name
+/// (encoder-decoder models do not run on the GPU yet).
 fn specs() -> Vec<(String, Graph)> {
     let mut out: Vec<(String, Graph)> = std::fs::read_dir(root().join("models"))
         .unwrap()
@@ -26,6 +27,7 @@ fn specs() -> Vec<(String, Graph)> {
             let name = p.file_stem().unwrap().to_string_lossy().into_owned();
             (name.clone(), compile(&name, &p))
         })
+        .filter(|(_, g)| g.decoder_start.is_none())
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     assert!(out.len() >= 6, "model specs missing");

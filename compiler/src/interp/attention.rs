@@ -7,7 +7,7 @@
 //! (`inv_freq` is an f32 tensor there), and the angles `position · inv_freq` in
 //! f64; backends share [`inv_freq`] so every one rotates by the same angles.
 
-use crate::ir::{AttentionAttrs, RopeAttrs, RopeScaling};
+use crate::ir::{AttentionAttrs, RelativeBias, RopeAttrs, RopeScaling};
 use crate::tensor::Tensor;
 use std::f64::consts::PI;
 
@@ -142,6 +142,31 @@ pub(super) fn rope(r: &RopeAttrs, x: &Tensor, positions: &Tensor) -> Tensor {
     Tensor::f32(x.shape.clone(), out)
 }
 
+/// T5's bucket of the relative position `key − query` (`_relative_position_bucket` in
+/// transformers): exact buckets for distances below half a direction's buckets, then
+/// log-spaced ones up to `max_distance`, computed in f32 as torch does (a bucket
+/// boundary falls where the f32 quotient crosses an integer) and truncated.
+pub fn relative_bucket(b: RelativeBias, relative: i64) -> usize {
+    let (per_direction, exact) = b.per_direction();
+    let (offset, distance) = if b.bidirectional {
+        (
+            if relative > 0 { per_direction } else { 0 },
+            relative.unsigned_abs(),
+        )
+    } else {
+        (0, relative.min(0).unsigned_abs())
+    };
+    let bucket = if distance < exact {
+        distance
+    } else {
+        let log_ratio = (b.max_distance as f64 / exact as f64).ln() as f32;
+        let scaled = ((distance as f32) / (exact as f32)).ln() / log_ratio
+            * ((per_direction - exact) as f32);
+        (exact + scaled as u64).min(per_direction - 1)
+    };
+    (offset + bucket) as usize
+}
+
 /// Scaled dot-product attention; see `Op::Attention`.
 pub(super) fn attention(
     a: &AttentionAttrs,
@@ -149,9 +174,11 @@ pub(super) fn attention(
     k: &Tensor,
     v: &Tensor,
     sinks: Option<&Tensor>,
+    bias: Option<&Tensor>,
 ) -> Tensor {
     let (t, p) = (q.shape[0], k.shape[0]);
-    let past = p - t;
+    // Positions matter only to positional attention, whose keys end with the queries.
+    let past = p.saturating_sub(t);
     let (d, dv) = (a.head_dim as usize, a.v_head_dim as usize);
     let (heads, group) = (a.heads as usize, (a.heads / a.kv_heads) as usize);
     let (qw, kw, vw) = (q.shape[1], k.shape[1], v.shape[1]);
@@ -174,6 +201,10 @@ pub(super) fn attention(
                     .map(|(x, y)| *x as f64 * *y as f64)
                     .sum();
                 *s = dot * a.scale.get() as f64;
+                if let (Some(b), Some(table)) = (a.bias, bias) {
+                    let bucket = relative_bucket(b, j as i64 - pos as i64);
+                    *s += table.as_f32()[bucket * heads + h] as f64;
+                }
                 max = max.max(*s);
             }
             let sink = sinks.map(|s| s.as_f32()[h] as f64);

@@ -3,20 +3,20 @@
 //! count), and token ids against the vocabulary of the embedding reading them.
 //! Index values inside the graph are `check.rs`'s.
 
-use crate::ir::{Graph, Op, Value};
+use crate::ir::{Graph, Op, Syms, Value};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
 use std::collections::BTreeMap;
 
-/// Checks inputs and weights against the graph; returns the token count.
+/// Checks inputs and weights against the graph; returns the symbols the inputs bind.
 pub fn check_inputs(
     g: &Graph,
     weights: &[Tensor],
     inputs: &BTreeMap<String, Tensor>,
-) -> Result<usize, String> {
+) -> Result<Syms, String> {
     check_weights(g, weights)?;
-    let tokens = token_count(g, inputs)?;
+    let syms = input_syms(g, inputs)?;
     check_token_ids(g, inputs)?;
-    Ok(tokens)
+    Ok(syms)
 }
 
 /// Checks that every token id an `Embedding` reads straight from an input is a
@@ -70,7 +70,14 @@ pub fn check_weights(g: &Graph, weights: &[Tensor]) -> Result<(), String> {
 
 /// Checks the named inputs against the graph's inputs; returns the token count.
 pub fn token_count(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<usize, String> {
-    let mut tokens = None;
+    Ok(input_syms(g, inputs)?.tokens)
+}
+
+/// Checks the named inputs against the graph's inputs (names, dtypes, shapes);
+/// returns the symbols their first dims bind: `tokens`, and an encoder-decoder
+/// model's `source` (the encoder's inputs). `past` is the caller's.
+pub fn input_syms(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<Syms, String> {
+    let (mut tokens, mut source) = (None, None);
     for &n in &g.inputs {
         let Op::Input { name, ty } = &g.node(n).op else {
             continue;
@@ -79,20 +86,38 @@ pub fn token_count(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<usize
             .get(name)
             .ok_or_else(|| format!("missing input `{name}` ({ty})"))?;
         let count = *t.shape.first().unwrap_or(&0);
-        let want = ty.concrete_shape(count);
-        if t.shape != want || t.dtype_name() != ty.dtype.to_string() {
+        let by_source = ty.shape.first().is_some_and(|d| d.uses_source());
+        let (bound, what, syms) = if by_source {
+            let syms = Syms {
+                source: count,
+                ..Syms::default()
+            };
+            (&mut source, "source", syms)
+        } else {
+            (&mut tokens, "token", Syms::tokens(count))
+        };
+        if t.shape != ty.concrete_shape(syms) || t.dtype_name() != ty.dtype.to_string() {
             return Err(format!(
                 "input `{name}` is {} {}, expected {ty}",
                 t.dtype_name(),
                 ShapeDisplay(&t.shape)
             ));
         }
-        if let Some(prev) = tokens.filter(|p| *p != count) {
+        if by_source && count == 0 {
             return Err(format!(
-                "inputs disagree on the token count: {prev} and {count} (`{name}`)"
+                "input `{name}` is empty: the encoder needs at least one source token"
             ));
         }
-        tokens = Some(count);
+        if let Some(prev) = bound.filter(|p| *p != count) {
+            return Err(format!(
+                "inputs disagree on the {what} count: {prev} and {count} (`{name}`)"
+            ));
+        }
+        *bound = Some(count);
     }
-    Ok(tokens.unwrap_or(0))
+    Ok(Syms {
+        tokens: tokens.unwrap_or(0),
+        past: 0,
+        source: source.unwrap_or(0),
+    })
 }

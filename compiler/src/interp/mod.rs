@@ -13,10 +13,10 @@ mod inputs;
 mod kernels;
 mod simulate;
 
-pub use attention::inv_freq;
+pub use attention::{inv_freq, relative_bucket};
 pub use check::check_operands;
 pub use collective::{eval_collective, source_block, Comm, SingleRank};
-pub use inputs::{check_inputs, check_token_ids, check_weights, token_count};
+pub use inputs::{check_inputs, check_token_ids, check_weights, input_syms, token_count};
 pub use simulate::simulate;
 
 use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value};
@@ -100,7 +100,7 @@ pub fn run_with_comm(
     state: &mut State,
     comm: &dyn Comm,
 ) -> Result<BTreeMap<String, Tensor>, String> {
-    let tokens = check_inputs(g, weights, inputs)?;
+    let syms = check_inputs(g, weights, inputs)?;
     if state.caches.len() != g.states.len() {
         return Err(format!(
             "the state holds {} caches, the graph has {}",
@@ -109,8 +109,8 @@ pub fn run_with_comm(
         ));
     }
     let syms = Syms {
-        tokens,
         past: state.past,
+        ..syms
     };
     let mut values: HashMap<Value, Tensor> = HashMap::new();
     for n in g.topo_order() {
@@ -120,7 +120,7 @@ pub fn run_with_comm(
             Op::Input { name, .. } => vec![inputs[name].clone()],
             Op::Weight { id, .. } => vec![weights[*id].clone()],
             op @ (Op::Positions | Op::CacheAppend { .. }) => {
-                vec![eval_stateful(g, op, &args, tokens, state)]
+                vec![eval_stateful(g, op, &args, syms.tokens, state)]
             }
             op if op.is_collective() => {
                 check_operands(op, &args)?;
@@ -147,7 +147,7 @@ pub fn run_with_comm(
             );
         }
     }
-    state.past += tokens;
+    state.past += syms.tokens;
     Ok(g.outputs
         .iter()
         .map(|(name, v)| (name.clone(), values[v].clone()))
@@ -235,7 +235,8 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
             a[0],
             a[1],
             a[2],
-            a.get(3).copied(),
+            at.sinks.then(|| a[3]),
+            at.bias.and(a.last().copied()),
         )),
         Constant(v) => one(Tensor::f32(vec![], vec![v.get()])),
         Linear { bias } => {

@@ -77,6 +77,10 @@ pub struct Graph {
     /// The most positions the states hold (a stateful graph's `max_position_embeddings`).
     #[serde(default)]
     pub max_positions: Option<u64>,
+    /// An encoder-decoder model's first decoder token (its `decoder_start_token_id`):
+    /// generation starts the decoder from it.
+    #[serde(default)]
+    pub decoder_start: Option<i32>,
     /// Values a trace reads (`probe.rs`): not uses, kept through rewrites.
     #[serde(default)]
     pub probes: Vec<Probe>,

@@ -247,6 +247,51 @@ pub struct AttentionAttrs {
     pub window: Option<u64>,
     /// A learned per-head logit (operand 3) joins each softmax's denominator (attention sinks).
     pub sinks: bool,
+    /// A learned bias per head and bucket of key position − query position joins each
+    /// score (T5's relative attention bias; the table `[buckets, heads]` is the last operand).
+    #[serde(default)]
+    pub bias: Option<RelativeBias>,
+}
+
+/// T5's bucketing of relative positions `key − query` (see `interp::relative_bucket`):
+/// half the buckets (per direction, when bidirectional) hold one distance each, the
+/// rest cover distances up to `max_distance` on a log scale, and farther ones share
+/// the last bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RelativeBias {
+    pub buckets: u64,
+    pub max_distance: u64,
+    /// Keys after the query get buckets of their own (an encoder); otherwise they
+    /// share bucket 0 (a causal decoder, which never sees them).
+    pub bidirectional: bool,
+}
+
+impl RelativeBias {
+    /// The buckets of one direction, and how many of them hold one distance each.
+    pub fn per_direction(self) -> (u64, u64) {
+        let n = if self.bidirectional {
+            self.buckets / 2
+        } else {
+            self.buckets
+        };
+        (n, n / 2)
+    }
+
+    /// An error unless each direction has an exact bucket and the log-scale buckets
+    /// span a distance beyond the exact ones (T5's formula divides by its log).
+    pub fn check(self) -> Result<(), String> {
+        let (_, exact) = self.per_direction();
+        if exact == 0 || self.max_distance <= exact {
+            return Err(format!(
+                "a relative bias of {} buckets{} needs a max distance above {exact} and at least {} buckets, found max distance {}",
+                self.buckets,
+                if self.bidirectional { " (bidirectional)" } else { "" },
+                if self.bidirectional { 4 } else { 2 },
+                self.max_distance
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -346,11 +391,13 @@ pub enum Op {
     /// runtime owns across calls) and reads back every row it holds, oldest first. Stateful:
     /// passes never merge or remove it. Typing: x f32 `[tokens, W]`; output f32 `[past+tokens, W]`.
     CacheAppend { state: usize },
-    /// `softmax(scale · q·kᵀ + mask) · v` per query head, query head h reading kv head
+    /// `softmax(scale · q·kᵀ + bias + mask) · v` per query head, query head h reading kv head
     /// `h / (heads / kv_heads)`. The queries are the last rows of the positions: query i sits
     /// at position `P - T + i` of the P key rows. Typing: q f32 `[T, H·D]`, k f32 `[P, KV·D]`,
-    /// v f32 `[P, KV·Dv]` with P = T + (a multiple of `past`), then sinks f32 `[H]` if `sinks`;
-    /// output f32 `[T, H·Dv]`.
+    /// v f32 `[P, KV·Dv]` with P = T + (a multiple of `past`), then sinks f32 `[H]` if `sinks`,
+    /// then the relative bias table f32 `[buckets, H]` if `bias`; output f32 `[T, H·Dv]`.
+    /// Cross-attention (not causal, no window, no bias: positions play no part) may read
+    /// keys of any row count, e.g. an encoder's `source` rows.
     Attention(AttentionAttrs),
 
     // ---- Fused forms, made by the expert-fusion passes ----
@@ -666,6 +713,17 @@ impl Op {
                 }
                 if at.sinks {
                     a.push_str(" sinks");
+                }
+                if let Some(b) = at.bias {
+                    let dir = if b.bidirectional {
+                        " bidirectional"
+                    } else {
+                        ""
+                    };
+                    a.push_str(&format!(
+                        " relative_bias(buckets={} max_distance={}{dir})",
+                        b.buckets, b.max_distance
+                    ));
                 }
                 a
             }

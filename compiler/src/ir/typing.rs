@@ -457,7 +457,7 @@ impl Op {
                 Ok(vec![TensorType::f32(vec![Dim::POSITIONS, x.shape[1]])])
             }
             Attention(a) => {
-                arity(3 + usize::from(a.sinks))?;
+                arity(3 + usize::from(a.sinks) + usize::from(a.bias.is_some()))?;
                 let (q, k, v) = (operands[0], operands[1], operands[2]);
                 for (t, what) in [(q, "queries"), (k, "keys"), (v, "values")] {
                     expect_f32(t, what)?;
@@ -480,11 +480,11 @@ impl Op {
                     return Err(format!("attention {what} must be {w} wide, found {t}"));
                 }
                 let (rows, keys) = (q.shape[0], k.shape[0]);
-                if keys != v.shape[0]
-                    || keys.per_token != rows.per_token
-                    || keys.fixed != rows.fixed
-                    || rows.per_past != 0
-                {
+                let positional = a.causal || a.window.is_some() || a.bias.is_some();
+                let after_cached = keys.per_token == rows.per_token
+                    && keys.per_source == rows.per_source
+                    && keys.fixed == rows.fixed;
+                if keys != v.shape[0] || rows.per_past != 0 || (positional && !after_cached) {
                     return Err(format!(
                         "attention keys {k} and values {v} must hold the queries' {rows} rows after the cached ones"
                     ));
@@ -494,6 +494,18 @@ impl Op {
                         "attention sinks must be [{}], found {}",
                         a.heads, operands[3]
                     ));
+                }
+                if let Some(b) = a.bias {
+                    let table = operands[operands.len() - 1];
+                    b.check()?;
+                    if table.dtype != DType::F32
+                        || table.shape != [Dim::fixed(b.buckets), Dim::fixed(a.heads)]
+                    {
+                        return Err(format!(
+                            "the relative bias table must be f32 [{}, {}], found {table}",
+                            b.buckets, a.heads
+                        ));
+                    }
                 }
                 Ok(vec![TensorType::f32(vec![
                     rows,
@@ -570,6 +582,7 @@ impl Op {
                 let s = x.shape.first().copied().ok_or("scatter needs rows")?;
                 if s.per_token % k != 0
                     || s.per_past % k != 0
+                    || s.per_source % k != 0
                     || s.fixed % k != 0
                     || order.shape != [s]
                     || x.rank() != 2
@@ -579,6 +592,7 @@ impl Op {
                 let rows = Dim {
                     per_token: s.per_token / k,
                     per_past: s.per_past / k,
+                    per_source: s.per_source / k,
                     fixed: s.fixed / k,
                 };
                 Ok(vec![TensorType::f32(vec![rows, x.shape[1]])])

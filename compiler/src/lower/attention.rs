@@ -1,15 +1,19 @@
 //! Whole-model building blocks: `embedding(ids, vocab, width)`, `rope(x, NAME)`
-//! with the settings of a `rotary NAME { ... }` block, and
-//! `attention(q, k, v, heads = .., kv_heads = ..)`, which appends k and v to a
-//! KV cache the graph declares as state and attends over every cached position.
-//! Arguments are checked here, with the spec's spans.
+//! with the settings of a `rotary NAME { ... }` block, T5's
+//! `relative_position_bias(heads, buckets = .., max_distance = .., bidirectional = ..)`
+//! table, and `attention(q, k, v, heads = .., kv_heads = ..)`. Keys and values of
+//! this call's `tokens` rows are appended to a KV cache the graph declares as state
+//! and the queries attend over every cached position; keys of an encoder's
+//! `source` rows (an encoder's self-attention, a decoder's cross-attention) are
+//! attended as they are, with no cache. Arguments are checked here, with the
+//! spec's spans.
 
 use super::bind::{Seg, WeightPath};
 use super::consts::{eval_const, Const};
 use super::expr::Args;
 use super::{Lowerer, Scope};
 use crate::diagnostic::Diagnostic;
-use crate::ir::{AttentionAttrs, DType, F32Bits, Op, RopeAttrs, RopeScaling, Value};
+use crate::ir::{AttentionAttrs, DType, F32Bits, Op, RelativeBias, RopeAttrs, RopeScaling, Value};
 use moec_grammar::ast::{Arg, Expr, ExprKind, Field, Ident};
 
 /// The fields a `rotary` block may set.
@@ -32,7 +36,8 @@ const ROTARY_FIELDS: &[&str] = &[
 ];
 
 impl Lowerer<'_> {
-    /// `let NAME = embedding(ids, vocab, width)`: the table is weight `NAME` `[vocab, width]`.
+    /// `let NAME = embedding(ids, vocab, width)`: the table is weight `NAME` `[vocab, width]`,
+    /// or with `tied = EMB` the table of the embedding `EMB` (an encoder-decoder's shared one).
     pub(super) fn embedding(
         &mut self,
         e: &Expr,
@@ -41,7 +46,7 @@ impl Lowerer<'_> {
         path: &WeightPath,
         label: Option<String>,
     ) -> Result<Value, Diagnostic> {
-        let a = Args::new(e, "embedding", args, &[])?;
+        let a = Args::new(e, "embedding", args, &["tied"])?;
         let [ids, vocab, width] = a.positional::<3>("embedding(ids, vocab_size, hidden_size)")?;
         let id_span = ids.span;
         let ids = self.tensor(ids, scope, path)?;
@@ -57,7 +62,10 @@ impl Lowerer<'_> {
             .with_help("declare the ids as `input input_ids: i32[tokens]`"));
         }
         let (vocab, width) = (self.dim(vocab)?, self.dim(width)?);
-        let table = self.weight(path, vec![vocab as usize, width as usize], e.span)?;
+        let table = match a.named("tied") {
+            Some(t) => self.tied_table(t, scope, vocab, width)?,
+            None => self.weight(path, vec![vocab as usize, width as usize], e.span)?,
+        };
         self.node(Op::Embedding, &[ids, table], label, e.span)
     }
 
@@ -256,7 +264,9 @@ impl Lowerer<'_> {
             e,
             "attention",
             args,
-            &["heads", "kv_heads", "scale", "window", "sinks", "causal"],
+            &[
+                "heads", "kv_heads", "scale", "window", "sinks", "causal", "bias",
+            ],
         )?;
         let [q, k, v] = a.positional::<3>("attention(q, k, v, heads = H, kv_heads = KV)")?;
         let (q, k, v) = (
@@ -340,6 +350,41 @@ impl Lowerer<'_> {
             Some(c) => self.bool(c, "causal")?,
             None => true,
         };
+        let bias = match a.named("bias") {
+            Some(b) => Some(self.bias_table(b, heads, scope, path)?),
+            None => None,
+        };
+        let key_rows = self.graph.value_type(k).shape[0];
+        if key_rows.per_token == 0 {
+            // Keys of the encoder's source rows: attended as they are, nothing cached.
+            if causal || window.is_some() {
+                return Err(Diagnostic::at(
+                    e.span,
+                    format!("attention over keys of {key_rows} rows cannot be causal or windowed"),
+                    "keys are not this call's tokens",
+                )
+                .with_help(
+                    "an encoder's attention and a decoder's cross-attention take `causal = false`",
+                ));
+            }
+            let mut operands = vec![q, k, v];
+            if sinks {
+                operands.push(self.weight(&sinks_path, vec![heads as usize], e.span)?);
+            }
+            let attrs = AttentionAttrs {
+                heads,
+                kv_heads,
+                head_dim,
+                v_head_dim,
+                scale: F32Bits::new(scale as f32),
+                causal,
+                window,
+                sinks,
+                bias: bias.map(|(_, b)| b),
+            };
+            operands.extend(bias.map(|(t, _)| t));
+            return self.node(Op::Attention(attrs), &operands, label, e.span);
+        }
         let mut cached = Vec::new();
         for (x, part) in [(k, "k"), (v, "v")] {
             let width = self.width(x, e.span)?;
@@ -369,8 +414,79 @@ impl Lowerer<'_> {
             causal,
             window,
             sinks,
+            bias: bias.map(|(_, b)| b),
         };
+        operands.extend(bias.map(|(t, _)| t));
         self.node(Op::Attention(attrs), &operands, label, e.span)
+    }
+
+    /// `let NAME = relative_position_bias(heads, buckets = B, max_distance = M,
+    /// bidirectional = true|false)`: T5's learned bias per bucket of relative position
+    /// and head, weight `NAME` `[B, heads]`, shared by every `attention(..., bias = NAME)`.
+    pub(super) fn relative_position_bias(
+        &mut self,
+        e: &Expr,
+        args: &[Arg],
+        path: &WeightPath,
+    ) -> Result<Value, Diagnostic> {
+        let a = Args::new(
+            e,
+            "relative_position_bias",
+            args,
+            &["buckets", "max_distance", "bidirectional"],
+        )?;
+        let usage =
+            "relative_position_bias(heads, buckets = B, max_distance = M, bidirectional = true)";
+        let [heads] = a.positional::<1>(usage)?;
+        let heads = self.int(heads, "heads")?;
+        let required = |n: &str| {
+            a.named(n).ok_or_else(|| {
+                Diagnostic::at(
+                    e.span,
+                    format!("relative_position_bias needs `{n} = ...`"),
+                    "missing argument",
+                )
+                .with_help(usage)
+            })
+        };
+        let bias = RelativeBias {
+            buckets: self.int(required("buckets")?, "buckets")?,
+            max_distance: self.int(required("max_distance")?, "max_distance")?,
+            bidirectional: self.bool(required("bidirectional")?, "bidirectional")?,
+        };
+        bias.check()
+            .map_err(|m| Diagnostic::at(e.span, m, "this bias"))?;
+        let table = self.weight(path, vec![bias.buckets as usize, heads as usize], e.span)?;
+        self.relative_biases.insert(table, bias);
+        Ok(table)
+    }
+
+    /// `bias = NAME` of an attention with `heads` query heads: the table and its bucketing.
+    fn bias_table(
+        &mut self,
+        b: &Expr,
+        heads: u64,
+        scope: &Scope,
+        path: &WeightPath,
+    ) -> Result<(Value, RelativeBias), Diagnostic> {
+        let table = self.tensor(b, scope, path)?;
+        let bias = self.relative_biases.get(&table).copied().ok_or_else(|| {
+            Diagnostic::at(
+                b.span,
+                format!("`{b}` is not a relative position bias"),
+                "expected a table",
+            )
+            .with_help("declare it with `let NAME = relative_position_bias(heads, ...)`")
+        })?;
+        let of = self.graph.value_type(table).shape[1].fixed;
+        if of != heads {
+            return Err(Diagnostic::at(
+                b.span,
+                format!("`{b}` holds a bias for {of} heads, the attention has {heads}"),
+                "another head count",
+            ));
+        }
+        Ok((table, bias))
     }
 }
 

@@ -350,16 +350,20 @@ impl Lowerer<'_> {
             "slice" => self.slice(e, args, scope, path).map(Operand::Tensor),
             "concat" => self.concat(e, args, scope, path).map(Operand::Tensor),
             f if consts::FUNCTIONS.contains(&f) => self.constant(e, scope).map(Operand::Const),
-            "linear" | "rmsnorm" | "layernorm" | "moe" | "embedding" | "attention" => {
-                Err(Diagnostic::at(
-                    e.span,
-                    format!("`{func}` must be the whole right-hand side of a `let`"),
-                    "inside an expression",
-                )
-                .with_help(format!(
-                    "the `let`'s name names its weights: `let name = {func}(...)`"
-                )))
-            }
+            "linear"
+            | "rmsnorm"
+            | "layernorm"
+            | "moe"
+            | "embedding"
+            | "attention"
+            | "relative_position_bias" => Err(Diagnostic::at(
+                e.span,
+                format!("`{func}` must be the whole right-hand side of a `let`"),
+                "inside an expression",
+            )
+            .with_help(format!(
+                "the `let`'s name names its weights: `let name = {func}(...)`"
+            ))),
             _ => {
                 const KNOWN: &[&str] = &[
                     "linear",
@@ -376,6 +380,7 @@ impl Lowerer<'_> {
                     "embedding",
                     "rope",
                     "attention",
+                    "relative_position_bias",
                     "slice",
                     "concat",
                 ];

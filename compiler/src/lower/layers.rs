@@ -46,7 +46,7 @@ impl Lowerer<'_> {
 
     /// `tied = NAME`: the table of the embedding `NAME`, reused as an `[out, width]`
     /// weight (tied input and output embeddings).
-    fn tied_table(
+    pub(super) fn tied_table(
         &mut self,
         t: &Expr,
         scope: &Scope,

@@ -18,7 +18,7 @@ mod params;
 mod router;
 
 use crate::diagnostic::Diagnostic;
-use crate::ir::{Dim, Graph, Op, TensorType, Value};
+use crate::ir::{Dim, Graph, Op, RelativeBias, TensorType, Value};
 use bind::{Binder, Seg, WeightPath};
 use consts::eval_const;
 pub use consts::Const;
@@ -64,6 +64,8 @@ struct Lowerer<'a> {
     rotaries: HashMap<String, &'a ast::Rotary>,
     /// The `Positions` node every `rope` reads, made at the first one.
     positions: Option<Value>,
+    /// Each `relative_position_bias(...)` table and its bucketing, for the attentions using it.
+    relative_biases: HashMap<Value, RelativeBias>,
     binder: Binder<'a>,
     graph: Graph,
     notes: Vec<Diagnostic>,
@@ -135,6 +137,7 @@ impl<'a> Lowerer<'a> {
             routers,
             rotaries,
             positions: None,
+            relative_biases: HashMap::new(),
             binder: Binder::new(&weights),
             graph: Graph::new(spec.name.name.clone()),
             notes: Vec::new(),
@@ -181,6 +184,7 @@ impl<'a> Lowerer<'a> {
         if self.graph.is_stateful() {
             self.graph.max_positions = Some(self.max_positions(spec)?);
         }
+        self.graph.decoder_start = self.decoder_start(spec)?;
         self.binder.finish(&self.graph.weights)?;
         Ok(Lowered {
             graph: self.graph,
@@ -209,6 +213,30 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// An encoder-decoder model's (one with a `source` input) `decoder_start_token_id` param.
+    fn decoder_start(&self, spec: &Spec) -> Result<Option<i32>, Diagnostic> {
+        let encoder = self.graph.inputs.iter().any(|&n| {
+            matches!(&self.graph.node(n).op, Op::Input { ty, .. } if ty.shape[0].uses_source())
+        });
+        if !encoder {
+            return Ok(None);
+        }
+        match self.params.get("decoder_start_token_id") {
+            Some(Const::Int(n)) if (0..=i32::MAX as i64).contains(n) => Ok(Some(*n as i32)),
+            Some(other) => Err(Diagnostic::at(
+                spec.name.span,
+                format!("decoder_start_token_id must be a token id, it is {other}"),
+                "in this model",
+            )),
+            None => Err(Diagnostic::at(
+                spec.name.span,
+                "an encoder-decoder model needs `param decoder_start_token_id = N`",
+                "it reads a `source` input",
+            )
+            .with_help("generation starts the decoder from this token (config.json's `decoder_start_token_id`)")),
+        }
+    }
+
     fn input_type(&self, input: &ast::Input) -> Result<TensorType, Diagnostic> {
         if !matches!(input.dtype, DTypeName::F32 | DTypeName::I32) {
             return Err(Diagnostic::at(
@@ -218,36 +246,48 @@ impl<'a> Lowerer<'a> {
             )
             .with_help("f16 and bf16 are storage types for weights; inputs are f32 (activations) or i32 (token ids)"));
         }
+        // `tokens` (this call's tokens) or `source` (an encoder's: the source sequence).
         let mut shape = Vec::new();
         for (i, d) in input.shape.dims.iter().enumerate() {
-            match &d.kind {
-                ExprKind::Path(p) if p.len() == 1 && p[0].name == "tokens" => {
-                    if i != 0 {
-                        return Err(Diagnostic::at(
-                            d.span,
-                            "`tokens` must be the first dim",
-                            "here",
-                        ));
-                    }
-                    shape.push(Dim::TOKENS);
+            let symbol = match &d.kind {
+                ExprKind::Path(p) if p.len() == 1 && p[0].name == "tokens" => Some(Dim::TOKENS),
+                ExprKind::Path(p) if p.len() == 1 && p[0].name == "source" => Some(Dim::SOURCE),
+                _ => None,
+            };
+            match symbol {
+                Some(_) if i != 0 => {
+                    return Err(Diagnostic::at(
+                        d.span,
+                        format!("`{d}` must be the first dim"),
+                        "here",
+                    ));
                 }
-                _ => shape.push(Dim::fixed(self.dim(d)?)),
+                Some(s) => shape.push(s),
+                None => shape.push(Dim::fixed(self.dim(d)?)),
             }
         }
+        let rows = shape.first().copied();
+        let by_symbol = matches!(rows, Some(Dim::TOKENS | Dim::SOURCE));
         if input.dtype == DTypeName::I32 {
-            if shape != [Dim::TOKENS] {
+            if shape.len() != 1 || !by_symbol {
                 return Err(Diagnostic::at(
                     input.shape.span,
-                    format!("i32 input `{}` must have shape [tokens]", input.name),
+                    format!(
+                        "i32 input `{}` must have shape [tokens] (or [source]: an encoder's)",
+                        input.name
+                    ),
                     "found this shape",
                 ));
             }
             return Ok(TensorType::i32(shape));
         }
-        if shape.len() != 2 || shape[0] != Dim::TOKENS {
+        if shape.len() != 2 || !by_symbol {
             return Err(Diagnostic::at(
                 input.shape.span,
-                format!("input `{}` must have shape [tokens, width]", input.name),
+                format!(
+                    "input `{}` must have shape [tokens, width] (or [source, width]: an encoder's)",
+                    input.name
+                ),
                 "found this shape",
             ));
         }
@@ -543,6 +583,11 @@ impl<'a> Lowerer<'a> {
                 "attention" => {
                     return self
                         .attention(e, args, scope, &path.child(Seg::name(&name.name)), label)
+                        .map(Val::Tensor)
+                }
+                "relative_position_bias" => {
+                    return self
+                        .relative_position_bias(e, args, &path.child(Seg::name(&name.name)))
                         .map(Val::Tensor)
                 }
                 "moe" => {

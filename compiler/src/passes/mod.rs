@@ -14,6 +14,7 @@ pub mod memory;
 pub mod partition;
 pub mod rewrite;
 pub mod schedule;
+pub mod stages;
 
 /// A pass: rewrites the graph, says whether it changed anything.
 pub type PassFn = fn(&mut Graph) -> Result<bool, String>;

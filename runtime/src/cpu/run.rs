@@ -122,7 +122,11 @@ impl CpuModel {
         state: &mut interp::State,
     ) -> Result<BTreeMap<String, Tensor>, String> {
         let g = &self.graph;
-        let tokens = interp::token_count(g, inputs)?;
+        let syms = Syms {
+            past: state.past,
+            ..interp::input_syms(g, inputs)?
+        };
+        let tokens = syms.tokens;
         interp::check_token_ids(g, inputs)?;
         if state.caches.len() != g.states.len() {
             return Err("internal error: the state does not belong to this graph".into());
@@ -148,10 +152,6 @@ impl CpuModel {
         if arena.len() < words {
             arena.resize(words, 0.0);
         }
-        let syms = Syms {
-            tokens,
-            past: state.past,
-        };
         for step in &p.steps {
             self.step(step, arena, &ins, state, syms)?;
         }

@@ -212,7 +212,11 @@ impl GpuModel {
                 self.gpu.write(&state.buffers[&i], bytes);
             }
         }
-        let syms = Syms { tokens, past };
+        let syms = Syms {
+            tokens,
+            past,
+            source: 0,
+        };
         let mut encoder = self.gpu.encoder();
         for (step, res) in self.plan.steps.iter().zip(&state.steps) {
             match (step, res) {

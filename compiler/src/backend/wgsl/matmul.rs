@@ -39,6 +39,28 @@ pub(super) enum Rows {
     Grouped { experts: u64, rows: Dim },
 }
 
+impl fmt::Display for Rows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rows::Plain { rows } => write!(f, "rows {rows}"),
+            Rows::Stacked {
+                experts,
+                per_expert_input,
+            } => {
+                let x = if *per_expert_input {
+                    "per expert"
+                } else {
+                    "shared"
+                };
+                write!(f, "{experts} experts × tokens, {x} input")
+            }
+            Rows::Grouped { experts, rows } => {
+                write!(f, "rows {rows} grouped by {experts} experts")
+            }
+        }
+    }
+}
+
 /// One matmul kernel's shape.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Matmul {
@@ -81,7 +103,7 @@ pub(super) fn matmul(mm: &Matmul) -> Result<Module, fmt::Error> {
     let f16 = mm.weight_elem == Elem::F16;
     let mut m = Module::new(
         &format!(
-            "tiled matmul {:?}, K = {}, N = {}, epilogue {:?}{}{}",
+            "tiled matmul, {}, K = {}, N = {}, epilogue {:?}{}{}",
             mm.rows,
             mm.k,
             mm.n,

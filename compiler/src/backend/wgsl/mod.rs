@@ -165,8 +165,8 @@ fn count(dims: &[Dim]) -> Result<Dim, String> {
     }
     Ok(Dim {
         per_token,
-        per_past: 0,
         fixed,
+        ..Dim::fixed(0)
     })
 }
 
