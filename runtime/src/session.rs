@@ -10,6 +10,13 @@
 //! (the spec's `max_position_embeddings`, or a smaller one the caller asks for),
 //! and token ids outside the vocabulary, before anything runs.
 //! It does not tokenize or sample: `generate` builds on it.
+//!
+//! An encoder-decoder graph (one with a `source` input) is prepared as its two
+//! programs (`passes::stages`): a call that gives the source sequence runs the
+//! encoder once and starts a new sequence, keeping the encoder values the decoder
+//! reads (cross-attention keys and values) in the session; every call runs the
+//! decoder on them. Generation gives the prompt to the encoder and starts the
+//! decoder from the graph's `decoder_start` token.
 
 use crate::budget::{MemoryLimit, MemoryNeeds};
 use crate::cpu::{CpuModel, MatmulIsa};
@@ -19,6 +26,7 @@ use crate::quant::WeightFormat;
 use crate::weights::{bind, WeightSource};
 use moec_compiler::interp::{self, Comm, SingleRank, State};
 use moec_compiler::ir::{DType, Graph, Op};
+use moec_compiler::passes;
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -104,10 +112,28 @@ enum Prepared {
     Gpu(Box<GpuModel>),
 }
 
-/// A graph with its weights, prepared for one engine.
-pub struct Model {
+/// One graph prepared for an engine: a model's whole graph, or one stage of an encoder-decoder's.
+struct Program {
     graph: Graph,
     prepared: Prepared,
+}
+
+/// An encoder-decoder model's encoder, run once per source sequence.
+struct Encoder {
+    program: Program,
+    /// The input the source sequence comes in (`input_ids`).
+    source_input: String,
+    /// Its outputs the decoder reads as inputs.
+    carried: Vec<String>,
+}
+
+/// A graph with its weights, prepared for one engine.
+pub struct Model {
+    /// The graph as compiled (both stages of an encoder-decoder).
+    graph: Graph,
+    /// What every call runs: the whole graph, or an encoder-decoder's decoder.
+    main: Program,
+    encoder: Option<Encoder>,
     /// Where a partitioned graph's collectives exchange (a single rank unless opened ranked).
     comm: Arc<dyn Comm>,
 }
@@ -150,8 +176,12 @@ impl Model {
     /// A model on CPU code prepared elsewhere (kernels linked ahead of time).
     pub fn from_cpu(graph: Graph, cpu: CpuModel) -> Model {
         Model {
+            main: Program {
+                graph: graph.clone(),
+                prepared: Prepared::Cpu(Box::new(cpu)),
+            },
             graph,
-            prepared: Prepared::Cpu(Box::new(cpu)),
+            encoder: None,
             comm: Arc::new(SingleRank),
         }
     }
@@ -169,6 +199,82 @@ impl Model {
         comm: Arc<dyn Comm>,
     ) -> Result<Model, SessionError> {
         interp::check_weights(&graph, &weights).map_err(SessionError::Input)?;
+        let Some(stages) = passes::stages::split(&graph).map_err(SessionError::Backend)? else {
+            return Ok(Model {
+                main: Program::new(graph.clone(), weights, engine, &comm)?,
+                graph,
+                encoder: None,
+                comm,
+            });
+        };
+        let source_input = stages
+            .source_input()
+            .ok_or_else(|| SessionError::Backend("the encoder reads no i32 source input".into()))?
+            .to_string();
+        // Each stage takes its weights; one both read (a shared embedding) is copied.
+        let mut weights: Vec<Option<Tensor>> = weights.into_iter().map(Some).collect();
+        let mut take = |ids: &[usize], shared: &[usize]| -> Vec<Tensor> {
+            ids.iter()
+                .map(|&i| match shared.contains(&i) {
+                    true => weights[i].clone(),
+                    false => weights[i].take(),
+                })
+                .map(|w| w.expect("a weight is taken once"))
+                .collect()
+        };
+        let encoder_weights = take(&stages.encoder_weights, &stages.decoder_weights);
+        let decoder_weights = take(&stages.decoder_weights, &[]);
+        Ok(Model {
+            main: Program::new(stages.decoder, decoder_weights, engine, &comm)?,
+            encoder: Some(Encoder {
+                program: Program::new(stages.encoder, encoder_weights, engine, &comm)?,
+                source_input,
+                carried: stages.carried,
+            }),
+            graph,
+            comm,
+        })
+    }
+
+    /// The graph as compiled (both stages of an encoder-decoder model).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The most positions a session can hold: the graph's own limit, for a stateful graph.
+    pub fn max_positions(&self) -> Option<usize> {
+        self.graph.max_positions.map(|m| m as usize)
+    }
+
+    /// A new session with nothing cached, holding at most `limit` positions (the
+    /// model's own limit when None or larger). Sessions share the model.
+    pub fn session(self: &Rc<Model>, limit: Option<usize>) -> Session {
+        let own = self.max_positions().unwrap_or(usize::MAX);
+        let limit = limit.map_or(own, |l| l.min(own));
+        let main = &self.main;
+        let state = match main.prepared {
+            // The caches live on the device; the host state only counts positions.
+            Prepared::Gpu(_) => State::new(&main.graph),
+            _ => State::with_room(&main.graph, limit),
+        };
+        Session {
+            model: Rc::clone(self),
+            state,
+            device_caches: None,
+            encoded: None,
+            limit,
+        }
+    }
+}
+
+impl Program {
+    /// Prepares `graph` with its bound `weights` for `engine`.
+    fn new(
+        graph: Graph,
+        weights: Vec<Tensor>,
+        engine: Engine,
+        comm: &Arc<dyn Comm>,
+    ) -> Result<Program, SessionError> {
         let prepared = match engine {
             Engine::Interp => Prepared::Interp(weights),
             Engine::Cpu(o) => {
@@ -185,52 +291,22 @@ impl Model {
                 GpuModel::new(&graph, &weights, options).map_err(SessionError::Backend)?,
             )),
         };
-        Ok(Model {
-            graph,
-            prepared,
-            comm,
-        })
+        Ok(Program { graph, prepared })
     }
 
-    pub fn graph(&self) -> &Graph {
-        &self.graph
-    }
-
-    /// The most positions a session can hold: the graph's own limit, for a stateful graph.
-    pub fn max_positions(&self) -> Option<usize> {
-        self.graph.max_positions.map(|m| m as usize)
-    }
-
-    /// A new session with nothing cached, holding at most `limit` positions (the
-    /// model's own limit when None or larger). Sessions share the model.
-    pub fn session(self: &Rc<Model>, limit: Option<usize>) -> Session {
-        let own = self.max_positions().unwrap_or(usize::MAX);
-        let limit = limit.map_or(own, |l| l.min(own));
-        let state = match self.prepared {
-            // The caches live on the device; the host state only counts positions.
-            Prepared::Gpu(_) => State::new(&self.graph),
-            _ => State::with_room(&self.graph, limit),
-        };
-        Session {
-            model: Rc::clone(self),
-            state,
-            device_caches: None,
-            limit,
-        }
-    }
-
-    /// Runs one call after `state`; on the GPU, on the session's `device_caches`
-    /// (made for `limit` positions when it has none yet).
+    /// Runs one call after `state`; on the GPU, on `device_caches` (made for
+    /// `limit` positions when there are none yet).
     fn run(
         &self,
         inputs: &BTreeMap<String, Tensor>,
         state: &mut State,
         device_caches: &mut Option<GpuCaches>,
         limit: usize,
+        comm: &dyn Comm,
     ) -> Result<BTreeMap<String, Tensor>, String> {
         match &self.prepared {
             Prepared::Interp(weights) => {
-                interp::run_with_comm(&self.graph, weights, inputs, state, &*self.comm)
+                interp::run_with_comm(&self.graph, weights, inputs, state, comm)
             }
             Prepared::Cpu(m) => m.run_with_state(inputs, state),
             Prepared::Gpu(m) => {
@@ -244,6 +320,16 @@ impl Model {
                 Ok(out)
             }
         }
+    }
+
+    /// Runs a stateless program (an encoder) once.
+    fn run_once(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        comm: &dyn Comm,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        let mut state = State::new(&self.graph);
+        self.run(inputs, &mut state, &mut None, 0, comm)
     }
 }
 
@@ -272,16 +358,68 @@ pub struct Session {
     state: State,
     /// The KV caches on the device, for a model on the GPU.
     device_caches: Option<GpuCaches>,
+    /// An encoder-decoder's encoder values for this sequence: the decoder's inputs
+    /// besides its token ids (None before the first call and after a reset).
+    encoded: Option<BTreeMap<String, Tensor>>,
     limit: usize,
 }
 
 impl Session {
     /// Runs the next call: named inputs in, named outputs out; caches grow by the call's tokens.
+    /// On an encoder-decoder model a call that gives the source sequence runs the
+    /// encoder and starts a new sequence (its outputs join the decoder's); the
+    /// other calls continue the sequence on the encoder values held.
     pub fn run(
         &mut self,
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, SessionError> {
-        let g = &self.model.graph;
+        let model = Rc::clone(&self.model);
+        let Some(encoder) = &model.encoder else {
+            return self.run_main(inputs);
+        };
+        let mut outputs = BTreeMap::new();
+        let mut decoder_inputs = inputs.clone();
+        if let Some(source) = decoder_inputs.remove(&encoder.source_input) {
+            let source = BTreeMap::from([(encoder.source_input.clone(), source)]);
+            let mut out = encoder
+                .program
+                .run_once(&source, &*model.comm)
+                .map_err(SessionError::Input)?;
+            let carried = encoder
+                .carried
+                .iter()
+                .map(|name| {
+                    let t = out.remove(name).ok_or_else(|| {
+                        SessionError::Backend(format!("internal error: no encoder output `{name}`"))
+                    })?;
+                    Ok((name.clone(), t))
+                })
+                .collect::<Result<BTreeMap<_, _>, SessionError>>()?;
+            self.reset();
+            self.encoded = Some(carried);
+            outputs = out;
+        }
+        let Some(mut held) = self.encoded.take() else {
+            return Err(SessionError::Input(format!(
+                "no source sequence yet: the first call of an encoder-decoder model gives `{}`",
+                encoder.source_input
+            )));
+        };
+        let names: Vec<String> = decoder_inputs.keys().cloned().collect();
+        held.append(&mut decoder_inputs);
+        let result = self.run_main(&held);
+        held.retain(|name, _| !names.contains(name));
+        self.encoded = Some(held);
+        outputs.append(&mut result?);
+        Ok(outputs)
+    }
+
+    /// Runs a call of the model's main program (the whole graph, or the decoder).
+    fn run_main(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, SessionError> {
+        let g = &self.model.main.graph;
         let new = interp::token_count(g, inputs).map_err(SessionError::Input)?;
         if g.is_stateful() && self.state.past + new > self.limit {
             return Err(SessionError::PositionLimit {
@@ -294,7 +432,14 @@ impl Session {
         let limit = self.limit;
         let model = Rc::clone(&self.model);
         model
-            .run(inputs, &mut self.state, &mut self.device_caches, limit)
+            .main
+            .run(
+                inputs,
+                &mut self.state,
+                &mut self.device_caches,
+                limit,
+                &*model.comm,
+            )
             .map_err(|e| {
                 // A failed call leaves the caches as they were.
                 self.state.truncate(before);
@@ -303,10 +448,21 @@ impl Session {
     }
 
     /// Runs token ids through a language model (`input input_ids: i32[tokens]`,
-    /// `output logits`), returning the logits `[ids.len(), vocab]`.
+    /// `output logits`), returning the logits `[ids.len(), vocab]`. On an
+    /// encoder-decoder model the first call's ids are the source sequence and the
+    /// decoder starts from its start token (logits `[1, vocab]`); later calls' ids
+    /// continue the decoder.
     pub fn forward(&mut self, ids: &[i32]) -> Result<Tensor, SessionError> {
         let name = self.model.ids_input()?;
-        let inputs = BTreeMap::from([(name, Tensor::i32(vec![ids.len()], ids.to_vec()))]);
+        let as_ids = |ids: &[i32]| Tensor::i32(vec![ids.len()], ids.to_vec());
+        let mut inputs = BTreeMap::from([(name, as_ids(ids))]);
+        if let (Some(encoder), None) = (&self.model.encoder, &self.encoded) {
+            let start = self.model.graph.decoder_start.ok_or_else(|| {
+                SessionError::NotALanguageModel("the model has no decoder start token".into())
+            })?;
+            let source = inputs.insert(self.model.ids_input()?, as_ids(&[start]));
+            inputs.extend(source.map(|s| (encoder.source_input.clone(), s)));
+        }
         let mut out = self.run(&inputs)?;
         out.remove("logits").ok_or_else(|| {
             SessionError::NotALanguageModel("the spec has no output `logits`".into())
@@ -323,25 +479,28 @@ impl Session {
         self.limit
     }
 
-    /// Empties the caches (keeping their room).
+    /// Empties the caches (keeping their room) and forgets the source sequence.
     pub fn reset(&mut self) {
         self.state.truncate(0);
+        self.encoded = None;
     }
 }
 
 impl Model {
-    /// The name of the one i32 input a language model reads its token ids from.
+    /// The name of the one i32 input a language model (or an encoder-decoder's
+    /// decoder) reads its token ids from.
     fn ids_input(&self) -> Result<String, SessionError> {
-        let ids: Vec<&String> = self
-            .graph
+        let g = &self.main.graph;
+        let carried = self.encoder.as_ref().map_or(0, |e| e.carried.len());
+        let ids: Vec<&String> = g
             .inputs
             .iter()
-            .filter_map(|n| match &self.graph.node(*n).op {
+            .filter_map(|n| match &g.node(*n).op {
                 Op::Input { name, ty } if ty.dtype == DType::I32 => Some(name),
                 _ => None,
             })
             .collect();
-        match (ids.as_slice(), self.graph.inputs.len()) {
+        match (ids.as_slice(), g.inputs.len() - carried) {
             ([name], 1) => Ok((*name).clone()),
             _ => Err(SessionError::NotALanguageModel(
                 "a language model reads one input, `input_ids: i32[tokens]`".into(),

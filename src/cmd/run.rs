@@ -18,9 +18,11 @@ use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::gpu::GpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
 use moec_runtime::random::{random_inputs, random_weights};
+use moec_runtime::session::{Engine, Model};
 use moec_runtime::weights::{bind, WeightSource};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -145,6 +147,16 @@ fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
         None => random_inputs(g, tokens, args.random_weights.unwrap_or(0)),
     };
     let outputs = match args.backend {
+        // An encoder-decoder runs as its two programs, on any backend (`passes::stages`).
+        _ if g.decoder_start.is_some() && !matches!(args.backend, Backend::Interp) => {
+            let engine = match args.backend {
+                Backend::Gpu => Engine::Gpu(gpu_options),
+                _ => Engine::Cpu(args.cpu.options()),
+            };
+            Model::new(g.clone(), weights, engine)
+                .and_then(|m| Rc::new(m).session(None).run(&inputs))
+                .map_err(|e| e.to_string())
+        }
         Backend::Interp => interp::run_with_comm(g, &weights, &inputs, &mut State::new(g), &*comm),
         Backend::Cpu => {
             let o = args.cpu.options();

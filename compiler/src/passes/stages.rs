@@ -29,6 +29,44 @@ pub struct Stages {
     pub decoder: Graph,
     /// The encoder outputs the decoder reads as inputs of the same name.
     pub carried: Vec<String>,
+    /// Each stage's weights as indices into the whole graph's weight table (a stage
+    /// keeps the weights its nodes read, in the whole graph's order).
+    pub encoder_weights: Vec<usize>,
+    pub decoder_weights: Vec<usize>,
+}
+
+impl Stages {
+    /// The whole graph's input the encoder reads the source sequence from (its one i32 input).
+    pub fn source_input(&self) -> Option<&str> {
+        self.encoder
+            .inputs
+            .iter()
+            .find_map(|&n| match &self.encoder.node(n).op {
+                Op::Input { name, ty } if ty.dtype == crate::ir::DType::I32 => Some(name.as_str()),
+                _ => None,
+            })
+    }
+}
+
+/// The position of each of `stage`'s weights in `whole`'s table (`stage`'s are a
+/// subsequence of `whole`'s, as `remove_dead` keeps their order).
+fn weight_indices(whole: &Graph, stage: &Graph) -> Result<Vec<usize>, String> {
+    let mut next = 0;
+    stage
+        .weights
+        .iter()
+        .map(|w| {
+            let i = next
+                + whole.weights[next..]
+                    .iter()
+                    .position(|x| x == w)
+                    .ok_or_else(|| {
+                        format!("internal error: stage weight `{}` not in the graph", w.key)
+                    })?;
+            next = i + 1;
+            Ok(i)
+        })
+        .collect()
 }
 
 /// Which program a node belongs to.
@@ -65,6 +103,8 @@ pub fn split(g: &Graph) -> Result<Option<Stages>, String> {
     let encoder = encoder_graph(g, &stage, &carried, &names)?;
     let decoder = decoder_graph(g, &stage, &carried, &names)?;
     Ok(Some(Stages {
+        encoder_weights: weight_indices(g, &encoder)?,
+        decoder_weights: weight_indices(g, &decoder)?,
         encoder,
         decoder,
         carried: names,

@@ -12,6 +12,7 @@
 
 use super::matmul::Workers;
 use moec_compiler::interp::inv_freq;
+use moec_compiler::interp::relative_bucket;
 use moec_compiler::ir::{AttentionAttrs, RopeAttrs};
 use std::cell::RefCell;
 
@@ -110,14 +111,18 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `softmax(scale · q·kᵀ + mask) · v` for `q` `[T, H·D]` against the `P` rows of
-/// `k` `[P, KV·D]` and `v` `[P, KV·Dv]` (the last T positions are the queries').
+/// `softmax(scale · q·kᵀ + bias + mask) · v` for `q` `[T, H·D]` against the `P`
+/// rows of `k` `[P, KV·D]` and `v` `[P, KV·Dv]` (the last T positions are the
+/// queries', when positions matter: a causal mask, a window or a relative bias
+/// `[buckets, H]`; cross-attention reads keys of any count).
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     a: &AttentionAttrs,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     sinks: Option<&[f32]>,
+    bias: Option<&[f32]>,
     out: &mut [f32],
     workers: &Workers,
 ) -> Result<(), String> {
@@ -125,13 +130,18 @@ pub fn attention(
     let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
     let (qw, kw, vw) = (heads * d, kv_heads * d, kv_heads * dv);
     let (t, p) = (q.len() / qw.max(1), k.len() / kw.max(1));
+    let positional = a.causal || a.window.is_some() || a.bias.is_some();
+    let buckets = a.bias.map_or(0, |b| b.buckets as usize);
     let ok = q.len() == t * qw
         && k.len() == p * kw
         && v.len() == p * vw
-        && p >= t
+        && (p >= t || !positional)
+        && (p > 0 || t == 0)
         && kv_heads > 0
         && heads % kv_heads == 0
         && sinks.is_none_or(|s| s.len() == heads)
+        && bias.is_some() == a.bias.is_some()
+        && bias.is_none_or(|b| b.len() == buckets * heads)
         && out.len() == t * heads * dv;
     if !ok {
         return Err(format!(
@@ -141,7 +151,7 @@ pub fn attention(
             v.len()
         ));
     }
-    let (past, group, scale) = (p - t, heads / kv_heads, a.scale.get());
+    let (past, group, scale) = (p.saturating_sub(t), heads / kv_heads, a.scale.get());
     out.fill(0.0);
     workers.split_mut(out, dv.max(1), |first, run| {
         for (item, o) in (first..).zip(run.chunks_mut(dv.max(1))) {
@@ -156,7 +166,10 @@ pub fn attention(
                     scores.clear();
                     let mut max = f32::NEG_INFINITY;
                     for j in first..=last {
-                        let s = dot(qrow, &k[j * kw + kv * d..j * kw + (kv + 1) * d]) * scale;
+                        let mut s = dot(qrow, &k[j * kw + kv * d..j * kw + (kv + 1) * d]) * scale;
+                        if let (Some(b), Some(table)) = (a.bias, bias) {
+                            s += table[relative_bucket(b, j as i64 - pos as i64) * heads + h];
+                        }
                         max = max.max(s);
                         scores.push(s);
                     }

@@ -224,7 +224,9 @@ impl CpuModel {
             Op::Rope(r) => layers::rope(r, f32s(0)?, i32s(1)?, out),
             Op::Attention(at) => {
                 let sinks = at.sinks.then(|| f32s(3)).transpose()?;
-                layers::attention(at, f32s(0)?, f32s(1)?, f32s(2)?, sinks, out, &self.workers)
+                let bias = at.bias.map(|_| f32s(step.operands.len() - 1)).transpose()?;
+                let (q, k, v) = (f32s(0)?, f32s(1)?, f32s(2)?);
+                layers::attention(at, q, k, v, sinks, bias, out, &self.workers)
             }
             Op::Binary(b) => rows::binary(*b, f32s(0)?, f32s(1)?, out),
             Op::LastRow => rows::last_row(f32s(0)?, out),
