@@ -98,7 +98,8 @@ fn generated_ids(o: &Output, what: &str) -> Vec<i64> {
 
 #[test]
 fn generate_on_2_and_3_ranks_gives_transformers_ids() {
-    for f in model_fixtures() {
+    // Encoder-decoder models are not partitioned yet (`moec` refuses them under mpirun).
+    for f in model_fixtures().into_iter().filter(|f| !f.encoder_decoder) {
         let (prompt, want) = expected(&f.case);
         let args = generate_args(&f.model_type, &fixture_dir(&f.case), &prompt, want.len());
         for ranks in [2, 3] {

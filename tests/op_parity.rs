@@ -1,10 +1,14 @@
 //! Ops checked against torch rather than against another part of moec: layernorm
 //! (with weight and bias), exact GeLU and its tanh approximation, on the input and
 //! weights of `tests/fixtures/ops/` (made by `make_op_fixtures.py` with
-//! `torch.nn.functional`, in f64), through the interpreter and the CPU backend.
+//! `torch.nn.functional`, in f64), through the interpreter and the CPU backend;
+//! and T5's relative position buckets against transformers' own
+//! `_relative_position_bucket` (`relative_buckets.safetensors`, made by
+//! `make_encoder_decoder_fixtures.py`) at every relative position in -300..=300.
 
 use moec_compiler::driver::Compiler;
 use moec_compiler::interp;
+use moec_compiler::ir::RelativeBias;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::cpu::CpuModel;
 use moec_runtime::io::read_tensors;
@@ -48,4 +52,29 @@ fn layernorm_and_gelus_match_torch() {
     close(&interp::run(&g, &w, &x).unwrap(), &want, "interp");
     let cpu = CpuModel::new(&g, &w).unwrap();
     close(&cpu.run(&x).unwrap(), &want, "cpu");
+}
+
+#[test]
+fn relative_buckets_match_transformers() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ops");
+    let tables = read_tensors(&dir.join("relative_buckets.safetensors")).unwrap();
+    let positions = tables["relative_position"].as_i32();
+    for (name, buckets, max_distance, bidirectional) in [
+        ("bidirectional_32_128", 32, 128, true),
+        ("causal_32_128", 32, 128, false),
+        ("bidirectional_16_12", 16, 12, true),
+        ("causal_16_12", 16, 12, false),
+    ] {
+        let bias = RelativeBias {
+            buckets,
+            max_distance,
+            bidirectional,
+        };
+        let want = tables[name].as_i32();
+        assert_eq!(want.len(), positions.len(), "{name}");
+        for (&rel, &bucket) in positions.iter().zip(want) {
+            let got = interp::relative_bucket(bias, rel as i64);
+            assert_eq!(got as i32, bucket, "{name}: relative position {rel}");
+        }
+    }
 }

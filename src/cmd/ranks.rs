@@ -104,6 +104,12 @@ impl Ranked<'_> {
     /// then rewrites `g` into this rank's partition; returns the communicator its
     /// collectives use.
     pub fn partition(&self, g: &mut Graph) -> Result<Arc<dyn Comm>, String> {
+        if g.decoder_start.is_some() {
+            return Err(
+                "expert parallelism does not partition encoder-decoder models yet: run it as one process"
+                    .into(),
+            );
+        }
         let w = self.world;
         let ranks = w.ranks().to_string();
         let placement = format!("{:?}", self.placement);

@@ -6,10 +6,14 @@
 
 use std::path::PathBuf;
 
-/// A whole-model fixture: its directory name and the `model_type` of its config.
+/// A whole-model fixture: its directory name, the `model_type` of its config, and
+/// whether it is an encoder-decoder (`is_encoder_decoder`: `tests/encoder_decoder.rs`
+/// runs those; `tests/models.rs` the decoder-only ones).
 pub struct ModelFixture {
     pub case: String,
     pub model_type: String,
+    #[allow(dead_code)] // read by some of the test crates that include this module
+    pub encoder_decoder: bool,
 }
 
 /// Every whole-model fixture, sorted by directory name.
@@ -29,6 +33,7 @@ pub fn model_fixtures() -> Vec<ModelFixture> {
                     .as_str()
                     .unwrap_or_else(|| panic!("{}/config.json has no model_type", p.display()))
                     .to_string(),
+                encoder_decoder: config["is_encoder_decoder"].as_bool() == Some(true),
             }
         })
         .collect();

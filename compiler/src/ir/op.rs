@@ -281,13 +281,20 @@ impl RelativeBias {
     /// span a distance beyond the exact ones (T5's formula divides by its log).
     pub fn check(self) -> Result<(), String> {
         let (_, exact) = self.per_direction();
-        if exact == 0 || self.max_distance <= exact {
+        if exact == 0 {
+            let (least, how) = match self.bidirectional {
+                true => (4, "a bidirectional"),
+                false => (2, "a causal"),
+            };
             return Err(format!(
-                "a relative bias of {} buckets{} needs a max distance above {exact} and at least {} buckets, found max distance {}",
-                self.buckets,
-                if self.bidirectional { " (bidirectional)" } else { "" },
-                if self.bidirectional { 4 } else { 2 },
-                self.max_distance
+                "{how} relative bias needs at least {least} buckets, found {}",
+                self.buckets
+            ));
+        }
+        if self.max_distance <= exact {
+            return Err(format!(
+                "a relative bias of {} buckets holds distances below {exact} exactly, so its max distance must be above {exact}, found {}",
+                self.buckets, self.max_distance
             ));
         }
         Ok(())
