@@ -93,6 +93,11 @@ impl Fixture {
     }
 
     fn check(&self, what: &str, outputs: &BTreeMap<String, Tensor>) {
+        for name in ["encoder_expert_counts", "decoder_expert_counts"] {
+            let (got, want) = (&outputs[name], self.tensor(name));
+            assert_eq!(got.shape, want.shape, "{} {what}: {name}", self.case);
+            assert_eq!(got.as_i32(), want.as_i32(), "{} {what}: {name}", self.case);
+        }
         for name in ["encoder_last_hidden_state", "logits"] {
             let (got, want) = (&outputs[name], self.tensor(name));
             assert_eq!(got.shape, want.shape, "{} {what}: {name}", self.case);

@@ -93,45 +93,19 @@ impl Lowerer<'_> {
     }
 }
 
-/// Each output of a `repeat` body with its value in every layer, in the order they
-/// are first defined. An output that some layer does not define (its `if` took a
-/// branch without it) is an error naming that layer.
-pub(super) fn stack_by_name(
-    layers: Vec<Vec<(Ident, Value)>>,
-) -> Result<Vec<(Ident, Vec<Value>)>, Diagnostic> {
-    let mut names: Vec<(Ident, usize)> = Vec::new();
-    for (l, outputs) in layers.iter().enumerate() {
-        for (name, _) in outputs {
-            if !names.iter().any(|(n, _)| n.name == name.name) {
-                names.push((name.clone(), l));
+/// Each output of a `repeat` body with its values in the layers that define it, in
+/// layer order (an output inside an `if` branch, such as the router logits of the
+/// layers that have a `moe`, stacks over the layers that took the branch), in the
+/// order the outputs are first defined.
+pub(super) fn stack_by_name(layers: Vec<Vec<(Ident, Value)>>) -> Vec<(Ident, Vec<Value>)> {
+    let mut stacked: Vec<(Ident, Vec<Value>)> = Vec::new();
+    for outputs in layers {
+        for (name, v) in outputs {
+            match stacked.iter_mut().find(|(n, _)| n.name == name.name) {
+                Some((_, values)) => values.push(v),
+                None => stacked.push((name, vec![v])),
             }
         }
     }
-    names
-        .into_iter()
-        .map(|(name, first)| {
-            let values = layers
-                .iter()
-                .enumerate()
-                .map(|(l, outputs)| {
-                    outputs
-                        .iter()
-                        .find(|(n, _)| n.name == name.name)
-                        .map(|(_, v)| *v)
-                        .ok_or_else(|| {
-                            Diagnostic::at(
-                                name.span,
-                                format!("output `{name}` is not defined in layer {l}"),
-                                format!("defined in layer {first}, not in layer {l}"),
-                            )
-                            .with_help(
-                                "outputs inside `repeat` are stacked over the layers, so every \
-                                 layer must define them: define it in every branch of the `if`",
-                            )
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((name, values))
-        })
-        .collect()
+    stacked
 }

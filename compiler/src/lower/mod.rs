@@ -414,7 +414,7 @@ impl<'a> Lowerer<'a> {
         }
         self.params.remove(&r.var.name);
         self.declared.remove(&r.var.name);
-        for (name, values) in flow::stack_by_name(per_layer)? {
+        for (name, values) in flow::stack_by_name(per_layer) {
             let node = self
                 .graph
                 .add(Op::Stack, &values, Some(name.name.clone()))

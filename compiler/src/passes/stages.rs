@@ -5,7 +5,7 @@
 //! encoder values it needs (the final encoder states, or each layer's cross-attention
 //! keys and values when those are computed from them alone) as inputs of `source`
 //! rows. The encoder's outputs are the graph's outputs it computes plus those
-//! carried values (named `encoder.N`); the decoder's are the rest.
+//! carried values (named `encoder.N.LABEL`); the decoder's are the rest.
 //!
 //! In the encoder graph the source sequence is the call's tokens (`source` dims
 //! read as `tokens`), so a backend runs it as any stateless graph. Values computed
@@ -99,7 +99,14 @@ pub fn split(g: &Graph) -> Result<Option<Stages>, String> {
         }
     }
     carried.sort();
-    let names: Vec<String> = (0..carried.len()).map(|i| format!("encoder.{i}")).collect();
+    let names: Vec<String> = carried
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match &g.node(v.node).label {
+            Some(label) => format!("encoder.{i}.{label}"),
+            None => format!("encoder.{i}"),
+        })
+        .collect();
     let encoder = encoder_graph(g, &stage, &carried, &names)?;
     let decoder = decoder_graph(g, &stage, &carried, &names)?;
     Ok(Some(Stages {
