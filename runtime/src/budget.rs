@@ -5,8 +5,8 @@
 //! numbers, instead of being killed halfway through loading.
 
 use crate::session::Engine;
-use moec_compiler::ir::Graph;
-use moec_compiler::passes::memory;
+use moec_compiler::ir::{Graph, Op, Syms};
+use moec_compiler::passes::{memory, stages};
 use std::fmt;
 
 /// Bytes a model needs, by purpose.
@@ -15,6 +15,36 @@ pub struct MemoryNeeds {
     pub weights: u64,
     pub caches: u64,
     pub activations: u64,
+}
+
+/// The activations of a call of `tokens` tokens: for an encoder-decoder, the larger
+/// of its two programs' (a source sequence of `tokens` tokens) and the encoder values
+/// the session holds for the decoder.
+fn peak_activations(g: &Graph, tokens: usize) -> u64 {
+    match stages::split(g) {
+        Ok(Some(s)) => {
+            let syms = Syms {
+                tokens,
+                past: 0,
+                source: tokens,
+            };
+            let held = s
+                .decoder
+                .inputs
+                .iter()
+                .map(|&n| match &s.decoder.node(n).op {
+                    Op::Input { name, ty } if s.carried.contains(name) => {
+                        ty.concrete_shape(syms).iter().product::<usize>() as u64 * 4
+                    }
+                    _ => 0,
+                })
+                .fold(0u64, u64::saturating_add);
+            let encoder = memory::plan(&s.encoder).peak_bytes(tokens);
+            let decoder = memory::plan(&s.decoder).peak_bytes(tokens);
+            encoder.max(decoder).saturating_add(held)
+        }
+        _ => memory::plan(g).peak_bytes(tokens),
+    }
 }
 
 impl MemoryNeeds {
@@ -46,8 +76,11 @@ impl MemoryNeeds {
             .iter()
             .map(|s| s.width.saturating_mul(positions as u64).saturating_mul(4))
             .fold(0u64, u64::saturating_add);
-        let plan = memory::plan(g);
-        let activations = if on_host { plan.peak_bytes(tokens) } else { 0 };
+        let activations = if on_host {
+            peak_activations(g, tokens)
+        } else {
+            0
+        };
         MemoryNeeds {
             weights: f32_bytes.saturating_mul(copies),
             caches,
@@ -55,6 +88,7 @@ impl MemoryNeeds {
         }
     }
 
+    /// Everything together.
     pub fn total(&self) -> u64 {
         self.weights
             .saturating_add(self.caches)
