@@ -303,7 +303,7 @@ fn assert_close_to_max(
 /// its encoder stage on the prompt, then its decoder stage with the encoder's
 /// outputs as its `encoder.N` inputs — 9 tokens at once, then one at a time
 /// through the KV caches — each on the GPU against the interpreter on the same
-/// stage graphs, within 1e-4 of the largest |value|.
+/// stage graphs, within 1e-4 of the largest |value|; at three source lengths.
 #[test]
 fn encoder_decoder_stages_match_the_interpreter() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -331,43 +331,48 @@ fn encoder_decoder_stages_match_the_interpreter() {
         bind(&enc.weights, &source).unwrap(),
         bind(&dec.weights, &source).unwrap(),
     );
-    let prompt = [1, 54, 260, 310, 280, 261, 267, 264, 70, 85, 274];
-    let enc_in = BTreeMap::from([(
-        "input_ids".to_string(),
-        Tensor::i32(vec![prompt.len()], prompt.to_vec()),
-    )]);
     let enc_gpu = GpuModel::new(enc, &enc_w, GpuOptions::default()).unwrap();
-    let want = interp::run(enc, &enc_w, &enc_in).unwrap();
-    let got = enc_gpu.run(&enc_in).unwrap();
-    assert_close_to_max(&got, &want, 1e-4, "encoder");
-    assert!(!split.carried.is_empty());
-    // The decoder reads the interpreter's encoder outputs on both sides.
-    let carried: BTreeMap<String, Tensor> = split
-        .carried
-        .iter()
-        .map(|n| (n.clone(), want[n].clone()))
-        .collect();
-    let ids = [0, 88, 118, 118, 91, 30, 161, 252, 252];
-    let dec_in = |ids: &[i32]| {
-        let mut x = carried.clone();
-        x.insert(
-            "decoder_input_ids".to_string(),
-            Tensor::i32(vec![ids.len()], ids.to_vec()),
-        );
-        x
-    };
     let dec_gpu = GpuModel::new(dec, &dec_w, GpuOptions::default()).unwrap();
-    let at_once = dec_in(&ids);
-    let want = interp::run(dec, &dec_w, &at_once).unwrap();
-    let got = dec_gpu.run(&at_once).unwrap();
-    assert_close_to_max(&got, &want, 1e-4, "decoder, 9 tokens");
-    let mut state = interp::State::new(dec);
-    let mut caches = dec_gpu.caches(ids.len()).unwrap();
-    for (past, id) in ids.iter().enumerate() {
-        let x = dec_in(&[*id]);
-        let want = interp::run_with_state(dec, &dec_w, &x, &mut state).unwrap();
-        let got = dec_gpu.run_with_caches(&x, &mut caches, past).unwrap();
-        assert_close_to_max(&got, &want, 1e-4, &format!("decoder, token {past}"));
+    assert!(!split.carried.is_empty());
+    // The fixture's prompt; then 20 source tokens (encoder distances past the
+    // max distance, 12; the decoder's source-sized buffers grow) and 5 (they are
+    // reused), on the same two models.
+    let prompt = vec![1, 54, 260, 310, 280, 261, 267, 264, 70, 85, 274];
+    let long: Vec<i32> = (0..20).map(|i| (i * 37 + 5) % 320).collect();
+    for prompt in [prompt, long, vec![1, 7, 300, 2, 9]] {
+        let s = prompt.len();
+        let enc_in = BTreeMap::from([("input_ids".to_string(), Tensor::i32(vec![s], prompt))]);
+        let want = interp::run(enc, &enc_w, &enc_in).unwrap();
+        let got = enc_gpu.run(&enc_in).unwrap();
+        assert_close_to_max(&got, &want, 1e-4, &format!("encoder, {s} tokens"));
+        // The decoder reads the interpreter's encoder outputs on both sides.
+        let carried: BTreeMap<String, Tensor> = split
+            .carried
+            .iter()
+            .map(|n| (n.clone(), want[n].clone()))
+            .collect();
+        let ids = [0, 88, 118, 118, 91, 30, 161, 252, 252];
+        let dec_in = |ids: &[i32]| {
+            let mut x = carried.clone();
+            x.insert(
+                "decoder_input_ids".to_string(),
+                Tensor::i32(vec![ids.len()], ids.to_vec()),
+            );
+            x
+        };
+        let at_once = dec_in(&ids);
+        let want = interp::run(dec, &dec_w, &at_once).unwrap();
+        let got = dec_gpu.run(&at_once).unwrap();
+        assert_close_to_max(&got, &want, 1e-4, &format!("decoder, 9 tokens, source {s}"));
+        let mut state = interp::State::new(dec);
+        let mut caches = dec_gpu.caches(ids.len()).unwrap();
+        for (past, id) in ids.iter().enumerate() {
+            let x = dec_in(&[*id]);
+            let want = interp::run_with_state(dec, &dec_w, &x, &mut state).unwrap();
+            let got = dec_gpu.run_with_caches(&x, &mut caches, past).unwrap();
+            let what = format!("decoder, token {past}, source {s}");
+            assert_close_to_max(&got, &want, 1e-4, &what);
+        }
     }
 }
 
