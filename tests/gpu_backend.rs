@@ -4,9 +4,11 @@
 //! experts but one empty; capacity drops; weights split across bindings; f16
 //! weights where the adapter has them; random specs (few: software is slow);
 //! attention variants (partial, interleaved and llama3 rope, GQA, windows,
-//! sinks, non-causal) call after call through sessions whose KV caches stay on
-//! the device, two sessions interleaved on one model; caches too large for a
-//! binding refused. Whole models: `tests/models.rs`.
+//! sinks, non-causal, T5's relative bias past its max distance) call after call
+//! through sessions whose KV caches stay on the device, two sessions interleaved
+//! on one model; caches too large for a binding refused; an encoder-decoder
+//! checkpoint's two stages (encoder, then the decoder over its outputs, at once
+//! and token by token). Whole models: `tests/models.rs`.
 
 mod backends;
 #[path = "../compiler/tests/common/mod.rs"]
@@ -17,12 +19,14 @@ use backends::{
     routing_cases, REL,
 };
 use common::{assert_outputs_close, inputs, small_dims, weights};
+use moec_compiler::driver::Compiler;
 use moec_compiler::interp;
 use moec_compiler::ir::Graph;
-use moec_compiler::passes::Upto;
+use moec_compiler::passes::{stages, Upto};
 use moec_compiler::tensor::Tensor;
 use moec_runtime::gpu::{GpuModel, GpuOptions};
 use moec_runtime::session::{Engine, Model, Session};
+use moec_runtime::{bind, WeightSource};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -225,6 +229,151 @@ fn kv_caches_larger_than_a_binding_are_refused_with_both_numbers() {
             && err.contains("(300 bytes)"),
         "{err}"
     );
+}
+
+/// T5's relative position bias: bidirectional without a mask (an encoder's) and
+/// causal with a KV cache (a decoder's), 8 buckets of max distance 5, so most key
+/// and query pairs of these calls are farther apart than the last bucket's start.
+const BIASED: &str = "model biased {
+  param max_position_embeddings = 160
+  input x: f32[tokens, 16]
+  let both = relative_position_bias(4, buckets = 8, max_distance = 5, bidirectional = true)
+  let back = relative_position_bias(4, buckets = 8, max_distance = 5, bidirectional = false)
+  let q = linear(x, 16)
+  let k = linear(x, 8)
+  let v = linear(x, 12)
+  let a = attention(q, k, v, heads = 4, kv_heads = 2, causal = false, bias = both)
+  let b = attention(q, k, v, heads = 4, kv_heads = 2, bias = back)
+  output a
+  output b
+}";
+
+/// The bidirectional bias alone at lengths from one key to more than one key
+/// tile (GPU model runs as first calls), then both through sessions call after
+/// call (20, 1, 1, 70 tokens: the causal bias reads the cache).
+#[test]
+fn relative_bias_beyond_max_distance_matches_the_interpreter() {
+    let g = graph(BIASED, &[], Upto::All);
+    let w = weights(&g, 11);
+    check(&g, &w, &[1, 13, 70], "relative bias");
+    let mut on_gpu = session_on(&g, &w, Engine::Gpu(GpuOptions::default()));
+    let mut on_interp = session_on(&g, &w, Engine::Interp);
+    for (call, t) in [20, 1, 1, 70].into_iter().enumerate() {
+        let x = inputs(&g, t, call as u64);
+        let want = on_interp.run(&x).unwrap();
+        let got = on_gpu.run(&x).unwrap();
+        assert_outputs_close(&got, &want, REL, &format!("call {call} ({t} tokens)"));
+    }
+}
+
+/// Every output within `rel` of the interpreter's relative to its largest |value|
+/// (i32 outputs exactly).
+fn assert_close_to_max(
+    got: &BTreeMap<String, Tensor>,
+    want: &BTreeMap<String, Tensor>,
+    rel: f32,
+    what: &str,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (name, w) in want {
+        let g = &got[name];
+        assert_eq!(g.shape, w.shape, "{what}: shape of `{name}`");
+        if w.dtype_name() == "i32" {
+            assert_eq!(g.as_i32(), w.as_i32(), "{what}: `{name}`");
+            continue;
+        }
+        let max = w.as_f32().iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = g
+            .as_f32()
+            .iter()
+            .zip(w.as_f32())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= rel * max.max(f32::MIN_POSITIVE),
+            "{what}: `{name}` differs by {err}, max |value| {max}"
+        );
+    }
+}
+
+/// The Switch Transformers checkpoint (transformers' own) as the runtime runs it:
+/// its encoder stage on the prompt, then its decoder stage with the encoder's
+/// outputs as its `encoder.N` inputs — 9 tokens at once, then one at a time
+/// through the KV caches — each on the GPU against the interpreter on the same
+/// stage graphs, within 1e-4 of the largest |value|; at three source lengths.
+#[test]
+fn encoder_decoder_stages_match_the_interpreter() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/fixtures/models/switch_transformers");
+    let g = Compiler::new()
+        .checkpoint(&dir)
+        .compile_file(&root.join("models/switch_transformers.moe"))
+        .unwrap()
+        .graph;
+    let split = stages::split(&g)
+        .unwrap()
+        .expect("an encoder-decoder graph");
+    let source = WeightSource::open(&dir).unwrap();
+    // Unsplit, the graph computes over `source`: refused with the reason.
+    let err = GpuModel::new(
+        &g,
+        &bind(&g.weights, &source).unwrap(),
+        GpuOptions::default(),
+    )
+    .err()
+    .expect("an unsplit encoder-decoder graph is refused");
+    assert!(err.contains("stages::split"), "{err}");
+    let (enc, dec) = (&split.encoder, &split.decoder);
+    let (enc_w, dec_w) = (
+        bind(&enc.weights, &source).unwrap(),
+        bind(&dec.weights, &source).unwrap(),
+    );
+    let enc_gpu = GpuModel::new(enc, &enc_w, GpuOptions::default()).unwrap();
+    let dec_gpu = GpuModel::new(dec, &dec_w, GpuOptions::default()).unwrap();
+    assert!(!split.carried.is_empty());
+    // The fixture's prompt; then 20 source tokens (encoder distances past the
+    // max distance, 12; the decoder's source-sized buffers grow) and 5 (they are
+    // reused), on the same two models.
+    let prompt = vec![1, 54, 260, 310, 280, 261, 267, 264, 70, 85, 274];
+    let long: Vec<i32> = (0..20).map(|i| (i * 37 + 5) % 320).collect();
+    for prompt in [prompt, long, vec![1, 7, 300, 2, 9]] {
+        let s = prompt.len();
+        let enc_in = BTreeMap::from([("input_ids".to_string(), Tensor::i32(vec![s], prompt))]);
+        let want = interp::run(enc, &enc_w, &enc_in).unwrap();
+        let got = enc_gpu.run(&enc_in).unwrap();
+        assert_close_to_max(&got, &want, 1e-4, &format!("encoder, {s} tokens"));
+        // The decoder reads the interpreter's encoder outputs on both sides.
+        let carried: BTreeMap<String, Tensor> = split
+            .carried
+            .iter()
+            .map(|n| (n.clone(), want[n].clone()))
+            .collect();
+        let ids = [0, 88, 118, 118, 91, 30, 161, 252, 252];
+        let dec_in = |ids: &[i32]| {
+            let mut x = carried.clone();
+            x.insert(
+                "decoder_input_ids".to_string(),
+                Tensor::i32(vec![ids.len()], ids.to_vec()),
+            );
+            x
+        };
+        let at_once = dec_in(&ids);
+        let want = interp::run(dec, &dec_w, &at_once).unwrap();
+        let got = dec_gpu.run(&at_once).unwrap();
+        assert_close_to_max(&got, &want, 1e-4, &format!("decoder, 9 tokens, source {s}"));
+        let mut state = interp::State::new(dec);
+        let mut caches = dec_gpu.caches(ids.len()).unwrap();
+        for (past, id) in ids.iter().enumerate() {
+            let x = dec_in(&[*id]);
+            let want = interp::run_with_state(dec, &dec_w, &x, &mut state).unwrap();
+            let got = dec_gpu.run_with_caches(&x, &mut caches, past).unwrap();
+            let what = format!("decoder, token {past}, source {s}");
+            assert_close_to_max(&got, &want, 1e-4, &what);
+        }
+    }
 }
 
 proptest! {

@@ -7,10 +7,17 @@
 //! weight buffer once from the plan's segments (f32 or f16).
 //!
 //! Running ([`GpuModel::run_with_caches`]): buffers of computed values are sized for the
-//! token count and kept for later runs with as many tokens or fewer; each run
-//! writes the inputs and every step's params (token count, capacity, cached
-//! positions), records all steps into one command buffer, and reads the outputs
-//! back through readback buffers kept with the others.
+//! token count (and inputs for the source length) and kept for later runs with
+//! as many tokens and source rows or fewer; each run writes the inputs and every
+//! step's params (token count, capacity, cached positions, source length),
+//! records all steps into one command buffer, and reads the outputs back
+//! through readback buffers kept with the others.
+//!
+//! Encoder-decoder models run as the two graphs of `passes::stages::split`, a
+//! `GpuModel` each: the encoder as any stateless graph over its tokens, the
+//! decoder with its `encoder.N` inputs (`[source, W]`, the encoder's outputs),
+//! whose rows bind `source`. A graph the backend cannot run (an unsplit one) is
+//! refused at load with the reason.
 //!
 //! KV caches ([`GpuCaches`]) are device buffers a session owns: a call appends
 //! its rows at the positions already held and attention reads them there, so a
@@ -59,6 +66,8 @@ pub struct GpuModel {
 /// Per-size run resources.
 struct RunState {
     tokens: usize,
+    /// Source rows the input buffers hold (an encoder-decoder model's decoder).
+    source: usize,
     /// Plan buffer index → buffer, for inputs and computed values.
     buffers: BTreeMap<usize, wgpu::Buffer>,
     /// Per kernel step: its params uniform and bind group.
@@ -183,7 +192,7 @@ impl GpuModel {
         caches: &mut GpuCaches,
         past: usize,
     ) -> Result<BTreeMap<String, Tensor>, String> {
-        let tokens = interp::token_count(&self.graph, inputs)?;
+        let Syms { tokens, source, .. } = interp::input_syms(&self.graph, inputs)?;
         interp::check_token_ids(&self.graph, inputs)?;
         if !self.graph.states.is_empty() && past + tokens > caches.positions {
             return Err(format!(
@@ -195,8 +204,13 @@ impl GpuModel {
             .state
             .lock()
             .map_err(|_| "the GPU model's state is poisoned by an earlier failure".to_string())?;
-        if guard.as_ref().is_none_or(|s| s.tokens < tokens) {
-            *guard = Some(self.allocate(tokens.max(1))?);
+        if guard
+            .as_ref()
+            .is_none_or(|s| s.tokens < tokens || s.source < source)
+        {
+            // Never smaller than before in either symbol.
+            let (t0, s0) = guard.as_ref().map_or((1, 0), |s| (s.tokens, s.source));
+            *guard = Some(self.allocate(tokens.max(t0), source.max(s0))?);
         }
         let state = guard.as_mut().expect("allocated above");
         if state.bound_caches != caches.id {
@@ -215,7 +229,7 @@ impl GpuModel {
         let syms = Syms {
             tokens,
             past,
-            source: 0,
+            source,
         };
         let mut encoder = self.gpu.encoder();
         for (step, res) in self.plan.steps.iter().zip(&state.steps) {
@@ -232,9 +246,9 @@ impl GpuModel {
                     let cap = capacity.map_or(0, |c| c.eval(tokens));
                     self.gpu.write(
                         params,
-                        bytemuck::cast_slice(&[tokens as u32, cap, past as u32, 0]),
+                        bytemuck::cast_slice(&[tokens as u32, cap, past as u32, source as u32]),
                     );
-                    if let Some((x, y)) = workgroups.count(tokens, self.gpu.max_workgroups()) {
+                    if let Some((x, y)) = workgroups.count(syms, self.gpu.max_workgroups()) {
                         if x > self.gpu.max_workgroups() {
                             return Err(format!(
                                 "{} needs {x} workgroups at {tokens} tokens, more than the adapter allows ({})",
@@ -342,8 +356,13 @@ impl GpuModel {
         state.bound_caches = caches.id;
     }
 
-    /// Buffers and bind groups for runs of up to `tokens` tokens.
-    fn allocate(&self, tokens: usize) -> Result<RunState, String> {
+    /// Buffers and bind groups for runs of up to `tokens` tokens and `source` source rows.
+    fn allocate(&self, tokens: usize, source: usize) -> Result<RunState, String> {
+        let syms = Syms {
+            tokens,
+            past: 0,
+            source,
+        };
         let mut buffers = BTreeMap::new();
         for (i, b) in self.plan.buffers.iter().enumerate() {
             if matches!(
@@ -352,10 +371,15 @@ impl GpuModel {
             ) {
                 continue;
             }
-            let bytes = b.elements.eval(tokens) as u64 * b.elem.bytes();
+            let bytes = b.elements.eval(syms) as u64 * b.elem.bytes();
             if bytes > self.gpu.max_binding_bytes() {
+                let (at, hint) = if b.elements.uses_source() {
+                    (format!("{source} source rows"), "a shorter source sequence")
+                } else {
+                    (format!("{tokens} tokens"), "fewer tokens at a time")
+                };
                 return Err(format!(
-                    "`{}` needs {bytes} bytes at {tokens} tokens, more than one storage binding of this adapter holds ({} bytes); run fewer tokens at a time",
+                    "`{}` needs {bytes} bytes at {at}, more than one storage binding of this adapter holds ({} bytes); run {hint}",
                     b.name,
                     self.gpu.max_binding_bytes()
                 ));
@@ -367,7 +391,7 @@ impl GpuModel {
             .outputs
             .iter()
             .map(|o| {
-                let elements: usize = o.shape.iter().map(|d| d.eval(tokens)).product();
+                let elements: usize = o.shape.iter().map(|d| d.eval(syms)).product();
                 self.gpu.staging(elements as u64 * o.elem.bytes())
             })
             .collect();
@@ -375,6 +399,7 @@ impl GpuModel {
         // Bind groups come with the first caches run on them.
         Ok(RunState {
             tokens,
+            source,
             buffers,
             steps: Vec::new(),
             bound_caches: 0,

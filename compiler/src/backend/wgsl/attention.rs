@@ -13,7 +13,7 @@
 
 use super::plan::Elem::{F32, I32};
 use super::writer::{dim, float, read, write, Module};
-use crate::ir::{AttentionAttrs, Dim, RopeAttrs};
+use crate::ir::{AttentionAttrs, Dim, RelativeBias, RopeAttrs};
 use std::fmt::{self, Write};
 
 const SIZE: u32 = 64;
@@ -108,8 +108,18 @@ fn key_tile(group: u64) -> u64 {
 }
 
 /// Scaled dot-product attention of `[tokens, H·D]` queries over `keys` rows of
-/// k `[P, KV·D]` and v `[P, KV·Dv]` (the queries are the last `tokens` of the P
-/// positions), with optional sinks `[H]`; see `Op::Attention`.
+/// k `[P, KV·D]` and v `[P, KV·Dv]`, with optional sinks `[H]` and relative
+/// position bias; see `Op::Attention`. The keys are a KV cache (`past + tokens`
+/// rows: the queries are the last `tokens` positions), this call's own rows (an
+/// encoder's `tokens`) or a decoder's encoder input (`source` rows, read without
+/// positions: cross-attention is neither causal, windowed nor biased).
+///
+/// A relative bias adds `bias[bucket(key − query), head]` to each score: the
+/// bucket of each relative position `r` in `-M..=M` (`M` the bias's max
+/// distance) is `buckets[r + M]`, a table the compiler fills with
+/// `interp::relative_bucket` (no logarithm on the GPU: one ulp flips a bucket),
+/// and farther positions take the bucket of `±M`, which is already the last of
+/// their direction.
 ///
 /// One workgroup per (query token, kv head), in a grid-stride loop over those
 /// pairs, serves the `H / KV` query heads that share the kv head: it walks the
@@ -119,6 +129,7 @@ fn key_tile(group: u64) -> u64 {
 /// the online-softmax rescaling (a v row read once). At decode the cache is read
 /// once; no scores leave workgroup memory.
 pub(super) fn attention(a: &AttentionAttrs, keys: Dim) -> Result<Module, fmt::Error> {
+    let positional = a.causal || a.window.is_some() || a.bias.is_some();
     let mut m = Module::new(
         "attention: a workgroup per (query, kv head), key tiles, online softmax",
         false,
@@ -126,6 +137,9 @@ pub(super) fn attention(a: &AttentionAttrs, keys: Dim) -> Result<Module, fmt::Er
     m.bind_all(&[read("q", F32), read("k", F32), read("v", F32)])?;
     if a.sinks {
         m.bind(read("sinks", F32))?;
+    }
+    if a.bias.is_some() {
+        m.bind_all(&[read("bias", F32), read("buckets", F32)])?;
     }
     m.bind(write("out", F32))?;
     let (heads, kv_heads, d, dv) = (a.heads, a.kv_heads.max(1), a.head_dim, a.v_head_dim);
@@ -156,8 +170,7 @@ pub(super) fn attention(a: &AttentionAttrs, keys: Dim) -> Result<Module, fmt::Er
     for (var w = wid.x; w < tokens * {kv_heads}u; w += groups.x) {{
         let t = w / {kv_heads}u;
         let kv = w % {kv_heads}u;
-        let pos = keys - tokens + t;
-        let first = {first};
+{pos}        let first = {first};
         let last = {last};
         var mx: array<f32, {group}>;
         var denom: array<f32, {group}>;
@@ -171,13 +184,13 @@ pub(super) fn attention(a: &AttentionAttrs, keys: Dim) -> Result<Module, fmt::Er
             // Scores of key `start + lix` for every head of the group.
             if (lix < n) {{
                 let kb = (start + lix) * {kw}u + kv * {d}u;
-                for (var g = 0u; g < {group}u; g++) {{
+{bucket}                for (var g = 0u; g < {group}u; g++) {{
                     let qb = t * {qw}u + (kv * {group}u + g) * {d}u;
                     var dot = 0.0;
                     for (var c = 0u; c < {d}u; c++) {{
                         dot += q[qb + c] * k[kb + c];
                     }}
-                    p[g * {bk}u + lix] = dot * {scale};
+                    p[g * {bk}u + lix] = dot * {scale}{bias};
                 }}
             }}
             workgroupBarrier();
@@ -227,8 +240,68 @@ pub(super) fn attention(a: &AttentionAttrs, keys: Dim) -> Result<Module, fmt::Er
     }}
 }}",
         keys = dim(keys),
+        pos = if positional {
+            "        let pos = keys - tokens + t;\n"
+        } else {
+            ""
+        },
+        bucket = match a.bias {
+            Some(b) => format!(
+                "                let rel = clamp(i32(start + lix) - i32(pos), -{m}, {m}) + {m};\n                let bucket = u32(buckets[u32(rel)]);\n",
+                m = b.max_distance
+            ),
+            None => String::new(),
+        },
+        bias = if a.bias.is_some() {
+            format!(" + bias[bucket * {heads}u + kv * {group}u + g]")
+        } else {
+            String::new()
+        },
         acc = group * cols,
         scale = float(a.scale.get())
     )?;
     Ok(m)
+}
+
+/// The bucket of each relative position `-M..=M` (`M` the bias's max distance)
+/// as f32s, for the attention kernel's `buckets` table.
+pub(super) fn bucket_table(b: RelativeBias) -> Vec<f32> {
+    let m = b.max_distance as i64;
+    (-m..=m)
+        .map(|r| crate::interp::relative_bucket(b, r) as f32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel clamps relative positions to `±max_distance`: every farther one
+    /// has the bucket of the clamped one, in both directions, bidirectional or not.
+    #[test]
+    fn positions_beyond_max_distance_share_the_clamped_bucket() {
+        for (buckets, max_distance) in [(32, 128), (16, 12), (8, 5), (4, 3), (32, 40)] {
+            for bidirectional in [false, true] {
+                let b = RelativeBias {
+                    buckets,
+                    max_distance,
+                    bidirectional,
+                };
+                if b.check().is_err() {
+                    continue;
+                }
+                let table = bucket_table(b);
+                let m = max_distance as i64;
+                assert_eq!(table.len() as i64, 2 * m + 1);
+                for r in -20 * m..=20 * m {
+                    let want = crate::interp::relative_bucket(b, r);
+                    assert_eq!(
+                        table[(r.clamp(-m, m) + m) as usize] as usize,
+                        want,
+                        "{b:?} r={r}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -408,6 +408,9 @@ impl Builder<'_> {
             Op::Attention(a) => {
                 let keys = ty(1).shape[0];
                 let mut slots: Vec<Slot> = (0..ops.len()).map(In).collect();
+                if let Some(b) = a.bias {
+                    slots.push(Slot::Values("buckets", attention::bucket_table(b)));
+                }
                 slots.push(Out(0));
                 // One workgroup per (query token, kv head), grid-stride.
                 let pairs = Dim::TOKENS.scale(a.kv_heads.max(1));

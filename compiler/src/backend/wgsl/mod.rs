@@ -19,6 +19,12 @@
 //! that the host keeps on the device across calls; they are the only values
 //! whose size may depend on `past`.
 //!
+//! Encoder-decoder models run as the two graphs of `passes::stages::split`: the
+//! encoder is an ordinary graph over its tokens; the decoder's encoder inputs
+//! (`encoder.N`, `[source, W]`) are the only values with `source` rows, sized by
+//! the params' `source`, and only attention reads them as keys and values. A
+//! graph computing values over `source` (an unsplit one) is refused.
+//!
 //! Not handled: `ConcatRows` of computed values, and other values whose element
 //! count is not affine in the token count; both are reported as errors.
 
@@ -137,37 +143,26 @@ fn elem(d: DType) -> Elem {
     }
 }
 
-/// Elements of `dims` as an affine function of the token count.
+/// Elements of `dims` as an affine function of the token count (and of the
+/// source length: a decoder's encoder inputs are `[source, W]`).
 fn count(dims: &[Dim]) -> Result<Dim, String> {
-    let mut per_token = 0u64;
-    let mut fixed = 1u64;
+    let mut total = Dim::fixed(1);
     for d in dims {
         if d.uses_past() {
             return Err("a value whose size depends on the KV cache is not supported by the GPU backend yet".into());
         }
-        match (per_token, d.per_token) {
-            (0, 0) => fixed *= d.fixed,
-            (0, p) => {
-                per_token = p * fixed;
-                fixed *= d.fixed;
-            }
-            (_, 0) => {
-                per_token *= d.fixed;
-                fixed *= d.fixed;
-            }
-            _ => {
+        total = match (total.as_fixed(), d.as_fixed()) {
+            (_, Some(n)) => total.scale(n),
+            (Some(n), None) => d.scale(n),
+            (None, None) => {
                 return Err(
                     "a value with two token-dependent dims is not supported by the GPU backend"
                         .into(),
                 )
             }
-        }
+        };
     }
-    Ok(Dim {
-        per_token,
-        fixed,
-        ..Dim::fixed(0)
-    })
+    Ok(total)
 }
 
 fn width(ty: &TensorType) -> u64 {
@@ -375,6 +370,17 @@ impl Builder<'_> {
             _ => {}
         }
         // A computed op: its output buffers, then its launches.
+        if let Some(ty) = node
+            .outputs
+            .iter()
+            .find(|t| t.shape.iter().any(|d| d.uses_source()))
+        {
+            return Err(format!(
+                "{} {} computes {ty} over the source sequence: the GPU backend runs an encoder-decoder model as its two stages (passes::stages::split), where only the decoder's encoder inputs have source rows",
+                self.value_name(out),
+                node.op.name()
+            ));
+        }
         let mut outs = Vec::new();
         for (port, ty) in node.outputs.iter().enumerate() {
             let v = Value {

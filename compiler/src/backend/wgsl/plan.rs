@@ -3,19 +3,20 @@
 //! files), enough for any wgpu host to run the kernels:
 //!
 //! - every buffer has an element type and an element count `per_token · T +
-//!   fixed` for a run on `T` tokens;
+//!   per_source · S + fixed` for a run on `T` tokens (`S`: the source length of
+//!   an encoder-decoder model's decoder, the rows of its encoder inputs; 0 elsewhere);
 //! - state buffers are the KV caches: `max_positions` rows of a state's width,
 //!   owned by the host's session and kept on the device across calls (a call
 //!   appends its rows at `past`, the positions held before it);
 //! - weight buffers are filled once, at load time, from ranges of the bound
 //!   weight tensors (`Segment`s, in the graph's weight order); input buffers from
 //!   the named inputs; the rest are computed;
-//! - every kernel's binding 0 is a uniform `Params { tokens, capacity, past, 0 }`
+//! - every kernel's binding 0 is a uniform `Params { tokens, capacity, past, source }`
 //!   (`u32`s) written per step; its other bindings are the step's buffers in
 //!   order;
 //! - steps run in order; a copy step copies elements between buffers.
 
-use crate::ir::{CapacityLimit, Dim};
+use crate::ir::{CapacityLimit, Dim, Syms};
 use serde::{Deserialize, Serialize};
 
 /// Everything a host needs besides the kernel sources.
@@ -153,7 +154,7 @@ pub enum Step {
     },
 }
 
-/// How many workgroups a step dispatches for a run on `T` tokens.
+/// How many workgroups a step dispatches for a run on `T` tokens (and `S` source rows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Workgroups {
@@ -172,10 +173,12 @@ pub enum Workgroups {
 }
 
 impl Workgroups {
-    /// The dispatch size for `tokens`, x capped at `max_x` for grid-stride loops.
-    /// `None` when there is nothing to do.
-    pub fn count(self, tokens: usize, max_x: u32) -> Option<(u32, u32)> {
-        let div_up = |items: Dim, per: u32| items.eval(tokens).div_ceil(per as usize);
+    /// The dispatch size for a run with these symbols (a plain token count: no
+    /// source), x capped at `max_x` for grid-stride loops. `None` when there is
+    /// nothing to do.
+    pub fn count(self, syms: impl Into<Syms>, max_x: u32) -> Option<(u32, u32)> {
+        let syms = syms.into();
+        let div_up = |items: Dim, per: u32| items.eval(syms).div_ceil(per as usize);
         match self {
             Workgroups::Stride { items, size } => {
                 let n = div_up(items, size);

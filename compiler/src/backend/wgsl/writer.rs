@@ -52,7 +52,7 @@ impl Module {
         }
         writeln!(
             m.text,
-            "\nstruct Params {{\n    tokens: u32,\n    capacity: u32,\n    past: u32,\n    pad: u32,\n}}\n"
+            "\nstruct Params {{\n    tokens: u32,\n    capacity: u32,\n    past: u32,\n    source: u32,\n}}\n"
         )?;
         writeln!(m.text, "@group(0) @binding(0) var<uniform> params: Params;")?;
         Ok(m)
@@ -178,8 +178,9 @@ impl Write for Module {
     }
 }
 
-/// A dim as a WGSL `u32` expression of `tokens` (and of `params.past`, the
-/// positions the KV caches held before this call).
+/// A dim as a WGSL `u32` expression of `tokens`, `params.past` (the positions the
+/// KV caches held before this call) and `params.source` (an encoder-decoder
+/// model's source length, which a decoder's encoder inputs have as rows).
 pub(super) fn dim(d: Dim) -> String {
     let by_tokens = match (d.per_token, d.fixed) {
         (0, n) => format!("{n}u"),
@@ -188,10 +189,17 @@ pub(super) fn dim(d: Dim) -> String {
         (1, n) => format!("(tokens + {n}u)"),
         (p, n) => format!("({p}u * tokens + {n}u)"),
     };
-    match d.per_past {
+    let with_past = match d.per_past {
         0 => by_tokens,
         1 => format!("(params.past + {by_tokens})"),
         p => format!("({p}u * params.past + {by_tokens})"),
+    };
+    match (d.per_source, d.per_token, d.per_past, d.fixed) {
+        (0, ..) => with_past,
+        (1, 0, 0, 0) => "params.source".into(),
+        (s, 0, 0, 0) => format!("({s}u * params.source)"),
+        (1, ..) => format!("(params.source + {with_past})"),
+        (s, ..) => format!("({s}u * params.source + {with_past})"),
     }
 }
 
