@@ -2,7 +2,8 @@
 //! encoder-decoder checkpoint in `tests/fixtures/models/<case>/` (transformers'
 //! own `save_pretrained`; expected values from transformers, written by
 //! `make_encoder_decoder_fixtures.py`) is compiled from `models/<model_type>.moe`
-//! and run on the interpreter and the CPU backend:
+//! and run on the interpreter, the CPU backend and the GPU backend (Mesa's
+//! software Vulkan driver in CI):
 //! - one call with `input_ids` and `decoder_input_ids`: the encoder's last hidden
 //!   state and the decoder's logits, on the whole graph in the interpreter (as
 //!   lowered and optimized) and through a session (the two programs of
@@ -20,13 +21,21 @@ use moec_compiler::ir::Graph;
 use moec_compiler::passes::{last_token, Upto};
 use moec_compiler::tensor::{Tensor, TensorData};
 use moec_runtime::generate::{generate, GenerateOptions, Sampling};
+use moec_runtime::gpu::GpuOptions;
 use moec_runtime::io::read_tensors;
 use moec_runtime::session::{load_weights, CpuOptions, Engine, Model, SessionError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-const ENGINES: &[Engine] = &[Engine::Interp, Engine::Cpu(CpuOptions::threads(2))];
+const ENGINES: &[Engine] = &[
+    Engine::Interp,
+    Engine::Cpu(CpuOptions::threads(2)),
+    Engine::Gpu(GpuOptions {
+        f16_weights: false,
+        max_binding_bytes: None,
+    }),
+];
 
 /// Largest |a − b| relative to the largest |b|.
 const TOLERANCE: f32 = 1e-4;
