@@ -16,45 +16,11 @@
 
 use crate::random::round_to_bf16;
 use half::f16;
+pub use moec_compiler::ir::WeightFormat;
 use moec_compiler::tensor::{Tensor, TensorData};
 
 /// Values per quantization block.
-pub const BLOCK: usize = 32;
-
-/// How expert weights are stored for the CPU backend (`--weight-format`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum WeightFormat {
-    F32,
-    Bf16,
-    Q8_0,
-    Q4_0,
-}
-
-impl WeightFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightFormat::F32 => "f32",
-            WeightFormat::Bf16 => "bf16",
-            WeightFormat::Q8_0 => "q8_0",
-            WeightFormat::Q4_0 => "q4_0",
-        }
-    }
-
-    /// Whether this format stores blocks of integers with scales.
-    pub fn is_quantized(self) -> bool {
-        matches!(self, WeightFormat::Q8_0 | WeightFormat::Q4_0)
-    }
-
-    /// Bytes one block of [`BLOCK`] values takes (scale included), for a quantized format.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            WeightFormat::Q8_0 => 2 + BLOCK,
-            WeightFormat::Q4_0 => 2 + BLOCK / 2,
-            WeightFormat::F32 => 4 * BLOCK,
-            WeightFormat::Bf16 => 2 * BLOCK,
-        }
-    }
-}
+pub const BLOCK: usize = WeightFormat::BLOCK;
 
 /// One quantized block: its scale and its integers (q8_0: `-127..=127`; q4_0:
 /// `0..=15`, offset by 8).
@@ -90,7 +56,7 @@ pub fn quantize_block(format: WeightFormat, x: &[f32]) -> Block {
             }
             d
         }
-        WeightFormat::F32 | WeightFormat::Bf16 => 0.0,
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => 0.0,
     };
     Block {
         d: f16::from_f32(d),
@@ -110,11 +76,19 @@ impl Block {
 }
 
 /// `t` (rank ≥ 1, f32) with each last-axis row replaced by what `format` stores:
-/// rounded to bf16, or quantized in blocks and dequantized; unchanged for f32.
+/// rounded to f16 or bf16, or quantized in blocks and dequantized; unchanged for f32.
 pub fn dequantize(format: WeightFormat, mut t: Tensor) -> Tensor {
     match format {
         WeightFormat::F32 => t,
         WeightFormat::Bf16 => round_to_bf16(t),
+        WeightFormat::F16 => {
+            if let TensorData::F32(v) = &mut t.data {
+                for x in v.iter_mut() {
+                    *x = f16::from_f32(*x).to_f32();
+                }
+            }
+            t
+        }
         WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
             let k = t.shape.last().copied().unwrap_or(1).max(1);
             if let TensorData::F32(v) = &mut t.data {

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use common::*;
-use moec_compiler::ir::weight::StorageDType;
+use moec_compiler::ir::WeightFormat;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::{bind, unused, WeightErrorKind, WeightErrors, WeightSource};
 use safetensors::tensor::Dtype;
@@ -430,7 +430,7 @@ fn reports_every_problem_at_once() {
     );
     let decls = [
         decl("layers.0.y.experts.3.gate", &w1, &[64, 16]),
-        stored_as(decl("gate.logits", "gate", &[2]), StorageDType::BF16),
+        stored_as(decl("gate.logits", "gate", &[2]), WeightFormat::Bf16),
         decl("ok", "ok", &[1]),
         decl("missing", "absent", &[1]),
         decl("step", "step", &[1]),
@@ -439,7 +439,7 @@ fn reports_every_problem_at_once() {
     let file = path.display();
     let expected = [
         format!("{file}: tensor \"{w1}\" has shape [32, 16], expected [64, 16] (`layers.0.y.experts.3.gate`)"),
-        format!("{file}: tensor \"gate\" is stored as F16, expected BF16 (`gate.logits`)"),
+        format!("{file}: tensor \"gate\" is stored as f16, expected bf16 (`gate.logits`)"),
         format!("{file}: no tensor \"absent\" (`missing`)"),
         format!("{file}: tensor \"step\" has dtype I64; weights must be F32, F16 or BF16 (`step`)"),
     ];
@@ -451,7 +451,7 @@ fn storage_dtype_that_matches_is_accepted() {
     let dir = TempDir::new().unwrap();
     let path = single(&dir, &[bits16("g", Dtype::BF16, &[1], &[0x3F80])]);
     let got = bind(
-        &[stored_as(decl("g", "g", &[1]), StorageDType::BF16)],
+        &[stored_as(decl("g", "g", &[1]), WeightFormat::Bf16)],
         &open(&path),
     )
     .unwrap();

@@ -16,6 +16,7 @@ use moec_compiler::tensor::Tensor;
 use moec_runtime::budget::MemoryNeeds;
 use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::gpu::GpuModel;
+use moec_runtime::quant::WeightFormat;
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
 use std::collections::BTreeMap;
@@ -59,8 +60,8 @@ pub struct Args {
     #[arg(long)]
     bandwidth: bool,
     /// Round the random weights to this dtype: bf16 makes the cpu backend stream bf16 panels.
-    #[arg(long, value_enum, default_value = "f32")]
-    weight_dtype: super::WeightDType,
+    #[arg(long, value_parser = super::formats(&["f32", "f16", "bf16", "q8_0", "q4_0"]), default_value = "f32")]
+    weight_dtype: WeightFormat,
     /// gpu backend: store matmul weights as f16 (rounded; needs the adapter's `shader-f16`).
     #[arg(long)]
     f16_weights: bool,
@@ -143,7 +144,7 @@ pub fn main(args: Args) -> Result<(), String> {
             Some(source) => bind(&g.weights, source).map_err(|e| e.to_string())?,
             None => random_weights(&g.weights, args.seed),
         };
-        let weights = args.weight_dtype.round(weights);
+        let weights = super::round_weights(args.weight_dtype, weights);
         let runner = match args.backend {
             Backend::Interp => Runner::Interp(Box::new(g.clone()), weights),
             Backend::Cpu => {

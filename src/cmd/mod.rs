@@ -19,7 +19,7 @@ use moec_compiler::lower::{Limit, Limits, ParamSource};
 use moec_compiler::passes::{self, Upto};
 use moec_compiler::tensor::Tensor;
 use moec_runtime::budget::{parse_bytes, MemoryLimit, MemoryNeeds};
-use moec_runtime::random::round_to_bf16;
+use moec_runtime::quant::{dequantize, WeightFormat};
 use moec_runtime::session::{CpuOptions, Engine};
 use std::path::{Path, PathBuf};
 
@@ -45,22 +45,18 @@ impl Backend {
     }
 }
 
-/// `--weight-dtype` (`run` and `bench` with random weights): the values to use.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum WeightDType {
-    /// As generated.
-    F32,
-    /// Rounded to the nearest bf16 value (the cpu backend then packs bf16 panels).
-    Bf16,
+/// A command-line value that names one of the weight formats `allowed` (by
+/// `WeightFormat`'s names: the one vocabulary of the spec, the runtime and messages).
+pub fn formats(
+    allowed: &'static [&'static str],
+) -> impl clap::builder::TypedValueParser<Value = WeightFormat> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(allowed).try_map(|s| s.parse::<WeightFormat>())
 }
 
-impl WeightDType {
-    pub fn round(self, weights: Vec<Tensor>) -> Vec<Tensor> {
-        match self {
-            WeightDType::F32 => weights,
-            WeightDType::Bf16 => weights.into_iter().map(round_to_bf16).collect(),
-        }
-    }
+/// `--weight-dtype` (`run` and `bench` with random weights): each value as `format` stores it.
+pub fn round_weights(format: WeightFormat, weights: Vec<Tensor>) -> Vec<Tensor> {
+    weights.into_iter().map(|w| dequantize(format, w)).collect()
 }
 
 /// The CPU backend's options on the command line (`generate`, `trace`).
@@ -71,8 +67,8 @@ pub struct CpuArgs {
     pub matmul_isa: Option<MatmulIsaArg>,
     /// cpu backend: store the experts' weights as q8_0 or q4_0 blocks (GGUF's formats;
     /// needs the avx512 matmuls); other weights stay as loaded
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub expert_format: Option<ExpertFormatArg>,
+    #[arg(long, value_parser = formats(&["q8_0", "q4_0"]), value_name = "FORMAT")]
+    pub expert_format: Option<WeightFormat>,
 }
 
 impl CpuArgs {
@@ -80,25 +76,7 @@ impl CpuArgs {
         CpuOptions {
             threads: None,
             isa: self.matmul_isa.map(Into::into),
-            experts: self.expert_format.map(Into::into),
-        }
-    }
-}
-
-/// `--expert-format`.
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum ExpertFormatArg {
-    #[value(name = "q8_0")]
-    Q8_0,
-    #[value(name = "q4_0")]
-    Q4_0,
-}
-
-impl From<ExpertFormatArg> for moec_runtime::quant::WeightFormat {
-    fn from(a: ExpertFormatArg) -> Self {
-        match a {
-            ExpertFormatArg::Q8_0 => moec_runtime::quant::WeightFormat::Q8_0,
-            ExpertFormatArg::Q4_0 => moec_runtime::quant::WeightFormat::Q4_0,
+            experts: self.expert_format,
         }
     }
 }

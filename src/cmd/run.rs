@@ -17,6 +17,7 @@ use moec_runtime::budget::MemoryNeeds;
 use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::gpu::GpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
+use moec_runtime::quant::WeightFormat;
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::session::{Engine, Model};
 use moec_runtime::weights::{bind, WeightSource};
@@ -52,8 +53,8 @@ pub struct Args {
     #[command(flatten)]
     cpu: super::CpuArgs,
     /// With --random-weights: round them to this dtype (bf16: the cpu backend streams bf16 panels).
-    #[arg(long, value_enum, default_value = "f32", requires = "random_weights")]
-    weight_dtype: super::WeightDType,
+    #[arg(long, value_parser = super::formats(&["f32", "f16", "bf16", "q8_0", "q4_0"]), default_value = "f32", requires = "random_weights")]
+    weight_dtype: WeightFormat,
     /// gpu backend: store matmul weights as f16 (rounded; needs the adapter's `shader-f16`).
     #[arg(long)]
     f16_weights: bool,
@@ -136,7 +137,7 @@ fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
         }
         (None, Some(seed)) => {
             let random = random_weights(&g.weights, seed);
-            args.weight_dtype.round(random)
+            super::round_weights(args.weight_dtype, random)
         }
         (None, None) => {
             return Err("no weights: give --weights FILE or --random-weights SEED".into())

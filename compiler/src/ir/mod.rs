@@ -4,6 +4,7 @@
 //! passes, printed by `print` and executed by `interp`. Node indices survive
 //! deletion, so passes can hold on to them while they rewrite.
 
+mod format;
 mod graph;
 mod op;
 mod probe;
@@ -11,6 +12,7 @@ mod types;
 mod typing;
 pub mod weight;
 
+pub use format::WeightFormat;
 pub use graph::{Edge, Graph, Node, StateDecl, Value};
 pub use op::{
     AttentionAttrs, BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, GroupScore, Op,
@@ -19,4 +21,4 @@ pub use op::{
 pub use petgraph::stable_graph::NodeIndex;
 pub use probe::{Probe, ProbeKind};
 pub use types::{DType, Dim, Syms, TensorType};
-pub use weight::{AxisSlice, StorageDType, WeightDecl};
+pub use weight::{AxisSlice, WeightDecl};

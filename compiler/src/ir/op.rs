@@ -7,7 +7,7 @@
 //! is `-1` once capacity has dropped it.
 
 use super::types::TensorType;
-use super::weight::StorageDType;
+use super::WeightFormat;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -308,7 +308,7 @@ pub enum Op {
     /// A weight tensor, index into `Graph::weights`. Typing: no operands; f32 of the declared shape.
     Weight {
         id: usize,
-        storage: Option<StorageDType>,
+        storage: Option<WeightFormat>,
     },
     /// A scalar constant. Typing: no operands; f32 `[]`.
     Constant(F32Bits),
@@ -594,7 +594,7 @@ impl Op {
         match self {
             Input { name, .. } => format!("name={name}"),
             Weight { id, storage } => match storage {
-                Some(s) => format!("id={id} storage={s:?}"),
+                Some(s) => format!("id={id} storage={s}"),
                 None => format!("id={id}"),
             },
             Constant(v) => format!("value={v:?}"),

@@ -1,16 +1,9 @@
 //! Weight declarations: what the graph needs from a weights file, resolved from
 //! the spec's `weights` blocks at lowering time. The runtime binds files to these.
 
+use super::WeightFormat;
 use moec_grammar::Span;
 use serde::{Deserialize, Serialize};
-
-/// How a weight is stored in a file, when the spec insists (`weights ... as bf16`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum StorageDType {
-    F32,
-    F16,
-    BF16,
-}
 
 /// Entries `start, start + step, ...` of an axis (`rows(start, step)` or `columns(start, step)`
 /// in a binding).
@@ -48,7 +41,7 @@ pub struct WeightDecl {
     /// The shape the graph wants after slicing and transposing.
     pub shape: Vec<usize>,
     /// The dtype the file must store, if the spec says.
-    pub storage: Option<StorageDType>,
+    pub storage: Option<WeightFormat>,
     /// Where in the spec this weight comes from (the binding, or else the layer that owns it).
     #[serde(skip)]
     pub span: Span,

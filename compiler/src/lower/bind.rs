@@ -6,7 +6,7 @@
 
 use super::consts::{eval_const, Const};
 use crate::diagnostic::Diagnostic;
-use crate::ir::{AxisSlice, StorageDType, WeightDecl};
+use crate::ir::{AxisSlice, WeightDecl, WeightFormat};
 use moec_grammar::ast::{Binding, DTypeName, Expr, Stride, Weights};
 use moec_grammar::Span;
 use std::collections::HashMap;
@@ -82,7 +82,7 @@ impl WeightPath {
 struct Block<'a> {
     prefix: Option<&'a str>,
     prefix_span: Span,
-    storage: Option<StorageDType>,
+    storage: Option<WeightFormat>,
     bindings: Vec<&'a Binding>,
 }
 
@@ -103,9 +103,9 @@ impl<'a> Binder<'a> {
                 prefix: w.prefix.as_ref().map(|p| p.value.as_str()),
                 prefix_span: w.prefix.as_ref().map_or(w.span, |p| p.span),
                 storage: w.dtype.map(|(d, _)| match d {
-                    DTypeName::F32 => StorageDType::F32,
-                    DTypeName::F16 => StorageDType::F16,
-                    DTypeName::BF16 => StorageDType::BF16,
+                    DTypeName::F32 => WeightFormat::F32,
+                    DTypeName::F16 => WeightFormat::F16,
+                    DTypeName::BF16 => WeightFormat::Bf16,
                     DTypeName::I32 => unreachable!("rejected by `Lowerer::new`"),
                 }),
                 bindings: w.bindings.iter().collect(),

@@ -408,11 +408,10 @@ struct Layout {
 fn pack(shape: MatmulShape, w: &Tensor, b: Option<&Tensor>, layout: Layout) -> Packed {
     let stacked = w.shape.len() == 3;
     let experts = if stacked { w.shape[0] } else { 1 };
-    let as_loaded = match shape.weights {
-        WeightDType::F32 => WeightFormat::F32,
-        WeightDType::Bf16 => WeightFormat::Bf16,
-    };
-    let format = layout.experts.filter(|_| stacked).unwrap_or(as_loaded);
+    let format = layout
+        .experts
+        .filter(|_| stacked)
+        .unwrap_or(shape.weights.into());
     let w = w.as_f32();
     Packed {
         shape,

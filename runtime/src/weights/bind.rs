@@ -14,7 +14,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use moec_compiler::ir::weight::{AxisSlice, StorageDType, WeightDecl};
+use moec_compiler::ir::weight::{AxisSlice, WeightDecl};
+use moec_compiler::ir::WeightFormat;
 use moec_compiler::tensor::Tensor;
 
 use super::error::{WeightError, WeightErrorKind, WeightErrors};
@@ -99,7 +100,7 @@ impl<'s> Checker<'s> {
                     self.errors.push(error(WeightErrorKind::DType {
                         tensor: tensor(),
                         key: key(),
-                        found: format!("{:?}", raw.dtype),
+                        found: storage(found).to_string(),
                         expected,
                     }));
                 }
@@ -204,11 +205,11 @@ impl<'s> Checker<'s> {
     }
 }
 
-fn storage(dtype: FloatDType) -> StorageDType {
+fn storage(dtype: FloatDType) -> WeightFormat {
     match dtype {
-        FloatDType::F32 => StorageDType::F32,
-        FloatDType::F16 => StorageDType::F16,
-        FloatDType::BF16 => StorageDType::BF16,
+        FloatDType::F32 => WeightFormat::F32,
+        FloatDType::F16 => WeightFormat::F16,
+        FloatDType::BF16 => WeightFormat::Bf16,
     }
 }
 

@@ -6,7 +6,8 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use moec_compiler::ir::weight::{AxisSlice, StorageDType};
+use moec_compiler::ir::weight::AxisSlice;
+use moec_compiler::ir::WeightFormat;
 use moec_compiler::tensor::ShapeDisplay;
 
 use crate::file::OpenError;
@@ -59,7 +60,7 @@ pub enum WeightErrorKind {
         tensor: String,
         key: String,
         found: String,
-        expected: StorageDType,
+        expected: WeightFormat,
     },
     /// The checkpoint holds `bias` beside the read weight `tensor`, and no decl reads it: the
     /// spec's linear has no bias where the model has one.
@@ -180,7 +181,7 @@ impl fmt::Display for WeightError {
             } => {
                 write!(
                     f,
-                    "tensor \"{tensor}\" is stored as {found}, expected {expected:?} ({key})"
+                    "tensor \"{tensor}\" is stored as {found}, expected {expected} ({key})"
                 )
             }
             WeightErrorKind::UnreadBias { bias, tensor, key } => write!(

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use moec_compiler::ir::weight::{StorageDType, WeightDecl};
+use moec_compiler::ir::weight::WeightDecl;
+use moec_compiler::ir::WeightFormat;
 use moec_grammar::Span;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -82,7 +83,7 @@ pub fn transposed(mut decl: WeightDecl) -> WeightDecl {
     decl
 }
 
-pub fn stored_as(mut decl: WeightDecl, dtype: StorageDType) -> WeightDecl {
+pub fn stored_as(mut decl: WeightDecl, dtype: WeightFormat) -> WeightDecl {
     decl.storage = Some(dtype);
     decl
 }

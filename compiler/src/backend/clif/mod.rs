@@ -25,7 +25,7 @@ pub mod matmul;
 pub mod object;
 pub mod pack;
 
-use crate::ir::{Epilogue, Graph, NodeIndex, Op};
+use crate::ir::{Epilogue, Graph, NodeIndex, Op, WeightFormat};
 use cranelift_codegen::ir::{types, Function, Type};
 use cranelift_codegen::isa::CallConv;
 use std::collections::HashMap;
@@ -57,6 +57,15 @@ pub enum WeightDType {
     F32,
     /// bfloat16, widened to f32 in registers (a 16-bit shift).
     Bf16,
+}
+
+impl From<WeightDType> for WeightFormat {
+    fn from(d: WeightDType) -> WeightFormat {
+        match d {
+            WeightDType::F32 => WeightFormat::F32,
+            WeightDType::Bf16 => WeightFormat::Bf16,
+        }
+    }
 }
 
 impl WeightDType {

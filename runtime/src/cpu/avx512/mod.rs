@@ -105,7 +105,10 @@ pub fn sums(shape: &MatmulShape, w: &Wide, b: Block<f32>) {
             let w0 = w.bytes().as_ptr().add(w.panel_start(b.expert, q0));
             let (rows, n) = (b.rows, q1 - q0);
             match w.format() {
-                WeightFormat::F32 => tiles::sums::<tiles::F32>(&tile, w0, rows, n),
+                // f16 weights are packed as f32 (`Wide::pack`).
+                WeightFormat::F32 | WeightFormat::F16 => {
+                    tiles::sums::<tiles::F32>(&tile, w0, rows, n)
+                }
                 WeightFormat::Bf16 => tiles::sums::<tiles::Bf16>(&tile, w0, rows, n),
                 WeightFormat::Q8_0 => tiles::sums::<tiles::Q8_0>(&tile, w0, rows, n),
                 WeightFormat::Q4_0 => tiles::sums::<tiles::Q4_0>(&tile, w0, rows, n),

@@ -41,13 +41,18 @@ pub fn panels(shape: &MatmulShape) -> usize {
 impl Wide {
     /// Packs stacked weights `[E, N, K]` (row-major f32 values) as `format`:
     /// f32 and bf16 must be `shape.weights` (bf16 values have zero low 16 bits,
-    /// which are dropped); q8_0 and q4_0 quantize f32 panels' weights.
+    /// which are dropped); q8_0 and q4_0 quantize f32 panels' weights. There are
+    /// no f16 tiles: f16 weights are packed as the f32 values they widen to.
     pub fn pack(shape: &MatmulShape, w: &[f32], format: WeightFormat) -> Wide {
+        let format = match format {
+            WeightFormat::F16 => WeightFormat::F32,
+            f => f,
+        };
         let (n, k) = (shape.n, shape.k);
         let experts = w.len().checked_div(n * k).unwrap_or(0);
         let blocks = k.div_ceil(BLOCK);
         let panel_bytes = match format {
-            WeightFormat::F32 => k * LANES * 4,
+            WeightFormat::F32 | WeightFormat::F16 => k * LANES * 4,
             WeightFormat::Bf16 => k.div_ceil(2) * LANES * 4,
             WeightFormat::Q8_0 => blocks * Q8_0_BLOCK,
             WeightFormat::Q4_0 => blocks * Q4_0_BLOCK,
@@ -108,7 +113,7 @@ impl Wide {
 /// Writes column `row`'s `K` weights into lane `l` of a wide panel.
 fn write_lane(format: WeightFormat, row: &[f32], l: usize, panel: &mut [u8]) {
     match format {
-        WeightFormat::F32 => {
+        WeightFormat::F32 | WeightFormat::F16 => {
             for (kk, v) in row.iter().enumerate() {
                 let at = (kk * LANES + l) * 4;
                 panel[at..at + 4].copy_from_slice(&v.to_le_bytes());
