@@ -236,3 +236,50 @@ fn a_decoder_call_needs_a_source_sequence_first() {
         )
     );
 }
+
+/// `moec generate` from the command line: the prompt ids (and a text prompt, through
+/// the checkpoint's tokenizer) go to the encoder, the ids printed are the decoder's.
+#[test]
+fn moec_generate_runs_encoder_decoder_models() {
+    for f in fixtures() {
+        let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(format!("{}.moe", f.model_type));
+        let prompt: Vec<String> = f.prompt.iter().map(i32::to_string).collect();
+        let generate = |prompt_args: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_moec"))
+                .arg("generate")
+                .arg(&spec)
+                .arg("--weights")
+                .arg(&f.dir)
+                .args(prompt_args)
+                .args(["--max-new-tokens", "8", "--backend", "cpu", "--json"])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                f.case,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            let ids: Vec<i32> = json["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap() as i32)
+                .collect();
+            ids
+        };
+        assert_eq!(
+            generate(&["--prompt-ids", &prompt.join(",")]),
+            f.greedy,
+            "{}",
+            f.case
+        );
+        // A text prompt: up to 8 ids (an end-of-sequence id may end it sooner).
+        let from_text = generate(&["--prompt", "def main():"]).len();
+        assert!((1..=8).contains(&from_text), "{}: {from_text} ids", f.case);
+    }
+}

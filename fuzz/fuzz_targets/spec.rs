@@ -1,7 +1,8 @@
 //! Spec text through parsing, lowering, the whole pass pipeline and the verifier
-//! (small unroll limits, so one input stays fast); a graph that compiles and is
-//! small is also run in the interpreter on random weights and inputs. Any panic
-//! is a bug: bad text must become a diagnostic.
+//! (small unroll limits, so one input stays fast), and an encoder-decoder's split
+//! into its two programs; a graph that compiles and is small is also run in the
+//! interpreter on random weights and inputs. Any panic is a bug: bad text must
+//! become a diagnostic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -24,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let g = compiled.graph;
+    let _ = moec_compiler::passes::stages::split(&g);
     let values: usize = g
         .weights
         .iter()

@@ -9,7 +9,7 @@
 //! `round_to_bf16` turns any weights into bf16 values (`--weight-dtype bf16`).
 
 use moec_compiler::ir::weight::WeightDecl;
-use moec_compiler::ir::{DType, Graph, NodeIndex, Op};
+use moec_compiler::ir::{DType, Graph, NodeIndex, Op, Syms};
 use moec_compiler::passes::rewrite::users;
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
@@ -33,7 +33,8 @@ fn random_weight(decl: &WeightDecl, seed: u64) -> Tensor {
     Tensor::f32(decl.shape.clone(), values)
 }
 
-/// Random inputs for every graph input, with `tokens` tokens: f32 inputs uniform
+/// Random inputs for every graph input, with `tokens` tokens (and a source sequence
+/// of as many, for an encoder-decoder): f32 inputs uniform
 /// in ±1, i32 ones (token ids) uniform over the rows of the smallest embedding
 /// table that reads them (0 when none does).
 pub fn random_inputs(g: &Graph, tokens: usize, seed: u64) -> BTreeMap<String, Tensor> {
@@ -42,7 +43,13 @@ pub fn random_inputs(g: &Graph, tokens: usize, seed: u64) -> BTreeMap<String, Te
         .filter_map(|&n| match &g.node(n).op {
             Op::Input { name, ty } => {
                 let mut rng = SplitMix64(seed ^ fnv1a(name.as_bytes()));
-                let shape = ty.concrete_shape(tokens);
+                // An encoder-decoder's source sequence is as long as the call's tokens.
+                let syms = Syms {
+                    tokens,
+                    past: 0,
+                    source: tokens,
+                };
+                let shape = ty.concrete_shape(syms);
                 let count = shape.iter().product();
                 let t = match ty.dtype {
                     DType::F32 => Tensor::f32(shape, (0..count).map(|_| rng.symmetric()).collect()),
