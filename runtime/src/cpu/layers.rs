@@ -152,6 +152,14 @@ pub fn attention(
         ));
     }
     let (past, group, scale) = (p.saturating_sub(t), heads / kv_heads, a.scale.get());
+    // The bias's bucket of each relative position key − query, from −(P−1) up to
+    // P−1 (computed once per call, not per score: each takes a logarithm).
+    let buckets: Vec<usize> = match a.bias {
+        Some(b) => (0..2 * p)
+            .map(|r| relative_bucket(b, r as i64 - p as i64 + 1))
+            .collect(),
+        None => Vec::new(),
+    };
     out.fill(0.0);
     workers.split_mut(out, dv.max(1), |first, run| {
         for (item, o) in (first..).zip(run.chunks_mut(dv.max(1))) {
@@ -167,8 +175,8 @@ pub fn attention(
                     let mut max = f32::NEG_INFINITY;
                     for j in first..=last {
                         let mut s = dot(qrow, &k[j * kw + kv * d..j * kw + (kv + 1) * d]) * scale;
-                        if let (Some(b), Some(table)) = (a.bias, bias) {
-                            s += table[relative_bucket(b, j as i64 - pos as i64) * heads + h];
+                        if let Some(table) = bias {
+                            s += table[buckets[j + p - 1 - pos] * heads + h];
                         }
                         max = max.max(s);
                         scores.push(s);
