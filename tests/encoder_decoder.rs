@@ -15,6 +15,8 @@
 
 mod model_fixtures;
 
+use model_fixtures::{argmax, f32s, rel_err};
+
 use moec_compiler::driver::Compiler;
 use moec_compiler::interp;
 use moec_compiler::ir::Graph;
@@ -118,28 +120,6 @@ impl Fixture {
             );
         }
     }
-}
-
-fn f32s(t: &Tensor) -> &[f32] {
-    match &t.data {
-        TensorData::F32(v) => v,
-        TensorData::I32(_) => panic!("expected f32"),
-    }
-}
-
-/// Relative error of `got` against `want`.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "lengths differ");
-    let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    diff / max
-}
-
-fn argmax(row: &[f32]) -> i32 {
-    (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as i32
 }
 
 #[test]

@@ -12,10 +12,12 @@
 
 mod model_fixtures;
 
+use model_fixtures::{argmax, f32s, rel_err};
+
 use moec_compiler::driver::Compiler;
 use moec_compiler::ir::{Graph, Op};
 use moec_compiler::passes::last_token;
-use moec_compiler::tensor::{Tensor, TensorData};
+use moec_compiler::tensor::Tensor;
 use moec_compiler::verify::verify;
 use moec_runtime::gpu::GpuOptions;
 use moec_runtime::io::{read_tensors, write_tensors};
@@ -96,34 +98,6 @@ fn compile(case: &str, spec: &str, f: &Fixture) -> Graph {
 
 fn open_graph(case: &str, f: &Fixture, engine: Engine, g: Graph) -> Rc<Model> {
     Rc::new(Model::open(g, &f.dir, engine).unwrap_or_else(|e| panic!("{case}: {e}")))
-}
-
-fn f32s(t: &Tensor) -> &[f32] {
-    match &t.data {
-        TensorData::F32(v) => v,
-        TensorData::I32(_) => panic!("expected f32"),
-    }
-}
-
-/// Relative error of `got` against `want`, rows of equal width.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "lengths differ");
-    let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    diff / max
-}
-
-fn argmax(row: &[f32]) -> i32 {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as i32
 }
 
 fn last_row(logits: &Tensor) -> &[f32] {

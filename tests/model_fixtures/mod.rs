@@ -4,6 +4,7 @@
 //! conformance matrix in README.md counts an architecture's whole model as verified
 //! by the same rule, so the two cannot disagree.
 
+use moec_compiler::tensor::{Tensor, TensorData};
 use std::path::PathBuf;
 
 /// A whole-model fixture: its directory name, the `model_type` of its config, and
@@ -39,4 +40,31 @@ pub fn model_fixtures() -> Vec<ModelFixture> {
         .collect();
     cases.sort_by(|a, b| a.case.cmp(&b.case));
     cases
+}
+
+/// A tensor's f32 values (a test failure when it holds i32).
+#[allow(dead_code)] // used by some of the test crates that include this module
+pub fn f32s(t: &Tensor) -> &[f32] {
+    match &t.data {
+        TensorData::F32(v) => v,
+        TensorData::I32(_) => panic!("expected f32"),
+    }
+}
+
+/// The largest |got − want| relative to the largest |want|.
+#[allow(dead_code)]
+pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / max
+}
+
+/// The index of the largest value (ties: the lower index), as greedy decoding picks.
+#[allow(dead_code)]
+pub fn argmax(row: &[f32]) -> i32 {
+    (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as i32
 }

@@ -355,7 +355,7 @@ impl Lowerer<'_> {
             None => None,
         };
         let key_rows = self.graph.value_type(k).shape[0];
-        if key_rows.per_token == 0 {
+        let (keys, values) = if key_rows.per_token == 0 {
             // Keys of the encoder's source rows: attended as they are, nothing cached.
             if causal || window.is_some() {
                 return Err(Diagnostic::at(
@@ -367,41 +367,27 @@ impl Lowerer<'_> {
                     "an encoder's attention and a decoder's cross-attention take `causal = false`",
                 ));
             }
-            let mut operands = vec![q, k, v];
-            if sinks {
-                operands.push(self.weight(&sinks_path, vec![heads as usize], e.span)?);
+            (k, v)
+        } else {
+            let mut cached = Vec::new();
+            for (x, part) in [(k, "k"), (v, "v")] {
+                let width = self.width(x, e.span)?;
+                let state = self
+                    .graph
+                    .add_state(path.child(Seg::name(part)).key(), width);
+                cached.push(self.node(
+                    Op::CacheAppend { state },
+                    &[x],
+                    Some(format!(
+                        "{}.{part}",
+                        label.as_deref().unwrap_or("attention")
+                    )),
+                    e.span,
+                )?);
             }
-            let attrs = AttentionAttrs {
-                heads,
-                kv_heads,
-                head_dim,
-                v_head_dim,
-                scale: F32Bits::new(scale as f32),
-                causal,
-                window,
-                sinks,
-                bias: bias.map(|(_, b)| b),
-            };
-            operands.extend(bias.map(|(t, _)| t));
-            return self.node(Op::Attention(attrs), &operands, label, e.span);
-        }
-        let mut cached = Vec::new();
-        for (x, part) in [(k, "k"), (v, "v")] {
-            let width = self.width(x, e.span)?;
-            let state = self
-                .graph
-                .add_state(path.child(Seg::name(part)).key(), width);
-            cached.push(self.node(
-                Op::CacheAppend { state },
-                &[x],
-                Some(format!(
-                    "{}.{part}",
-                    label.as_deref().unwrap_or("attention")
-                )),
-                e.span,
-            )?);
-        }
-        let mut operands = vec![q, cached[0], cached[1]];
+            (cached[0], cached[1])
+        };
+        let mut operands = vec![q, keys, values];
         if sinks {
             operands.push(self.weight(&sinks_path, vec![heads as usize], e.span)?);
         }
