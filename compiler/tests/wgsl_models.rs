@@ -98,7 +98,9 @@ fn an_unsplit_encoder_decoder_graph_is_refused() {
         .into_iter()
         .find(|(_, g)| g.decoder_start.is_some())
         .expect("an encoder-decoder spec");
-    let err = lower(&g, &Options::default()).err().expect(&name);
+    let Err(err) = lower(&g, &Options::default()) else {
+        panic!("{name}: an unsplit encoder-decoder graph lowered");
+    };
     assert!(
         err.contains("source sequence") && err.contains("stages::split"),
         "{err}"
