@@ -12,9 +12,11 @@
 //! Kernels are the nodes that compute at run time: not inputs, weights,
 //! constants, or weight-only values (`stack`/`concat_rows` of weights, made at
 //! load time). The dense figures are the lowered graph's, which runs every
-//! expert on every token.
+//! expert on every token. Weights count 4 bytes each (f32), or, for the experts'
+//! stacked `[E, N, K]` weights stored in another format (`--expert-format`), that
+//! format's bytes (`WeightFormat::bytes`: q4_0 is 18 bytes per 32 values).
 
-use crate::ir::{Graph, Op, TensorType};
+use crate::ir::{Graph, Op, TensorType, WeightFormat};
 use crate::passes::memory;
 use std::fmt::Write;
 
@@ -36,8 +38,14 @@ fn bytes(t: &TensorType, tokens: usize) -> u64 {
     4 * elements(t, tokens)
 }
 
-/// The figures of `g` at `tokens` tokens.
+/// The figures of `g` at `tokens` tokens, every weight f32.
 pub fn stats(g: &Graph, tokens: usize) -> Stats {
+    stats_stored(g, tokens, None)
+}
+
+/// The figures of `g` at `tokens` tokens with the experts' stacked weights stored
+/// as `experts` (None: f32 like the rest).
+pub fn stats_stored(g: &Graph, tokens: usize, experts: Option<WeightFormat>) -> Stats {
     let weight_only = memory::weight_only(g);
     let mut s = Stats {
         tokens,
@@ -82,10 +90,17 @@ pub fn stats(g: &Graph, tokens: usize) -> Stats {
             Op::ExpertSum => elements(ty(0), tokens),
             _ => out_elems,
         };
-        for v in &operands {
+        let stacked = matches!(node.op, Op::ExpertLinear { .. } | Op::GroupedLinear { .. });
+        for (i, v) in operands.iter().enumerate() {
             if weight_only.contains(&v.node) {
-                s.weight_bytes +=
-                    bytes(g.value_type(*v), tokens) * weight_fraction.0 / weight_fraction.1;
+                let t = g.value_type(*v);
+                let stored = match experts {
+                    Some(f) if stacked && i == 1 => {
+                        f.bytes(elements(t, tokens), t.width().unwrap_or(1))
+                    }
+                    _ => bytes(t, tokens),
+                };
+                s.weight_bytes += stored * weight_fraction.0 / weight_fraction.1;
             }
         }
     }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_outputs_close, inputs, small_dims, weights};
-use moec_compiler::ir::{Graph, Op};
+use moec_compiler::ir::{Graph, Op, WeightFormat};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::memory::{plan, MemoryPlan};
 use moec_compiler::passes::{canonicalize, run_pipeline, Upto, PIPELINE};
@@ -471,5 +471,28 @@ proptest! {
         if !l.scales_input() {
             assert_rewritten(&optimized, &what);
         }
+    }
+}
+
+#[test]
+fn stats_count_quantized_experts_by_their_blocks() {
+    // 2 experts of 2 linears 32→64 and 64→32 (one 32-value block per row of the first,
+    // two per row of the second), and a router 32→2 that stays f32.
+    let src = "model m {
+      input x: f32[tokens, 32]
+      expert e(h: [n, 32]) -> [n, 32] { let up = linear(h, 64) let down = linear(relu(up), 32) return down }
+      router r(h: [n, 32]) { logits = linear(h, 2) scores = softmax(logits) select = topk(scores, 1) }
+      let y = moe(x, experts = 2 * e, router = r)
+      output y
+    }";
+    let mut g = lower(src, &[]);
+    run_pipeline(&mut g, Upto::All, true).unwrap();
+    let f32_bytes = stats::stats(&g, 4).weight_bytes;
+    let router = 2 * 32 * 4;
+    assert_eq!(f32_bytes, router + 2 * (64 * 32 + 32 * 64) * 4);
+    // q4_0: 18 bytes per block of 32 values; q8_0: 34.
+    for (format, block) in [(WeightFormat::Q4_0, 18), (WeightFormat::Q8_0, 34)] {
+        let stored = stats::stats_stored(&g, 4, Some(format)).weight_bytes;
+        assert_eq!(stored, router + 2 * (64 + 32 * 2) * block, "{format}");
     }
 }

@@ -4,6 +4,7 @@
 
 use super::{ConfigArgs, PassArgs, SpecArgs};
 use clap::ValueEnum;
+use moec_compiler::ir::WeightFormat;
 use moec_compiler::passes::{run_pipeline, Upto};
 use moec_compiler::{print, stats};
 use std::io::Write;
@@ -35,6 +36,11 @@ pub struct Args {
     /// The token count for --stats.
     #[arg(long, default_value_t = 1, requires = "stats")]
     tokens: usize,
+    /// For --stats: count the experts' stacked weights in this format, as
+    /// `--expert-format` stores them on the cpu backend (the dense graph has no stacked
+    /// weights: its figures stay f32)
+    #[arg(long, value_parser = super::formats(&["f32", "f16", "bf16", "q8_0", "q4_0"]), value_name = "FORMAT", requires = "stats")]
+    expert_format: Option<WeightFormat>,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
@@ -44,8 +50,8 @@ pub fn main(args: Args) -> Result<(), String> {
     run_pipeline(&mut g, upto, true).map_err(|e| format!("internal error: {e}"))?;
     let text = if args.stats {
         stats::table(
-            &stats::stats(&g, args.tokens),
-            &stats::stats(&dense, args.tokens),
+            &stats::stats_stored(&g, args.tokens, args.expert_format),
+            &stats::stats_stored(&dense, args.tokens, args.expert_format),
         )
     } else {
         match args.format {
