@@ -5,7 +5,7 @@
 //! numbers, instead of being killed halfway through loading.
 
 use crate::session::Engine;
-use moec_compiler::ir::{Graph, Op, Syms};
+use moec_compiler::ir::{Graph, Op, Syms, WeightFormat};
 use moec_compiler::passes::{memory, stages};
 use std::fmt;
 
@@ -47,11 +47,37 @@ fn peak_activations(g: &Graph, tokens: usize) -> u64 {
     }
 }
 
+/// The experts' stacked `[E, N, K]` matmul weights (what `--expert-format` stores
+/// apart): their f32 bytes, and their bytes stored as `format`.
+fn stacked_expert_bytes(g: &Graph, format: WeightFormat) -> (u64, u64) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut f32s, mut stored) = (0u64, 0u64);
+    for n in g.g.node_indices() {
+        if !matches!(
+            g.node(n).op,
+            Op::ExpertLinear { .. } | Op::GroupedLinear { .. }
+        ) {
+            continue;
+        }
+        let Some(&w) = g.operands(n).get(1) else {
+            continue;
+        };
+        let t = g.value_type(w);
+        let values: u64 = t.concrete_shape(0).iter().map(|&d| d as u64).product();
+        if seen.insert(w) {
+            f32s = f32s.saturating_add(values.saturating_mul(4));
+            stored = stored.saturating_add(format.bytes(values, t.width().unwrap_or(1)));
+        }
+    }
+    (f32s, stored)
+}
+
 impl MemoryNeeds {
     /// What `g` needs on `engine` for calls of at most `tokens` tokens and caches of
     /// `positions` positions. Weights are held as f32 (widened from f16/bf16); the
     /// CPU engine also packs each matmul's weights into its kernel's panels, which
-    /// is counted as a second copy. On the GPU engine only the weights are on the
+    /// is counted as a second copy (its experts' stacked weights at their stored
+    /// format's bytes, with `--expert-format`). On the GPU engine only the weights are on the
     /// host (to upload them); its caches and activations are device memory. Sizes that overflow 64 bits saturate, so a
     /// hostile size is refused like any other that does not fit.
     pub fn of(g: &Graph, engine: Engine, tokens: usize, positions: usize) -> MemoryNeeds {
@@ -64,9 +90,12 @@ impl MemoryNeeds {
                     .fold(4u64, |b, &d| b.saturating_mul(d as u64))
             })
             .fold(0u64, u64::saturating_add);
-        let copies = match engine {
-            Engine::Interp | Engine::Gpu(_) => 1,
-            Engine::Cpu(_) => 2,
+        let packed = match engine {
+            Engine::Interp | Engine::Gpu(_) => 0,
+            Engine::Cpu(o) => {
+                let (stacked, stored) = o.experts.map_or((0, 0), |f| stacked_expert_bytes(g, f));
+                f32_bytes.saturating_sub(stacked).saturating_add(stored)
+            }
         };
         // The GPU backend keeps its caches and activations on the device.
         let on_host = !matches!(engine, Engine::Gpu(_));
@@ -82,7 +111,7 @@ impl MemoryNeeds {
             0
         };
         MemoryNeeds {
-            weights: f32_bytes.saturating_mul(copies),
+            weights: f32_bytes.saturating_add(packed),
             caches,
             activations,
         }
@@ -265,6 +294,40 @@ mod tests {
         for bad in ["", "0", "-1G", "8 parsecs", "1e30", "99999999999T"] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn quantized_experts_pack_in_their_blocks_bytes() {
+        use crate::session::CpuOptions;
+        use moec_compiler::passes::{run_pipeline, Upto};
+        let src = "model m {
+          input x: f32[tokens, 32]
+          expert e(h: [n, 32]) -> [n, 32] { let up = linear(h, 64) let down = linear(relu(up), 32) return down }
+          router r(h: [n, 32]) { logits = linear(h, 2) scores = softmax(logits) select = topk(scores, 1) }
+          let y = moe(x, experts = 2 * e, router = r)
+          output y
+        }";
+        let mut g = moec_compiler::lower::lower_source(src, &[]).unwrap().graph;
+        run_pipeline(&mut g, Upto::All, true).unwrap();
+        let (router, experts) = (2 * 32 * 4, 2 * 2 * 64 * 32 * 4);
+        let cpu = |experts| {
+            Engine::Cpu(CpuOptions {
+                experts,
+                ..CpuOptions::default()
+            })
+        };
+        let f32_weights = router + experts;
+        assert_eq!(
+            MemoryNeeds::of(&g, Engine::Interp, 1, 0).weights,
+            f32_weights
+        );
+        assert_eq!(
+            MemoryNeeds::of(&g, cpu(None), 1, 0).weights,
+            2 * f32_weights
+        );
+        // q4_0 packs each 32 values in 18 bytes: 2 experts × (64 + 2·32) blocks.
+        let q4 = MemoryNeeds::of(&g, cpu(Some(WeightFormat::Q4_0)), 1, 0).weights;
+        assert_eq!(q4, f32_weights + router + 2 * (64 + 2 * 32) * 18);
     }
 
     #[test]
