@@ -49,20 +49,24 @@ struct Loaded {
 fn load(browser: &Path, page: &Path, screenshot: &Path) -> Loaded {
     let url = format!("file://{}", page.display());
     let shot = format!("--screenshot={}", screenshot.display());
-    let log = run(browser, &["--enable-logging=stderr", "--v=0", &shot, &url]);
+    let (_, log) = run(browser, &["--enable-logging=stderr", "--v=0", &shot, &url]);
     let console = log
         .lines()
         .filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught"))
         .map(str::to_string)
         .collect();
-    let dom = run(browser, &["--dump-dom", &url]);
+    // The DOM is stdout alone: Chromium's stderr warnings must not land inside it.
+    let (dom, _) = run(browser, &["--dump-dom", &url]);
     Loaded { console, dom }
 }
 
-/// Runs headless Chromium with `args`, stopped after a minute; stdout and stderr together.
-fn run(browser: &Path, args: &[&str]) -> String {
+/// Runs headless Chromium with `args`, stopped after a minute; its stdout and stderr.
+fn run(browser: &Path, args: &[&str]) -> (String, String) {
     let profile = tempfile::tempdir().unwrap();
-    let out = tempfile::NamedTempFile::new().unwrap();
+    let (out, err) = (
+        tempfile::NamedTempFile::new().unwrap(),
+        tempfile::NamedTempFile::new().unwrap(),
+    );
     let mut child = Command::new(browser)
         .args([
             "--headless",
@@ -78,7 +82,7 @@ fn run(browser: &Path, args: &[&str]) -> String {
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args)
         .stdout(out.reopen().unwrap())
-        .stderr(out.reopen().unwrap())
+        .stderr(err.reopen().unwrap())
         .stdin(Stdio::null())
         .spawn()
         .expect("chromium starts");
@@ -90,7 +94,8 @@ fn run(browser: &Path, args: &[&str]) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::fs::read_to_string(out.path()).unwrap()
+    let read = |f: &tempfile::NamedTempFile| std::fs::read_to_string(f.path()).unwrap();
+    (read(&out), read(&err))
 }
 
 #[test]
