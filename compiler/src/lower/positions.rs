@@ -50,16 +50,7 @@ impl Lowerer<'_> {
             None => 0,
             Some(o) => match eval_const(o, &self.params)? {
                 Const::Int(v) if v >= 0 => v as u64,
-                other => return Err(Diagnostic::at(
-                    o.span,
-                    format!(
-                        "the position offset must be an integer of at least 0, `{o}` is {other}"
-                    ),
-                    "expected an integer ≥ 0",
-                )
-                .with_help(
-                    "fairseq's tables start at padding_idx + 1: `offset = pad_token_id + 1`",
-                )),
+                other => return Err(bad_offset(o, other)),
             },
         };
         let positions = if ty.shape[0].uses_source() {
@@ -76,4 +67,13 @@ impl Lowerer<'_> {
         };
         self.node(Op::Sinusoidal { width, offset }, &[positions], None, e.span)
     }
+}
+
+fn bad_offset(o: &Expr, value: Const) -> Diagnostic {
+    Diagnostic::at(
+        o.span,
+        format!("the position offset must be an integer of at least 0, `{o}` is {value}"),
+        "expected an integer ≥ 0",
+    )
+    .with_help("fairseq's tables start at padding_idx + 1: `offset = pad_token_id + 1`")
 }
