@@ -5,8 +5,8 @@
 
 use moec_compiler::interp;
 use moec_compiler::ir::{
-    CapacityLimit, Dim, DropPolicy, F32Bits, Graph, GroupScore, Op, Renorm, RouterAttrs, Score,
-    TensorType, Value,
+    CapacityLimit, Dim, DropPolicy, F32Bits, F64Bits, Graph, GroupScore, Op, Renorm, RouterAttrs,
+    Score, TensorType, Value,
 };
 use moec_compiler::tensor::Tensor;
 use moec_compiler::verify::verify;
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 /// One op with attributes drawn from `a` (small numbers, 0 included).
 fn op(which: u8, a: [u64; 3], flag: bool) -> Op {
     let groups = (flag || a[2].is_multiple_of(2)).then_some((a[0], a[1], GroupScore::Top2Sum));
-    match which % 14 {
+    match which % 15 {
         0 => Op::GroupMask {
             groups: a[0],
             keep: a[1],
@@ -32,13 +32,15 @@ fn op(which: u8, a: [u64; 3], flag: bool) -> Op {
             experts: a[0],
             limit: if flag {
                 CapacityLimit::Fixed(a[1])
-            } else {
+            } else if a[1].is_multiple_of(2) {
                 CapacityLimit::Factor(F32Bits::new(a[1] as f32 * 0.5))
-            },
-            policy: if a[2].is_multiple_of(2) {
-                DropPolicy::Arrival
             } else {
-                DropPolicy::Score
+                CapacityLimit::Fraction(F64Bits::new(a[1] as f64 * 0.25))
+            },
+            policy: match a[2] % 3 {
+                0 => DropPolicy::Arrival,
+                1 => DropPolicy::Score,
+                _ => DropPolicy::Priority,
             },
         },
         4 => Op::ScatterGates {
@@ -63,6 +65,7 @@ fn op(which: u8, a: [u64; 3], flag: bool) -> Op {
             factor: F32Bits::new(a[0] as f32 * 0.5),
         },
         12 => Op::PassThrough,
+        14 => Op::KeptWeights,
         _ => Op::GatherSlots,
     }
 }
@@ -77,10 +80,10 @@ fn operands(which: u8, [e, k, d]: [u64; 3]) -> Vec<TensorType> {
     let f32 = |r: u64, w: u64| TensorType::f32(vec![rows(r), Dim::fixed(w)]);
     let i32 = |r: u64, w: u64| TensorType::i32(vec![rows(r), Dim::fixed(w)]);
     let slots = |r: u64| TensorType::i32(vec![rows(r)]);
-    match which % 14 {
+    match which % 15 {
         0 | 1 | 7 | 11 => vec![f32(1, e)],
         2 | 6 => vec![f32(1, e), i32(1, k)],
-        3 | 4 => vec![i32(1, k), f32(1, k)],
+        3 | 4 | 14 => vec![i32(1, k), f32(1, k)],
         5 | 8 => vec![i32(1, k)],
         9 => vec![f32(1, d), slots(k.max(1))],
         10 => vec![f32(k.max(1), d), slots(k.max(1))],
@@ -138,7 +141,7 @@ proptest! {
 
     #[test]
     fn verified_graphs_run_without_panicking(
-        which in 0u8..14,
+        which in 0u8..15,
         attrs in proptest::array::uniform3(0u64..7),
         flag: bool,
         widths in proptest::array::uniform3(0u64..6),

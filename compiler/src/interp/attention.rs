@@ -23,6 +23,35 @@ pub(super) fn embedding(ids: &Tensor, table: &Tensor) -> Tensor {
     Tensor::f32(vec![ids.len(), d], data)
 }
 
+/// fairseq's sinusoidal position embeddings (`Op::Sinusoidal`): for each position p, row
+/// `p + offset` of the table, computed in f32 as torch's `get_embedding` does (the
+/// frequencies `exp(i · -ln(10000)/(h-1))` and the angles rounded to f32), sines then cosines.
+pub fn sinusoidal(positions: &Tensor, width: usize, offset: usize) -> Tensor {
+    let half = width / 2;
+    let freqs = sinusoidal_freqs(width);
+    let pos = positions.as_i32();
+    let mut out = vec![0.0f32; pos.len() * width];
+    for (row, &p) in out.chunks_mut(width).zip(pos) {
+        let r = (p as i64 + offset as i64) as f32;
+        for (i, f) in freqs.iter().enumerate() {
+            let angle = (r * f) as f64;
+            row[i] = angle.sin() as f32;
+            row[half + i] = angle.cos() as f32;
+        }
+    }
+    Tensor::f32(vec![pos.len(), width], out)
+}
+
+/// The `width / 2` frequencies of fairseq's sinusoidal table, `exp(i · -ln(10000)/(h-1))` with
+/// the product rounded to f32 first, as torch computes them (every backend reads these).
+pub fn sinusoidal_freqs(width: usize) -> Vec<f32> {
+    let half = width / 2;
+    let step = -((10000f64).ln() / (half as f64 - 1.0)) as f32;
+    (0..half)
+        .map(|i| ((i as f32 * step) as f64).exp() as f32)
+        .collect()
+}
+
 /// The rotary frequencies of each rotated pair (`rotary_dim / 2` of them) and the
 /// factor cos and sin are multiplied by (1 except for YaRN).
 pub fn inv_freq(r: &RopeAttrs) -> (Vec<f32>, f32) {

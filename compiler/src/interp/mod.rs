@@ -13,7 +13,7 @@ mod inputs;
 mod kernels;
 mod simulate;
 
-pub use attention::{inv_freq, relative_bucket};
+pub use attention::{inv_freq, relative_bucket, sinusoidal_freqs};
 pub use check::check_operands;
 pub use collective::{eval_collective, source_block, Comm, SingleRank};
 pub use inputs::{check_inputs, check_token_ids, check_weights, input_syms, token_count};
@@ -203,6 +203,7 @@ pub fn capacity(limit: CapacityLimit, tokens: usize, k: usize, experts: usize) -
         CapacityLimit::Factor(f) => {
             (f.get() as f64 * tokens as f64 * k as f64 / experts as f64).ceil() as usize
         }
+        CapacityLimit::Fraction(f) => (f.get() * tokens as f64).ceil() as usize,
     }
 }
 
@@ -220,6 +221,24 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
             unreachable!("`run` evaluates leaves and stateful ops")
         }
         Embedding => one(attention::embedding(a[0], a[1])),
+        RowPositions => {
+            let n = a[0].shape[0];
+            one(Tensor::i32(vec![n], (0..n as i32).collect()))
+        }
+        Sinusoidal { width, offset } => one(attention::sinusoidal(
+            a[0],
+            *width as usize,
+            *offset as usize,
+        )),
+        KeptWeights => {
+            let (idx, w) = (a[0].as_i32(), a[1].as_f32());
+            let kept = idx
+                .iter()
+                .zip(w)
+                .map(|(&i, &w)| if i >= 0 { w } else { 0.0 })
+                .collect();
+            one(Tensor::f32(a[1].shape.clone(), kept))
+        }
         LastRow => {
             let (rows, w) = (a[0].shape[0], a[0].shape[1]);
             let x = a[0].as_f32();
@@ -315,9 +334,19 @@ fn eval(op: &Op, a: &[&Tensor]) -> Vec<Tensor> {
             let mut order: Vec<usize> = (0..k)
                 .flat_map(|j| (0..t).map(move |i| i * k + j))
                 .collect();
-            if *policy == DropPolicy::Score {
-                order
-                    .sort_by(|&x, &y| w[y].partial_cmp(&w[x]).unwrap_or(std::cmp::Ordering::Equal));
+            match policy {
+                DropPolicy::Arrival => {}
+                DropPolicy::Score => order
+                    .sort_by(|&x, &y| w[y].partial_cmp(&w[x]).unwrap_or(std::cmp::Ordering::Equal)),
+                // Within each slot, tokens by their first slot's weight (a stable sort keeps
+                // token order on ties).
+                DropPolicy::Priority => order.sort_by(|&x, &y| {
+                    (x % k).cmp(&(y % k)).then_with(|| {
+                        w[y - y % k]
+                            .partial_cmp(&w[x - x % k])
+                            .unwrap_or(std::cmp::Ordering::Equal)
+                    })
+                }),
             }
             let mut used = vec![0usize; *experts as usize];
             let mut out = idx.to_vec();

@@ -15,8 +15,8 @@ pub mod weight;
 pub use format::WeightFormat;
 pub use graph::{Edge, Graph, Node, StateDecl, Value};
 pub use op::{
-    AttentionAttrs, BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, GroupScore, Op,
-    RelativeBias, Renorm, RopeAttrs, RopeScaling, RouterAttrs, Score, UnaryOp,
+    AttentionAttrs, BinaryOp, CapacityLimit, DropPolicy, Epilogue, F32Bits, F64Bits, GroupScore,
+    Op, RelativeBias, Renorm, RopeAttrs, RopeScaling, RouterAttrs, Score, UnaryOp,
 };
 pub use petgraph::stable_graph::NodeIndex;
 pub use probe::{Probe, ProbeKind};

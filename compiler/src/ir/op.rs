@@ -24,6 +24,25 @@ impl F32Bits {
     }
 }
 
+/// An f64 stored as its bits (a value the IR must keep in double precision, as Python computes it).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct F64Bits(pub u64);
+
+impl F64Bits {
+    pub fn new(v: f64) -> Self {
+        F64Bits(v.to_bits())
+    }
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+impl fmt::Debug for F64Bits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.get())
+    }
+}
+
 impl fmt::Debug for F32Bits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.get())
@@ -89,6 +108,8 @@ pub enum CapacityLimit {
     Factor(F32Bits),
     /// A fixed count per expert.
     Fixed(u64),
+    /// ⌈fraction · tokens⌉ per expert, in f64 (NLLB-MoE's `moe_eval_capacity_token_fraction`).
+    Fraction(F64Bits),
 }
 
 /// Which slots win when an expert is over capacity.
@@ -98,6 +119,9 @@ pub enum DropPolicy {
     Arrival,
     /// Highest routing weight first (ties: arrival order).
     Score,
+    /// Batch-prioritized (NLLB-MoE): slot-major like `Arrival`, but within each slot the tokens
+    /// are taken in descending order of their first slot's weight (ties: lower token first).
+    Priority,
 }
 
 /// What a stacked or grouped matmul applies to its result before storing it. The scalar
@@ -354,6 +378,10 @@ pub enum Op {
         limit: CapacityLimit,
         policy: DropPolicy,
     },
+    /// The weights of the slots capacity kept: `w[t, j]` where `idx[t, j] ≥ 0`, else 0 (so a
+    /// following `normalize` renormalizes over the kept slots only). Typing: idx i32 `[T, k]`,
+    /// w f32 `[T, k]`; output f32 `[T, k]`.
+    KeptWeights,
     /// Dense gates: `g[t, e] = Σ_j w[t, j]·[idx[t, j] = e]`; with `mask`, 1 instead of
     /// `w[t, j]` (which experts a token chose, for experts whose input the weights scale).
     /// Typing: idx i32 `[T, k]`, w f32 `[T, k]`; output f32 `[T, experts]`.
@@ -390,6 +418,15 @@ pub enum Op {
     /// The absolute positions of this call's tokens: `past, past + 1, ...`. Typing: no operands;
     /// output i32 `[tokens]`.
     Positions,
+    /// The row numbers `0, 1, ..., N-1` of an operand's N rows (positions of a sequence that
+    /// is given whole, such as an encoder's source). Typing: any value with rows `[N, ..]`;
+    /// output i32 `[N]`.
+    RowPositions,
+    /// fairseq's (M2M100, NLLB) sinusoidal position embeddings: row `p + offset` of the table
+    /// `[sin(r·f_0) .. sin(r·f_{h-1}), cos(r·f_0) .. cos(r·f_{h-1})]` (h = width/2, f_i =
+    /// exp(-i·ln(10000)/(h-1)), computed in f32 as torch does; a zero last column when width
+    /// is odd) for each position p. Typing: positions i32 `[N]`, width ≥ 4; output f32 `[N, width]`.
+    Sinusoidal { width: u64, offset: u64 },
     /// Rotary position embedding of every head: x is `[T, heads·head_dim]`, and the first
     /// `rotary_dim` dims of each head are rotated by angles `position · inv_freq`, the rest pass
     /// through. Typing: x f32 `[T, H·head_dim]`, positions i32 `[T]`; output like x.
@@ -556,6 +593,7 @@ impl Op {
             SparseMixer { .. } => "sparsemixer",
             Gather => "gather",
             Capacity { .. } => "capacity",
+            KeptWeights => "kept_weights",
             ScatterGates { .. } => "scatter_gates",
             ExpertChoice { .. } => "expert_choice",
             DenseCombine => "dense_combine",
@@ -567,6 +605,8 @@ impl Op {
             Embedding => "embedding",
             LastRow => "last_row",
             Positions => "positions",
+            RowPositions => "row_positions",
+            Sinusoidal { .. } => "sinusoidal",
             Rope(_) => "rope",
             CacheAppend { .. } => "cache_append",
             Attention(_) => "attention",
@@ -622,6 +662,7 @@ impl Op {
                 let limit = match limit {
                     CapacityLimit::Factor(f) => format!("factor={f:?}"),
                     CapacityLimit::Fixed(n) => format!("fixed={n}"),
+                    CapacityLimit::Fraction(f) => format!("fraction={f:?}"),
                 };
                 format!("experts={experts} {limit} policy={policy:?}")
             }
@@ -630,6 +671,7 @@ impl Op {
             }
             ExpertCounts { experts } => format!("experts={experts}"),
             ExpertChoice { factor } => format!("factor={factor:?}"),
+            Sinusoidal { width, offset } => format!("width={width} offset={offset}"),
             Router(r) => {
                 let mut a = format!("score={:?} k={}", r.score, r.k);
                 if r.after_topk {

@@ -126,6 +126,20 @@ impl Op {
                 expect_slots(operands[1], operands[0].shape[0])?;
                 Ok(vec![TensorType::f32(operands[1].shape.clone())])
             }
+            KeptWeights => {
+                arity(2)?;
+                expect_slots(
+                    operands[0],
+                    operands[0].shape.first().copied().unwrap_or(Dim::TOKENS),
+                )?;
+                if operands[1].shape != operands[0].shape || operands[1].dtype != DType::F32 {
+                    return Err(format!(
+                        "kept weights {} do not match indices {}",
+                        operands[1], operands[0]
+                    ));
+                }
+                Ok(vec![operands[1].clone()])
+            }
             Capacity { .. } => {
                 arity(2)?;
                 expect_slots(
@@ -421,6 +435,31 @@ impl Op {
             Positions => {
                 arity(0)?;
                 Ok(vec![TensorType::i32(vec![Dim::TOKENS])])
+            }
+            RowPositions => {
+                arity(1)?;
+                match operands[0].shape.first() {
+                    Some(&rows) => Ok(vec![TensorType::i32(vec![rows])]),
+                    None => Err(format!("row positions need rows, found {}", operands[0])),
+                }
+            }
+            Sinusoidal { width, .. } => {
+                arity(1)?;
+                let pos = operands[0];
+                if pos.dtype != DType::I32 || pos.rank() != 1 {
+                    return Err(format!(
+                        "sinusoidal positions must be i32 [rows], found {pos}"
+                    ));
+                }
+                if *width < 4 {
+                    return Err(format!(
+                        "sinusoidal position embeddings need a width of at least 4, found {width}"
+                    ));
+                }
+                Ok(vec![TensorType::f32(vec![
+                    pos.shape[0],
+                    Dim::fixed(*width),
+                ])])
             }
             Rope(r) => {
                 arity(2)?;

@@ -346,6 +346,9 @@ impl Lowerer<'_> {
                     .map(Operand::Tensor)
             }
             "rope" => self.rope(e, args, scope, path).map(Operand::Tensor),
+            "sinusoidal_positions" => self
+                .sinusoidal_positions(e, args, scope, path)
+                .map(Operand::Tensor),
             "min" | "max" | "clamp" => self.min_max(e, func, args, scope, path),
             "slice" => self.slice(e, args, scope, path).map(Operand::Tensor),
             "concat" => self.concat(e, args, scope, path).map(Operand::Tensor),
@@ -379,6 +382,7 @@ impl Lowerer<'_> {
                     "moe",
                     "embedding",
                     "rope",
+                    "sinusoidal_positions",
                     "attention",
                     "relative_position_bias",
                     "slice",

@@ -15,6 +15,7 @@ mod layers;
 mod limits;
 mod moe;
 mod params;
+mod positions;
 mod router;
 
 use crate::diagnostic::Diagnostic;

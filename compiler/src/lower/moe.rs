@@ -12,7 +12,7 @@ use super::limits::Limit;
 use super::router::{RouterSpec, Selection};
 use super::{Lowerer, Scope, Val};
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::ir::{BinaryOp, Dim, F32Bits, Op, Probe, ProbeKind, UnaryOp, Value};
+use crate::ir::{BinaryOp, Dim, DropPolicy, F32Bits, Op, Probe, ProbeKind, Renorm, UnaryOp, Value};
 use moec_grammar::ast::{self, Arg, Expr, ExprKind, Ident};
 use moec_grammar::Span;
 
@@ -229,12 +229,21 @@ impl<'a> Lowerer<'a> {
                     }
                     _ => self.top_k(&router, &rpath, scores, e)?,
                 };
+                // Batch-prioritized capacity orders tokens by their raw first-choice score.
+                let raw = w;
                 if let Some(n) = router.normalize {
                     w = self.node(Op::Normalize(n), &[w], None, sp)?;
                 }
-                if router.scale != 1.0 {
-                    let c = self.graph.add_constant(router.scale as f32);
-                    w = self.node(Op::Binary(BinaryOp::Mul), &[w, c], None, sp)?;
+                let renormalize = capacity.as_ref().is_some_and(|c| c.renormalize);
+                let scale = |me: &mut Self, w: Value| -> Result<Value, Diagnostic> {
+                    if router.scale == 1.0 {
+                        return Ok(w);
+                    }
+                    let c = me.graph.add_constant(router.scale as f32);
+                    me.node(Op::Binary(BinaryOp::Mul), &[w, c], None, sp)
+                };
+                if !renormalize {
+                    w = scale(self, w)?;
                 }
                 let kept = match &capacity {
                     Some(cap) => {
@@ -243,10 +252,26 @@ impl<'a> Lowerer<'a> {
                             limit: cap.limit,
                             policy: cap.policy,
                         };
-                        self.node(op, &[idx, w], None, cap.span)?
+                        let by = if cap.policy == DropPolicy::Priority {
+                            raw
+                        } else {
+                            w
+                        };
+                        self.node(op, &[idx, by], None, cap.span)?
                     }
                     None => idx,
                 };
+                if let Some(cap) = capacity.as_ref().filter(|c| c.renormalize) {
+                    // NLLB-MoE: the kept slots' weights over their sum (at least f32 eps),
+                    // then the scale.
+                    let k = self.node(Op::KeptWeights, &[kept, w], None, cap.span)?;
+                    let n = Renorm {
+                        min: F32Bits::new(f32::EPSILON),
+                        ..Renorm::sum()
+                    };
+                    w = self.node(Op::Normalize(n), &[k], None, cap.span)?;
+                    w = scale(self, w)?;
+                }
                 (idx, kept, w)
             }
         };

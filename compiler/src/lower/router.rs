@@ -5,7 +5,7 @@
 use super::expr::Args;
 use super::Lowerer;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{CapacityLimit, DropPolicy, F32Bits, GroupScore, Renorm};
+use crate::ir::{CapacityLimit, DropPolicy, F32Bits, F64Bits, GroupScore, Renorm};
 use moec_grammar::ast::{self, Arg, Expr, ExprKind, Ident};
 use moec_grammar::Span;
 
@@ -45,6 +45,8 @@ pub(super) struct CapacitySpec {
     pub(super) limit: CapacityLimit,
     pub(super) policy: DropPolicy,
     pub(super) passthrough: bool,
+    /// `renormalize = true`: the kept slots' weights renormalized after dropping.
+    pub(super) renormalize: bool,
     pub(super) span: Span,
 }
 
@@ -414,16 +416,16 @@ impl<'a> Lowerer<'a> {
         Ok(on.then_some(n))
     }
 
-    /// `dropless`, `factor(f, ...)` or `fixed(n, ...)`; `None` for dropless.
+    /// `dropless`, `factor(f, ...)`, `fixed(n, ...)` or `fraction(f, ...)`; `None` for dropless.
     pub(super) fn capacity(&self, e: &Expr) -> Result<Option<CapacitySpec>, Diagnostic> {
         if let ExprKind::Path(p) = &e.kind {
             if p.len() == 1 && p[0].name == "dropless" {
                 return Ok(None);
             }
         }
-        let usage = "capacity = dropless, factor(f) or fixed(n)";
+        let usage = "capacity = dropless, factor(f), fixed(n) or fraction(f)";
         let (func, args) = call_parts(e, usage)?;
-        let a = Args::new(e, &func.name, args, &["drop", "dropped"])?;
+        let a = Args::new(e, &func.name, args, &["drop", "dropped", "renormalize"])?;
         let [v] = a.positional::<1>(usage)?;
         let limit = match func.name.as_str() {
             "factor" => {
@@ -438,11 +440,23 @@ impl<'a> Lowerer<'a> {
                 CapacityLimit::Factor(F32Bits::new(f as f32))
             }
             "fixed" => CapacityLimit::Fixed(self.int(v, "the expert capacity")?),
+            "fraction" => {
+                let f = self.float(v, "the capacity fraction")?;
+                if f <= 0.0 || !f.is_finite() {
+                    return Err(Diagnostic::at(
+                        v.span,
+                        format!("capacity fraction must be positive, found {f}"),
+                        "here",
+                    )
+                    .with_help("NLLB-MoE uses `fixed(expert_capacity)` when moe_eval_capacity_token_fraction ≤ 0"));
+                }
+                CapacityLimit::Fraction(F64Bits::new(f))
+            }
             _ => {
                 return Err(Diagnostic::at(
                     func.span,
                     format!("unknown capacity `{func}`"),
-                    "expected factor or fixed",
+                    "expected factor, fixed or fraction",
                 )
                 .with_help(usage))
             }
@@ -462,16 +476,37 @@ impl<'a> Lowerer<'a> {
                 },
             }
         };
-        let policy = match word("drop", &["arrival", "score"])?.as_deref() {
+        let policy = match word("drop", &["arrival", "score", "priority"])?.as_deref() {
             Some("score") => DropPolicy::Score,
+            Some("priority") => DropPolicy::Priority,
             _ => DropPolicy::Arrival,
         };
         let passthrough =
             word("dropped", &["zero", "passthrough"])?.as_deref() == Some("passthrough");
+        let renormalize = a
+            .named("renormalize")
+            .map(|b| self.bool(b, "renormalize"))
+            .transpose()?
+            .unwrap_or(false);
+        if renormalize && passthrough {
+            return Err(Diagnostic::at(
+                a.named("renormalize").map_or(e.span, |r| r.span),
+                "`renormalize = true` with `dropped = passthrough`",
+                "renormalizes the kept slots",
+            )
+            .with_related(
+                a.named("dropped").map_or(e.span, |d| d.span),
+                "a dropped token passes its input through here",
+            )
+            .with_help(
+                "renormalizing over the kept slots is NLLB-MoE's rule, with `dropped = zero`",
+            ));
+        }
         Ok(Some(CapacitySpec {
             limit,
             policy,
             passthrough,
+            renormalize,
             span: e.span,
         }))
     }

@@ -50,6 +50,37 @@ pub(super) fn positions() -> Result<Module, fmt::Error> {
     Ok(m)
 }
 
+/// Row numbers `0, 1, ..., n-1` (`Op::RowPositions`; the operand is not read).
+pub(super) fn row_positions(n: Dim) -> Result<Module, fmt::Error> {
+    let mut m = Module::new("row positions 0, 1, ...", false)?;
+    m.bind(write("out", I32))?;
+    m.stride_loop(n, SIZE)?;
+    m.line("        out[i] = i32(i);")?;
+    m.end_loop()?;
+    Ok(m)
+}
+
+/// fairseq's sinusoidal position embeddings of `[rows, width]` (`n` elements): the
+/// frequencies are `interp::sinusoidal_freqs` as data, the angle `f32(p + offset) · f`
+/// rounded to f32 as the interpreter does; sin and cos are the GPU's.
+pub(super) fn sinusoidal(n: Dim, width: u64, offset: u64) -> Result<Module, fmt::Error> {
+    let mut m = Module::new("sinusoidal position embeddings", false)?;
+    m.bind_all(&[
+        read("positions", I32),
+        read("freqs", F32),
+        write("out", F32),
+    ])?;
+    m.stride_loop(n, SIZE)?;
+    let half = width / 2;
+    writeln!(
+        m,
+        "        let c = i % {width}u;\n        if (c >= {}u) {{\n            out[i] = 0.0;\n            continue;\n        }}\n        let angle = f32(positions[i / {width}u] + {offset}) * freqs[c % {half}u];\n        out[i] = select(sin(angle), cos(angle), c >= {half}u);",
+        2 * half
+    )?;
+    m.end_loop()?;
+    Ok(m)
+}
+
 /// Rotary embedding of `[T, width]` (`width` a multiple of the head dim): the
 /// first `rotary_dim` dims of every head rotated by `positions[t] · inv_freq`,
 /// cos and sin scaled by `scale`; the other dims copied.

@@ -161,6 +161,11 @@ impl Builder<'_> {
                 });
                 Ok(vec![l])
             }
+            Op::KeptWeights => one(launch(
+                routing::kept_weights(total),
+                vec![In(0), In(1), Out(0)],
+                stride(total),
+            )),
             Op::ScatterGates { experts, mask } => one(launch(
                 elementwise::scatter_gates(total, *experts, width(ty(0)), *mask),
                 vec![In(0), In(1), Out(0)],
@@ -391,6 +396,20 @@ impl Builder<'_> {
                 attention::positions(),
                 vec![Out(0)],
                 stride(Dim::TOKENS),
+            )),
+            Op::RowPositions => one(launch(
+                attention::row_positions(total),
+                vec![Out(0)],
+                stride(total),
+            )),
+            Op::Sinusoidal { width, offset } => one(launch(
+                attention::sinusoidal(total, *width, *offset),
+                vec![
+                    In(0),
+                    Slot::Values("freqs", interp::sinusoidal_freqs(*width as usize)),
+                    Out(0),
+                ],
+                stride(total),
             )),
             Op::Rope(r) => {
                 let (inv_freq, scale) = interp::inv_freq(r);

@@ -91,11 +91,24 @@ pub(super) fn capacity(k: u64, policy: DropPolicy) -> Result<Module, fmt::Error>
     let before = match policy {
         DropPolicy::Arrival => "arrival2 < arrival",
         DropPolicy::Score => "w[s2] > w[i] || (w[s2] == w[i] && arrival2 < arrival)",
+        // Slot-major; within a slot, tokens by their first slot's weight, then token order.
+        DropPolicy::Priority => "s2 % K < i % K || (s2 % K == i % K && (w[s2 - s2 % K] > w[i - i % K] || (w[s2 - s2 % K] == w[i - i % K] && arrival2 < arrival)))",
     };
+    let before = before.replace('K', &format!("{k}u"));
     writeln!(
         m,
         "        let e = idx[i];\n        if (e < 0) {{\n            out[i] = -1;\n            continue;\n        }}\n        let arrival = (i % {k}u) * tokens + i / {k}u;\n        var rank = 0u;\n        for (var s2 = 0u; s2 < count; s2++) {{\n            let arrival2 = (s2 % {k}u) * tokens + s2 / {k}u;\n            if (idx[s2] == e && ({before})) {{\n                rank++;\n            }}\n        }}\n        out[i] = select(-1, e, rank < params.capacity);"
     )?;
+    m.end_loop()?;
+    Ok(m)
+}
+
+/// The weights of kept slots, 0 for dropped ones (`Op::KeptWeights`).
+pub(super) fn kept_weights(n: Dim) -> Result<Module, fmt::Error> {
+    let mut m = Module::new("kept slots' weights", false)?;
+    m.bind_all(&[read("idx", I32), read("w", F32), write("out", F32)])?;
+    m.stride_loop(n, SIZE)?;
+    m.line("        out[i] = select(0.0, w[i], idx[i] >= 0);")?;
     m.end_loop()?;
     Ok(m)
 }
