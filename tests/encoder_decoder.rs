@@ -85,14 +85,18 @@ fn fixtures() -> Vec<Fixture> {
 }
 
 impl Fixture {
-    fn compile(&self, upto: Upto) -> Graph {
-        let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    /// `models/<model_type>.moe` (a `-` of the Hub's name is a `_` in the file's).
+    fn spec(&self) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("models")
-            .join(format!("{}.moe", self.model_type.replace('-', "_")));
+            .join(format!("{}.moe", self.model_type.replace('-', "_")))
+    }
+
+    fn compile(&self, upto: Upto) -> Graph {
         Compiler::new()
             .checkpoint(&self.dir)
             .upto(upto)
-            .compile_file(&spec)
+            .compile_file(&self.spec())
             .unwrap_or_else(|e| panic!("{}: {e}", self.case))
             .graph
     }
@@ -230,9 +234,7 @@ fn a_decoder_call_needs_a_source_sequence_first() {
 #[test]
 fn moec_generate_runs_encoder_decoder_models() {
     for f in fixtures() {
-        let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("models")
-            .join(format!("{}.moe", f.model_type));
+        let spec = f.spec();
         let prompt: Vec<String> = f.prompt.iter().map(i32::to_string).collect();
         let generate = |prompt_args: &[&str]| {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_moec"))

@@ -1,7 +1,8 @@
 //! The graph container: a `StableGraph` of [`Node`]s whose edges carry one
 //! operand each, plus the graph's inputs, outputs and weight table.
 
-use super::op::{F32Bits, Op};
+use super::attrs::F32Bits;
+use super::op::Op;
 use super::probe::Probe;
 use super::types::TensorType;
 use super::weight::WeightDecl;
