@@ -2,6 +2,7 @@
 //! capacity form checked against the layer (expert count, k, groups), with the
 //! spec's spans in every error.
 
+use super::consts::eval_bool;
 use super::expr::Args;
 use super::Lowerer;
 use crate::diagnostic::Diagnostic;
@@ -416,8 +417,28 @@ impl<'a> Lowerer<'a> {
         Ok(on.then_some(n))
     }
 
+    /// The branch a compile-time `if C then A else B` takes (repeatedly); `e` itself otherwise.
+    fn chosen<'e>(&self, mut e: &'e Expr) -> Result<&'e Expr, Diagnostic> {
+        while let ExprKind::If {
+            cond,
+            then,
+            otherwise,
+        } = &e.kind
+        {
+            e = if eval_bool(cond, &self.params, "an `if` condition")? {
+                then
+            } else {
+                otherwise
+            };
+        }
+        Ok(e)
+    }
+
     /// `dropless`, `factor(f, ...)`, `fixed(n, ...)` or `fraction(f, ...)`; `None` for dropless.
+    /// The capacity and its `drop`/`dropped` words may be chosen by compile-time
+    /// `if C then A else B` (NLLB-MoE: a fraction or a fixed count, priority or arrival).
     pub(super) fn capacity(&self, e: &Expr) -> Result<Option<CapacitySpec>, Diagnostic> {
+        let e = self.chosen(e)?;
         if let ExprKind::Path(p) = &e.kind {
             if p.len() == 1 && p[0].name == "dropless" {
                 return Ok(None);
@@ -462,7 +483,7 @@ impl<'a> Lowerer<'a> {
             }
         };
         let word = |name: &str, options: &[&str]| -> Result<Option<String>, Diagnostic> {
-            match a.named(name) {
+            match a.named(name).map(|x| self.chosen(x)).transpose()? {
                 None => Ok(None),
                 Some(x) => match &x.kind {
                     ExprKind::Path(p) if p.len() == 1 && options.contains(&p[0].name.as_str()) => {
