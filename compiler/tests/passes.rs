@@ -496,3 +496,31 @@ fn stats_count_quantized_experts_by_their_blocks() {
         assert_eq!(stored, router + 2 * (64 + 32 * 2) * block, "{format}");
     }
 }
+
+#[test]
+fn capacity_and_its_drop_rule_are_chosen_by_compile_time_ifs() {
+    let src = |frac: &str, prio: &str| {
+        format!(
+            "model m {{
+          param frac = {frac}
+          param prio = {prio}
+          input x: f32[tokens, 8]
+          expert e(h: [n, 8]) -> [n, 8] {{ let w = linear(h, 8) return w }}
+          router r(h: [n, 8]) {{ logits = linear(h, 4) scores = softmax(logits) select = topk(scores, 2) }}
+          let y = moe(x, experts = 4 * e, router = r,
+                      capacity = if frac > 0 then fraction(frac, drop = if prio then priority else arrival)
+                                 else fixed(3, drop = if prio then priority else arrival))
+          output y
+        }}"
+        )
+    };
+    for (frac, prio, want) in [
+        ("0.5", "true", "experts=4 fraction=0.5 policy=Priority"),
+        ("0.5", "false", "experts=4 fraction=0.5 policy=Arrival"),
+        ("0.0", "true", "experts=4 fixed=3 policy=Priority"),
+        ("-1.0", "false", "experts=4 fixed=3 policy=Arrival"),
+    ] {
+        let text = print::text(&lower(&src(frac, prio), &[]));
+        assert!(text.contains(want), "{frac} {prio}: {text}");
+    }
+}
