@@ -9,17 +9,7 @@ impl Op {
     /// The op's typing rule: the output types for these operand types, or what is wrong.
     pub fn infer(&self, operands: &[&TensorType]) -> Result<Vec<TensorType>, String> {
         use Op::*;
-        let arity = |n: usize| -> Result<(), String> {
-            if operands.len() == n {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{} takes {n} operands, found {}",
-                    self.name(),
-                    operands.len()
-                ))
-            }
-        };
+        let arity = |n: usize| arity(self, operands, n);
         match self {
             Input { ty, .. } => {
                 arity(0)?;
@@ -129,30 +119,12 @@ impl Op {
             }
             KeptWeights => {
                 arity(2)?;
-                expect_slots(
-                    operands[0],
-                    operands[0].shape.first().copied().unwrap_or(Dim::TOKENS),
-                )?;
-                if operands[1].shape != operands[0].shape || operands[1].dtype != DType::F32 {
-                    return Err(format!(
-                        "kept weights {} do not match indices {}",
-                        operands[1], operands[0]
-                    ));
-                }
+                slots_and_weights(operands, "kept weights")?;
                 Ok(vec![operands[1].clone()])
             }
             Capacity { .. } => {
                 arity(2)?;
-                expect_slots(
-                    operands[0],
-                    operands[0].shape.first().copied().unwrap_or(Dim::TOKENS),
-                )?;
-                if operands[1].shape != operands[0].shape || operands[1].dtype != DType::F32 {
-                    return Err(format!(
-                        "capacity weights {} do not match indices {}",
-                        operands[1], operands[0]
-                    ));
-                }
+                slots_and_weights(operands, "capacity weights")?;
                 Ok(vec![operands[0].clone()])
             }
             ScatterGates { experts, .. } => {
@@ -506,6 +478,29 @@ impl Op {
                 Ok(vec![TensorType::f32(vec![rows, x.shape[1]])])
             }
         }
+    }
+}
+
+/// Slot indices i32 `[T, k]` and their f32 weights of the same shape.
+fn slots_and_weights(operands: &[&TensorType], what: &str) -> Result<(), String> {
+    let (slots, weights) = (operands[0], operands[1]);
+    expect_slots(slots, slots.shape.first().copied().unwrap_or(Dim::TOKENS))?;
+    if weights.shape != slots.shape || weights.dtype != DType::F32 {
+        return Err(format!("{what} {weights} do not match indices {slots}"));
+    }
+    Ok(())
+}
+
+/// Whether `op` has `n` operands.
+pub(super) fn arity(op: &Op, operands: &[&TensorType], n: usize) -> Result<(), String> {
+    if operands.len() == n {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} takes {n} operands, found {}",
+            op.name(),
+            operands.len()
+        ))
     }
 }
 

@@ -3,22 +3,12 @@
 
 use super::op::Op;
 use super::types::{DType, Dim, TensorType};
-use super::typing::expect_f32;
+use super::typing::{arity, expect_f32};
 
 /// The output types of whole-model op `op` for these operand types, or what is wrong.
 pub(super) fn infer(op: &Op, operands: &[&TensorType]) -> Result<Vec<TensorType>, String> {
     use Op::*;
-    let arity = |n: usize| -> Result<(), String> {
-        if operands.len() == n {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} takes {n} operands, found {}",
-                op.name(),
-                operands.len()
-            ))
-        }
-    };
+    let arity = |n: usize| arity(op, operands, n);
     match op {
         Embedding => {
             arity(2)?;
