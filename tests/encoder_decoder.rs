@@ -21,7 +21,7 @@
 
 mod model_fixtures;
 
-use model_fixtures::{argmax, f32s, rel_err};
+use model_fixtures::{argmax, f32s, rel_err, ENGINES, TOLERANCE};
 
 use moec_compiler::driver::Compiler;
 use moec_compiler::interp;
@@ -29,24 +29,11 @@ use moec_compiler::ir::Graph;
 use moec_compiler::passes::{last_token, Upto};
 use moec_compiler::tensor::{Tensor, TensorData};
 use moec_runtime::generate::{generate, GenerateOptions, Sampling};
-use moec_runtime::gpu::GpuOptions;
 use moec_runtime::io::read_tensors;
-use moec_runtime::session::{load_weights, CpuOptions, Engine, Model, SessionError};
+use moec_runtime::session::{load_weights, Engine, Model, SessionError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-
-const ENGINES: &[Engine] = &[
-    Engine::Interp,
-    Engine::Cpu(CpuOptions::threads(2)),
-    Engine::Gpu(GpuOptions {
-        f16_weights: false,
-        max_binding_bytes: None,
-    }),
-];
-
-/// Largest |a − b| relative to the largest |b|.
-const TOLERANCE: f32 = 1e-4;
 
 struct Fixture {
     case: String,

@@ -12,14 +12,13 @@
 
 mod model_fixtures;
 
-use model_fixtures::{argmax, f32s, rel_err};
+use model_fixtures::{argmax, f32s, rel_err, ENGINES, TOLERANCE};
 
 use moec_compiler::driver::Compiler;
 use moec_compiler::ir::{Graph, Op};
 use moec_compiler::passes::last_token;
 use moec_compiler::tensor::Tensor;
 use moec_compiler::verify::verify;
-use moec_runtime::gpu::GpuOptions;
 use moec_runtime::io::{read_tensors, write_tensors};
 use moec_runtime::session::{CpuOptions, Engine, Model, Session};
 use std::collections::BTreeMap;
@@ -37,18 +36,6 @@ fn cases() -> Vec<(String, String)> {
     assert!(cases.len() >= 7, "whole-model fixtures missing: {cases:?}");
     cases
 }
-
-const ENGINES: &[Engine] = &[
-    Engine::Interp,
-    Engine::Cpu(CpuOptions::threads(2)),
-    Engine::Gpu(GpuOptions {
-        f16_weights: false,
-        max_binding_bytes: None,
-    }),
-];
-
-/// Largest |a − b| relative to the largest |b|.
-const TOLERANCE: f32 = 1e-4;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

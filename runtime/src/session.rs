@@ -28,7 +28,7 @@ use moec_compiler::interp::{self, Comm, SingleRank, State};
 use moec_compiler::ir::{DType, Graph, Op};
 use moec_compiler::passes;
 use moec_compiler::tensor::{Tensor, TensorData};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::Path;
 use std::rc::Rc;
@@ -212,18 +212,21 @@ impl Model {
             .ok_or_else(|| SessionError::Backend("the encoder reads no i32 source input".into()))?
             .to_string();
         // Each stage takes its weights; one both read (a shared embedding) is copied.
+        let shared: HashSet<usize> = stages.decoder_weights.iter().copied().collect();
         let mut weights: Vec<Option<Tensor>> = weights.into_iter().map(Some).collect();
-        let mut take = |ids: &[usize], shared: &[usize]| -> Vec<Tensor> {
+        let mut take = |ids: &[usize], copy: &HashSet<usize>| {
             ids.iter()
-                .map(|&i| match shared.contains(&i) {
+                .map(|&i| match copy.contains(&i) {
                     true => weights[i].clone(),
                     false => weights[i].take(),
                 })
-                .map(|w| w.expect("a weight is taken once"))
-                .collect()
+                .collect::<Option<Vec<Tensor>>>()
+                .ok_or_else(|| {
+                    SessionError::Backend("internal error: a weight in two stages".into())
+                })
         };
-        let encoder_weights = take(&stages.encoder_weights, &stages.decoder_weights);
-        let decoder_weights = take(&stages.decoder_weights, &[]);
+        let encoder_weights = take(&stages.encoder_weights, &shared)?;
+        let decoder_weights = take(&stages.decoder_weights, &HashSet::new())?;
         Ok(Model {
             main: Program::new(stages.decoder, decoder_weights, engine, &comm)?,
             encoder: Some(Encoder {

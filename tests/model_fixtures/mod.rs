@@ -5,6 +5,8 @@
 //! by the same rule, so the two cannot disagree.
 
 use moec_compiler::tensor::{Tensor, TensorData};
+use moec_runtime::gpu::GpuOptions;
+use moec_runtime::session::{CpuOptions, Engine};
 use std::path::PathBuf;
 
 /// A whole-model fixture: its directory name, the `model_type` of its config, and
@@ -68,3 +70,20 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 pub fn argmax(row: &[f32]) -> i32 {
     (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as i32
 }
+
+/// Every engine a whole model runs on: the interpreter, the CPU backend on 2
+/// threads, the GPU backend (Mesa's software Vulkan driver in CI).
+#[allow(dead_code)]
+pub const ENGINES: &[Engine] = &[
+    Engine::Interp,
+    Engine::Cpu(CpuOptions::threads(2)),
+    Engine::Gpu(GpuOptions {
+        f16_weights: false,
+        max_binding_bytes: None,
+    }),
+];
+
+/// Largest |a − b| relative to the largest |b| a whole model's outputs may be off
+/// transformers' by.
+#[allow(dead_code)]
+pub const TOLERANCE: f32 = 1e-4;
