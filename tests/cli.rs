@@ -320,6 +320,42 @@ fn f16_weights_are_a_gpu_option() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// `--weight-format` and `--expert-format` are cpu options (refused on another
+/// backend, not ignored), exclusive, and count in `graph --stats`.
+#[test]
+fn weight_formats_are_cpu_options() {
+    let mut args = vec!["run", "examples/mixtral.moe", "--random-weights", "1"];
+    args.extend(["--tokens", "3", "--weight-format", "q8_0"]);
+    args.extend(MIXTRAL_FIXTURE_DIMS);
+    let err = assert_user_error(&moec(&args));
+    assert!(
+        err.contains("--weight-format") && err.contains("--backend cpu"),
+        "{err}"
+    );
+    let both = [
+        args.clone(),
+        vec!["--backend", "cpu", "--expert-format", "q4_0"],
+    ]
+    .concat();
+    let o = moec(&both);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+    let stats = |format: &str| {
+        let mut a = vec![
+            "graph",
+            "examples/mixtral.moe",
+            "--stats",
+            "--weight-format",
+            format,
+        ];
+        a.extend(MIXTRAL_FIXTURE_DIMS);
+        let o = moec(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_ne!(stats("q4_0"), stats("f32"));
+}
+
 #[test]
 fn gpu_backend_without_an_adapter_is_a_clear_error() {
     // No DX12 on Linux: wgpu finds no adapter at all.

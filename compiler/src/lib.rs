@@ -11,5 +11,6 @@ pub mod lower;
 pub mod passes;
 pub mod print;
 pub mod stats;
+pub mod storage;
 pub mod tensor;
 pub mod verify;

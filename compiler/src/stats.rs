@@ -8,16 +8,18 @@
 //! `expert_sum`: 1 per expert per output element; any other kernel: 1 per output
 //! element (small next to the matmuls). Biases and fused epilogues are not counted. Weight bytes are counted per kernel that
 //! reads them: all of a `linear`'s or `expert_linear`'s weight, but for a
-//! `grouped_linear` only the experts that can hold rows, `min(E, R)` of them.
+//! `grouped_linear` only the experts that can hold rows, `min(E, R)` of them,
+//! and for an `embedding` only the rows its ids can read, `min(V, ids)`.
 //! Kernels are the nodes that compute at run time: not inputs, weights,
 //! constants, or weight-only values (`stack`/`concat_rows` of weights, made at
 //! load time). The dense figures are the lowered graph's, which runs every
-//! expert on every token. Weights count 4 bytes each (f32), or, for the experts'
-//! stacked `[E, N, K]` weights stored in another format (`--expert-format`), that
+//! expert on every token. Weights count 4 bytes each (f32), or, for the matmul
+//! weights a [`Storage`] covers (`--expert-format`, `--weight-format`), its
 //! format's bytes (`WeightFormat::bytes`: q4_0 is 18 bytes per 32 values).
 
-use crate::ir::{Graph, Op, TensorType, WeightFormat};
+use crate::ir::{Graph, Op, TensorType};
 use crate::passes::memory;
+use crate::storage::Storage;
 use std::fmt::Write;
 
 /// What one run of a graph costs at `tokens` tokens.
@@ -43,10 +45,11 @@ pub fn stats(g: &Graph, tokens: usize) -> Stats {
     stats_stored(g, tokens, None)
 }
 
-/// The figures of `g` at `tokens` tokens with the experts' stacked weights stored
-/// as `experts` (None: f32 like the rest).
-pub fn stats_stored(g: &Graph, tokens: usize, experts: Option<WeightFormat>) -> Stats {
+/// The figures of `g` at `tokens` tokens with the matmul weights `storage`
+/// covers stored in its format (None: every weight f32).
+pub fn stats_stored(g: &Graph, tokens: usize, storage: Option<Storage>) -> Stats {
     let weight_only = memory::weight_only(g);
+    let covered = storage.map(|s| (s.format, s.covered(g)));
     let mut s = Stats {
         tokens,
         peak_bytes: memory::plan(g).peak_bytes(tokens),
@@ -86,16 +89,21 @@ pub fn stats_stored(g: &Graph, tokens: usize, experts: Option<WeightFormat>) -> 
                 weight_fraction = (w[0].min(x[0]), w[0]);
                 2 * x[0] * w[1] * w[2]
             }
+            Op::Embedding => {
+                // A gather reads one table row per id.
+                let (ids, table) = (elements(ty(0), tokens), dims(ty(1)));
+                weight_fraction = (ids.min(table[0]), table[0].max(1));
+                out_elems
+            }
             Op::DenseCombine => 2 * (operands.len() as u64 - 1) * out_elems,
             Op::ExpertSum => elements(ty(0), tokens),
             _ => out_elems,
         };
-        let stacked = matches!(node.op, Op::ExpertLinear { .. } | Op::GroupedLinear { .. });
         for (i, v) in operands.iter().enumerate() {
             if weight_only.contains(&v.node) {
                 let t = g.value_type(*v);
-                let stored = match experts {
-                    Some(f) if stacked && i == 1 => {
+                let stored = match &covered {
+                    Some((f, nodes)) if i == 1 && nodes.contains(&n) => {
                         f.bytes(elements(t, tokens), t.width().unwrap_or(1))
                     }
                     _ => bytes(t, tokens),

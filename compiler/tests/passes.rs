@@ -9,6 +9,7 @@ use moec_compiler::ir::{Graph, Op, WeightFormat};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::memory::{plan, MemoryPlan};
 use moec_compiler::passes::{canonicalize, run_pipeline, Upto, PIPELINE};
+use moec_compiler::storage::Storage;
 use moec_compiler::{interp, print, stats, verify};
 use proptest::prelude::*;
 use std::path::PathBuf;
@@ -492,9 +493,62 @@ fn stats_count_quantized_experts_by_their_blocks() {
     assert_eq!(f32_bytes, router + 2 * (64 * 32 + 32 * 64) * 4);
     // q4_0: 18 bytes per block of 32 values; q8_0: 34.
     for (format, block) in [(WeightFormat::Q4_0, 18), (WeightFormat::Q8_0, 34)] {
-        let stored = stats::stats_stored(&g, 4, Some(format)).weight_bytes;
+        let stored = stats::stats_stored(&g, 4, Some(Storage::experts(format))).weight_bytes;
         assert_eq!(stored, router + 2 * (64 + 32 * 2) * block, "{format}");
     }
+}
+
+/// `--weight-format` covers every matmul but routers (a 32-column one,
+/// sigmoid-scored, here) and those narrower than a block (a one-column
+/// linear); `--expert-format` only the stacked experts.
+#[test]
+fn weight_format_covers_every_matmul_but_routers_and_narrow_ones() {
+    let src = "model m {
+      input x: f32[tokens, 64]
+      expert e(h: [n, 64]) -> [n, 64] { let up = linear(h, 64) return up }
+      router r(h: [n, 64]) { logits = linear(h, 32) scores = sigmoid(logits) select = topk(scores, 1) }
+      let a = linear(x, 64)
+      let g = linear(a, 1)
+      let y = moe(a, experts = 32 * e, router = r)
+      let z = linear(y, 64)
+      output z
+      output g
+    }";
+    let mut g = lower(src, &[]);
+    run_pipeline(&mut g, Upto::All, true).unwrap();
+    let columns = |storage: Storage| {
+        let mut c: Vec<(String, u64)> = storage
+            .covered(&g)
+            .into_iter()
+            .map(|n| {
+                let w = g.value_type(g.operands(n)[1]);
+                let shape = w.concrete_shape(1);
+                (
+                    g.node(n).op.name().to_string(),
+                    shape[shape.len() - 2] as u64,
+                )
+            })
+            .collect();
+        c.sort();
+        c
+    };
+    let matmuls = columns(Storage::matmuls(WeightFormat::Q8_0));
+    assert_eq!(
+        matmuls,
+        [
+            ("grouped_linear".to_string(), 64),
+            ("linear".to_string(), 64),
+            ("linear".to_string(), 64)
+        ],
+        "the router and the 1-column linear stay f32"
+    );
+    let experts = columns(Storage::experts(WeightFormat::Q8_0));
+    assert_eq!(experts, [("grouped_linear".to_string(), 64)]);
+    // Bytes: six [64, 64] matrices read at 4 tokens (two linears, and 4 of the 32
+    // experts: 4 routed rows) at 34 bytes per 32 values instead of 4 per value.
+    let f32s = stats::stats(&g, 4).weight_bytes;
+    let q8 = stats::stats_stored(&g, 4, Some(Storage::matmuls(WeightFormat::Q8_0))).weight_bytes;
+    assert_eq!(f32s - q8, 6 * 64 * 64 * 4 - 6 * 64 * 2 * 34);
 }
 
 #[test]

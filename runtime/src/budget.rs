@@ -5,8 +5,9 @@
 //! numbers, instead of being killed halfway through loading.
 
 use crate::session::Engine;
-use moec_compiler::ir::{Graph, Op, Syms, WeightFormat};
+use moec_compiler::ir::{Graph, Op, Syms};
 use moec_compiler::passes::{memory, stages};
+use moec_compiler::storage::Storage;
 use std::fmt;
 
 /// Bytes a model needs, by purpose.
@@ -47,26 +48,18 @@ fn peak_activations(g: &Graph, tokens: usize) -> u64 {
     }
 }
 
-/// The experts' stacked `[E, N, K]` matmul weights (what `--expert-format` stores
-/// apart): their f32 bytes, and their bytes stored as `format`.
-fn stacked_expert_bytes(g: &Graph, format: WeightFormat) -> (u64, u64) {
+/// The matmul weights `storage` covers: their f32 bytes, and their bytes stored
+/// in its format (each weight value once, however many matmuls read it).
+fn covered_bytes(g: &Graph, storage: Storage) -> (u64, u64) {
     let mut seen = std::collections::HashSet::new();
     let (mut f32s, mut stored) = (0u64, 0u64);
-    for n in g.g.node_indices() {
-        if !matches!(
-            g.node(n).op,
-            Op::ExpertLinear { .. } | Op::GroupedLinear { .. }
-        ) {
-            continue;
-        }
-        let Some(&w) = g.operands(n).get(1) else {
-            continue;
-        };
+    for n in storage.covered(g) {
+        let w = g.operands(n)[1];
         let t = g.value_type(w);
         let values: u64 = t.concrete_shape(0).iter().map(|&d| d as u64).product();
         if seen.insert(w) {
             f32s = f32s.saturating_add(values.saturating_mul(4));
-            stored = stored.saturating_add(format.bytes(values, t.width().unwrap_or(1)));
+            stored = stored.saturating_add(storage.format.bytes(values, t.width().unwrap_or(1)));
         }
     }
     (f32s, stored)
@@ -76,8 +69,8 @@ impl MemoryNeeds {
     /// What `g` needs on `engine` for calls of at most `tokens` tokens and caches of
     /// `positions` positions. Weights are held as f32 (widened from f16/bf16); the
     /// CPU engine also packs each matmul's weights into its kernel's panels, which
-    /// is counted as a second copy (its experts' stacked weights at their stored
-    /// format's bytes, with `--expert-format`). On the GPU engine only the weights are on the
+    /// is counted as a second copy (the matmul weights its `Storage` covers at
+    /// that format's bytes: `--expert-format`, `--weight-format`). On the GPU engine only the weights are on the
     /// host (to upload them); its caches and activations are device memory. Sizes that overflow 64 bits saturate, so a
     /// hostile size is refused like any other that does not fit.
     pub fn of(g: &Graph, engine: Engine, tokens: usize, positions: usize) -> MemoryNeeds {
@@ -93,7 +86,7 @@ impl MemoryNeeds {
         let packed = match engine {
             Engine::Interp | Engine::Gpu(_) => 0,
             Engine::Cpu(o) => {
-                let (stacked, stored) = o.experts.map_or((0, 0), |f| stacked_expert_bytes(g, f));
+                let (stacked, stored) = o.storage.map_or((0, 0), |s| covered_bytes(g, s));
                 f32_bytes.saturating_sub(stacked).saturating_add(stored)
             }
         };
@@ -297,8 +290,9 @@ mod tests {
     }
 
     #[test]
-    fn quantized_experts_pack_in_their_blocks_bytes() {
+    fn stored_weights_pack_in_their_formats_bytes() {
         use crate::session::CpuOptions;
+        use moec_compiler::ir::WeightFormat;
         use moec_compiler::passes::{run_pipeline, Upto};
         let src = "model m {
           input x: f32[tokens, 32]
@@ -310,9 +304,9 @@ mod tests {
         let mut g = moec_compiler::lower::lower_source(src, &[]).unwrap().graph;
         run_pipeline(&mut g, Upto::All, true).unwrap();
         let (router, experts) = (2 * 32 * 4, 2 * 2 * 64 * 32 * 4);
-        let cpu = |experts| {
+        let cpu = |storage| {
             Engine::Cpu(CpuOptions {
-                experts,
+                storage,
                 ..CpuOptions::default()
             })
         };
@@ -326,8 +320,13 @@ mod tests {
             2 * f32_weights
         );
         // q4_0 packs each 32 values in 18 bytes: 2 experts × (64 + 2·32) blocks.
-        let q4 = MemoryNeeds::of(&g, cpu(Some(WeightFormat::Q4_0)), 1, 0).weights;
+        let q4 = Storage::experts(WeightFormat::Q4_0);
+        let q4 = MemoryNeeds::of(&g, cpu(Some(q4)), 1, 0).weights;
         assert_eq!(q4, f32_weights + router + 2 * (64 + 2 * 32) * 18);
+        // bf16 for every matmul but the router: 2 bytes a value.
+        let bf16 = Storage::matmuls(WeightFormat::Bf16);
+        let bf16 = MemoryNeeds::of(&g, cpu(Some(bf16)), 1, 0).weights;
+        assert_eq!(bf16, f32_weights + router + experts / 2);
     }
 
     #[test]

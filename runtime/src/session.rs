@@ -22,11 +22,11 @@ use crate::budget::{MemoryLimit, MemoryNeeds};
 use crate::cpu::{CpuModel, MatmulIsa};
 use crate::generate::{BoxError, Decoder};
 use crate::gpu::{GpuCaches, GpuModel, GpuOptions};
-use crate::quant::WeightFormat;
 use crate::weights::{bind, WeightSource};
 use moec_compiler::interp::{self, Comm, SingleRank, State};
 use moec_compiler::ir::{DType, Graph, Op};
 use moec_compiler::passes;
+use moec_compiler::storage::Storage;
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -41,8 +41,8 @@ pub struct CpuOptions {
     pub threads: Option<usize>,
     /// The matmuls' inner loops (None: `MatmulIsa::host()`).
     pub isa: Option<MatmulIsa>,
-    /// How the experts' weights are stored (None: as loaded; q8_0 or q4_0 quantize them).
-    pub experts: Option<WeightFormat>,
+    /// Which matmul weights are stored in which format (None: as loaded).
+    pub storage: Option<Storage>,
 }
 
 impl CpuOptions {
@@ -51,7 +51,7 @@ impl CpuOptions {
         CpuOptions {
             threads: Some(threads),
             isa: None,
-            experts: None,
+            storage: None,
         }
     }
 }
@@ -282,7 +282,7 @@ impl Program {
             Engine::Interp => Prepared::Interp(weights),
             Engine::Cpu(o) => {
                 let isa = o.isa.unwrap_or_else(MatmulIsa::host);
-                let m = CpuModel::with_expert_format(&graph, &weights, isa, o.experts)
+                let m = CpuModel::with_storage(&graph, &weights, isa, o.storage)
                     .map_err(SessionError::Backend)?;
                 let m = m.with_comm(comm.clone());
                 Prepared::Cpu(Box::new(match o.threads {

@@ -127,6 +127,7 @@ pub fn main(args: Args) -> Result<(), String> {
     if !args.no_dense {
         graphs.push((Passes::None, "dense"));
     }
+    let cpu = args.cpu.options(matches!(args.backend, Backend::Cpu))?;
     for (passes, label) in graphs {
         let mut g = super::compile(
             &args.spec,
@@ -136,7 +137,7 @@ pub fn main(args: Args) -> Result<(), String> {
         .graph;
         let tokens = args.tokens.iter().copied().max().unwrap_or(0);
         args.memory
-            .check(&MemoryNeeds::of(&g, args.backend.engine(), tokens, 0))?;
+            .check(&MemoryNeeds::of(&g, args.backend.engine(cpu), tokens, 0))?;
         if label == "traced" {
             g = moec_runtime::trace::probed(&g)?.0;
         }
@@ -148,9 +149,8 @@ pub fn main(args: Args) -> Result<(), String> {
         let runner = match args.backend {
             Backend::Interp => Runner::Interp(Box::new(g.clone()), weights),
             Backend::Cpu => {
-                let o = args.cpu.options();
-                let isa = o.isa.unwrap_or_else(MatmulIsa::host);
-                let mut model = CpuModel::with_expert_format(&g, &weights, isa, o.experts)?;
+                let isa = cpu.isa.unwrap_or_else(MatmulIsa::host);
+                let mut model = CpuModel::with_storage(&g, &weights, isa, cpu.storage)?;
                 if let Some(n) = args.threads {
                     model = model.with_threads(n);
                 }

@@ -136,7 +136,10 @@ fn open_decoder(
     args: &GenerateArgs,
     ranked: Option<super::ranks::Ranked>,
 ) -> Result<Box<dyn Decoder>, String> {
-    let engine = args.backend.engine(args.cpu.options());
+    let engine = args.backend.engine(
+        args.cpu
+            .options(matches!(args.backend, GenerateBackend::Cpu))?,
+    );
     let model =
         super::open_for_generation(&args.spec, &args.weights, engine, &args.memory, ranked)?;
     Ok(Box::new(model.session(None)))

@@ -4,7 +4,6 @@
 
 use super::{ConfigArgs, PassArgs, SpecArgs};
 use clap::ValueEnum;
-use moec_compiler::ir::WeightFormat;
 use moec_compiler::passes::{run_pipeline, Upto};
 use moec_compiler::{print, stats};
 use std::io::Write;
@@ -36,22 +35,28 @@ pub struct Args {
     /// The token count for --stats.
     #[arg(long, default_value_t = 1, requires = "stats")]
     tokens: usize,
-    /// For --stats: count the experts' stacked weights in this format, as
-    /// `--expert-format` stores them on the cpu backend (the dense graph has no stacked
-    /// weights: its figures stay f32)
-    #[arg(long, value_parser = super::formats(&["f32", "f16", "bf16", "q8_0", "q4_0"]), value_name = "FORMAT", requires = "stats")]
-    expert_format: Option<WeightFormat>,
+    /// For --stats: count the matmul weights --expert-format or --weight-format
+    /// covers in that format, as the cpu backend stores them (the dense graph has no
+    /// stacked expert weights: they stay f32 there)
+    #[command(flatten)]
+    storage: super::StorageArgs,
 }
 
 pub fn main(args: Args) -> Result<(), String> {
     let upto = super::upto(args.passes.passes, args.after.as_deref())?;
+    let storage = args.storage.storage();
+    if storage.is_some() && !args.stats {
+        return Err(
+            "--expert-format and --weight-format count bytes for --stats: give it too".into(),
+        );
+    }
     let dense = super::compile(&args.spec, args.config.weights.as_deref(), Upto::None)?.graph;
     let mut g = dense.clone();
     run_pipeline(&mut g, upto, true).map_err(|e| format!("internal error: {e}"))?;
     let text = if args.stats {
         stats::table(
-            &stats::stats_stored(&g, args.tokens, args.expert_format),
-            &stats::stats_stored(&dense, args.tokens, args.expert_format),
+            &stats::stats_stored(&g, args.tokens, storage),
+            &stats::stats_stored(&dense, args.tokens, storage),
         )
     } else {
         match args.format {

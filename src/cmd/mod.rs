@@ -17,6 +17,7 @@ use clap::{Args as ClapArgs, ValueEnum};
 use moec_compiler::driver::{Compiled, Compiler};
 use moec_compiler::lower::{Limit, Limits, ParamSource};
 use moec_compiler::passes::{self, Upto};
+use moec_compiler::storage::Storage;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::budget::{parse_bytes, MemoryLimit, MemoryNeeds};
 use moec_runtime::quant::{dequantize, WeightFormat};
@@ -35,11 +36,12 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The engine whose memory needs this backend has on the host (the gpu backend
-    /// keeps one f32 copy of the weights there, as the interpreter does).
-    pub fn engine(self) -> Engine {
+    /// The engine whose memory needs this backend has on the host with `cpu`'s
+    /// options (the gpu backend keeps one f32 copy of the weights there, as the
+    /// interpreter does).
+    pub fn engine(self, cpu: CpuOptions) -> Engine {
         match self {
-            Backend::Cpu => Engine::Cpu(CpuOptions::default()),
+            Backend::Cpu => Engine::Cpu(cpu),
             Backend::Interp | Backend::Gpu => Engine::Interp,
         }
     }
@@ -59,25 +61,54 @@ pub fn round_weights(format: WeightFormat, weights: Vec<Tensor>) -> Vec<Tensor> 
     weights.into_iter().map(|w| dequantize(format, w)).collect()
 }
 
-/// The CPU backend's options on the command line (`generate`, `trace`).
+/// Which matmul weights the cpu backend stores in another format than they were
+/// loaded in (`storage::Storage`); also what `graph --stats` counts.
+#[derive(clap::Args)]
+pub struct StorageArgs {
+    /// cpu backend: store the experts' weights as bf16 or GGUF's q8_0 / q4_0 blocks
+    /// (q8_0 and q4_0 need the avx512 matmuls); other weights stay as loaded
+    #[arg(long, value_parser = formats(&["f32", "bf16", "q8_0", "q4_0"]), value_name = "FORMAT", conflicts_with = "weight_format")]
+    pub expert_format: Option<WeightFormat>,
+    /// cpu backend: store every matmul's weights (experts, attention, dense layers,
+    /// lm_head) as FORMAT, as llama.cpp quantizes a model; routers and matrices of
+    /// fewer than 32 columns stay as loaded
+    #[arg(long, value_parser = formats(&["f32", "bf16", "q8_0", "q4_0"]), value_name = "FORMAT")]
+    pub weight_format: Option<WeightFormat>,
+}
+
+impl StorageArgs {
+    pub fn storage(&self) -> Option<Storage> {
+        let experts = self.expert_format.map(Storage::experts);
+        experts.or(self.weight_format.map(Storage::matmuls))
+    }
+}
+
+/// The CPU backend's options on the command line (`generate`, `trace`, `run`, `bench`).
 #[derive(clap::Args)]
 pub struct CpuArgs {
     /// cpu backend: the matmuls' inner loops (default: the fastest exact ones this CPU runs)
     #[arg(long, value_enum)]
     pub matmul_isa: Option<MatmulIsaArg>,
-    /// cpu backend: store the experts' weights as q8_0 or q4_0 blocks (GGUF's formats;
-    /// needs the avx512 matmuls); other weights stay as loaded
-    #[arg(long, value_parser = formats(&["q8_0", "q4_0"]), value_name = "FORMAT")]
-    pub expert_format: Option<WeightFormat>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 impl CpuArgs {
-    pub fn options(&self) -> CpuOptions {
-        CpuOptions {
+    /// The options, for a run on the cpu backend or (`cpu` false) another one,
+    /// which takes none of them.
+    pub fn options(&self, cpu: bool) -> Result<CpuOptions, String> {
+        let storage = self.storage.storage();
+        if !cpu && (self.matmul_isa.is_some() || storage.is_some()) {
+            return Err(
+                "--matmul-isa, --expert-format and --weight-format are options of --backend cpu"
+                    .into(),
+            );
+        }
+        Ok(CpuOptions {
             threads: None,
             isa: self.matmul_isa.map(Into::into),
-            experts: self.expert_format,
-        }
+            storage,
+        })
     }
 }
 

@@ -126,9 +126,10 @@ fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
             .tokens
             .ok_or("no inputs: give --input FILE or --tokens N")?,
     };
+    let cpu = args.cpu.options(matches!(args.backend, Backend::Cpu))?;
     // Nothing large is allocated before the plan is known to fit.
     args.memory
-        .check(&MemoryNeeds::of(g, args.backend.engine(), tokens, 0))?;
+        .check(&MemoryNeeds::of(g, args.backend.engine(cpu), tokens, 0))?;
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => {
             let source = WeightSource::open(path).map_err(|e| e.to_string())?;
@@ -152,7 +153,7 @@ fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
         _ if g.decoder_start.is_some() && !matches!(args.backend, Backend::Interp) => {
             let engine = match args.backend {
                 Backend::Gpu => Engine::Gpu(gpu_options),
-                _ => Engine::Cpu(args.cpu.options()),
+                _ => Engine::Cpu(cpu),
             };
             Model::new(g.clone(), weights, engine)
                 .and_then(|m| Rc::new(m).session(None).run(&inputs))
@@ -160,9 +161,8 @@ fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
         }
         Backend::Interp => interp::run_with_comm(g, &weights, &inputs, &mut State::new(g), &*comm),
         Backend::Cpu => {
-            let o = args.cpu.options();
-            let isa = o.isa.unwrap_or_else(MatmulIsa::host);
-            CpuModel::with_expert_format(g, &weights, isa, o.experts)
+            let isa = cpu.isa.unwrap_or_else(MatmulIsa::host);
+            CpuModel::with_storage(g, &weights, isa, cpu.storage)
                 .and_then(|m| m.with_comm(comm).run(&inputs))
         }
         Backend::Gpu => GpuModel::new(g, &weights, gpu_options).and_then(|m| {

@@ -61,7 +61,10 @@ pub fn main(args: Args) -> Result<(), String> {
     let (graph, blocks) = probed(&compiled.graph)?;
     let (inputs, ids) = inputs(&args, &graph)?;
     let tokens = moec_compiler::interp::token_count(&graph, &inputs)?;
-    let engine = args.backend.engine(args.cpu.options());
+    let engine = args.backend.engine(
+        args.cpu
+            .options(matches!(args.backend, GenerateBackend::Cpu))?,
+    );
     let model = std::rc::Rc::new(
         Model::open_within(graph, &args.weights, engine, args.memory.max_memory)
             .map_err(|e| super::explain_open_error(e, &compiled))?,

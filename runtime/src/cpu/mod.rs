@@ -6,7 +6,8 @@
 //! are JIT-compiled for the host (FMA when it has it), with bf16 weight panels
 //! for every matmul whose weights are all bf16 values (a bf16 checkpoint, `as
 //! bf16`, or `--weight-dtype bf16`: lossless, so the results are those of f32
-//! panels) and f32 ones otherwise; every matmul's weights and biases are packed
+//! panels) and f32 ones otherwise, unless a `Storage` (`--weight-format`,
+//! `--expert-format`) stores them as bf16, q8_0 or q4_0; every matmul's weights and biases are packed
 //! once into the kernel's panel layout; only the weight-only values that a run
 //! still reads are kept.
 //!
@@ -42,6 +43,7 @@ pub use jit::{host_isa, target, KernelFn};
 pub use matmul::GEMM_ROWS_DEFAULT;
 
 use crate::quant::WeightFormat;
+use crate::random::round_to_bf16;
 use avx512::Wide;
 use matmul::{Call, JitPanels, Packed, Panels, Segment, Workers};
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16};
@@ -49,6 +51,7 @@ use moec_compiler::backend::clif::{self, MatmulShape, WeightDType};
 use moec_compiler::interp;
 use moec_compiler::ir::{Graph, NodeIndex, Op, Value};
 use moec_compiler::passes::memory::weight_only;
+use moec_compiler::storage::Storage;
 use moec_compiler::tensor::Tensor;
 use program::{Program, Step};
 use run::Reader;
@@ -73,7 +76,7 @@ pub struct CpuModel {
     arena: Mutex<Vec<f32>>,
     /// Packed weights of each matmul whose weights are weight-only.
     packed: HashMap<NodeIndex, Packed>,
-    /// The matmuls' inner loops and expert weight format (and so their weights' layout).
+    /// The matmuls' inner loops and stored weight formats (and so their weights' layout).
     layout: Layout,
     workers: Workers,
     /// Where a partitioned graph's collectives exchange (one rank unless `with_comm`).
@@ -90,45 +93,50 @@ impl CpuModel {
     /// Like [`CpuModel::new`], with the matmuls' inner loops `isa` (one of
     /// [`MatmulIsa::available`]).
     pub fn for_isa(g: &Graph, weights: &[Tensor], isa: MatmulIsa) -> Result<CpuModel, String> {
-        CpuModel::with_expert_format(g, weights, isa, None)
+        CpuModel::with_storage(g, weights, isa, None)
     }
 
-    /// Like [`CpuModel::for_isa`], with the experts' weights (those of matmuls
-    /// over stacked `[E, N, K]` weights) stored as `experts` (q8_0 or q4_0
-    /// blocks: the model then computes with `quant::dequantize`d weights).
-    pub fn with_expert_format(
+    /// Like [`CpuModel::for_isa`], with the matmul weights `storage` covers
+    /// (`Storage::covered`) stored in its format: bf16 panels (the weights
+    /// rounded to bf16), or q8_0 / q4_0 blocks (the model then computes with
+    /// `quant::dequantize`d weights); f32 changes nothing.
+    pub fn with_storage(
         g: &Graph,
         weights: &[Tensor],
         isa: MatmulIsa,
-        experts: Option<WeightFormat>,
+        storage: Option<Storage>,
     ) -> Result<CpuModel, String> {
         if !MatmulIsa::available().contains(&isa) {
             return Err(format!("this CPU cannot run the {} matmuls", isa.name()));
         }
-        match experts {
-            Some(f) if !f.is_quantized() => {
-                return Err(format!(
-                    "expert weights as {}: only q8_0 and q4_0 are stored apart",
-                    f.name()
-                ))
+        let storage = storage.filter(|s| s.format != WeightFormat::F32);
+        match storage.map(|s| s.format) {
+            Some(WeightFormat::F16) => {
+                return Err(
+                    "matmul weights as f16: the cpu backend stores f32, bf16, q8_0 or q4_0".into(),
+                )
             }
-            Some(f) if isa == MatmulIsa::Portable => {
+            Some(f) if f.is_quantized() && isa == MatmulIsa::Portable => {
                 return Err(format!(
-                    "{} expert weights need the AVX-512 matmuls, which this CPU lacks",
-                    f.name()
+                    "{f} matmul weights need the AVX-512 matmuls, which this CPU lacks"
                 ))
             }
             _ => {}
         }
+        let stored: HashMap<NodeIndex, WeightFormat> = storage
+            .map(|s| s.covered(g).into_iter().map(|n| (n, s.format)).collect())
+            .unwrap_or_default();
         interp::check_weights(g, weights)?;
         let (fixed, values) = weight_values(g, weights);
         let host = jit::host_isa(false)?;
         let program = clif::lower_with(g, &jit::target(&host), |n| {
             let mut shape = clif::matmul_shape(g, n)?;
             let w = values.get(&g.operands(n)[1]);
-            let quantized = experts.is_some() && w.is_some_and(|w| w.shape.len() == 3);
-            if !quantized && w.is_some_and(|w| w.as_f32().iter().all(|v| v.to_bits() & 0xFFFF == 0))
-            {
+            let bf16 = match stored.get(&n) {
+                Some(f) => *f == WeightFormat::Bf16,
+                None => w.is_some_and(|w| w.as_f32().iter().all(|v| v.to_bits() & 0xFFFF == 0)),
+            };
+            if bf16 {
                 shape.weights = WeightDType::Bf16;
             }
             Some(shape)
@@ -140,7 +148,7 @@ impl CpuModel {
             .map(|(&n, &k)| (n, program.kernels[k].shape))
             .collect();
         let code = (jit.kernels.clone(), jit.epilogues.clone(), Some(jit));
-        let layout = Layout { isa, experts };
+        let layout = Layout { isa, stored };
         CpuModel::prepare(g, (fixed, values), program.by_node, shapes, code, layout)
     }
 
@@ -172,7 +180,7 @@ impl CpuModel {
         let code = (kernels, epilogues, None);
         let layout = Layout {
             isa: MatmulIsa::host(),
-            experts: None,
+            stored: HashMap::new(),
         };
         CpuModel::prepare(g, values, kernel_of, shapes, code, layout)
     }
@@ -197,7 +205,15 @@ impl CpuModel {
             if !fixed.contains(&w.node) || b.is_some_and(|b| !fixed.contains(&b.node)) {
                 continue;
             }
-            packed.insert(n, pack(shape, &values[&w], b.map(|b| &values[&b]), layout));
+            let format = layout.stored.get(&n).copied();
+            let packed_weights = pack(
+                shape,
+                &values[&w],
+                b.map(|b| &values[&b]),
+                layout.isa,
+                format,
+            );
+            packed.insert(n, packed_weights);
             packed_operands.insert((n, 1));
             packed_operands.extend(bias_at.map(|i| (n, i)));
         }
@@ -223,9 +239,9 @@ impl CpuModel {
             program,
             arena: Mutex::new(Vec::new()),
             packed,
-            layout,
             workers: Workers::new(threads, GEMM_ROWS_DEFAULT)
                 .with_amx(layout.isa == MatmulIsa::Amx),
+            layout,
             comm: Arc::new(interp::SingleRank),
         })
     }
@@ -278,7 +294,7 @@ impl CpuModel {
             Some(p) => p,
             None => {
                 let bias = bias_at.map(|i| r.tensor(i)).transpose()?;
-                owned = pack(shape, &r.tensor(1)?, bias.as_ref(), self.layout);
+                owned = pack(shape, &r.tensor(1)?, bias.as_ref(), self.layout.isa, None);
                 &owned
             }
         };
@@ -395,28 +411,39 @@ fn weight_values(g: &Graph, weights: &[Tensor]) -> (HashSet<NodeIndex>, HashMap<
     (fixed, values)
 }
 
-/// How a model's weights are packed: for which inner loops, and in which format
-/// the experts' weights are stored (`None`: as the other weights).
-#[derive(Clone, Copy, Debug)]
+/// How a model's weights are packed: for which inner loops, and the matmuls
+/// whose weights are stored in a format of their own (the others: as loaded).
+#[derive(Clone, Debug)]
 struct Layout {
     isa: MatmulIsa,
-    experts: Option<WeightFormat>,
+    stored: HashMap<NodeIndex, WeightFormat>,
 }
 
-/// Packs a matmul's weights (`[N, K]`, or `[E, N, K]`: experts) for `layout`,
-/// and its bias.
-fn pack(shape: MatmulShape, w: &Tensor, b: Option<&Tensor>, layout: Layout) -> Packed {
-    let stacked = w.shape.len() == 3;
-    let experts = if stacked { w.shape[0] } else { 1 };
-    let format = layout
-        .experts
-        .filter(|_| stacked)
-        .unwrap_or(shape.weights.into());
+/// Packs a matmul's weights (`[N, K]`, or `[E, N, K]`: experts) for `isa`,
+/// stored as `format` (None: as `shape.weights`), and its bias.
+fn pack(
+    shape: MatmulShape,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    isa: MatmulIsa,
+    format: Option<WeightFormat>,
+) -> Packed {
+    let experts = if w.shape.len() == 3 { w.shape[0] } else { 1 };
+    // Weights stored as bf16 are rounded to it first (the packers keep bf16 values' high halves).
+    let rounded;
+    let w = match format {
+        Some(WeightFormat::Bf16) => {
+            rounded = round_to_bf16(w.clone());
+            &rounded
+        }
+        _ => w,
+    };
+    let format = format.unwrap_or(shape.weights.into());
     let w = w.as_f32();
     Packed {
         shape,
         experts,
-        weights: match (layout.isa, shape.weights) {
+        weights: match (isa, shape.weights) {
             (MatmulIsa::Avx512 | MatmulIsa::Amx, _) => Panels::Wide(Wide::pack(&shape, w, format)),
             (MatmulIsa::Portable, WeightDType::F32) => {
                 Panels::Jit(JitPanels::F32(pack_weights(&shape, w)))

@@ -1,0 +1,112 @@
+//! Which matmuls' weights a storage choice covers: `--expert-format F` stores the
+//! experts' stacked weights as `F`, `--weight-format F` every large matmul weight
+//! (experts, attention projections, dense feed-forwards, lm_head), as llama.cpp
+//! quantizes a model. The CPU backend packs the covered weights in `F`, memory
+//! planning and `--stats` count them at `F`'s bytes, and tests give the
+//! interpreter the same weights dequantized.
+//!
+//! Whatever the scope, a matmul is covered only when its weight operand is a
+//! weight-only value (known at load time, so it is stored once). The whole-model
+//! scope leaves in f32:
+//! - **routers**: a linear whose output reaches a routing op (softmax, top-k,
+//!   `router`, group mask, sparse mixer, expert choice, the routing losses)
+//!   through elementwise ops and column slices only: quantizing it would change
+//!   which experts run, for a few KB saved;
+//! - **narrow matrices**: fewer output columns than a quantization block (a
+//!   shared expert's one-column gate), whose bytes do not matter.
+//!
+//! It does not choose anything about activations, embeddings (a gather reads one
+//! row per token) or the GPU backend, whose weights are f32 or f16.
+
+use crate::ir::{Graph, NodeIndex, Op, WeightFormat};
+use crate::passes::memory::weight_only;
+use crate::passes::rewrite::users;
+use std::collections::HashSet;
+
+/// Which matmuls a storage choice covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Matmuls over stacked `[E, N, K]` expert weights (`--expert-format`).
+    Experts,
+    /// Every matmul but routers and narrow ones (`--weight-format`).
+    Matmuls,
+}
+
+/// A storage choice: `format` for the weights of the matmuls `scope` covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Storage {
+    pub format: WeightFormat,
+    pub scope: Scope,
+}
+
+impl Storage {
+    pub const fn experts(format: WeightFormat) -> Storage {
+        Storage {
+            format,
+            scope: Scope::Experts,
+        }
+    }
+
+    pub const fn matmuls(format: WeightFormat) -> Storage {
+        Storage {
+            format,
+            scope: Scope::Matmuls,
+        }
+    }
+
+    /// The matmul nodes of `g` whose weights (operand 1) are stored as `format`.
+    pub fn covered(&self, g: &Graph) -> HashSet<NodeIndex> {
+        let fixed = weight_only(g);
+        g.g.node_indices()
+            .filter(|&n| {
+                let Some(&w) = g.operands(n).get(1) else {
+                    return false;
+                };
+                let shape = &g.value_type(w).shape;
+                let matmul = matches!(
+                    g.node(n).op,
+                    Op::Linear { .. } | Op::ExpertLinear { .. } | Op::GroupedLinear { .. }
+                );
+                matmul
+                    && fixed.contains(&w.node)
+                    && match self.scope {
+                        Scope::Experts => shape.len() == 3,
+                        Scope::Matmuls => {
+                            let columns = shape.len().checked_sub(2).map(|i| shape[i]);
+                            let wide = columns
+                                .and_then(|c| c.as_fixed())
+                                .is_some_and(|c| c >= WeightFormat::BLOCK as u64);
+                            wide && !feeds_routing(g, n)
+                        }
+                    }
+            })
+            .collect()
+    }
+}
+
+/// Whether some value computed from `n`'s output through elementwise ops and
+/// column slices only is read by a routing op.
+fn feeds_routing(g: &Graph, n: NodeIndex) -> bool {
+    let mut stack = vec![n];
+    let mut seen = HashSet::new();
+    while let Some(m) = stack.pop() {
+        for u in users(g, m) {
+            match g.node(u).op {
+                Op::Softmax
+                | Op::TopK { .. }
+                | Op::Router(_)
+                | Op::GroupMask { .. }
+                | Op::SparseMixer { .. }
+                | Op::ExpertChoice { .. }
+                | Op::AuxLoss
+                | Op::ZLoss
+                | Op::EpRoute { .. } => return true,
+                Op::Unary(_) | Op::Binary(_) | Op::SliceCols { .. } if seen.insert(u) => {
+                    stack.push(u)
+                }
+                _ => {}
+            }
+        }
+    }
+    false
+}
