@@ -320,18 +320,23 @@ fn f16_weights_are_a_gpu_option() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-/// `--weight-format` and `--expert-format` are cpu options (refused on another
-/// backend, not ignored), exclusive, and count in `graph --stats`.
+/// `--weight-format` and `--expert-format` run on the interp and cpu backends
+/// (refused on the gpu, not ignored), are exclusive, and count in `graph --stats`.
 #[test]
-fn weight_formats_are_cpu_options() {
+fn weight_formats_run_on_interp_and_cpu() {
     let mut args = vec!["run", "examples/mixtral.moe", "--random-weights", "1"];
     args.extend(["--tokens", "3", "--weight-format", "q8_0"]);
     args.extend(MIXTRAL_FIXTURE_DIMS);
-    let err = assert_user_error(&moec(&args));
+    let gpu = [args.clone(), vec!["--backend", "gpu"]].concat();
+    let err = assert_user_error(&moec(&gpu));
     assert!(
-        err.contains("--weight-format") && err.contains("--backend cpu"),
+        err.contains("--weight-format") && err.contains("--backend cpu or interp"),
         "{err}"
     );
+    for backend in ["interp", "cpu"] {
+        let o = moec(&[args.clone(), vec!["--backend", backend]].concat());
+        assert!(o.status.success(), "{backend}: {}", stderr(&o));
+    }
     let both = [
         args.clone(),
         vec!["--backend", "cpu", "--expert-format", "q4_0"],

@@ -16,13 +16,11 @@ use backends::{
 use common::{assert_outputs_close, inputs, small_dims, weights};
 use moec_compiler::interp;
 use moec_compiler::ir::Graph;
-use moec_compiler::ir::Op;
 use moec_compiler::passes::Upto;
+use moec_compiler::quant::{dequantize, WeightFormat};
 use moec_compiler::storage::Storage;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::cpu::{CpuModel, MatmulIsa};
-use moec_runtime::quant::{dequantize, WeightFormat};
-use moec_runtime::random::round_to_bf16;
 use proptest::prelude::*;
 
 /// Token counts every example runs at: none, one, odd sizes.
@@ -81,39 +79,21 @@ fn bf16_weights_match_the_interpreter() {
     ] {
         let source = example(name);
         let g = graph(&source, &small_dims(&source), Upto::All);
-        let w: Vec<Tensor> = weights(&g, 5).into_iter().map(round_to_bf16).collect();
+        let w: Vec<Tensor> = weights(&g, 5)
+            .into_iter()
+            .map(|t| dequantize(WeightFormat::Bf16, t))
+            .collect();
         check(&g, &w, &TOKENS, &format!("{name} bf16"));
     }
 }
 
-/// The ids of the weights that reach the weight operand of a matmul `storage`
-/// covers through weight-only ops (stacks and row concatenations, which keep
-/// each weight row whole, so dequantizing the weights dequantizes the operand).
-fn stored_weight_ids(g: &Graph, storage: Storage) -> Vec<usize> {
-    let mut ids = Vec::new();
-    let mut stack: Vec<_> = storage
-        .covered(g)
-        .into_iter()
-        .map(|n| g.operands(n)[1].node)
-        .collect();
-    while let Some(n) = stack.pop() {
-        match &g.node(n).op {
-            Op::Weight { id, .. } => ids.push(*id),
-            _ => stack.extend(g.operands(n).iter().map(|v| v.node)),
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 /// Weights stored as bf16, q8_0 or q4_0 (`--expert-format`: the experts only;
 /// `--weight-format`: every matmul but the routers) on the AVX-512 tiles
-/// compute with exactly the weights `quant::dequantize` gives: the interpreter
-/// on those matches them as on f32 weights, every example and dims of whole
-/// and partial blocks (K 40: a block and a part; 96: three).
+/// compute what the interpreter computes on the same graph (dequantized
+/// weights; for q8_0 / q4_0, activations in 8-bit blocks), every example and
+/// dims of whole and partial blocks (K 40: a block and a part; 96: three).
 #[test]
-fn stored_weights_match_the_interpreter_on_dequantized_weights() {
+fn stored_weights_match_the_interpreter() {
     if !MatmulIsa::available().contains(&MatmulIsa::Avx512) {
         eprintln!("skipped: quantized weights need the AVX-512 matmuls");
         return;
@@ -133,8 +113,8 @@ fn stored_weights_match_the_interpreter_on_dequantized_weights() {
                 *v = "96".into();
             }
         }
-        let g = graph(&source, &sets, Upto::All);
-        let w = weights(&g, 5);
+        let f32_graph = graph(&source, &sets, Upto::All);
+        let w = weights(&f32_graph, 5);
         let storages = [
             Storage::experts(WeightFormat::Q8_0),
             Storage::experts(WeightFormat::Q4_0),
@@ -143,27 +123,20 @@ fn stored_weights_match_the_interpreter_on_dequantized_weights() {
             Storage::matmuls(WeightFormat::Q4_0),
         ];
         for storage in storages {
-            let stored = stored_weight_ids(&g, storage);
+            let mut g = f32_graph.clone();
+            storage.apply(&mut g);
             let how = format!("{name} {storage:?}");
-            assert!(!stored.is_empty(), "{how}: no stored weights");
-            let deq: Vec<Tensor> = w
-                .iter()
-                .enumerate()
-                .map(|(i, t)| match stored.contains(&i) {
-                    true => dequantize(storage.format, t.clone()),
-                    false => t.clone(),
-                })
-                .collect();
+            assert!(!g.stored.is_empty(), "{how}: no stored weights");
             for isa in [MatmulIsa::Avx512, MatmulIsa::Amx] {
                 // AMX rounds bf16 matmuls' activations (`amx_path_stays_within_bf16_rounding`).
                 let inexact = isa == MatmulIsa::Amx && storage.format == WeightFormat::Bf16;
                 if !MatmulIsa::available().contains(&isa) || inexact {
                     continue;
                 }
-                let model = CpuModel::with_storage(&g, &w, isa, Some(storage)).unwrap();
+                let model = CpuModel::for_isa(&g, &w, isa).unwrap();
                 for t in [1, 7, 33] {
                     let x = inputs(&g, t, t as u64);
-                    let want = interp::run(&g, &deq, &x).unwrap();
+                    let want = interp::run(&g, &w, &x).unwrap();
                     let got = model.run(&x).unwrap();
                     let how = format!("{how}, {t} tokens, {}", isa.name());
                     assert_outputs_close(&got, &want, REL, &how);
@@ -194,7 +167,10 @@ fn amx_path_stays_within_bf16_rounding() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let g = graph(&source, &sets, Upto::All);
-    let w: Vec<Tensor> = weights(&g, 5).into_iter().map(round_to_bf16).collect();
+    let w: Vec<Tensor> = weights(&g, 5)
+        .into_iter()
+        .map(|t| dequantize(WeightFormat::Bf16, t))
+        .collect();
     let x = inputs(&g, 96, 3);
     let want = interp::run(&g, &w, &x).unwrap();
     for threads in [1, 3] {

@@ -272,9 +272,9 @@ fn tracing_a_generation_follows_every_new_token() {
 /// elsewhere).
 #[test]
 fn stored_weights_keep_most_routing_choices() {
+    use moec_compiler::quant::WeightFormat;
     use moec_compiler::storage::{Scope, Storage};
     use moec_runtime::cpu::MatmulIsa;
-    use moec_runtime::quant::WeightFormat;
     if !MatmulIsa::available().contains(&MatmulIsa::Avx512) {
         eprintln!("skipped: quantized weights need the AVX-512 matmuls");
         return;
@@ -291,12 +291,14 @@ fn stored_weights_keep_most_routing_choices() {
         let inputs = BTreeMap::from([("input_ids".to_string(), Tensor::i32(vec![tokens], ids))]);
         let run = |storage: Option<Storage>| {
             let options = CpuOptions {
-                storage,
                 isa: Some(MatmulIsa::Avx512),
                 ..CpuOptions::threads(2)
             };
-            let model =
-                std::rc::Rc::new(Model::open(traced.clone(), &dir, Engine::Cpu(options)).unwrap());
+            let mut g = traced.clone();
+            if let Some(s) = storage {
+                s.apply(&mut g);
+            }
+            let model = std::rc::Rc::new(Model::open(g, &dir, Engine::Cpu(options)).unwrap());
             let outputs = model.session(None).run(&inputs).unwrap();
             let trace = Trace::from_outputs(&blocks, &outputs, tokens).unwrap();
             (
@@ -342,12 +344,13 @@ fn stored_weights_keep_most_routing_choices() {
                 "| {case} | {stored} | {:.1}% | {err:.2e} |",
                 100.0 * same
             ));
-            // q4_0 everywhere moves tiny random models' flat logits far (0.72 of
-            // the largest on DeepSeek-V3's low-rank attention) while keeping most
-            // routing choices; the routing share is what catches a broken layout.
+            // Quantized weights also quantize the activations (8-bit blocks), and q4_0
+            // everywhere moves tiny random models' flat logits far (0.72 of the largest
+            // on DeepSeek-V3's low-rank attention) while keeping most routing choices:
+            // the routing share is what catches a broken layout.
             let (min_same, max_err) = match (format, storage.scope) {
                 (WeightFormat::Bf16, _) => (0.95, 0.03),
-                (WeightFormat::Q8_0, _) => (0.85, 0.05),
+                (WeightFormat::Q8_0, _) => (0.85, 0.1),
                 (_, Scope::Experts) => (0.5, 0.5),
                 (_, Scope::Matmuls) => (0.5, 1.0),
             };

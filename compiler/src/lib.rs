@@ -10,6 +10,7 @@ pub mod ir;
 pub mod lower;
 pub mod passes;
 pub mod print;
+pub mod quant;
 pub mod stats;
 pub mod storage;
 pub mod tensor;

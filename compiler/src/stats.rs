@@ -14,12 +14,11 @@
 //! constants, or weight-only values (`stack`/`concat_rows` of weights, made at
 //! load time). The dense figures are the lowered graph's, which runs every
 //! expert on every token. Weights count 4 bytes each (f32), or, for the matmul
-//! weights a [`Storage`] covers (`--expert-format`, `--weight-format`), its
-//! format's bytes (`WeightFormat::bytes`: q4_0 is 18 bytes per 32 values).
+//! weights stored in another format (`Graph::stored`: `--expert-format`,
+//! `--weight-format`), that format's bytes (`WeightFormat::bytes`: q4_0 is 18 bytes per 32 values).
 
 use crate::ir::{Graph, Op, TensorType};
 use crate::passes::memory;
-use crate::storage::Storage;
 use std::fmt::Write;
 
 /// What one run of a graph costs at `tokens` tokens.
@@ -40,16 +39,9 @@ fn bytes(t: &TensorType, tokens: usize) -> u64 {
     4 * elements(t, tokens)
 }
 
-/// The figures of `g` at `tokens` tokens, every weight f32.
+/// The figures of `g` at `tokens` tokens.
 pub fn stats(g: &Graph, tokens: usize) -> Stats {
-    stats_stored(g, tokens, None)
-}
-
-/// The figures of `g` at `tokens` tokens with the matmul weights `storage`
-/// covers stored in its format (None: every weight f32).
-pub fn stats_stored(g: &Graph, tokens: usize, storage: Option<Storage>) -> Stats {
     let weight_only = memory::weight_only(g);
-    let covered = storage.map(|s| (s.format, s.covered(g)));
     let mut s = Stats {
         tokens,
         peak_bytes: memory::plan(g).peak_bytes(tokens),
@@ -102,10 +94,8 @@ pub fn stats_stored(g: &Graph, tokens: usize, storage: Option<Storage>) -> Stats
         for (i, v) in operands.iter().enumerate() {
             if weight_only.contains(&v.node) {
                 let t = g.value_type(*v);
-                let stored = match &covered {
-                    Some((f, nodes)) if i == 1 && nodes.contains(&n) => {
-                        f.bytes(elements(t, tokens), t.width().unwrap_or(1))
-                    }
+                let stored = match g.stored.get(&n) {
+                    Some(f) if i == 1 => f.bytes(elements(t, tokens), t.width().unwrap_or(1)),
                     _ => bytes(t, tokens),
                 };
                 s.weight_bytes += stored * weight_fraction.0 / weight_fraction.1;

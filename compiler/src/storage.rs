@@ -1,9 +1,12 @@
 //! Which matmuls' weights a storage choice covers: `--expert-format F` stores the
 //! experts' stacked weights as `F`, `--weight-format F` every large matmul weight
 //! (experts, attention projections, dense feed-forwards, lm_head), as llama.cpp
-//! quantizes a model. The CPU backend packs the covered weights in `F`, memory
-//! planning and `--stats` count them at `F`'s bytes, and tests give the
-//! interpreter the same weights dequantized.
+//! quantizes a model. [`Storage::apply`] records the choice in the graph
+//! (`Graph::stored`), after the pass pipeline: the interpreter then computes
+//! those matmuls as the CPU backend's kernels do (dequantized weights; q8_0 and
+//! q4_0 also quantize their activations into 8-bit blocks), the CPU backend
+//! packs their weights in `F`, memory planning and `--stats` count them at `F`'s
+//! bytes.
 //!
 //! Whatever the scope, a matmul is covered only when its weight operand is a
 //! weight-only value (known at load time, so it is stored once). The whole-model
@@ -51,6 +54,16 @@ impl Storage {
         Storage {
             format,
             scope: Scope::Matmuls,
+        }
+    }
+
+    /// Records in `g.stored` that the matmuls this choice covers read their
+    /// weights as `format` (f32: nothing to record).
+    pub fn apply(&self, g: &mut Graph) {
+        if self.format != WeightFormat::F32 {
+            let covered = self.covered(g);
+            g.stored
+                .extend(covered.into_iter().map(|n| (n, self.format)));
         }
     }
 

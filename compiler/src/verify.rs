@@ -104,6 +104,29 @@ pub fn verify(g: &Graph) -> Result<(), String> {
             return Err(format!("{} refers to a removed node or port", what()));
         }
     }
+    let fixed = match g.stored.is_empty() {
+        true => Default::default(),
+        false => crate::passes::memory::weight_only(g),
+    };
+    for &n in g.stored.keys() {
+        let matmul = g.g.node_weight(n).is_some_and(|node| {
+            matches!(
+                node.op,
+                Op::Linear { .. } | Op::ExpertLinear { .. } | Op::GroupedLinear { .. }
+            )
+        });
+        if !matmul
+            || !g
+                .operands(n)
+                .get(1)
+                .is_some_and(|w| fixed.contains(&w.node))
+        {
+            return Err(format!(
+                "node {}: a stored weight format on what is not a matmul over weights",
+                n.index()
+            ));
+        }
+    }
     let mut appends = vec![0usize; g.states.len()];
     for n in g.g.node_indices() {
         if let Op::CacheAppend { state } = g.g[n].op {

@@ -7,7 +7,6 @@
 use crate::session::Engine;
 use moec_compiler::ir::{Graph, Op, Syms};
 use moec_compiler::passes::{memory, stages};
-use moec_compiler::storage::Storage;
 use std::fmt;
 
 /// Bytes a model needs, by purpose.
@@ -48,18 +47,21 @@ fn peak_activations(g: &Graph, tokens: usize) -> u64 {
     }
 }
 
-/// The matmul weights `storage` covers: their f32 bytes, and their bytes stored
-/// in its format (each weight value once, however many matmuls read it).
-fn covered_bytes(g: &Graph, storage: Storage) -> (u64, u64) {
+/// The matmul weights stored in another format (`Graph::stored`): their f32
+/// bytes, and their bytes in that format (each weight value once, however many
+/// matmuls read it).
+fn stored_bytes(g: &Graph) -> (u64, u64) {
     let mut seen = std::collections::HashSet::new();
     let (mut f32s, mut stored) = (0u64, 0u64);
-    for n in storage.covered(g) {
-        let w = g.operands(n)[1];
+    for (&n, format) in &g.stored {
+        let Some(&w) = g.operands(n).get(1) else {
+            continue;
+        };
         let t = g.value_type(w);
         let values: u64 = t.concrete_shape(0).iter().map(|&d| d as u64).product();
         if seen.insert(w) {
             f32s = f32s.saturating_add(values.saturating_mul(4));
-            stored = stored.saturating_add(storage.format.bytes(values, t.width().unwrap_or(1)));
+            stored = stored.saturating_add(format.bytes(values, t.width().unwrap_or(1)));
         }
     }
     (f32s, stored)
@@ -69,7 +71,7 @@ impl MemoryNeeds {
     /// What `g` needs on `engine` for calls of at most `tokens` tokens and caches of
     /// `positions` positions. Weights are held as f32 (widened from f16/bf16); the
     /// CPU engine also packs each matmul's weights into its kernel's panels, which
-    /// is counted as a second copy (the matmul weights its `Storage` covers at
+    /// is counted as a second copy (the matmul weights `Graph::stored` names at
     /// that format's bytes: `--expert-format`, `--weight-format`). On the GPU engine only the weights are on the
     /// host (to upload them); its caches and activations are device memory. Sizes that overflow 64 bits saturate, so a
     /// hostile size is refused like any other that does not fit.
@@ -85,8 +87,8 @@ impl MemoryNeeds {
             .fold(0u64, u64::saturating_add);
         let packed = match engine {
             Engine::Interp | Engine::Gpu(_) => 0,
-            Engine::Cpu(o) => {
-                let (stacked, stored) = o.storage.map_or((0, 0), |s| covered_bytes(g, s));
+            Engine::Cpu(_) => {
+                let (stacked, stored) = stored_bytes(g);
                 f32_bytes.saturating_sub(stacked).saturating_add(stored)
             }
         };
@@ -294,6 +296,7 @@ mod tests {
         use crate::session::CpuOptions;
         use moec_compiler::ir::WeightFormat;
         use moec_compiler::passes::{run_pipeline, Upto};
+        use moec_compiler::storage::Storage;
         let src = "model m {
           input x: f32[tokens, 32]
           expert e(h: [n, 32]) -> [n, 32] { let up = linear(h, 64) let down = linear(relu(up), 32) return down }
@@ -304,28 +307,25 @@ mod tests {
         let mut g = moec_compiler::lower::lower_source(src, &[]).unwrap().graph;
         run_pipeline(&mut g, Upto::All, true).unwrap();
         let (router, experts) = (2 * 32 * 4, 2 * 2 * 64 * 32 * 4);
-        let cpu = |storage| {
-            Engine::Cpu(CpuOptions {
-                storage,
-                ..CpuOptions::default()
-            })
+        let cpu = Engine::Cpu(CpuOptions::default());
+        let stored = |storage: Option<Storage>| {
+            let mut g = g.clone();
+            if let Some(s) = storage {
+                s.apply(&mut g);
+            }
+            MemoryNeeds::of(&g, cpu, 1, 0).weights
         };
         let f32_weights = router + experts;
         assert_eq!(
             MemoryNeeds::of(&g, Engine::Interp, 1, 0).weights,
             f32_weights
         );
-        assert_eq!(
-            MemoryNeeds::of(&g, cpu(None), 1, 0).weights,
-            2 * f32_weights
-        );
+        assert_eq!(stored(None), 2 * f32_weights);
         // q4_0 packs each 32 values in 18 bytes: 2 experts × (64 + 2·32) blocks.
-        let q4 = Storage::experts(WeightFormat::Q4_0);
-        let q4 = MemoryNeeds::of(&g, cpu(Some(q4)), 1, 0).weights;
+        let q4 = stored(Some(Storage::experts(WeightFormat::Q4_0)));
         assert_eq!(q4, f32_weights + router + 2 * (64 + 2 * 32) * 18);
         // bf16 for every matmul but the router: 2 bytes a value.
-        let bf16 = Storage::matmuls(WeightFormat::Bf16);
-        let bf16 = MemoryNeeds::of(&g, cpu(Some(bf16)), 1, 0).weights;
+        let bf16 = stored(Some(Storage::matmuls(WeightFormat::Bf16)));
         assert_eq!(bf16, f32_weights + router + experts / 2);
     }
 

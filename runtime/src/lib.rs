@@ -46,7 +46,6 @@ pub mod gpu;
 pub mod io;
 #[cfg(feature = "mpi")]
 pub mod mpi;
-pub mod quant;
 pub mod random;
 pub mod ranks;
 mod rng;

@@ -6,12 +6,11 @@
 //!
 //! Inputs (`random_inputs`) are uniform in ±1 (token ids: over the vocabulary), keyed by the
 //! input's name.
-//! `round_to_bf16` turns any weights into bf16 values (`--weight-dtype bf16`).
 
 use moec_compiler::ir::weight::WeightDecl;
 use moec_compiler::ir::{DType, Graph, NodeIndex, Op, Syms};
 use moec_compiler::passes::rewrite::users;
-use moec_compiler::tensor::{Tensor, TensorData};
+use moec_compiler::tensor::Tensor;
 use std::collections::BTreeMap;
 
 use crate::rng::SplitMix64;
@@ -75,17 +74,6 @@ fn vocabulary(g: &Graph, n: NodeIndex) -> u64 {
         .min()
         .unwrap_or(1)
         .max(1)
-}
-
-/// `t` with every f32 value rounded to the nearest bf16 value (ties to even), for
-/// running on bf16 weights without a bf16 checkpoint.
-pub fn round_to_bf16(mut t: Tensor) -> Tensor {
-    if let TensorData::F32(v) = &mut t.data {
-        for x in v.iter_mut() {
-            *x = half::bf16::from_f32(*x).to_f32();
-        }
-    }
-    t
 }
 
 /// FNV-1a, 64-bit: a stable hash of the key (std's hashers may change between releases).

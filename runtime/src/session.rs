@@ -26,7 +26,6 @@ use crate::weights::{bind, WeightSource};
 use moec_compiler::interp::{self, Comm, SingleRank, State};
 use moec_compiler::ir::{DType, Graph, Op};
 use moec_compiler::passes;
-use moec_compiler::storage::Storage;
 use moec_compiler::tensor::{Tensor, TensorData};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -41,8 +40,6 @@ pub struct CpuOptions {
     pub threads: Option<usize>,
     /// The matmuls' inner loops (None: `MatmulIsa::host()`).
     pub isa: Option<MatmulIsa>,
-    /// Which matmul weights are stored in which format (None: as loaded).
-    pub storage: Option<Storage>,
 }
 
 impl CpuOptions {
@@ -51,7 +48,6 @@ impl CpuOptions {
         CpuOptions {
             threads: Some(threads),
             isa: None,
-            storage: None,
         }
     }
 }
@@ -282,8 +278,7 @@ impl Program {
             Engine::Interp => Prepared::Interp(weights),
             Engine::Cpu(o) => {
                 let isa = o.isa.unwrap_or_else(MatmulIsa::host);
-                let m = CpuModel::with_storage(&graph, &weights, isa, o.storage)
-                    .map_err(SessionError::Backend)?;
+                let m = CpuModel::for_isa(&graph, &weights, isa).map_err(SessionError::Backend)?;
                 let m = m.with_comm(comm.clone());
                 Prepared::Cpu(Box::new(match o.threads {
                     Some(t) => m.with_threads(t),

@@ -11,12 +11,12 @@ mod bandwidth;
 
 use super::{Backend, Passes, SpecArgs};
 use moec_compiler::ir::Graph;
+use moec_compiler::quant::WeightFormat;
 use moec_compiler::stats::stats;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::budget::MemoryNeeds;
 use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::gpu::GpuModel;
-use moec_runtime::quant::WeightFormat;
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::weights::{bind, WeightSource};
 use std::collections::BTreeMap;
@@ -141,6 +141,9 @@ pub fn main(args: Args) -> Result<(), String> {
         if label == "traced" {
             g = moec_runtime::trace::probed(&g)?.0;
         }
+        args.cpu
+            .storage
+            .apply(&mut g, matches!(args.backend, Backend::Gpu))?;
         let weights = match &source {
             Some(source) => bind(&g.weights, source).map_err(|e| e.to_string())?,
             None => random_weights(&g.weights, args.seed),
@@ -150,7 +153,7 @@ pub fn main(args: Args) -> Result<(), String> {
             Backend::Interp => Runner::Interp(Box::new(g.clone()), weights),
             Backend::Cpu => {
                 let isa = cpu.isa.unwrap_or_else(MatmulIsa::host);
-                let mut model = CpuModel::with_storage(&g, &weights, isa, cpu.storage)?;
+                let mut model = CpuModel::for_isa(&g, &weights, isa)?;
                 if let Some(n) = args.threads {
                     model = model.with_threads(n);
                 }

@@ -140,7 +140,13 @@ fn open_decoder(
         args.cpu
             .options(matches!(args.backend, GenerateBackend::Cpu))?,
     );
-    let model =
-        super::open_for_generation(&args.spec, &args.weights, engine, &args.memory, ranked)?;
+    let model = super::open_for_generation(
+        &args.spec,
+        &args.weights,
+        engine,
+        &args.cpu.storage,
+        &args.memory,
+        ranked,
+    )?;
     Ok(Box::new(model.session(None)))
 }

@@ -44,19 +44,23 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<(), String> {
     let upto = super::upto(args.passes.passes, args.after.as_deref())?;
-    let storage = args.storage.storage();
+    let storage = args.storage.storage(false)?;
     if storage.is_some() && !args.stats {
         return Err(
             "--expert-format and --weight-format count bytes for --stats: give it too".into(),
         );
     }
-    let dense = super::compile(&args.spec, args.config.weights.as_deref(), Upto::None)?.graph;
+    let mut dense = super::compile(&args.spec, args.config.weights.as_deref(), Upto::None)?.graph;
     let mut g = dense.clone();
     run_pipeline(&mut g, upto, true).map_err(|e| format!("internal error: {e}"))?;
+    if let Some(s) = storage {
+        s.apply(&mut g);
+        s.apply(&mut dense);
+    }
     let text = if args.stats {
         stats::table(
-            &stats::stats_stored(&g, args.tokens, storage),
-            &stats::stats_stored(&dense, args.tokens, storage),
+            &stats::stats(&g, args.tokens),
+            &stats::stats(&dense, args.tokens),
         )
     } else {
         match args.format {

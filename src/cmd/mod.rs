@@ -17,10 +17,10 @@ use clap::{Args as ClapArgs, ValueEnum};
 use moec_compiler::driver::{Compiled, Compiler};
 use moec_compiler::lower::{Limit, Limits, ParamSource};
 use moec_compiler::passes::{self, Upto};
+use moec_compiler::quant::{dequantize, WeightFormat};
 use moec_compiler::storage::Storage;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::budget::{parse_bytes, MemoryLimit, MemoryNeeds};
-use moec_runtime::quant::{dequantize, WeightFormat};
 use moec_runtime::session::{CpuOptions, Engine};
 use std::path::{Path, PathBuf};
 
@@ -61,29 +61,50 @@ pub fn round_weights(format: WeightFormat, weights: Vec<Tensor>) -> Vec<Tensor> 
     weights.into_iter().map(|w| dequantize(format, w)).collect()
 }
 
-/// Which matmul weights the cpu backend stores in another format than they were
-/// loaded in (`storage::Storage`); also what `graph --stats` counts.
+/// Which matmul weights are stored in another format than they were loaded in
+/// (`storage::Storage`, recorded in the graph after the pass pipeline): the cpu
+/// backend packs them so and the interpreter computes as it does; also what
+/// `graph --stats` counts.
 #[derive(clap::Args)]
 pub struct StorageArgs {
-    /// cpu backend: store the experts' weights as bf16 or GGUF's q8_0 / q4_0 blocks
-    /// (q8_0 and q4_0 need the avx512 matmuls); other weights stay as loaded
+    /// Store the experts' weights as bf16 or GGUF's q8_0 / q4_0 blocks (cpu with
+    /// the avx512 matmuls, or interp); other weights stay as loaded
     #[arg(long, value_parser = formats(&["f32", "bf16", "q8_0", "q4_0"]), value_name = "FORMAT", conflicts_with = "weight_format")]
     pub expert_format: Option<WeightFormat>,
-    /// cpu backend: store every matmul's weights (experts, attention, dense layers,
-    /// lm_head) as FORMAT, as llama.cpp quantizes a model; routers and matrices of
-    /// fewer than 32 columns stay as loaded
+    /// Store every matmul's weights (experts, attention, dense layers, lm_head) as
+    /// FORMAT, as llama.cpp quantizes a model; routers and matrices of fewer than 32
+    /// columns stay as loaded. q8_0 / q4_0 matmuls also quantize their activations
+    /// to 8-bit blocks
     #[arg(long, value_parser = formats(&["f32", "bf16", "q8_0", "q4_0"]), value_name = "FORMAT")]
     pub weight_format: Option<WeightFormat>,
 }
 
 impl StorageArgs {
-    pub fn storage(&self) -> Option<Storage> {
+    /// The choice, for a run on the gpu backend (which takes none) or another.
+    pub fn storage(&self, gpu: bool) -> Result<Option<Storage>, String> {
         let experts = self.expert_format.map(Storage::experts);
-        experts.or(self.weight_format.map(Storage::matmuls))
+        let storage = experts.or(self.weight_format.map(Storage::matmuls));
+        if gpu && storage.is_some() {
+            return Err(
+                "--expert-format and --weight-format are for --backend cpu or interp: \
+                 the gpu backend reads f32 weights (or f16 with --f16-weights)"
+                    .into(),
+            );
+        }
+        Ok(storage)
+    }
+
+    /// Records the choice in `g` (`Storage::apply`), for a run on the gpu backend or another.
+    pub fn apply(&self, g: &mut moec_compiler::ir::Graph, gpu: bool) -> Result<(), String> {
+        if let Some(s) = self.storage(gpu)? {
+            s.apply(g);
+        }
+        Ok(())
     }
 }
 
-/// The CPU backend's options on the command line (`generate`, `trace`, `run`, `bench`).
+/// The CPU backend's options on the command line (`generate`, `trace`, `run`, `bench`),
+/// and how the weights are stored.
 #[derive(clap::Args)]
 pub struct CpuArgs {
     /// cpu backend: the matmuls' inner loops (default: the fastest exact ones this CPU runs)
@@ -97,17 +118,12 @@ impl CpuArgs {
     /// The options, for a run on the cpu backend or (`cpu` false) another one,
     /// which takes none of them.
     pub fn options(&self, cpu: bool) -> Result<CpuOptions, String> {
-        let storage = self.storage.storage();
-        if !cpu && (self.matmul_isa.is_some() || storage.is_some()) {
-            return Err(
-                "--matmul-isa, --expert-format and --weight-format are options of --backend cpu"
-                    .into(),
-            );
+        if !cpu && self.matmul_isa.is_some() {
+            return Err("--matmul-isa is an option of --backend cpu".into());
         }
         Ok(CpuOptions {
             threads: None,
             isa: self.matmul_isa.map(Into::into),
-            storage,
         })
     }
 }
@@ -302,6 +318,7 @@ pub fn open_for_generation(
     spec: &SpecArgs,
     weights: &Path,
     engine: moec_runtime::session::Engine,
+    storage: &StorageArgs,
     memory: &MemoryArgs,
     ranks: Option<ranks::Ranked>,
 ) -> Result<std::rc::Rc<moec_runtime::session::Model>, String> {
@@ -309,12 +326,11 @@ pub fn open_for_generation(
     let compiled = compile(spec, Some(weights), Upto::All)?;
     let mut g = compiled.graph.clone();
     passes::last_token::run(&mut g)?;
-    let model = match ranks {
+    let comm = ranks.map(|ranked| ranked.partition(&mut g)).transpose()?;
+    storage.apply(&mut g, matches!(engine, Engine::Gpu(_)))?;
+    let model = match comm {
         None => Model::open_within(g, weights, engine, memory.max_memory),
-        Some(ranked) => {
-            let comm = ranked.partition(&mut g)?;
-            Model::open_ranked(g, weights, engine, memory.max_memory, comm)
-        }
+        Some(comm) => Model::open_ranked(g, weights, engine, memory.max_memory, comm),
     };
     model
         .map(std::rc::Rc::new)

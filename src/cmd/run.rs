@@ -12,12 +12,12 @@ use super::{Backend, PassArgs, SpecArgs};
 use moec_compiler::diagnostic::Diagnostic;
 use moec_compiler::interp::{self, token_count, Comm, SingleRank, State};
 use moec_compiler::ir::{Graph, Op};
+use moec_compiler::quant::WeightFormat;
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
 use moec_runtime::budget::MemoryNeeds;
 use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::gpu::GpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
-use moec_runtime::quant::WeightFormat;
 use moec_runtime::random::{random_inputs, random_weights};
 use moec_runtime::session::{Engine, Model};
 use moec_runtime::weights::{bind, WeightSource};
@@ -94,6 +94,8 @@ fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
         }
         .partition(&mut g)?,
     };
+    let gpu = matches!(args.backend, Backend::Gpu);
+    args.cpu.storage.apply(&mut g, gpu)?;
     let g = &g;
     let spec_file = args.spec.spec.display().to_string();
     let inputs = match &args.input {
@@ -162,8 +164,7 @@ fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
         Backend::Interp => interp::run_with_comm(g, &weights, &inputs, &mut State::new(g), &*comm),
         Backend::Cpu => {
             let isa = cpu.isa.unwrap_or_else(MatmulIsa::host);
-            CpuModel::with_storage(g, &weights, isa, cpu.storage)
-                .and_then(|m| m.with_comm(comm).run(&inputs))
+            CpuModel::for_isa(g, &weights, isa).and_then(|m| m.with_comm(comm).run(&inputs))
         }
         Backend::Gpu => GpuModel::new(g, &weights, gpu_options).and_then(|m| {
             eprintln!("gpu: {}", m.adapter());

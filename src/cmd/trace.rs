@@ -58,13 +58,15 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<(), String> {
     let compiled = super::compile(&args.spec, Some(&args.weights), Upto::All)?;
-    let (graph, blocks) = probed(&compiled.graph)?;
+    let (mut graph, blocks) = probed(&compiled.graph)?;
     let (inputs, ids) = inputs(&args, &graph)?;
     let tokens = moec_compiler::interp::token_count(&graph, &inputs)?;
     let engine = args.backend.engine(
         args.cpu
             .options(matches!(args.backend, GenerateBackend::Cpu))?,
     );
+    let gpu = matches!(args.backend, GenerateBackend::Gpu);
+    args.cpu.storage.apply(&mut graph, gpu)?;
     let model = std::rc::Rc::new(
         Model::open_within(graph, &args.weights, engine, args.memory.max_memory)
             .map_err(|e| super::explain_open_error(e, &compiled))?,

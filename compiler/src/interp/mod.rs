@@ -3,7 +3,10 @@
 //! the semantics every pass must preserve and every backend must match.
 //!
 //! Ties are broken towards the lower index everywhere (top-k, groups, expert
-//! choice), and capacity drops follow `DropPolicy`.
+//! choice), and capacity drops follow `DropPolicy`. A matmul whose weights the
+//! graph stores in another format (`Graph::stored`) computes with the values
+//! that format holds, and q8_0 / q4_0 ones with 8-bit-block activations
+//! (`quant.rs`), as every backend does.
 
 mod attention;
 mod check;
@@ -19,7 +22,8 @@ pub use collective::{eval_collective, source_block, Comm, SingleRank};
 pub use inputs::{check_inputs, check_token_ids, check_weights, input_syms, token_count};
 pub use simulate::simulate;
 
-use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value};
+use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value, WeightFormat};
+use crate::quant;
 use crate::tensor::{Tensor, TensorData};
 use kernels::{
     binary, expert_row, gather, group_mask, map_rows, normalize, ranked, router, rows, softmax_row,
@@ -128,7 +132,10 @@ pub fn run_with_comm(
             }
             op => {
                 check_operands(op, &args)?;
-                eval(op, &args)
+                match g.stored.get(&n) {
+                    Some(&format) => eval_stored(op, &args, format),
+                    None => eval(op, &args),
+                }
             }
         };
         for (port, t) in outs.into_iter().enumerate() {
@@ -167,6 +174,24 @@ pub fn eval_op(op: &Op, operands: &[&Tensor]) -> Vec<Tensor> {
         "eval_op evaluates computed, stateless, local ops only"
     );
     eval(op, operands)
+}
+
+/// Evaluates a matmul whose weights (operand 1) are stored as `format`
+/// (`Graph::stored`) as the backends compute it: on the weights `format`
+/// holds (`quant::dequantize`), and for q8_0 / q4_0 on activations rounded to
+/// 8-bit blocks (`quant::round_activations`).
+fn eval_stored(op: &Op, a: &[&Tensor], format: WeightFormat) -> Vec<Tensor> {
+    let mut x = a[0].clone();
+    if format.is_quantized() {
+        let k = x.shape.last().copied().unwrap_or(1);
+        if let TensorData::F32(v) = &mut x.data {
+            quant::round_activations(v, k);
+        }
+    }
+    let w = quant::dequantize(format, a[1].clone());
+    let mut operands = vec![&x, &w];
+    operands.extend(&a[2..]);
+    eval(op, &operands)
 }
 
 /// Evaluates a stateful op (`Positions`, `CacheAppend`) of `g` for a call of

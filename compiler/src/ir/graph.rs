@@ -2,6 +2,7 @@
 //! operand each, plus the graph's inputs, outputs and weight table.
 
 use super::attrs::F32Bits;
+use super::format::WeightFormat;
 use super::op::Op;
 use super::probe::Probe;
 use super::types::TensorType;
@@ -10,6 +11,7 @@ use petgraph::stable_graph::{NodeIndex, StableGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// An operation and the types of the values it produces.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,6 +87,13 @@ pub struct Graph {
     /// Values a trace reads (`probe.rs`): not uses, kept through rewrites.
     #[serde(default)]
     pub probes: Vec<Probe>,
+    /// Matmul nodes whose weights are stored in another format than they were
+    /// loaded in (`storage.rs`, `--weight-format`): bf16, or q8_0 / q4_0 blocks,
+    /// whose matmuls also quantize their activations into 8-bit blocks
+    /// (`quant::quantize_activations`). Every engine that runs the graph computes
+    /// with those values, or refuses it.
+    #[serde(default)]
+    pub stored: BTreeMap<NodeIndex, WeightFormat>,
 }
 
 impl Graph {

@@ -46,7 +46,7 @@ pub fn users(g: &Graph, n: NodeIndex) -> Vec<NodeIndex> {
 }
 
 /// Removes every node that no output depends on (probes keep nothing alive: a
-/// removed node's probes go with it), and weights no node reads (renumbering
+/// removed node's probes and stored format go with it), and weights no node reads (renumbering
 /// weight ids). Inputs are kept even when unused: they are the
 /// graph's interface (and give the token count). Returns whether anything was removed.
 pub fn remove_dead(g: &mut Graph) -> bool {
@@ -70,6 +70,7 @@ pub fn remove_dead(g: &mut Graph) -> bool {
         g.g.remove_node(n);
     }
     g.probes.retain(|p| live[p.value.node.index()]);
+    g.stored.retain(|n, _| live[n.index()]);
     compact_weights(g);
     changed
 }

@@ -26,10 +26,10 @@
 
 use super::avx512::{self, Wide};
 use super::jit::KernelFn;
-use crate::quant::WeightFormat;
 use moec_compiler::backend::clif::matmul::MR;
 use moec_compiler::backend::clif::pack::{position, PANEL};
 use moec_compiler::backend::clif::{MatmulShape, WeightDType};
+use moec_compiler::quant::WeightFormat;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

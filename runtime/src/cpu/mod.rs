@@ -42,8 +42,6 @@ pub use jit::{host_isa, target, KernelFn};
 
 pub use matmul::GEMM_ROWS_DEFAULT;
 
-use crate::quant::WeightFormat;
-use crate::random::round_to_bf16;
 use avx512::Wide;
 use matmul::{Call, JitPanels, Packed, Panels, Segment, Workers};
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16};
@@ -51,7 +49,7 @@ use moec_compiler::backend::clif::{self, MatmulShape, WeightDType};
 use moec_compiler::interp;
 use moec_compiler::ir::{Graph, NodeIndex, Op, Value};
 use moec_compiler::passes::memory::weight_only;
-use moec_compiler::storage::Storage;
+use moec_compiler::quant::{dequantize, round_activations, WeightFormat};
 use moec_compiler::tensor::Tensor;
 use program::{Program, Step};
 use run::Reader;
@@ -76,8 +74,8 @@ pub struct CpuModel {
     arena: Mutex<Vec<f32>>,
     /// Packed weights of each matmul whose weights are weight-only.
     packed: HashMap<NodeIndex, Packed>,
-    /// The matmuls' inner loops and stored weight formats (and so their weights' layout).
-    layout: Layout,
+    /// The matmuls' inner loops (and so their weights' layout).
+    isa: MatmulIsa,
     workers: Workers,
     /// Where a partitioned graph's collectives exchange (one rank unless `with_comm`).
     comm: Arc<dyn interp::Comm>,
@@ -91,48 +89,34 @@ impl CpuModel {
     }
 
     /// Like [`CpuModel::new`], with the matmuls' inner loops `isa` (one of
-    /// [`MatmulIsa::available`]).
+    /// [`MatmulIsa::available`]). Matmuls whose weights `g` stores in another
+    /// format (`Graph::stored`) pack them in it: bf16 panels (the weights rounded
+    /// to bf16), or q8_0 / q4_0 blocks, which need the AVX-512 matmuls.
     pub fn for_isa(g: &Graph, weights: &[Tensor], isa: MatmulIsa) -> Result<CpuModel, String> {
-        CpuModel::with_storage(g, weights, isa, None)
-    }
-
-    /// Like [`CpuModel::for_isa`], with the matmul weights `storage` covers
-    /// (`Storage::covered`) stored in its format: bf16 panels (the weights
-    /// rounded to bf16), or q8_0 / q4_0 blocks (the model then computes with
-    /// `quant::dequantize`d weights); f32 changes nothing.
-    pub fn with_storage(
-        g: &Graph,
-        weights: &[Tensor],
-        isa: MatmulIsa,
-        storage: Option<Storage>,
-    ) -> Result<CpuModel, String> {
         if !MatmulIsa::available().contains(&isa) {
             return Err(format!("this CPU cannot run the {} matmuls", isa.name()));
         }
-        let storage = storage.filter(|s| s.format != WeightFormat::F32);
-        match storage.map(|s| s.format) {
-            Some(WeightFormat::F16) => {
-                return Err(
-                    "matmul weights as f16: the cpu backend stores f32, bf16, q8_0 or q4_0".into(),
-                )
+        for format in g.stored.values() {
+            match format {
+                WeightFormat::F16 => return Err(
+                    "matmul weights stored as f16: the cpu backend stores f32, bf16, q8_0 or q4_0"
+                        .into(),
+                ),
+                f if f.is_quantized() && isa == MatmulIsa::Portable => {
+                    return Err(format!(
+                        "{f} matmul weights need the AVX-512 matmuls, which this CPU lacks"
+                    ))
+                }
+                _ => {}
             }
-            Some(f) if f.is_quantized() && isa == MatmulIsa::Portable => {
-                return Err(format!(
-                    "{f} matmul weights need the AVX-512 matmuls, which this CPU lacks"
-                ))
-            }
-            _ => {}
         }
-        let stored: HashMap<NodeIndex, WeightFormat> = storage
-            .map(|s| s.covered(g).into_iter().map(|n| (n, s.format)).collect())
-            .unwrap_or_default();
         interp::check_weights(g, weights)?;
         let (fixed, values) = weight_values(g, weights);
         let host = jit::host_isa(false)?;
         let program = clif::lower_with(g, &jit::target(&host), |n| {
             let mut shape = clif::matmul_shape(g, n)?;
             let w = values.get(&g.operands(n)[1]);
-            let bf16 = match stored.get(&n) {
+            let bf16 = match g.stored.get(&n) {
                 Some(f) => *f == WeightFormat::Bf16,
                 None => w.is_some_and(|w| w.as_f32().iter().all(|v| v.to_bits() & 0xFFFF == 0)),
             };
@@ -148,8 +132,7 @@ impl CpuModel {
             .map(|(&n, &k)| (n, program.kernels[k].shape))
             .collect();
         let code = (jit.kernels.clone(), jit.epilogues.clone(), Some(jit));
-        let layout = Layout { isa, stored };
-        CpuModel::prepare(g, (fixed, values), program.by_node, shapes, code, layout)
+        CpuModel::prepare(g, (fixed, values), program.by_node, shapes, code, isa)
     }
 
     /// Like [`CpuModel::new`], with kernels compiled ahead of time: `code` holds
@@ -167,6 +150,12 @@ impl CpuModel {
         code: &[KernelFn],
     ) -> Result<CpuModel, String> {
         interp::check_weights(g, weights)?;
+        if !g.stored.is_empty() {
+            return Err(
+                "an executable's kernels read f32 weights: its graph stores none in another format"
+                    .into(),
+            );
+        }
         let shapes = kernel_of
             .keys()
             .map(|&n| {
@@ -178,11 +167,7 @@ impl CpuModel {
         let (kernels, epilogues) = jit::by_kernel(code);
         let values = weight_values(g, weights);
         let code = (kernels, epilogues, None);
-        let layout = Layout {
-            isa: MatmulIsa::host(),
-            stored: HashMap::new(),
-        };
-        CpuModel::prepare(g, values, kernel_of, shapes, code, layout)
+        CpuModel::prepare(g, values, kernel_of, shapes, code, MatmulIsa::host())
     }
 
     /// Prepares the weight-only `values` for running `g` with `code` (kernels,
@@ -194,7 +179,7 @@ impl CpuModel {
         kernel_of: HashMap<NodeIndex, usize>,
         shapes: HashMap<NodeIndex, MatmulShape>,
         (kernels, epilogues, jit): (Vec<KernelFn>, Vec<KernelFn>, Option<jit::Jit>),
-        layout: Layout,
+        isa: MatmulIsa,
     ) -> Result<CpuModel, String> {
         let mut packed = HashMap::new();
         let mut packed_operands = HashSet::new();
@@ -205,14 +190,8 @@ impl CpuModel {
             if !fixed.contains(&w.node) || b.is_some_and(|b| !fixed.contains(&b.node)) {
                 continue;
             }
-            let format = layout.stored.get(&n).copied();
-            let packed_weights = pack(
-                shape,
-                &values[&w],
-                b.map(|b| &values[&b]),
-                layout.isa,
-                format,
-            );
+            let format = g.stored.get(&n).copied();
+            let packed_weights = pack(shape, &values[&w], b.map(|b| &values[&b]), isa, format);
             packed.insert(n, packed_weights);
             packed_operands.insert((n, 1));
             packed_operands.extend(bias_at.map(|i| (n, i)));
@@ -239,9 +218,8 @@ impl CpuModel {
             program,
             arena: Mutex::new(Vec::new()),
             packed,
-            workers: Workers::new(threads, GEMM_ROWS_DEFAULT)
-                .with_amx(layout.isa == MatmulIsa::Amx),
-            layout,
+            workers: Workers::new(threads, GEMM_ROWS_DEFAULT).with_amx(isa == MatmulIsa::Amx),
+            isa,
             comm: Arc::new(interp::SingleRank),
         })
     }
@@ -255,8 +233,8 @@ impl CpuModel {
 
     /// Uses `threads` worker threads (at least one) instead of one per core.
     pub fn with_threads(mut self, threads: usize) -> CpuModel {
-        self.workers = Workers::new(threads, self.workers.gemm_rows)
-            .with_amx(self.layout.isa == MatmulIsa::Amx);
+        self.workers =
+            Workers::new(threads, self.workers.gemm_rows).with_amx(self.isa == MatmulIsa::Amx);
         self
     }
 
@@ -294,7 +272,8 @@ impl CpuModel {
             Some(p) => p,
             None => {
                 let bias = bias_at.map(|i| r.tensor(i)).transpose()?;
-                owned = pack(shape, &r.tensor(1)?, bias.as_ref(), self.layout.isa, None);
+                let format = self.graph.stored.get(&n).copied();
+                owned = pack(shape, &r.tensor(1)?, bias.as_ref(), self.isa, format);
                 &owned
             }
         };
@@ -307,6 +286,19 @@ impl CpuModel {
         }
         let e = packed.experts;
         let x = r.f32s(0)?;
+        // q8_0 / q4_0 weights: the activations in 8-bit blocks (`quant.rs`).
+        let rounded;
+        let x = match self.graph.stored.get(&n) {
+            Some(f) if f.is_quantized() => {
+                rounded = {
+                    let mut v = x.to_vec();
+                    round_activations(&mut v, shape.k);
+                    v
+                };
+                &rounded[..]
+            }
+            _ => x,
+        };
         let (segments, rw) = match op {
             Op::Linear { .. } => {
                 let rows = x.len() / shape.k.max(1);
@@ -411,14 +403,6 @@ fn weight_values(g: &Graph, weights: &[Tensor]) -> (HashSet<NodeIndex>, HashMap<
     (fixed, values)
 }
 
-/// How a model's weights are packed: for which inner loops, and the matmuls
-/// whose weights are stored in a format of their own (the others: as loaded).
-#[derive(Clone, Debug)]
-struct Layout {
-    isa: MatmulIsa,
-    stored: HashMap<NodeIndex, WeightFormat>,
-}
-
 /// Packs a matmul's weights (`[N, K]`, or `[E, N, K]`: experts) for `isa`,
 /// stored as `format` (None: as `shape.weights`), and its bias.
 fn pack(
@@ -433,7 +417,7 @@ fn pack(
     let rounded;
     let w = match format {
         Some(WeightFormat::Bf16) => {
-            rounded = round_to_bf16(w.clone());
+            rounded = dequantize(WeightFormat::Bf16, w.clone());
             &rounded
         }
         _ => w,

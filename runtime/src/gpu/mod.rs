@@ -99,6 +99,12 @@ impl GpuModel {
     /// Compiles `g` for the best adapter and uploads its bound `weights`.
     pub fn new(g: &Graph, weights: &[Tensor], options: GpuOptions) -> Result<GpuModel, String> {
         interp::check_weights(g, weights)?;
+        if let Some(f) = g.stored.values().next() {
+            return Err(format!(
+                "the gpu backend reads f32 weights (or f16 with --f16-weights), not {f}: \
+                 --weight-format and --expert-format are for the interp and cpu backends"
+            ));
+        }
         let gpu = Gpu::new(options.f16_weights)?;
         let program = wgsl::lower(
             g,

@@ -24,9 +24,9 @@ mod tiles;
 
 pub use pack::{panels, Wide};
 
-use crate::quant::WeightFormat;
 use moec_compiler::backend::clif::pack::PANEL;
 use moec_compiler::backend::clif::MatmulShape;
+use moec_compiler::quant::WeightFormat;
 
 /// Columns (f32 lanes) of a wide panel: two JIT panels.
 pub const LANES: usize = 2 * PANEL;

@@ -16,9 +16,9 @@
 //! with exactly the weights `quant::dequantize` gives the interpreter.
 
 use super::LANES;
-use crate::quant::{quantize_block, WeightFormat, BLOCK};
 use moec_compiler::backend::clif::pack::{column, PANEL};
 use moec_compiler::backend::clif::{MatmulShape, WeightDType};
+use moec_compiler::quant::{quantize_block, WeightFormat, BLOCK};
 
 /// Bytes of a q8_0 block of a wide panel.
 const Q8_0_BLOCK: usize = 32 + BLOCK * LANES;

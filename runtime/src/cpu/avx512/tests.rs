@@ -1,10 +1,10 @@
 //! The AVX-512 and AMX tiles against sums straight from the definition.
 
 use super::*;
-use crate::quant::dequantize;
 use moec_compiler::backend::clif::pack::column;
 use moec_compiler::backend::clif::WeightDType;
 use moec_compiler::ir::{Epilogue, UnaryOp};
+use moec_compiler::quant::dequantize;
 use moec_compiler::tensor::Tensor;
 
 /// The sums of every JIT panel slot, straight from the definition: slot `j`

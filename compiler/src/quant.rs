@@ -1,4 +1,5 @@
-//! Block quantization of expert weights: GGUF's q8_0 and q4_0.
+//! Block quantization: GGUF's q8_0 and q4_0 for weights (and bf16/f16 rounding),
+//! and the 8-bit blocks a q8_0 / q4_0 matmul quantizes its activations into.
 //!
 //! A weight row `[K]` (one output column of `[N, K]`) is cut into blocks of
 //! [`BLOCK`] consecutive values (the last one padded with zeros), each stored as
@@ -13,11 +14,16 @@
 //! Every dequantized value `q·d` is exact in f32 (an 8-bit integer times an
 //! 11-bit significand), so a kernel that multiplies `q` by `d` in f32 computes
 //! with exactly the weights [`dequantize`] gives the interpreter.
+//!
+//! A matmul over q8_0 / q4_0 weights also quantizes its activations, as
+//! llama.cpp does: each block of 32 values of an x row to 8-bit integers with
+//! an f32 scale ([`quantize_activations`]), so that its sums are integer dot
+//! products (AVX512-VNNI); the interpreter computes with the same rounded
+//! activations ([`round_activations`]).
 
-use crate::random::round_to_bf16;
-use half::f16;
-pub use moec_compiler::ir::WeightFormat;
-use moec_compiler::tensor::{Tensor, TensorData};
+pub use crate::ir::WeightFormat;
+use crate::tensor::{Tensor, TensorData};
+use half::{bf16, f16};
 
 /// Values per quantization block.
 pub const BLOCK: usize = WeightFormat::BLOCK;
@@ -80,7 +86,14 @@ impl Block {
 pub fn dequantize(format: WeightFormat, mut t: Tensor) -> Tensor {
     match format {
         WeightFormat::F32 => t,
-        WeightFormat::Bf16 => round_to_bf16(t),
+        WeightFormat::Bf16 => {
+            if let TensorData::F32(v) = &mut t.data {
+                for x in v.iter_mut() {
+                    *x = bf16::from_f32(*x).to_f32();
+                }
+            }
+            t
+        }
         WeightFormat::F16 => {
             if let TensorData::F32(v) = &mut t.data {
                 for x in v.iter_mut() {
@@ -102,6 +115,40 @@ pub fn dequantize(format: WeightFormat, mut t: Tensor) -> Tensor {
                 }
             }
             t
+        }
+    }
+}
+
+/// A block of activations as a q8_0 / q4_0 matmul reads it: up to [`BLOCK`]
+/// values (missing ones are zeros) as 8-bit integers `q = round(x / d)` (half
+/// away from zero) with `d = max|x| / 127`, as ggml's `quantize_row_q8_0` does,
+/// except that `d` stays f32 (ggml rounds it to f16). Returns `d`, the integers
+/// and their sum (which a kernel that reads the weights' integers unsigned
+/// needs to take their offset back out).
+pub fn quantize_activations(x: &[f32]) -> (f32, [i8; BLOCK], i32) {
+    let n = x.len().min(BLOCK);
+    let amax = x[..n].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0i8; BLOCK];
+    for (q, v) in q.iter_mut().zip(&x[..n]) {
+        *q = (v * id).round() as i8;
+    }
+    (d, q, q.iter().map(|&v| i32::from(v)).sum())
+}
+
+/// `x`'s last-axis rows of `k` values each replaced by the activations a q8_0 /
+/// q4_0 matmul computes with: each block of [`BLOCK`] values quantized by
+/// [`quantize_activations`] and multiplied back (`q·d`, rounded to f32; a
+/// kernel sums the integers exactly and scales the block's sum instead, so
+/// the two differ by f32 roundings only).
+pub fn round_activations(x: &mut [f32], k: usize) {
+    for row in x.chunks_mut(k.max(1)) {
+        for chunk in row.chunks_mut(BLOCK) {
+            let (d, q, _) = quantize_activations(chunk);
+            for (x, q) in chunk.iter_mut().zip(q) {
+                *x = f32::from(q) * d;
+            }
         }
     }
 }
