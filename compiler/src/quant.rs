@@ -132,9 +132,18 @@ pub fn quantize_activations(x: &[f32]) -> (f32, [i8; BLOCK], i32) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut q = [0i8; BLOCK];
     for (q, v) in q.iter_mut().zip(&x[..n]) {
-        *q = (v * id).round() as i8;
+        *q = round_half_away(v * id) as i8;
     }
     (d, q, q.iter().map(|&v| i32::from(v)).sum())
+}
+
+/// `t` (|t| ≤ 127) rounded to the nearest integer, halves away from zero (as
+/// `f32::round`, without a libm call on CPUs before SSE4.1, so it vectorizes):
+/// `t - trunc(t)` is exact at these magnitudes.
+fn round_half_away(t: f32) -> i32 {
+    let whole = t as i32;
+    let frac = t - whole as f32;
+    whole + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)
 }
 
 /// `x`'s last-axis rows of `k` values each replaced by the activations a q8_0 /
@@ -180,6 +189,28 @@ mod tests {
             b.value(WeightFormat::Q4_0, 0),
             -8.0 * f16::from_f32(0.1).to_f32()
         );
+    }
+
+    #[test]
+    fn activations_round_half_away_from_zero() {
+        for t in [
+            0.0f32,
+            0.49999997,
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -0.49999997,
+            126.5,
+            -127.0,
+        ] {
+            assert_eq!(round_half_away(t), t.round() as i32, "{t}");
+        }
+        let (d, q, s) = quantize_activations(&[0.5, -1.0, 0.25]);
+        assert_eq!(d, 1.0 / 127.0);
+        assert_eq!(&q[..4], &[64, -127, 32, 0]);
+        assert_eq!(s, 64 - 127 + 32);
     }
 
     #[test]

@@ -65,3 +65,16 @@ pub(crate) fn avx512_supported() -> bool {
 pub(crate) fn avx512_supported() -> bool {
     false
 }
+
+/// Whether the host has AVX512-VNNI (with AVX-512F/BW), which the integer
+/// tiles of q8_0 / q4_0 weights need.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vnni_supported() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx512f") && has!("avx512bw") && has!("avx512vnni")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn vnni_supported() -> bool {
+    false
+}

@@ -9,8 +9,9 @@
 //!
 //! Weights packed for the AVX-512 path ([`Panels::Wide`], `MatmulIsa::Avx512`):
 //! every item's sums come from the `avx512` register tiles into a block (in
-//! cache), and the JIT epilogue kernel applies bias, activation / GLU and row
-//! weights on the way to the output.
+//! cache) — for q8_0 / q4_0 weights the VNNI integer tiles, over the call's x
+//! rows quantized once into 8-bit blocks — and the JIT epilogue kernel applies
+//! bias, activation / GLU and row weights on the way to the output.
 //!
 //! Weights packed for the JIT kernel ([`Panels::Jit`], `MatmulIsa::Portable`):
 //! two paths, chosen per segment by its row count:
@@ -420,6 +421,8 @@ struct Prepared {
     tiled: Vec<f32>,
     /// AMX items' rows rounded to bf16, each segment's padded with zero rows to whole tiles.
     bf16: Vec<u16>,
+    /// Every row of x in 8-bit blocks, for q8_0 / q4_0 panels (the VNNI tiles).
+    quant: avx512::QuantRows,
 }
 
 /// Prepares the rows of every segment that `items` start (an item at row 0
@@ -427,6 +430,10 @@ struct Prepared {
 fn prepare_rows(call: &Call, items: &[Item], prepared: &mut Prepared) -> Result<(), String> {
     let k = call.packed.shape.k;
     let fail = || format!("internal error: {} input rows", call.packed.shape.name());
+    if matches!(&call.packed.weights, Panels::Wide(w) if w.format().is_quantized()) {
+        prepared.quant.quantize(call.x, k);
+        return Ok(());
+    }
     prepared.tiled.resize(call.x.len(), 0.0);
     let bf16_rows = items
         .iter()
@@ -490,6 +497,19 @@ fn wide_block(
                 ld,
             };
             avx512::amx_sums(shape, w, b);
+        } else if w.format().is_quantized() {
+            acc.resize(rows * ld, 0.0);
+            let x = prepared.quant.rows(it.xt, it.xt + rows);
+            let x = x.expect("internal error: the prepared rows hold every row of x");
+            let b = avx512::Block {
+                expert: it.seg.expert,
+                panels: (q0, q1),
+                x,
+                rows,
+                acc,
+                ld,
+            };
+            avx512::qsums(shape, w, b);
         } else {
             acc.resize(rows * ld, 0.0);
             // `r0` is a multiple of `ROWS`, so the item's rows are whole tiles of its segment's.

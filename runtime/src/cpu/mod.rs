@@ -49,7 +49,7 @@ use moec_compiler::backend::clif::{self, MatmulShape, WeightDType};
 use moec_compiler::interp;
 use moec_compiler::ir::{Graph, NodeIndex, Op, Value};
 use moec_compiler::passes::memory::weight_only;
-use moec_compiler::quant::{dequantize, round_activations, WeightFormat};
+use moec_compiler::quant::{dequantize, WeightFormat};
 use moec_compiler::tensor::Tensor;
 use program::{Program, Step};
 use run::Reader;
@@ -102,9 +102,9 @@ impl CpuModel {
                     "matmul weights stored as f16: the cpu backend stores f32, bf16, q8_0 or q4_0"
                         .into(),
                 ),
-                f if f.is_quantized() && isa == MatmulIsa::Portable => {
+                f if f.is_quantized() && (isa == MatmulIsa::Portable || !isa::vnni_supported()) => {
                     return Err(format!(
-                        "{f} matmul weights need the AVX-512 matmuls, which this CPU lacks"
+                        "{f} matmul weights need the AVX-512 matmuls and AVX512-VNNI, which this CPU lacks"
                     ))
                 }
                 _ => {}
@@ -286,19 +286,7 @@ impl CpuModel {
         }
         let e = packed.experts;
         let x = r.f32s(0)?;
-        // q8_0 / q4_0 weights: the activations in 8-bit blocks (`quant.rs`).
-        let rounded;
-        let x = match self.graph.stored.get(&n) {
-            Some(f) if f.is_quantized() => {
-                rounded = {
-                    let mut v = x.to_vec();
-                    round_activations(&mut v, shape.k);
-                    v
-                };
-                &rounded[..]
-            }
-            _ => x,
-        };
+
         let (segments, rw) = match op {
             Op::Linear { .. } => {
                 let rows = x.len() / shape.k.max(1);

@@ -21,12 +21,14 @@ mod pack;
 mod tests;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 pub use pack::{panels, Wide};
 
 use moec_compiler::backend::clif::pack::PANEL;
 use moec_compiler::backend::clif::MatmulShape;
-use moec_compiler::quant::WeightFormat;
+use moec_compiler::quant::{quantize_activations, WeightFormat, BLOCK};
 
 /// Columns (f32 lanes) of a wide panel: two JIT panels.
 pub const LANES: usize = 2 * PANEL;
@@ -50,19 +52,71 @@ pub fn tile_order(x: &[f32], k: usize, out: &mut [f32]) {
     }
 }
 
+/// Activation rows in 8-bit blocks: row `r`'s block `b` has its integers at
+/// `q[(r·blocks + b)·32..][..32]` (zeros past K), its scale at `d[r·blocks + b]`
+/// and the sum of its integers at `s[r·blocks + b]`.
+#[derive(Default)]
+pub struct QuantRows {
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<i32>,
+    pub blocks: usize,
+}
+
+/// Rows of a [`QuantRows`], laid out alike from the first.
+#[derive(Clone, Copy)]
+pub struct QuantView<'a> {
+    pub q: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [i32],
+    pub blocks: usize,
+}
+
+impl QuantRows {
+    /// Rows `r0..r1` (None past the end).
+    pub fn rows(&self, r0: usize, r1: usize) -> Option<QuantView<'_>> {
+        let b = self.blocks;
+        Some(QuantView {
+            q: self.q.get(r0 * b * BLOCK..r1 * b * BLOCK)?,
+            d: self.d.get(r0 * b..r1 * b)?,
+            s: self.s.get(r0 * b..r1 * b)?,
+            blocks: b,
+        })
+    }
+
+    /// Quantizes `x`'s rows of `k` values each.
+    pub fn quantize(&mut self, x: &[f32], k: usize) {
+        let blocks = k.div_ceil(BLOCK);
+        let rows = x.len().checked_div(k).unwrap_or(0);
+        self.blocks = blocks;
+        self.q.resize(rows * blocks * BLOCK, 0);
+        self.d.resize(rows * blocks, 0.0);
+        self.s.resize(rows * blocks, 0);
+        for (r, row) in x.chunks_exact(k.max(1)).enumerate() {
+            for (b, chunk) in row.chunks(BLOCK).enumerate() {
+                let (d, q, s) = quantize_activations(chunk);
+                let at = r * blocks + b;
+                self.q[at * BLOCK..(at + 1) * BLOCK].copy_from_slice(&q);
+                self.d[at] = d;
+                self.s[at] = s;
+            }
+        }
+    }
+}
+
 /// One call's operands: panels `q0..q1` of `expert`, `rows` rows of x (f32 in
 /// tile order for [`sums`], bf16 row-major for [`amx_sums`]), and where the sums
 /// go: row `r`, panel `q` at `acc[r·ld + (q - q0)·LANES ..][..LANES]`.
 pub struct Block<'a, X> {
     pub expert: usize,
     pub panels: (usize, usize),
-    pub x: &'a [X],
+    pub x: X,
     pub rows: usize,
     pub acc: &'a mut [f32],
     pub ld: usize,
 }
 
-impl<X> Block<'_, X> {
+impl<T> Block<'_, &[T]> {
     /// Whether the block's panels, rows and sums lie inside `w`, `x` and `acc`.
     fn in_bounds(&self, shape: &MatmulShape, w: &Wide) -> bool {
         let (q0, q1) = self.panels;
@@ -78,13 +132,13 @@ impl<X> Block<'_, X> {
 }
 
 /// Writes the sums `Σ_k x·w` of `b` (x in tile order, [`tile_order`], tiles
-/// counted from its first row).
+/// counted from its first row; f32 or bf16 panels).
 ///
 /// Panics (an internal error: the caller checks every item first) when a
 /// buffer is too short or the host lacks AVX-512.
-pub fn sums(shape: &MatmulShape, w: &Wide, b: Block<f32>) {
+pub fn sums(shape: &MatmulShape, w: &Wide, b: Block<&[f32]>) {
     assert!(
-        b.in_bounds(shape, w) && super::isa::avx512_supported(),
+        b.in_bounds(shape, w) && !w.format().is_quantized() && super::isa::avx512_supported(),
         "internal error: AVX-512 sums out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
@@ -110,8 +164,9 @@ pub fn sums(shape: &MatmulShape, w: &Wide, b: Block<f32>) {
                     tiles::sums::<tiles::F32>(&tile, w0, rows, n)
                 }
                 WeightFormat::Bf16 => tiles::sums::<tiles::Bf16>(&tile, w0, rows, n),
-                WeightFormat::Q8_0 => tiles::sums::<tiles::Q8_0>(&tile, w0, rows, n),
-                WeightFormat::Q4_0 => tiles::sums::<tiles::Q4_0>(&tile, w0, rows, n),
+                WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+                    unreachable!("quantized panels take `qsums`")
+                }
             }
         }
     }
@@ -123,7 +178,7 @@ pub fn sums(shape: &MatmulShape, w: &Wide, b: Block<f32>) {
 ///
 /// Panics (an internal error) when a buffer is too short or the process cannot
 /// run AMX tiles.
-pub fn amx_sums(shape: &MatmulShape, w: &Wide, b: Block<u16>) {
+pub fn amx_sums(shape: &MatmulShape, w: &Wide, b: Block<&[u16]>) {
     assert!(
         b.in_bounds(shape, w)
             && w.format() == WeightFormat::Bf16
@@ -150,5 +205,55 @@ pub fn amx_sums(shape: &MatmulShape, w: &Wide, b: Block<u16>) {
         // SAFETY: checked above: AMX is granted; the block's activations, panels
         // and sums lie inside `x`, `w` and `acc`.
         unsafe { amx::sums(&block) }
+    }
+}
+
+/// Writes the sums of `b` over q8_0 / q4_0 panels: `b.x` holds the block's
+/// rows in 8-bit blocks ([`QuantRows::rows`]).
+///
+/// Panics (an internal error: the caller checks every item first) when a
+/// buffer is too short or the host lacks AVX512-VNNI.
+pub fn qsums(shape: &MatmulShape, w: &Wide, b: Block<QuantView>) {
+    let (q0, q1) = b.panels;
+    let rows = &b.x;
+    let blocks = shape.k.div_ceil(BLOCK);
+    let in_bounds = q0 <= q1
+        && q1 <= panels(shape)
+        && w.fits(shape)
+        && w.format().is_quantized()
+        && w.bytes().len() >= w.panel_start(b.expert, q0) + (q1 - q0) * w.panel_bytes()
+        && rows.blocks == blocks
+        && rows.q.len() >= b.rows * blocks * BLOCK
+        && rows.d.len() >= b.rows * blocks
+        && rows.s.len() >= b.rows * blocks
+        && b.ld >= (q1 - q0) * LANES
+        && (b.rows == 0 || b.acc.len() >= (b.rows - 1) * b.ld + (q1 - q0) * LANES);
+    assert!(
+        in_bounds && super::isa::vnni_supported(),
+        "internal error: VNNI sums out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tile = vnni::QTile {
+            q: rows.q.as_ptr(),
+            d: rows.d.as_ptr(),
+            s: rows.s.as_ptr(),
+            blocks,
+            stride: w.panel_bytes(),
+            acc: b.acc.as_mut_ptr(),
+            ldacc: b.ld,
+        };
+        // SAFETY: checked above: the host has AVX512-VNNI (and so F and BW); the
+        // tiles read `rows` activation rows of `blocks` blocks, panels `q0..q1`
+        // of this expert (`panel_bytes` each, `blocks` blocks of its format), and
+        // write `rows` rows of `(q1 - q0)·LANES` sums `ld` apart.
+        unsafe {
+            let w0 = w.bytes().as_ptr().add(w.panel_start(b.expert, q0));
+            let (n, r) = (q1 - q0, b.rows);
+            match w.format() {
+                WeightFormat::Q8_0 => vnni::sums::<vnni::Q8_0>(&tile, w0, r, n),
+                _ => vnni::sums::<vnni::Q4_0>(&tile, w0, r, n),
+            }
+        }
     }
 }

@@ -7,10 +7,14 @@
 //! - bf16: `⌈K/2⌉` steps of 16 lanes of 32 bits, lane `l` holding column
 //!   `l`'s weights at `k = 2s` (low half) and `2s + 1` (high half, zero past
 //!   `K`) — also the pair layout `vdpbf16ps` and AMX-BF16 B tiles read;
-//! - q8_0: `⌈K/32⌉` blocks of 16 f16 scales (one per column) then 32 k-steps
-//!   of 16 `i8` (`tiles::Q8_0_BLOCK` bytes);
-//! - q4_0: `⌈K/32⌉` blocks of 16 f16 scales then 16 k-pairs of 16 bytes, even
-//!   k in the low nibble, odd k in the high one, each `q + 8` (`tiles::Q4_0_BLOCK`).
+//! - q8_0: `⌈K/32⌉` blocks of 16 f16 scales (one per column) then 8 k-quads
+//!   of 16 lanes × 4 bytes, lane `l` of quad `j` holding column `l`'s `q + 128`
+//!   (unsigned) at k-steps `4j..4j+4` ([`Q8_0_BLOCK`] bytes): the operand
+//!   layout of `vpdpbusd` (`vnni.rs`);
+//! - q4_0: `⌈K/32⌉` blocks of 16 f16 scales then 4 k-quads of 16 lanes × 4
+//!   bytes, byte `i` of lane `l` of quad `j` holding column `l`'s stored `q + 8`
+//!   at k-step `4j + i` in its low nibble and at `16 + 4j + i` in its high one
+//!   ([`Q4_0_BLOCK`]).
 //!
 //! The quantized blocks are `quant::quantize_block`'s, so the tiles compute
 //! with exactly the weights `quant::dequantize` gives the interpreter.
@@ -21,9 +25,9 @@ use moec_compiler::backend::clif::{MatmulShape, WeightDType};
 use moec_compiler::quant::{quantize_block, WeightFormat, BLOCK};
 
 /// Bytes of a q8_0 block of a wide panel.
-const Q8_0_BLOCK: usize = 32 + BLOCK * LANES;
+pub const Q8_0_BLOCK: usize = 32 + BLOCK * LANES;
 /// Bytes of a q4_0 block of a wide panel.
-const Q4_0_BLOCK: usize = 32 + BLOCK / 2 * LANES;
+pub const Q4_0_BLOCK: usize = 32 + BLOCK / 2 * LANES;
 
 /// Weights in the wide layout.
 pub struct Wide {
@@ -138,13 +142,16 @@ fn write_lane(format: WeightFormat, row: &[f32], l: usize, panel: &mut [u8]) {
                 let dst = &mut panel[b * size..(b + 1) * size];
                 dst[2 * l..2 * l + 2].copy_from_slice(&block.d.to_le_bytes());
                 let q = &mut dst[32..];
+                // Byte `i` of lane `l` of quad `j`.
+                let at = |j: usize, i: usize| (j * LANES + l) * 4 + i;
                 if format == WeightFormat::Q8_0 {
                     for (kk, v) in block.q.iter().enumerate() {
-                        q[kk * LANES + l] = *v as u8;
+                        q[at(kk / 4, kk % 4)] = (i16::from(*v) + 128) as u8;
                     }
                 } else {
-                    for (s, pair) in block.q.chunks(2).enumerate() {
-                        q[s * LANES + l] = pair[0] as u8 | (pair[1] as u8) << 4;
+                    for kk in 0..BLOCK / 2 {
+                        let (low, high) = (block.q[kk] as u8, block.q[BLOCK / 2 + kk] as u8);
+                        q[at(kk / 4, kk % 4)] = low | high << 4;
                     }
                 }
             }

@@ -4,7 +4,7 @@ use super::*;
 use moec_compiler::backend::clif::pack::column;
 use moec_compiler::backend::clif::WeightDType;
 use moec_compiler::ir::{Epilogue, UnaryOp};
-use moec_compiler::quant::dequantize;
+use moec_compiler::quant::{dequantize, round_activations};
 use moec_compiler::tensor::Tensor;
 
 /// The sums of every JIT panel slot, straight from the definition: slot `j`
@@ -27,7 +27,8 @@ fn plain(shape: &MatmulShape, w: &[f32], e: usize, x: &[f32], rows: usize) -> Ve
     out
 }
 
-/// Every format (the quantized ones against the dequantized weights) and every
+/// Every format (the quantized ones against the dequantized weights and
+/// activations rounded to 8-bit blocks, on hosts with AVX512-VNNI) and every
 /// remainder: K odd and even (bf16 and q4_0 pairs), K past one slice and not a
 /// whole number of blocks, an odd panel count (a last panel paired with zeros),
 /// GLU columns, rows that are not whole tiles, and blocks that start past the
@@ -78,24 +79,46 @@ fn tiles_give_the_plain_sums() {
             let packed = Wide::pack(&shape, &w, format);
             let dequantized = dequantize(format, Tensor::f32(vec![experts * n, k], w.clone()));
             let cols = panels(&shape) * LANES;
-            for rows in [1, 5, 12, 13, 30] {
+            for rows in [1, 2, 3, 5, 12, 13, 30] {
                 let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
-                let want = plain(&shape, dequantized.as_f32(), 1, &x, rows);
+                // Quantized weights: sums of the activations in 8-bit blocks.
+                let mut rounded = x.clone();
+                if format.is_quantized() {
+                    round_activations(&mut rounded, k);
+                }
+                let want = plain(&shape, dequantized.as_f32(), 1, &rounded, rows);
                 let mut tiled = vec![f32::NAN; x.len()];
                 tile_order(&x, k, &mut tiled);
+                let mut quant = QuantRows::default();
+                quant.quantize(&x, k);
                 for q0 in 0..panels(&shape) {
                     let q1 = panels(&shape);
                     let ld = (q1 - q0) * LANES + 3;
                     let mut acc = vec![f32::NAN; rows * ld];
-                    let b = Block {
-                        expert: 1,
-                        panels: (q0, q1),
-                        x: &tiled,
-                        rows,
-                        acc: &mut acc,
-                        ld,
-                    };
-                    sums(&shape, &packed, b);
+                    if format.is_quantized() {
+                        if !crate::cpu::isa::vnni_supported() {
+                            continue;
+                        }
+                        let b = Block {
+                            expert: 1,
+                            panels: (q0, q1),
+                            x: quant.rows(0, rows).unwrap(),
+                            rows,
+                            acc: &mut acc,
+                            ld,
+                        };
+                        qsums(&shape, &packed, b);
+                    } else {
+                        let b = Block {
+                            expert: 1,
+                            panels: (q0, q1),
+                            x: &tiled[..],
+                            rows,
+                            acc: &mut acc,
+                            ld,
+                        };
+                        sums(&shape, &packed, b);
+                    }
                     for r in 0..rows {
                         for s in 0..(q1 - q0) * LANES {
                             let (got, want) = (acc[r * ld + s], want[r * cols + q0 * LANES + s]);
@@ -156,7 +179,7 @@ fn amx_tiles_give_the_plain_sums_of_bf16_activations() {
                 let b = Block {
                     expert: 1,
                     panels: (q0, q1),
-                    x: &xb,
+                    x: &xb[..],
                     rows,
                     acc: &mut acc,
                     ld,

@@ -15,9 +15,8 @@
 //!
 //! The tiles are generic over how a panel stores its weights ([`Format`]): f32;
 //! bf16 pairs (one load, then a shift (even k) and a mask (odd k) give exact f32
-//! weights for two k-steps); q8_0 and q4_0 blocks (integers widened and
-//! multiplied by their block's f16 scale: exactly the dequantized weights).
-//! Whatever the format, a tile computes `Σ x·w` in f32 with f32 `x`.
+//! weights for two k-steps). Whatever the format, a tile computes `Σ x·w` in f32
+//! with f32 `x`. (Quantized weights have integer tiles of their own, `vnni.rs`.)
 //!
 //! Everything here trusts its pointers; `mod.rs::sums` checks them.
 
@@ -62,13 +61,6 @@ pub trait Format {
 
 pub struct F32;
 pub struct Bf16;
-pub struct Q8_0;
-pub struct Q4_0;
-
-/// Bytes of a q8_0 block of a wide panel: 16 f16 scales, then 32 k-steps of 16 integers.
-const Q8_0_BLOCK: usize = 32 + 32 * 16;
-/// Bytes of a q4_0 block: 16 f16 scales, then 16 k-pairs of 16 bytes.
-const Q4_0_BLOCK: usize = 32 + 16 * 16;
 
 impl Format for F32 {
     const STEPS: usize = 1;
@@ -94,45 +86,6 @@ impl Format for Bf16 {
         [
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)),
             _mm512_castsi512_ps(_mm512_and_si512(v, high)),
-        ]
-    }
-}
-
-/// The 16 f16 scales at `block`, widened.
-#[inline(always)]
-unsafe fn scales(block: *const u8) -> __m512 {
-    _mm512_cvtph_ps(_mm256_loadu_si256(block.cast()))
-}
-
-impl Format for Q8_0 {
-    const STEPS: usize = 1;
-    fn offset(g: usize) -> usize {
-        g / 32 * Q8_0_BLOCK + 32 + g % 32 * 16
-    }
-    #[inline(always)]
-    unsafe fn load(panel: *const u8, g: usize) -> [__m512; 2] {
-        let d = scales(panel.add(g / 32 * Q8_0_BLOCK));
-        let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(panel.add(Self::offset(g)).cast()));
-        let v = _mm512_mul_ps(_mm512_cvtepi32_ps(q), d);
-        [v, v]
-    }
-}
-
-impl Format for Q4_0 {
-    const STEPS: usize = 2;
-    fn offset(g: usize) -> usize {
-        g / 16 * Q4_0_BLOCK + 32 + g % 16 * 16
-    }
-    #[inline(always)]
-    unsafe fn load(panel: *const u8, g: usize) -> [__m512; 2] {
-        let d = scales(panel.add(g / 16 * Q4_0_BLOCK));
-        let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(panel.add(Self::offset(g)).cast()));
-        let eight = _mm512_set1_epi32(8);
-        let low = _mm512_sub_epi32(_mm512_and_si512(bytes, _mm512_set1_epi32(0xF)), eight);
-        let high = _mm512_sub_epi32(_mm512_srli_epi32::<4>(bytes), eight);
-        [
-            _mm512_mul_ps(_mm512_cvtepi32_ps(low), d),
-            _mm512_mul_ps(_mm512_cvtepi32_ps(high), d),
         ]
     }
 }
