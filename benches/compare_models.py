@@ -216,17 +216,17 @@ def build_checkpoints(data, seed):
     return f32_dir, bf16_dir
 
 
-def weight_bytes_per_decode_token(dtype_bytes, expert_bytes=None):
+def weight_bytes_per_decode_token(dtype_bytes):
     """Weights one decode step reads: attention, router, norms and 2 of 8 experts per layer, one
-    embedding row, the final norm and lm_head (the KV cache not counted); experts at `expert_bytes`
-    per weight (default: `dtype_bytes`)."""
+    embedding row, the final norm and lm_head (the KV cache not counted), at `dtype_bytes` per weight
+    (the router and norms, a few KB, are counted so too)."""
     h, i, v = DIMS["hidden_size"], DIMS["intermediate_size"], DIMS["vocab_size"]
     q = DIMS["num_attention_heads"] * DIMS["head_dim"]
     kv = DIMS["num_key_value_heads"] * DIMS["head_dim"]
     layer = h * q + 2 * h * kv + q * h + DIMS["num_local_experts"] * h + 2 * h
     experts = DIMS["num_hidden_layers"] * DIMS["num_experts_per_tok"] * 3 * h * i
     rest = (DIMS["num_hidden_layers"] * layer + h + h + v * h) * dtype_bytes
-    return rest + experts * (dtype_bytes if expert_bytes is None else expert_bytes)
+    return rest + experts * dtype_bytes
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -704,7 +704,7 @@ def main():
     ap.add_argument("--experts", default="eager,grouped_mm", help="transformers experts implementations")
     ap.add_argument("--dtypes", default="f32,bf16")
     ap.add_argument("--quants", default="q8_0,q4_0",
-                    help="quantized formats: moec --expert-format on the f32 checkpoint, llama.cpp's quantized GGUF")
+                    help="quantized formats: moec --weight-format on the f32 checkpoint, llama.cpp's quantized GGUF")
     ap.add_argument("--llama-fa", default="off,on",
                     help="llama.cpp flash attention: off (llama-cpp-python's default), on, or both")
     ap.add_argument("--skip", default="", help="contenders to leave out: moec,transformers,llama.cpp")
@@ -781,8 +781,8 @@ def main():
         for q in quants:
             quiet.wait(f"moec {q}")
             load = loadavg()
-            res, shown = run_moec(moec, spec, sets, ckpt["f32"], ["--expert-format", q], args)
-            res.update(load=load, weight_dtype="f32", expert_format=q)
+            res, shown = run_moec(moec, spec, sets, ckpt["f32"], ["--weight-format", q], args)
+            res.update(load=load, weight_dtype=q)
             results[(q, "moec")] = res
             commands.append(shown)
         for d in dtypes:
@@ -848,11 +848,7 @@ def main():
             if r is None:
                 continue
             pre, dec = med(r["runs"], "prefill"), med(r["runs"], "decode")
-            if name.startswith("moec"):
-                expert = r.get("expert_format")
-                step = weight_bytes_per_decode_token(BYTES[r["weight_dtype"]], expert and BYTES[expert])
-            else:
-                step = weight_bytes_per_decode_token(BYTES[d])
+            step = weight_bytes_per_decode_token(BYTES[r.get("weight_dtype", d)])
             gbs = step * dec / 1e9
             same = f"{agree(r['runs'][0]['ids'], ref['runs'][0]['ids'])}/{args.new_tokens}" if ref else "—"
             same_m = f"{agree(r['runs'][0]['ids'], m['runs'][0]['ids'])}/{args.new_tokens}" if m else "—"
@@ -986,11 +982,13 @@ def main():
     md.append("")
     if quants:
         md.append("")
-        md.append("Quantized rows: moec runs the f32 checkpoint with `--expert-format q8_0|q4_0` (the experts' "
-                  "weights quantized at load into GGUF's 32-value blocks; attention, router, norms, embedding and "
-                  "lm_head stay f32), llama.cpp a GGUF quantized by its own `llama_model_quantize` from the f32 "
-                  "GGUF (every matrix in that format, so it also streams attention and lm_head quantized). decode "
-                  "weight GB/s counts each one's own bytes (q8_0: 34 bytes per 32 weights, q4_0: 18).")
+        md.append("Quantized rows: moec runs the f32 checkpoint with `--weight-format q8_0|q4_0` (every matmul's "
+                  "weights but the routers' quantized at load into GGUF's 32-value blocks: experts, attention, "
+                  "lm_head; activations quantized per 32-value block to 8 bits, dot products with AVX512-VNNI; "
+                  "norms, routers and the embedding table stay f32), llama.cpp a GGUF quantized by its own "
+                  "`llama_model_quantize` from the f32 GGUF (every matrix in that format; its matmuls also "
+                  "quantize activations to q8 blocks). decode weight GB/s counts the format's bytes (q8_0: 34 "
+                  "bytes per 32 weights, q4_0: 18).")
         md.append("")
     md.append("moec reads the bf16 checkpoint widened to f32 and its CPU backend packs bf16 panels for every "
               "matmul whose weights are all bf16 values (here all of them, lm_head and router included), so its "
