@@ -161,51 +161,110 @@ pub fn attention(
         None => Vec::new(),
     };
     out.fill(0.0);
+    let wide = super::isa::avx512_supported();
+    let call = Rows {
+        a,
+        q,
+        k,
+        v,
+        sinks,
+        bias,
+        buckets: &buckets,
+        p,
+        past,
+        group,
+        scale,
+    };
     workers.split_mut(out, dv.max(1), |first, run| {
-        for (item, o) in (first..).zip(run.chunks_mut(dv.max(1))) {
-            {
-                let (i, h) = (item / heads, item % heads);
-                let kv = h / group;
-                let pos = past + i;
-                let last = if a.causal { pos } else { p - 1 };
-                let first = a.window.map_or(0, |w| (pos + 1).saturating_sub(w as usize));
-                let qrow = &q[i * qw + h * d..i * qw + (h + 1) * d];
-                SCORES.with_borrow_mut(|scores| {
-                    scores.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for j in first..=last {
-                        let mut s = dot(qrow, &k[j * kw + kv * d..j * kw + (kv + 1) * d]) * scale;
-                        if let Some(table) = bias {
-                            s += table[buckets[j + p - 1 - pos] * heads + h];
-                        }
-                        max = max.max(s);
-                        scores.push(s);
-                    }
-                    let sink = sinks.map(|s| s[h]);
-                    if let Some(s) = sink {
-                        max = max.max(s);
-                    }
-                    let mut denom = sink.map_or(0.0, |s| (s - max).exp());
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        denom += *s;
-                    }
-                    let inv = 1.0 / denom;
-                    for (j, s) in (first..=last).zip(scores.iter()) {
-                        let vrow = &v[j * vw + kv * dv..j * vw + (kv + 1) * dv];
-                        let w = s * inv;
-                        for (o, x) in o.iter_mut().zip(vrow) {
-                            *o += w * x;
-                        }
-                    }
-                })
-            }
+        if wide {
+            // SAFETY: the host has AVX-512F (checked above).
+            unsafe { call.rows_avx512(first, run) }
+        } else {
+            call.rows(first, run)
         }
     });
     Ok(())
 }
 
+/// One attention call's operands, for the rows of output a worker computes.
+struct Rows<'a> {
+    a: &'a AttentionAttrs,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    sinks: Option<&'a [f32]>,
+    bias: Option<&'a [f32]>,
+    buckets: &'a [usize],
+    p: usize,
+    past: usize,
+    group: usize,
+    scale: f32,
+}
+
+impl Rows<'_> {
+    /// [`Rows::rows`] compiled for AVX-512 (the same operations in the same
+    /// order, on wider vectors).
+    ///
+    /// # Safety
+    /// The host has AVX-512F.
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    unsafe fn rows_avx512(&self, first: usize, run: &mut [f32]) {
+        self.rows(first, run)
+    }
+
+    /// The output rows (one per query and head, `Dv` values each) from item `first` on.
+    #[inline(always)]
+    fn rows(&self, first: usize, run: &mut [f32]) {
+        let a = self.a;
+        let (d, dv) = (a.head_dim as usize, a.v_head_dim as usize);
+        let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
+        let (qw, kw, vw) = (heads * d, kv_heads * d, kv_heads * dv);
+        let (p, past, group, scale) = (self.p, self.past, self.group, self.scale);
+        let (q, k, v, bias, buckets) = (self.q, self.k, self.v, self.bias, self.buckets);
+        // (Taken out of the thread-local for the whole run, so the loop below
+        // is compiled inside this function, with its caller's target features.)
+        let mut scores = SCORES.take();
+        for (item, o) in (first..).zip(run.chunks_mut(dv.max(1))) {
+            let (i, h) = (item / heads, item % heads);
+            let kv = h / group;
+            let pos = past + i;
+            let last = if a.causal { pos } else { p - 1 };
+            let first = a.window.map_or(0, |w| (pos + 1).saturating_sub(w as usize));
+            let qrow = &q[i * qw + h * d..i * qw + (h + 1) * d];
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in first..=last {
+                let mut s = dot(qrow, &k[j * kw + kv * d..j * kw + (kv + 1) * d]) * scale;
+                if let Some(table) = bias {
+                    s += table[buckets[j + p - 1 - pos] * heads + h];
+                }
+                max = max.max(s);
+                scores.push(s);
+            }
+            let sink = self.sinks.map(|s| s[h]);
+            if let Some(s) = sink {
+                max = max.max(s);
+            }
+            let mut denom = sink.map_or(0.0, |s| (s - max).exp());
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                denom += *s;
+            }
+            let inv = 1.0 / denom;
+            for (j, s) in (first..=last).zip(scores.iter()) {
+                let vrow = &v[j * vw + kv * dv..j * vw + (kv + 1) * dv];
+                let w = s * inv;
+                for (o, x) in o.iter_mut().zip(vrow) {
+                    *o += w * x;
+                }
+            }
+        }
+        SCORES.set(scores);
+    }
+}
+
 /// `a · b` over eight independent lanes, so the compiler vectorizes it.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));

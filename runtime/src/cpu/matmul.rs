@@ -30,7 +30,7 @@ use super::jit::KernelFn;
 use moec_compiler::backend::clif::matmul::MR;
 use moec_compiler::backend::clif::pack::{position, PANEL};
 use moec_compiler::backend::clif::{MatmulShape, WeightDType};
-use moec_compiler::quant::WeightFormat;
+use moec_compiler::quant::{WeightFormat, BLOCK};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -296,7 +296,7 @@ pub fn run(call: &Call, out: &mut [f32], workers: &Workers) -> Result<(), String
         Panels::Wide(_) if call.epilogue.is_some() => {
             let items = split_wide(call, workers);
             TILED.with_borrow_mut(|prepared| {
-                prepare_rows(call, &items, prepared)?;
+                prepare_rows(call, &items, prepared, workers)?;
                 run_items(call, &items, prepared, out, workers)
             })
         }
@@ -421,17 +421,33 @@ struct Prepared {
     tiled: Vec<f32>,
     /// AMX items' rows rounded to bf16, each segment's padded with zero rows to whole tiles.
     bf16: Vec<u16>,
-    /// Every row of x in 8-bit blocks, for q8_0 / q4_0 panels (the VNNI tiles).
-    quant: avx512::QuantRows,
+    /// Every row of x in 8-bit blocks (`⌈K/32⌉` per row), for q8_0 / q4_0 panels.
+    quant: Vec<avx512::ActBlock>,
 }
 
 /// Prepares the rows of every segment that `items` start (an item at row 0
 /// and panel 0), for their path.
-fn prepare_rows(call: &Call, items: &[Item], prepared: &mut Prepared) -> Result<(), String> {
+fn prepare_rows(
+    call: &Call,
+    items: &[Item],
+    prepared: &mut Prepared,
+    workers: &Workers,
+) -> Result<(), String> {
     let k = call.packed.shape.k;
     let fail = || format!("internal error: {} input rows", call.packed.shape.name());
     if matches!(&call.packed.weights, Panels::Wide(w) if w.format().is_quantized()) {
-        prepared.quant.quantize(call.x, k);
+        // Every row, split over the threads.
+        let per_row = k.div_ceil(BLOCK);
+        let rows = call.x.len() / k.max(1);
+        prepared
+            .quant
+            .resize(rows * per_row, avx512::ActBlock::default());
+        workers.split_mut(&mut prepared.quant, per_row, |row, run| {
+            for (r, out) in run.chunks_exact_mut(per_row).enumerate() {
+                let x = &call.x[(row + r) * k..(row + r + 1) * k];
+                avx512::quantize_row(x, out);
+            }
+        });
         return Ok(());
     }
     prepared.tiled.resize(call.x.len(), 0.0);
@@ -499,8 +515,8 @@ fn wide_block(
             avx512::amx_sums(shape, w, b);
         } else if w.format().is_quantized() {
             acc.resize(rows * ld, 0.0);
-            let x = prepared.quant.rows(it.xt, it.xt + rows);
-            let x = x.expect("internal error: the prepared rows hold every row of x");
+            let per_row = k.div_ceil(BLOCK);
+            let x = &prepared.quant[it.xt * per_row..(it.xt + rows) * per_row];
             let b = avx512::Block {
                 expert: it.seg.expert,
                 panels: (q0, q1),

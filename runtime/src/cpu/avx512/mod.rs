@@ -52,55 +52,32 @@ pub fn tile_order(x: &[f32], k: usize, out: &mut [f32]) {
     }
 }
 
-/// Activation rows in 8-bit blocks: row `r`'s block `b` has its integers at
-/// `q[(r·blocks + b)·32..][..32]` (zeros past K), its scale at `d[r·blocks + b]`
-/// and the sum of its integers at `s[r·blocks + b]`.
-#[derive(Default)]
-pub struct QuantRows {
-    pub q: Vec<i8>,
-    pub d: Vec<f32>,
-    pub s: Vec<i32>,
-    pub blocks: usize,
+/// One block of an activation row in 8-bit integers
+/// (`quant::quantize_activations`): the integers (zeros past K), the scale and
+/// the integers' sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct ActBlock {
+    pub q: [i8; BLOCK],
+    pub d: f32,
+    pub s: i32,
 }
 
-/// Rows of a [`QuantRows`], laid out alike from the first.
-#[derive(Clone, Copy)]
-pub struct QuantView<'a> {
-    pub q: &'a [i8],
-    pub d: &'a [f32],
-    pub s: &'a [i32],
-    pub blocks: usize,
-}
-
-impl QuantRows {
-    /// Rows `r0..r1` (None past the end).
-    pub fn rows(&self, r0: usize, r1: usize) -> Option<QuantView<'_>> {
-        let b = self.blocks;
-        Some(QuantView {
-            q: self.q.get(r0 * b * BLOCK..r1 * b * BLOCK)?,
-            d: self.d.get(r0 * b..r1 * b)?,
-            s: self.s.get(r0 * b..r1 * b)?,
-            blocks: b,
-        })
-    }
-
-    /// Quantizes `x`'s rows of `k` values each.
-    pub fn quantize(&mut self, x: &[f32], k: usize) {
-        let blocks = k.div_ceil(BLOCK);
-        let rows = x.len().checked_div(k).unwrap_or(0);
-        self.blocks = blocks;
-        self.q.resize(rows * blocks * BLOCK, 0);
-        self.d.resize(rows * blocks, 0.0);
-        self.s.resize(rows * blocks, 0);
-        for (r, row) in x.chunks_exact(k.max(1)).enumerate() {
-            for (b, chunk) in row.chunks(BLOCK).enumerate() {
-                let (d, q, s) = quantize_activations(chunk);
-                let at = r * blocks + b;
-                self.q[at * BLOCK..(at + 1) * BLOCK].copy_from_slice(&q);
-                self.d[at] = d;
-                self.s[at] = s;
-            }
+/// Quantizes one row of activations into `out` (`⌈row/32⌉` blocks): with
+/// AVX-512 vectors where the host has them, bit for bit what
+/// `quant::quantize_activations` gives (which the interpreter uses).
+pub fn quantize_row(row: &[f32], out: &mut [ActBlock]) {
+    for (chunk, block) in row.chunks(BLOCK).zip(out) {
+        #[cfg(target_arch = "x86_64")]
+        if super::isa::vnni_supported() {
+            let mut x = [0.0f32; BLOCK];
+            x[..chunk.len()].copy_from_slice(chunk);
+            // SAFETY: the host has AVX-512F/BW (checked just above).
+            *block = unsafe { vnni::quantize_block(&x) };
+            continue;
         }
+        let (d, q, s) = quantize_activations(chunk);
+        *block = ActBlock { q, d, s };
     }
 }
 
@@ -209,23 +186,20 @@ pub fn amx_sums(shape: &MatmulShape, w: &Wide, b: Block<&[u16]>) {
 }
 
 /// Writes the sums of `b` over q8_0 / q4_0 panels: `b.x` holds the block's
-/// rows in 8-bit blocks ([`QuantRows::rows`]).
+/// rows in 8-bit blocks, `⌈K/32⌉` per row ([`quantize_row`]).
 ///
 /// Panics (an internal error: the caller checks every item first) when a
 /// buffer is too short or the host lacks AVX512-VNNI.
-pub fn qsums(shape: &MatmulShape, w: &Wide, b: Block<QuantView>) {
+pub fn qsums(shape: &MatmulShape, w: &Wide, b: Block<&[ActBlock]>) {
     let (q0, q1) = b.panels;
-    let rows = &b.x;
+    let rows = b.x;
     let blocks = shape.k.div_ceil(BLOCK);
     let in_bounds = q0 <= q1
         && q1 <= panels(shape)
         && w.fits(shape)
         && w.format().is_quantized()
         && w.bytes().len() >= w.panel_start(b.expert, q0) + (q1 - q0) * w.panel_bytes()
-        && rows.blocks == blocks
-        && rows.q.len() >= b.rows * blocks * BLOCK
-        && rows.d.len() >= b.rows * blocks
-        && rows.s.len() >= b.rows * blocks
+        && rows.len() >= b.rows * blocks
         && b.ld >= (q1 - q0) * LANES
         && (b.rows == 0 || b.acc.len() >= (b.rows - 1) * b.ld + (q1 - q0) * LANES);
     assert!(
@@ -235,9 +209,7 @@ pub fn qsums(shape: &MatmulShape, w: &Wide, b: Block<QuantView>) {
     #[cfg(target_arch = "x86_64")]
     {
         let tile = vnni::QTile {
-            q: rows.q.as_ptr(),
-            d: rows.d.as_ptr(),
-            s: rows.s.as_ptr(),
+            x: rows.as_ptr(),
             blocks,
             stride: w.panel_bytes(),
             acc: b.acc.as_mut_ptr(),

@@ -4,7 +4,7 @@ use super::*;
 use moec_compiler::backend::clif::pack::column;
 use moec_compiler::backend::clif::WeightDType;
 use moec_compiler::ir::{Epilogue, UnaryOp};
-use moec_compiler::quant::{dequantize, round_activations};
+use moec_compiler::quant::{dequantize, round_activations, BLOCK};
 use moec_compiler::tensor::Tensor;
 
 /// The sums of every JIT panel slot, straight from the definition: slot `j`
@@ -89,8 +89,11 @@ fn tiles_give_the_plain_sums() {
                 let want = plain(&shape, dequantized.as_f32(), 1, &rounded, rows);
                 let mut tiled = vec![f32::NAN; x.len()];
                 tile_order(&x, k, &mut tiled);
-                let mut quant = QuantRows::default();
-                quant.quantize(&x, k);
+                let per_row = k.div_ceil(BLOCK);
+                let mut quant = vec![ActBlock::default(); rows * per_row];
+                for (row, out) in x.chunks(k).zip(quant.chunks_mut(per_row)) {
+                    quantize_row(row, out);
+                }
                 for q0 in 0..panels(&shape) {
                     let q1 = panels(&shape);
                     let ld = (q1 - q0) * LANES + 3;
@@ -102,7 +105,7 @@ fn tiles_give_the_plain_sums() {
                         let b = Block {
                             expert: 1,
                             panels: (q0, q1),
-                            x: quant.rows(0, rows).unwrap(),
+                            x: &quant[..],
                             rows,
                             acc: &mut acc,
                             ld,
@@ -209,4 +212,34 @@ fn bf16_rounding_is_to_nearest_even() {
     assert_eq!(bf(-1.0 - 1.5 / 256.0), -1.0 - 2.0 / 256.0);
     assert!(bf(f32::NAN).is_nan());
     assert_eq!(bf(f32::INFINITY), f32::INFINITY);
+}
+
+/// The vector quantizer gives what the interpreter's `quantize_activations`
+/// gives, bit for bit: random blocks, blocks of exact halves (rounded away
+/// from zero), a short last block, zeros.
+#[test]
+fn activation_blocks_quantize_as_the_interpreter_does() {
+    use moec_compiler::quant::quantize_activations;
+    let mut seed = 5u32;
+    let mut next = move || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (seed >> 8) as f32 / (1u32 << 24) as f32 * 8.0 - 4.0
+    };
+    let mut rows: Vec<Vec<f32>> = (0..50).map(|_| (0..70).map(|_| next()).collect()).collect();
+    // max 127: every value x/1 exactly, halves included.
+    rows.push(
+        (0..64)
+            .map(|i| (i as f32 - 31.5) * 0.5)
+            .chain([127.0])
+            .collect(),
+    );
+    rows.push(vec![0.0; 40]);
+    for row in rows {
+        let mut got = vec![ActBlock::default(); row.len().div_ceil(BLOCK)];
+        quantize_row(&row, &mut got);
+        for (chunk, block) in row.chunks(BLOCK).zip(&got) {
+            let (d, q, s) = quantize_activations(chunk);
+            assert_eq!(*block, ActBlock { q, d, s }, "{chunk:?}");
+        }
+    }
 }

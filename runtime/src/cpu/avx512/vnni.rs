@@ -1,5 +1,5 @@
 //! AVX512-VNNI tiles for weights in q8_0 / q4_0 blocks and activations in 8-bit
-//! blocks (`quant::quantize_activations`, `mod.rs::QuantRows`): integer dot products,
+//! blocks (`quant::quantize_activations`, [`quantize_block`]): integer dot products,
 //! as llama.cpp computes its quantized matmuls.
 //!
 //! Per 32-value block, `vpdpbusd` sums the products of the weights' unsigned
@@ -19,6 +19,7 @@
 //! Everything here trusts its pointers; `mod.rs::qsums` checks them.
 
 use super::pack::{Q4_0_BLOCK, Q8_0_BLOCK};
+use super::ActBlock;
 use moec_compiler::quant::BLOCK;
 use std::arch::x86_64::*;
 
@@ -32,13 +33,11 @@ const FEW_ROWS: usize = 2;
 /// Wide panels of a full tile.
 const PANELS: usize = 2;
 
-/// Where a block's operands are: its first activation row's integers, scales
-/// and sums (rows `blocks` blocks apart), the panels' bytes apart, the first
-/// sum and the floats between rows of sums.
+/// Where a block's operands are: its first activation row's blocks (rows
+/// `blocks` blocks apart), the panels' bytes apart, the first sum and the
+/// floats between rows of sums.
 pub struct QTile {
-    pub q: *const i8,
-    pub d: *const f32,
-    pub s: *const i32,
+    pub x: *const ActBlock,
     pub blocks: usize,
     pub stride: usize,
     pub acc: *mut f32,
@@ -177,15 +176,12 @@ unsafe fn tile<F: QFormat, const R: usize, const C: usize>(t: &QTile, at: At) {
                 }
             }
         }
-        let rows: [usize; R] = std::array::from_fn(|r| (at.row + r) * t.blocks + b);
+        let xs: [&ActBlock; R] = std::array::from_fn(|r| &*t.x.add((at.row + r) * t.blocks + b));
         let mut isum = [[_mm512_setzero_si512(); C]; R];
         for j in 0..BLOCK / 4 {
             let wv: [__m512i; C] = std::array::from_fn(|c| F::quads(blocks[c], j));
             for (r, ir) in isum.iter_mut().enumerate() {
-                let x4 =
-                    t.q.add(rows[r] * BLOCK + 4 * j)
-                        .cast::<i32>()
-                        .read_unaligned();
+                let x4 = xs[r].q.as_ptr().add(4 * j).cast::<i32>().read_unaligned();
                 let xv = _mm512_set1_epi32(x4);
                 for (s, wc) in ir.iter_mut().zip(&wv) {
                     *s = _mm512_dpbusd_epi32(*s, *wc, xv);
@@ -195,8 +191,8 @@ unsafe fn tile<F: QFormat, const R: usize, const C: usize>(t: &QTile, at: At) {
         let dw: [__m512; C] =
             std::array::from_fn(|c| _mm512_cvtph_ps(_mm256_loadu_si256(blocks[c].cast())));
         for r in 0..R {
-            let offset = _mm512_set1_epi32(F::OFFSET * *t.s.add(rows[r]));
-            let dx = _mm512_set1_ps(*t.d.add(rows[r]));
+            let offset = _mm512_set1_epi32(F::OFFSET * xs[r].s);
+            let dx = _mm512_set1_ps(xs[r].d);
             for c in 0..C {
                 let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(isum[r][c], offset));
                 acc[r][c] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw[c], dx), acc[r][c]);
@@ -208,4 +204,44 @@ unsafe fn tile<F: QFormat, const R: usize, const C: usize>(t: &QTile, at: At) {
             _mm512_storeu_ps(at.acc.add(r * t.ldacc + c * 16), *v);
         }
     }
+}
+
+/// `quant::quantize_activations` of a whole block, in vectors: the same f32
+/// operations on each value (the maximum, `d = max/127`, `1/d`, `x·(1/d)`,
+/// rounding halves away from zero as `t - trunc(t)` decides), so bit for bit
+/// the same block.
+///
+/// # Safety
+/// The host has AVX-512F/BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn quantize_block(x: &[f32; BLOCK]) -> ActBlock {
+    let (a, b) = (
+        _mm512_loadu_ps(x.as_ptr()),
+        _mm512_loadu_ps(x.as_ptr().add(16)),
+    );
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    let d = amax / 127.0;
+    let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let round = |v: __m512| {
+        let t = _mm512_mul_ps(v, id);
+        let whole = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(t);
+        let frac = _mm512_sub_ps(t, whole);
+        let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
+        let down = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(frac, _mm512_set1_ps(-0.5));
+        let q = _mm512_cvttps_epi32(whole);
+        let q = _mm512_mask_add_epi32(q, up, q, _mm512_set1_epi32(1));
+        _mm512_cvtepi32_epi8(_mm512_mask_sub_epi32(q, down, q, _mm512_set1_epi32(1)))
+    };
+    let mut block = ActBlock {
+        d,
+        ..ActBlock::default()
+    };
+    let (qa, qb) = (round(a), round(b));
+    _mm_storeu_si128(block.q.as_mut_ptr().cast(), qa);
+    _mm_storeu_si128(block.q.as_mut_ptr().add(16).cast(), qb);
+    block.s = _mm512_reduce_add_epi32(_mm512_add_epi32(
+        _mm512_cvtepi8_epi32(qa),
+        _mm512_cvtepi8_epi32(qb),
+    ));
+    block
 }
