@@ -53,6 +53,7 @@ use moec_compiler::quant::{dequantize, WeightFormat};
 use moec_compiler::tensor::Tensor;
 use program::{Program, Step};
 use run::Reader;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -175,7 +176,7 @@ impl CpuModel {
     /// weights for its shape, keeps the values runs read.
     fn prepare(
         g: &Graph,
-        (fixed, mut values): (HashSet<NodeIndex>, HashMap<Value, Tensor>),
+        (fixed, mut values): (HashSet<NodeIndex>, Values),
         kernel_of: HashMap<NodeIndex, usize>,
         shapes: HashMap<NodeIndex, MatmulShape>,
         (kernels, epilogues, jit): (Vec<KernelFn>, Vec<KernelFn>, Option<jit::Jit>),
@@ -191,7 +192,8 @@ impl CpuModel {
                 continue;
             }
             let format = g.stored.get(&n).copied();
-            let packed_weights = pack(shape, &values[&w], b.map(|b| &values[&b]), isa, format);
+            let bias = b.map(|b| &*values[&b]);
+            let packed_weights = pack(shape, &values[&w], bias, isa, format);
             packed.insert(n, packed_weights);
             packed_operands.insert((n, 1));
             packed_operands.extend(bias_at.map(|i| (n, i)));
@@ -205,6 +207,10 @@ impl CpuModel {
             }
         }
         values.retain(|v, _| keep.contains(v));
+        let values = values
+            .into_iter()
+            .map(|(v, t)| (v, t.into_owned()))
+            .collect();
         let matmuls = kernel_of.keys().copied().collect();
         let program = Program::new(g, &fixed, values, &packed_operands, &matmuls)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -374,22 +380,29 @@ fn grouped_segments(offsets: &[i32], experts: usize, rows: usize) -> Result<Vec<
         .collect())
 }
 
-/// The weight-only nodes of `g` and their values, computed from `weights`.
-fn weight_values(g: &Graph, weights: &[Tensor]) -> (HashSet<NodeIndex>, HashMap<Value, Tensor>) {
+/// The weight-only nodes of `g` and their values, computed from `weights`
+/// (which weight nodes borrow: a model's weights are not copied to be packed).
+fn weight_values<'w>(g: &Graph, weights: &'w [Tensor]) -> (HashSet<NodeIndex>, Values<'w>) {
     let fixed = weight_only(g);
-    let mut values: HashMap<Value, Tensor> = HashMap::new();
+    let mut values: Values = HashMap::new();
     for n in g.topo_order().into_iter().filter(|n| fixed.contains(n)) {
         let outs = match &g.node(n).op {
-            Op::Weight { id, .. } => vec![weights[*id].clone()],
+            Op::Weight { id, .. } => vec![Cow::Borrowed(&weights[*id])],
             op => {
-                let args: Vec<&Tensor> = g.operands(n).iter().map(|v| &values[v]).collect();
+                let args: Vec<&Tensor> = g.operands(n).iter().map(|v| &*values[v]).collect();
                 interp::eval_op(op, &args)
+                    .into_iter()
+                    .map(Cow::Owned)
+                    .collect()
             }
         };
         values.extend(Value::ports(n, outs));
     }
     (fixed, values)
 }
+
+/// Weight-only values: the weights themselves, borrowed, and values computed from them.
+type Values<'w> = HashMap<Value, Cow<'w, Tensor>>;
 
 /// Packs a matmul's weights (`[N, K]`, or `[E, N, K]`: experts) for `isa`,
 /// stored as `format` (None: as `shape.weights`), and its bias.

@@ -23,6 +23,7 @@ use super::LANES;
 use moec_compiler::backend::clif::pack::{column, PANEL};
 use moec_compiler::backend::clif::{MatmulShape, WeightDType};
 use moec_compiler::quant::{quantize_block, WeightFormat, BLOCK};
+use rayon::prelude::*;
 
 /// Bytes of a q8_0 block of a wide panel.
 pub const Q8_0_BLOCK: usize = 32 + BLOCK * LANES;
@@ -61,18 +62,21 @@ impl Wide {
             WeightFormat::Q8_0 => blocks * Q8_0_BLOCK,
             WeightFormat::Q4_0 => blocks * Q4_0_BLOCK,
         };
-        let per = panels(shape) * panel_bytes;
-        let mut bytes = vec![0u8; experts * per];
-        for (e, dst) in bytes.chunks_exact_mut(per.max(1)).enumerate() {
-            let src = &w[e * n * k..(e + 1) * n * k];
-            for (q, panel) in dst.chunks_exact_mut(panel_bytes.max(1)).enumerate() {
+        let per_expert = panels(shape);
+        let mut bytes = vec![0u8; experts * per_expert * panel_bytes];
+        // Panels in parallel (quantizing a large model's weights takes a while).
+        bytes
+            .par_chunks_exact_mut(panel_bytes.max(1))
+            .enumerate()
+            .for_each(|(i, panel)| {
+                let (e, q) = (i / per_expert, i % per_expert);
+                let src = &w[e * n * k..(e + 1) * n * k];
                 for l in 0..LANES {
                     if let Some(c) = column(shape, 2 * q + l / PANEL, l % PANEL) {
                         write_lane(format, &src[c * k..(c + 1) * k], l, panel);
                     }
                 }
-            }
-        }
+            });
         Wide {
             format,
             bytes,
