@@ -115,14 +115,7 @@ fn stored_weights_match_the_interpreter() {
         }
         let f32_graph = graph(&source, &sets, Upto::All);
         let w = weights(&f32_graph, 5);
-        let storages = [
-            Storage::experts(WeightFormat::Q8_0),
-            Storage::experts(WeightFormat::Q4_0),
-            Storage::matmuls(WeightFormat::Bf16),
-            Storage::matmuls(WeightFormat::Q8_0),
-            Storage::matmuls(WeightFormat::Q4_0),
-        ];
-        for storage in storages {
+        for storage in Storage::all() {
             let mut g = f32_graph.clone();
             storage.apply(&mut g);
             let how = format!("{name} {storage:?}");

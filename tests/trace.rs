@@ -308,14 +308,7 @@ fn stored_weights_keep_most_routing_choices() {
         };
         let (logits, routed) = run(None);
         let k = routed.shape[2];
-        let storages = [
-            Storage::experts(WeightFormat::Q8_0),
-            Storage::experts(WeightFormat::Q4_0),
-            Storage::matmuls(WeightFormat::Bf16),
-            Storage::matmuls(WeightFormat::Q8_0),
-            Storage::matmuls(WeightFormat::Q4_0),
-        ];
-        for storage in storages {
+        for storage in Storage::all() {
             let (q_logits, q_routed) = run(Some(storage));
             let format = storage.format;
             let stored = match storage.scope {

@@ -57,6 +57,17 @@ impl Storage {
         }
     }
 
+    /// Every choice that changes something (the command line's formats but f32,
+    /// for the experts and for every matmul), in that order.
+    pub fn all() -> Vec<Storage> {
+        let formats = [WeightFormat::Bf16, WeightFormat::Q8_0, WeightFormat::Q4_0];
+        let experts = formats.map(Storage::experts);
+        experts
+            .into_iter()
+            .chain(formats.map(Storage::matmuls))
+            .collect()
+    }
+
     /// Records in `g.stored` that the matmuls this choice covers read their
     /// weights as `format` (f32: nothing to record).
     pub fn apply(&self, g: &mut Graph) {

@@ -240,6 +240,28 @@ struct Item {
     xt: usize,
 }
 
+impl Item {
+    /// The AVX-512 / AMX operands of this item: wide panels `panels` of its
+    /// expert, `rows` rows of prepared `x`, sums into `acc` (`ld` apart).
+    fn block<'a, X>(
+        &self,
+        panels: (usize, usize),
+        x: X,
+        rows: usize,
+        acc: &'a mut [f32],
+        ld: usize,
+    ) -> avx512::Block<'a, X> {
+        avx512::Block {
+            expert: self.seg.expert,
+            panels,
+            x,
+            rows,
+            acc,
+            ld,
+        }
+    }
+}
+
 /// How an item computes its sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum How {
@@ -499,46 +521,26 @@ fn wide_block(
     let (q0, q1) = (it.p0 / 2, it.p1.div_ceil(2));
     let (rows, ld) = (it.r1 - it.r0, (q1 - q0) * avx512::LANES);
     BLOCKS.with_borrow_mut(|(_, acc)| {
-        if it.how == How::Amx {
-            // Whole tiles of rows: the segment's padding rows are zeros.
-            let tiles = rows.next_multiple_of(avx512::amx::TILE_ROWS);
-            acc.resize(tiles * ld, 0.0);
-            let x = &prepared.bf16[it.xt * k..(it.xt + tiles) * k];
-            let b = avx512::Block {
-                expert: it.seg.expert,
-                panels: (q0, q1),
-                x,
-                rows: tiles,
-                acc,
-                ld,
-            };
-            avx512::amx_sums(shape, w, b);
+        // AMX takes whole tiles of rows: the segment's padding rows are zeros.
+        let amx = it.how == How::Amx;
+        let padded = if amx {
+            rows.next_multiple_of(avx512::amx::TILE_ROWS)
+        } else {
+            rows
+        };
+        acc.resize(padded * ld, 0.0);
+        let panels = (q0, q1);
+        if amx {
+            let x = &prepared.bf16[it.xt * k..(it.xt + padded) * k];
+            avx512::amx_sums(shape, w, it.block(panels, x, padded, acc, ld));
         } else if w.format().is_quantized() {
-            acc.resize(rows * ld, 0.0);
             let per_row = k.div_ceil(BLOCK);
             let x = &prepared.quant[it.xt * per_row..(it.xt + rows) * per_row];
-            let b = avx512::Block {
-                expert: it.seg.expert,
-                panels: (q0, q1),
-                x,
-                rows,
-                acc,
-                ld,
-            };
-            avx512::qsums(shape, w, b);
+            avx512::qsums(shape, w, it.block(panels, x, rows, acc, ld));
         } else {
-            acc.resize(rows * ld, 0.0);
             // `r0` is a multiple of `ROWS`, so the item's rows are whole tiles of its segment's.
             let x = &prepared.tiled[it.xt * k..(it.xt + rows) * k];
-            let b = avx512::Block {
-                expert: it.seg.expert,
-                panels: (q0, q1),
-                x,
-                rows,
-                acc,
-                ld,
-            };
-            avx512::sums(shape, w, b);
+            avx512::sums(shape, w, it.block(panels, x, rows, acc, ld));
         }
         then(&acc[..rows * ld], ld);
     })
