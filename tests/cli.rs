@@ -327,32 +327,20 @@ fn weight_formats_run_on_interp_and_cpu() {
     let mut args = vec!["run", "examples/mixtral.moe", "--random-weights", "1"];
     args.extend(["--tokens", "3", "--weight-format", "q8_0"]);
     args.extend(MIXTRAL_FIXTURE_DIMS);
-    let gpu = [args.clone(), vec!["--backend", "gpu"]].concat();
-    let err = assert_user_error(&moec(&gpu));
-    assert!(
-        err.contains("--weight-format") && err.contains("--backend cpu or interp"),
-        "{err}"
-    );
+    let with = |more: &[&'static str]| moec(&[args.clone(), more.to_vec()].concat());
+    let err = assert_user_error(&with(&["--backend", "gpu"]));
+    let gpu_refusal = err.contains("--weight-format") && err.contains("--backend cpu or interp");
+    assert!(gpu_refusal, "{err}");
     for backend in ["interp", "cpu"] {
-        let o = moec(&[args.clone(), vec!["--backend", backend]].concat());
+        let o = with(&["--backend", backend]);
         assert!(o.status.success(), "{backend}: {}", stderr(&o));
     }
-    let both = [
-        args.clone(),
-        vec!["--backend", "cpu", "--expert-format", "q4_0"],
-    ]
-    .concat();
-    let o = moec(&both);
+    let o = with(&["--backend", "cpu", "--expert-format", "q4_0"]);
     assert_eq!(o.status.code(), Some(2), "a usage error");
     assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
     let stats = |format: &str| {
-        let mut a = vec![
-            "graph",
-            "examples/mixtral.moe",
-            "--stats",
-            "--weight-format",
-            format,
-        ];
+        let mut a = vec!["graph", "examples/mixtral.moe", "--stats"];
+        a.extend(["--weight-format", format]);
         a.extend(MIXTRAL_FIXTURE_DIMS);
         let o = moec(&a);
         assert!(o.status.success(), "{}", stderr(&o));

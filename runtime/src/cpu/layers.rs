@@ -10,7 +10,7 @@
 //! interpreter's order of positions; rotary angles come from the same
 //! `interp::inv_freq`.
 
-use super::matmul::Workers;
+use super::workers::Workers;
 use moec_compiler::interp::inv_freq;
 use moec_compiler::interp::relative_bucket;
 use moec_compiler::ir::{AttentionAttrs, RopeAttrs};

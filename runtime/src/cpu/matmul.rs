@@ -27,6 +27,7 @@
 
 use super::avx512::{self, Wide};
 use super::jit::KernelFn;
+use super::workers::Workers;
 use moec_compiler::backend::clif::matmul::MR;
 use moec_compiler::backend::clif::pack::{position, PANEL};
 use moec_compiler::backend::clif::{MatmulShape, WeightDType};
@@ -52,9 +53,6 @@ pub const GEMM_ROWS_DEFAULT: usize = 6;
 /// prefill in one item, so its weights are read once (the tiles slice k so the
 /// rows' x stays in L2).
 const WIDE_ROWS: usize = 256;
-/// Rows from which a bf16 segment takes the AMX tiles (`MatmulIsa::Amx`): one
-/// activation tile; fewer rows stay on the exact AVX-512 tiles.
-const AMX_ROWS: usize = 16;
 /// Bytes of sums an AVX-512 item may hold (its rows × its panels' 64 bytes),
 /// so they stay in L2 beside the item's x slice.
 const WIDE_SUM_BYTES: usize = 256 << 10;
@@ -146,73 +144,6 @@ pub struct Packed {
     pub experts: usize,
     pub weights: Panels,
     pub bias: Option<Vec<f32>>,
-}
-
-/// The threads matmuls run on: the caller's and a pool of parked ones; and the
-/// gemm path's threshold.
-pub struct Workers {
-    /// The threads besides the caller's (`None`: the caller's alone).
-    pool: Option<rayon::ThreadPool>,
-    /// Threads in all, the caller's included.
-    threads: usize,
-    /// Segments of at least this many rows take the gemm path.
-    pub gemm_rows: usize,
-    /// Segments of at least this many rows with bf16 weights take the AMX path
-    /// (`usize::MAX`: never, the default).
-    pub amx_rows: usize,
-}
-
-impl Workers {
-    /// `threads` threads in all (at least one; the caller's alone when one, or
-    /// when the system refuses to start more).
-    pub fn new(threads: usize, gemm_rows: usize) -> Workers {
-        let pool = (threads > 1)
-            .then(|| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads - 1)
-                    .build()
-            })
-            .and_then(Result::ok);
-        let threads = if pool.is_some() { threads } else { 1 };
-        Workers {
-            pool,
-            threads,
-            gemm_rows,
-            amx_rows: usize::MAX,
-        }
-    }
-
-    /// Sends bf16 segments of at least [`AMX_ROWS`] rows to the AMX tiles when `amx`.
-    pub fn with_amx(mut self, amx: bool) -> Workers {
-        self.amx_rows = if amx { AMX_ROWS } else { usize::MAX };
-        self
-    }
-
-    /// Splits `out` into one run of whole `item`-long items per thread and calls
-    /// `f(first item, its run)` for each, the caller's thread taking one.
-    pub fn split_mut<T: Send>(
-        &self,
-        out: &mut [T],
-        item: usize,
-        f: impl Fn(usize, &mut [T]) + Sync,
-    ) {
-        let items = out.len() / item.max(1);
-        let per = items.div_ceil(self.threads).max(1);
-        match &self.pool {
-            Some(pool) if items > 1 => pool.in_place_scope(|scope| {
-                let mut runs = out.chunks_mut(per * item.max(1)).enumerate();
-                let first = runs.next();
-                for (i, run) in runs {
-                    let f = &f;
-                    scope.spawn(move |_| f(i * per, run));
-                }
-                if let Some((_, run)) = first {
-                    f(0, run);
-                }
-            }),
-            _ => f(0, out),
-        }
-    }
 }
 
 /// Rows `rows` that use expert `expert`: x rows from `x0`, output rows from `out0`,

@@ -35,6 +35,7 @@ mod matmul;
 mod program;
 mod rows;
 mod run;
+mod workers;
 mod workspace;
 
 pub use isa::MatmulIsa;
@@ -43,7 +44,7 @@ pub use jit::{host_isa, target, KernelFn};
 pub use matmul::GEMM_ROWS_DEFAULT;
 
 use avx512::Wide;
-use matmul::{Call, JitPanels, Packed, Panels, Segment, Workers};
+use matmul::{Call, JitPanels, Packed, Panels, Segment};
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16};
 use moec_compiler::backend::clif::{self, MatmulShape, WeightDType};
 use moec_compiler::interp;
@@ -56,6 +57,7 @@ use run::Reader;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use workers::Workers;
 
 /// A graph compiled for this CPU, with its weights prepared.
 pub struct CpuModel {
