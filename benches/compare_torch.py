@@ -284,10 +284,10 @@ def main():
     torch_ms = time_torch(block, tokens, args.repeats, args.warmup, args.seed)
     errs16 = None
     if has_bf16:  # the same check with bf16 weights, against the torch block on the rounded values
-        print("sanity: moec run --weight-dtype bf16 vs torch on bf16-rounded weights ...", flush=True)
+        print("sanity: moec run on the bf16 checkpoint vs torch on bf16-rounded weights ...", flush=True)
         rounded = {k: v.to(torch.bfloat16).float() for k, v in block.state_dict().items()}
         block.load_state_dict(rounded, strict=True)
-        errs16 = sanity(moec, block, data, rel_w16, args.check_tokens, args.seed, ("--weight-dtype", "bf16"))
+        errs16 = sanity(moec, block, data, rel_w16, args.check_tokens, args.seed)
         print(f"  max rel. error y {errs16['y']:.2e}, router_logits {errs16['router_logits']:.2e}")
     del block
 
@@ -304,7 +304,7 @@ def main():
 
     bf16 = None
     if has_bf16:
-        bf16_cmd = ["bench", SPEC, *SETS, "--weights", rel_w16, "--weight-dtype", "bf16", *common, "--no-dense"]
+        bf16_cmd = ["bench", SPEC, *SETS, "--weights", rel_w16, *common, "--no-dense"]  # a bf16 checkpoint stays bf16
         bf16 = rows_by(json_lines(sh([moec, *bf16_cmd])), "scheduled")
         cmds.append("moec " + " ".join(bf16_cmd))
     else:
@@ -361,7 +361,7 @@ def main():
         "input `[1, tokens, hidden]`; moec: one warm-up run, routing included in both).",
         f"- Sanity ({args.check_tokens} tokens, `moec run --backend cpu` vs torch): max rel. error "
         f"`y` {errs['y']:.1e}, `router_logits` {errs['router_logits']:.1e}"
-        + (f"; with bf16 weights (`--weight-dtype bf16`, torch on the same rounded weights) `y` {errs16['y']:.1e}, "
+        + (f"; with bf16 weights (a bf16 checkpoint, torch on the same rounded weights) `y` {errs16['y']:.1e}, "
            f"`router_logits` {errs16['router_logits']:.1e}." if errs16 else "."),
         "- Command: `" + script_cmd + "`, which ran:",
     ]
@@ -375,7 +375,7 @@ def main():
         "at a few tokens; % of read BW: of the measured memory read bandwidth. Weights repeatedly read in the same "
         "order may also partly stay in the last-level cache. GFLOP/s: `--stats` FLOPs per second. dense: moec's "
         "all-experts graph (`--passes none`). "
-        + ("bf16: moec with bf16 weights (`--weight-dtype bf16`)." if bf16 is not None else
+        + ("bf16: moec with bf16 weights (a bf16 checkpoint, kept bf16)." if bf16 is not None else
            "No bf16 column: this `moec bench` has no `--weight-dtype`."),
         "",
         f"## Top-1 of {SWITCH_EXPERTS}: scheduled vs dense",

@@ -42,7 +42,7 @@ fn paths() -> Vec<(MatmulIsa, usize)> {
 fn check(g: &Graph, w: &[Tensor], tokens: &[usize], what: &str) {
     for (isa, gemm_rows) in paths() {
         for threads in [1, 3] {
-            let model = CpuModel::for_isa(g, w, isa)
+            let model = CpuModel::for_isa(g, &w, isa)
                 .unwrap_or_else(|e| panic!("{what}: {e}"))
                 .with_threads(threads)
                 .with_gemm_rows(gemm_rows);

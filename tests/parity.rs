@@ -4,14 +4,17 @@
 //! from the fixture's config, and compared with transformers' outputs.
 
 use moec_compiler::interp;
-use moec_compiler::ir::Graph;
+use moec_compiler::ir::{Graph, WeightFormat};
 use moec_compiler::lower::lower_source;
+use moec_compiler::passes::{run_pipeline, Upto};
 use moec_compiler::tensor::Tensor;
 use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::io::read_tensors;
+use moec_runtime::session::{CpuOptions, Engine, Model};
 use moec_runtime::weights::{bind, WeightSource};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -171,7 +174,7 @@ fn cpu_backend_matches_transformers_on_bf16_weights() {
     );
     for (isa, gemm_rows) in paths {
         let o = check_case(&dir, &move |g, w, x| {
-            let model = CpuModel::for_isa(g, w, isa)
+            let model = CpuModel::for_isa(g, &w, isa)
                 .unwrap()
                 .with_gemm_rows(gemm_rows);
             model.run(x).unwrap()
@@ -182,6 +185,43 @@ fn cpu_backend_matches_transformers_on_bf16_weights() {
             isa.name(),
             o.y_error,
             o.logits_error
+        );
+    }
+}
+
+/// Opened as a model on the CPU (`Model::open`, the optimized graph), the bf16
+/// checkpoint's matmul weights stay bf16 (`Graph::stored`, also through the
+/// experts' stacking) and are read tensor by tensor as they are packed: still
+/// transformers' output, on every matmul path the host has.
+#[test]
+fn a_bf16_checkpoint_opens_as_bf16_on_the_cpu() {
+    let dir = root().join("tests/fixtures/mixtral_bf16");
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let mut g = lower_for_case(&case);
+    run_pipeline(&mut g, Upto::All, true).unwrap();
+    let matmuls =
+        g.g.node_indices()
+            .filter(|&n| g.node(n).op.matmul_attrs().is_some())
+            .count();
+    let inputs = read_tensors(&dir.join("input.safetensors")).unwrap();
+    let expected = read_tensors(&dir.join("expected.safetensors")).unwrap();
+    for isa in MatmulIsa::available() {
+        let engine = Engine::Cpu(CpuOptions {
+            threads: None,
+            isa: Some(isa),
+        });
+        let model = Model::open(g.clone(), &dir.join("weights.safetensors"), engine).unwrap();
+        let stored = &model.graph().stored;
+        assert_eq!(stored.len(), matmuls, "{}: matmuls kept bf16", isa.name());
+        assert!(stored.values().all(|f| *f == WeightFormat::Bf16));
+        let out = Rc::new(model).session(None).run(&inputs).unwrap();
+        let y = rel_error(&out["y"], &expected["y"]);
+        let logits = rel_error(&out["router_logits"], &expected["router_logits"]);
+        assert!(
+            y <= 1e-5 && logits <= 1e-5,
+            "{}: y {y:.1e}, router_logits {logits:.1e}",
+            isa.name()
         );
     }
 }

@@ -18,6 +18,12 @@
 //! - **narrow matrices**: fewer output columns than a quantization block (a
 //!   shared expert's one-column gate), whose bytes do not matter.
 //!
+//! [`keep_bf16`] records what a checkpoint already stores: a matmul whose weights
+//! are all a bf16 checkpoint's tensors (moved, stacked or sliced, never computed
+//! on) is stored as bf16 unless a choice above stored it otherwise, so it keeps
+//! the checkpoint's bytes (bf16 weights held as bf16 compute exactly what they
+//! would widened to f32).
+//!
 //! It does not choose anything about activations, embeddings (a gather reads one
 //! row per token) or the GPU backend, whose weights are f32 or f16.
 
@@ -25,6 +31,51 @@ use crate::ir::{Graph, NodeIndex, Op, WeightFormat};
 use crate::passes::memory::weight_only;
 use crate::passes::rewrite::users;
 use std::collections::HashSet;
+
+/// Stores as bf16 every matmul over weight-only values that has no stored format
+/// yet and whose weight operand is made only of weights `bf16` says the checkpoint
+/// holds as bf16, through ops that move values and compute nothing (stack,
+/// concatenation, column slices).
+pub fn keep_bf16(g: &mut Graph, bf16: impl Fn(usize) -> bool) {
+    let fixed = weight_only(g);
+    let exact = |root: NodeIndex| {
+        let mut stack = vec![root];
+        let mut seen = HashSet::new();
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            match g.node(n).op {
+                Op::Weight { id, .. } if bf16(id) => {}
+                Op::Stack
+                | Op::ConcatRows
+                | Op::ConcatCols { .. }
+                | Op::SliceCols { .. }
+                | Op::PassThrough => stack.extend(g.operands(n).iter().map(|v| v.node)),
+                _ => return false,
+            }
+        }
+        true
+    };
+    let kept: Vec<NodeIndex> =
+        g.g.node_indices()
+            .filter(|n| !g.stored.contains_key(n) && is_matmul(&g.node(*n).op))
+            .filter(|&n| {
+                g.operands(n)
+                    .get(1)
+                    .is_some_and(|w| fixed.contains(&w.node) && exact(w.node))
+            })
+            .collect();
+    g.stored
+        .extend(kept.into_iter().map(|n| (n, WeightFormat::Bf16)));
+}
+
+fn is_matmul(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Linear { .. } | Op::ExpertLinear { .. } | Op::GroupedLinear { .. }
+    )
+}
 
 /// Which matmuls a storage choice covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,11 +138,7 @@ impl Storage {
                     return false;
                 };
                 let shape = &g.value_type(w).shape;
-                let matmul = matches!(
-                    g.node(n).op,
-                    Op::Linear { .. } | Op::ExpertLinear { .. } | Op::GroupedLinear { .. }
-                );
-                matmul
+                is_matmul(&g.node(n).op)
                     && fixed.contains(&w.node)
                     && match self.scope {
                         Scope::Experts => shape.len() == 3,

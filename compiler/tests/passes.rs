@@ -9,7 +9,7 @@ use moec_compiler::ir::{Graph, Op, WeightFormat};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::memory::{plan, MemoryPlan};
 use moec_compiler::passes::{canonicalize, run_pipeline, Upto, PIPELINE};
-use moec_compiler::storage::Storage;
+use moec_compiler::storage::{self, Storage};
 use moec_compiler::{interp, print, stats, verify};
 use proptest::prelude::*;
 use std::path::PathBuf;
@@ -584,4 +584,62 @@ fn capacity_and_its_drop_rule_are_chosen_by_compile_time_ifs() {
         let text = print::text(&lower(&src(frac, prio), &[]));
         assert!(text.contains(want), "{frac} {prio}: {text}");
     }
+}
+
+/// A bf16 checkpoint's matmuls keep bf16 weights (`storage::keep_bf16`): every
+/// matmul whose weights are all bf16 tensors, also through the experts' stacking,
+/// but not one with an f32 tensor among its weights, nor one a storage choice
+/// already stored otherwise.
+#[test]
+fn a_bf16_checkpoint_keeps_its_matmuls_bf16() {
+    let src = "model m {
+      input x: f32[tokens, 64]
+      expert e(h: [n, 64]) -> [n, 64] { let up = linear(h, 64) return up }
+      router r(h: [n, 64]) { logits = linear(h, 4) scores = softmax(logits) select = topk(scores, 1) }
+      let a = linear(x, 64)
+      let y = moe(a, experts = 4 * e, router = r)
+      let z = linear(y, 32)
+      output z
+    }";
+    let stored_by_width = |experts: Option<WeightFormat>| {
+        let mut g = lower(src, &[]);
+        run_pipeline(&mut g, Upto::All, true).unwrap();
+        if let Some(f) = experts {
+            Storage::experts(f).apply(&mut g);
+        }
+        // The router's [4, 64] tensor is f32 in this checkpoint; the rest bf16.
+        let router: Vec<usize> = vec![4, 64];
+        let bf16: Vec<bool> = g.weights.iter().map(|w| w.shape != router).collect();
+        storage::keep_bf16(&mut g, |id| bf16[id]);
+        verify::verify(&g).unwrap();
+        let mut stored: Vec<(String, u64, WeightFormat)> = g
+            .stored
+            .iter()
+            .map(|(&n, &f)| {
+                let shape = g.value_type(g.operands(n)[1]).concrete_shape(1);
+                (
+                    g.node(n).op.name().to_string(),
+                    shape[shape.len() - 2] as u64,
+                    f,
+                )
+            })
+            .collect();
+        stored.sort_by_key(|(name, width, _)| (name.clone(), *width));
+        stored
+    };
+    let bf16 = WeightFormat::Bf16;
+    assert_eq!(
+        stored_by_width(None),
+        [
+            ("grouped_linear".to_string(), 64, bf16),
+            ("linear".to_string(), 32, bf16),
+            ("linear".to_string(), 64, bf16),
+        ],
+        "every matmul but the router"
+    );
+    assert_eq!(
+        stored_by_width(Some(WeightFormat::Q8_0))[0],
+        ("grouped_linear".to_string(), 64, WeightFormat::Q8_0),
+        "the experts stay as --expert-format stores them"
+    );
 }

@@ -23,10 +23,21 @@ pub struct ParseError {
     pub label: String,
 }
 
-/// Parses a whole `.moe` file.
-pub fn parse(source: &str) -> Result<Spec, ParseError> {
+/// The most rule calls one parse may make (pest's call limit): every spec this
+/// project ships takes a few hundred thousand; a grammar path that backtracks badly
+/// on some malformed text stops with an error instead of running for minutes.
+pub const STEP_LIMIT: usize = 20_000_000;
+
+/// The parser's process-wide settings, before every parse.
+fn configure_pest() {
     // Record the literal tokens tried at the failure point too (`}`, `)`, `=`), not only rules.
     pest::set_error_detail(true);
+    pest::set_call_limit(std::num::NonZeroUsize::new(STEP_LIMIT));
+}
+
+/// Parses a whole `.moe` file.
+pub fn parse(source: &str) -> Result<Spec, ParseError> {
+    configure_pest();
     let mut pairs = MoeParser::parse(Rule::spec, source).map_err(|e| syntax_error(source, e))?;
     let spec = pairs.next().expect("the spec rule always yields one pair");
     let model = spec.into_inner().next().expect("a spec holds a model");
@@ -35,7 +46,7 @@ pub fn parse(source: &str) -> Result<Spec, ParseError> {
 
 /// Parses one expression, such as a `--set` value written in spec syntax (`[1, 2]`).
 pub fn parse_expr(source: &str) -> Result<Expr, ParseError> {
-    pest::set_error_detail(true);
+    configure_pest();
     let mut pairs =
         MoeParser::parse(Rule::expr_text, source).map_err(|e| syntax_error(source, e))?;
     let text = pairs

@@ -57,3 +57,33 @@ fn absurd_nesting_is_an_error_not_a_crash() {
     let long = format!("model m {{ param a = 1{} }}", " + 1".repeat(100_000));
     assert!(moec_grammar::parse(&long).is_err());
 }
+
+/// Calls to names that start with `if` (`ifx(...)`), nested and left unclosed, are
+/// parsed once per level, not twice (as `if` then a condition, and again as a call:
+/// a spec the fuzzer found took 40 s at a few dozen levels): the error is the
+/// ordinary syntax error, well inside the parser's step limit.
+#[test]
+fn names_starting_with_if_do_not_make_parsing_exponential() {
+    let source = format!("model m {{ param a = {}x, }}", "ifx(".repeat(40));
+    let e = moec_grammar::parse(&source).unwrap_err();
+    assert!(
+        e.message.starts_with("expected"),
+        "{}: {}",
+        e.message,
+        e.label
+    );
+}
+
+/// A parse that would take more than the parser's step limit stops with a located
+/// error that says so (here a list of three million numbers, not a slow path).
+#[test]
+fn the_parser_step_limit_is_a_located_error() {
+    let source = format!("model m {{ param a = [{}1] }}", "1, ".repeat(3_000_000));
+    let e = moec_grammar::parse(&source).unwrap_err();
+    assert!(
+        e.message.contains("too deeply nested or too long"),
+        "{}",
+        e.message
+    );
+    assert!(e.span.end <= source.len());
+}

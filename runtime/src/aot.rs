@@ -22,7 +22,8 @@
 use crate::cpu::{CpuModel, KernelFn};
 use crate::generate::command::{self, Request};
 use crate::io::{read_tensors, write_tensors};
-use crate::session::{load_weights, CpuOptions, Engine, Model};
+use crate::session::{open_checkpoint, CpuOptions, Engine, Model};
+use crate::weights::check;
 use moec_compiler::backend::clif::{self, Program};
 use moec_compiler::ir::{Graph, NodeIndex};
 use moec_compiler::passes;
@@ -247,12 +248,14 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
     });
     // Loads the weights (memory checked first) and prepares the linked kernels.
     let open = |g: &Graph, weights: &Path| -> Result<Model, String> {
-        let bound = load_weights(g, weights, engine, None).map_err(|e| e.to_string())?;
+        // Read tensor by tensor as the kernels' panels are packed.
+        let source = open_checkpoint(g, weights, engine, None).map_err(|e| e.to_string())?;
+        let checked = check(&g.weights, &source).map_err(|e| e.to_string())?;
         // SAFETY: `Artifact::load` checked that every matmul node maps to a kernel
         // whose table entries are named after its shape's functions, and `moec build`
         // emitted the table and the names from the same `Program`, in the same order.
         // `passes::last_token` keeps node indices, so `kernel_of` holds for its graph too.
-        let cpu = unsafe { CpuModel::linked(g, &bound, kernel_of.clone(), code) }?;
+        let cpu = unsafe { CpuModel::linked(g, &checked, kernel_of.clone(), code) }?;
         let cpu = match opts.threads {
             Some(t) => cpu.with_threads(t),
             None => cpu,

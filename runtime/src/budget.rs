@@ -67,14 +67,38 @@ fn stored_bytes(g: &Graph) -> (u64, u64) {
     (f32s, stored)
 }
 
+/// The most f32 bytes loading holds at once beyond what it keeps (`cpu/load.rs`): the
+/// largest matmul weight value built from the checkpoint's tensors, twice (the tensors read
+/// and the value made of them, or the value and its rounding).
+fn load_transient(g: &Graph) -> u64 {
+    let fixed = memory::weight_only(g);
+    g.g.node_indices()
+        .filter_map(|n| {
+            let op = &g.node(n).op;
+            op.matmul_attrs()?;
+            let w = *g.operands(n).get(1)?;
+            fixed.contains(&w.node).then(|| {
+                let t = g.value_type(w);
+                t.concrete_shape(0)
+                    .iter()
+                    .fold(4u64, |b, &d| b.saturating_mul(d as u64))
+            })
+        })
+        .max()
+        .unwrap_or(0)
+        .saturating_mul(2)
+}
+
 impl MemoryNeeds {
     /// What `g` needs on `engine` for calls of at most `tokens` tokens and caches of
-    /// `positions` positions. Weights are held as f32 (widened from f16/bf16); the
-    /// CPU engine also packs each matmul's weights into its kernel's panels, which
-    /// is counted as a second copy (the matmul weights `Graph::stored` names at
-    /// that format's bytes: `--expert-format`, `--weight-format`). On the GPU engine only the weights are on the
-    /// host (to upload them); its caches and activations are device memory. Sizes that overflow 64 bits saturate, so a
-    /// hostile size is refused like any other that does not fit.
+    /// `positions` positions, its weights read from a checkpoint. The interpreter
+    /// holds every weight as f32 (widened from f16/bf16); the GPU engine holds them on
+    /// the host to upload them, and its caches and activations are device memory. The
+    /// CPU engine reads a checkpoint matmul by matmul into each kernel's panels, so it
+    /// holds the packed weights (f32, or the format `Graph::stored` names: a bf16
+    /// checkpoint's, `--expert-format`, `--weight-format`), the other weights in f32,
+    /// and while loading one matmul's f32 values twice over. Sizes that overflow 64
+    /// bits saturate, so a hostile size is refused like any other that does not fit.
     pub fn of(g: &Graph, engine: Engine, tokens: usize, positions: usize) -> MemoryNeeds {
         let f32_bytes = g
             .weights
@@ -85,11 +109,14 @@ impl MemoryNeeds {
                     .fold(4u64, |b, &d| b.saturating_mul(d as u64))
             })
             .fold(0u64, u64::saturating_add);
-        let packed = match engine {
-            Engine::Interp | Engine::Gpu(_) => 0,
+        let weights = match engine {
+            Engine::Interp | Engine::Gpu(_) => f32_bytes,
             Engine::Cpu(_) => {
                 let (stacked, stored) = stored_bytes(g);
-                f32_bytes.saturating_sub(stacked).saturating_add(stored)
+                f32_bytes
+                    .saturating_sub(stacked)
+                    .saturating_add(stored)
+                    .saturating_add(load_transient(g))
             }
         };
         // The GPU backend keeps its caches and activations on the device.
@@ -106,7 +133,7 @@ impl MemoryNeeds {
             0
         };
         MemoryNeeds {
-            weights: f32_bytes.saturating_add(packed),
+            weights,
             caches,
             activations,
         }
@@ -320,13 +347,15 @@ mod tests {
             MemoryNeeds::of(&g, Engine::Interp, 1, 0).weights,
             f32_weights
         );
-        assert_eq!(stored(None), 2 * f32_weights);
+        // Loading holds one expert matrix's stacked f32 values twice at most.
+        let transient = 2 * (2 * 64 * 32 * 4);
+        assert_eq!(stored(None), f32_weights + transient);
         // q4_0 packs each 32 values in 18 bytes: 2 experts × (64 + 2·32) blocks.
         let q4 = stored(Some(Storage::experts(WeightFormat::Q4_0)));
-        assert_eq!(q4, f32_weights + router + 2 * (64 + 2 * 32) * 18);
+        assert_eq!(q4, router + 2 * (64 + 2 * 32) * 18 + transient);
         // bf16 for every matmul but the router: 2 bytes a value.
         let bf16 = stored(Some(Storage::matmuls(WeightFormat::Bf16)));
-        assert_eq!(bf16, f32_weights + router + experts / 2);
+        assert_eq!(bf16, router + experts / 2 + transient);
     }
 
     #[test]

@@ -4,20 +4,47 @@
 //! - biases (keys ending in `bias`: `.bias`, `selection_bias`): uniform in ±0.1;
 //! - other vectors and scalars (norm weights): 1 + uniform in ±0.1.
 //!
+//! `RandomWeights` makes them one at a time when asked for (a `WeightSet`), so the CPU
+//! backend packs a large random model without holding it all in f32.
+//!
 //! Inputs (`random_inputs`) are uniform in ±1 (token ids: over the vocabulary), keyed by the
 //! input's name.
 
 use moec_compiler::ir::weight::WeightDecl;
 use moec_compiler::ir::{DType, Graph, NodeIndex, Op, Syms};
 use moec_compiler::passes::rewrite::users;
+use moec_compiler::quant::{dequantize, WeightFormat};
 use moec_compiler::tensor::Tensor;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::rng::SplitMix64;
+use crate::weights::WeightSet;
 
 /// One f32 tensor per decl, in order, of the decl's shape.
 pub fn random_weights(decls: &[WeightDecl], seed: u64) -> Vec<Tensor> {
     decls.iter().map(|decl| random_weight(decl, seed)).collect()
+}
+
+/// The weights [`random_weights`] makes, each made when asked for, with every value as
+/// `format` stores it (`--weight-dtype`: f32 keeps them).
+pub struct RandomWeights<'d> {
+    pub decls: &'d [WeightDecl],
+    pub seed: u64,
+    pub format: WeightFormat,
+}
+
+impl WeightSet for RandomWeights<'_> {
+    fn count(&self) -> usize {
+        self.decls.len()
+    }
+
+    fn tensor(&self, id: usize) -> Cow<'_, Tensor> {
+        Cow::Owned(dequantize(
+            self.format,
+            random_weight(&self.decls[id], self.seed),
+        ))
+    }
 }
 
 fn random_weight(decl: &WeightDecl, seed: u64) -> Tensor {

@@ -22,12 +22,14 @@ use crate::budget::{MemoryLimit, MemoryNeeds};
 use crate::cpu::{CpuModel, MatmulIsa};
 use crate::generate::{BoxError, Decoder};
 use crate::gpu::{GpuCaches, GpuModel, GpuOptions};
-use crate::weights::{bind, WeightSource};
+use crate::weights::{
+    bind, check, keep_checkpoint_bf16, Subset, WeightErrors, WeightSet, WeightSource,
+};
 use moec_compiler::interp::{self, Comm, SingleRank, State};
 use moec_compiler::ir::{DType, Graph, Op};
 use moec_compiler::passes;
 use moec_compiler::tensor::{Tensor, TensorData};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::rc::Rc;
@@ -136,9 +138,12 @@ pub struct Model {
 
 impl Model {
     /// Opens `graph` on the checkpoint at `weights` (a directory, a safetensors
-    /// file or a sharded index): checks first that the weights, the KV caches at
-    /// the position limit and the activations fit in the memory available, then
-    /// binds the weights and prepares them for `engine`.
+    /// file or a sharded index): checks first that every tensor the graph reads is
+    /// there (file headers only) and that the weights, the KV caches at the position
+    /// limit and the activations fit in the memory available, then prepares the
+    /// weights for `engine`. On the CPU a bf16 checkpoint's matmul weights stay bf16
+    /// (`storage::keep_bf16`) and tensors are read one matmul at a time as they are
+    /// packed, so the model is never held in f32 as a whole.
     pub fn open(graph: Graph, weights: &Path, engine: Engine) -> Result<Model, SessionError> {
         Model::open_within(graph, weights, engine, None)
     }
@@ -151,22 +156,29 @@ impl Model {
         engine: Engine,
         max_memory: Option<u64>,
     ) -> Result<Model, SessionError> {
-        let bound = load_weights(&graph, weights, engine, max_memory)?;
-        Model::new(graph, bound, engine)
+        Model::open_ranked(graph, weights, engine, max_memory, Arc::new(SingleRank))
     }
 
     /// [`Model::open_within`] as one rank of a multi-process run: `graph` is this rank's
     /// partition (`passes::partition`), so only its experts' weights are read, and its
     /// collectives exchange through `comm`.
     pub fn open_ranked(
-        graph: Graph,
+        mut graph: Graph,
         weights: &Path,
         engine: Engine,
         max_memory: Option<u64>,
         comm: Arc<dyn Comm>,
     ) -> Result<Model, SessionError> {
-        let bound = load_weights(&graph, weights, engine, max_memory)?;
-        Model::with_comm(graph, bound, engine, comm)
+        let weights_error = |e: WeightErrors| SessionError::Weights(e.to_string());
+        let source =
+            WeightSource::open(weights).map_err(|e| SessionError::Weights(e.to_string()))?;
+        if matches!(engine, Engine::Cpu(_)) {
+            keep_checkpoint_bf16(&mut graph, &source).map_err(weights_error)?;
+        }
+        check_memory(&graph, engine, max_memory)?;
+        let decls = graph.weights.clone();
+        let checked = check(&decls, &source).map_err(weights_error)?;
+        Model::prepare(graph, &checked, engine, comm)
     }
 
     /// A model on CPU code prepared elsewhere (kernels linked ahead of time).
@@ -195,6 +207,25 @@ impl Model {
         comm: Arc<dyn Comm>,
     ) -> Result<Model, SessionError> {
         interp::check_weights(&graph, &weights).map_err(SessionError::Input)?;
+        Model::prepare(graph, &weights, engine, comm)
+    }
+
+    /// Prepares `graph` with `weights` (one per decl) for `engine`, taking them one at
+    /// a time where the engine can (the CPU backend packs matmul by matmul).
+    pub fn with_weights(
+        graph: Graph,
+        weights: &dyn WeightSet,
+        engine: Engine,
+    ) -> Result<Model, SessionError> {
+        Model::prepare(graph, weights, engine, Arc::new(SingleRank))
+    }
+
+    fn prepare(
+        graph: Graph,
+        weights: &dyn WeightSet,
+        engine: Engine,
+        comm: Arc<dyn Comm>,
+    ) -> Result<Model, SessionError> {
         let Some(stages) = passes::stages::split(&graph).map_err(SessionError::Backend)? else {
             return Ok(Model {
                 main: Program::new(graph.clone(), weights, engine, &comm)?,
@@ -207,26 +238,19 @@ impl Model {
             .source_input()
             .ok_or_else(|| SessionError::Backend("the encoder reads no i32 source input".into()))?
             .to_string();
-        // Each stage takes its weights; one both read (a shared embedding) is copied.
-        let shared: HashSet<usize> = stages.decoder_weights.iter().copied().collect();
-        let mut weights: Vec<Option<Tensor>> = weights.into_iter().map(Some).collect();
-        let mut take = |ids: &[usize], copy: &HashSet<usize>| {
-            ids.iter()
-                .map(|&i| match copy.contains(&i) {
-                    true => weights[i].clone(),
-                    false => weights[i].take(),
-                })
-                .collect::<Option<Vec<Tensor>>>()
-                .ok_or_else(|| {
-                    SessionError::Backend("internal error: a weight in two stages".into())
-                })
+        // Each stage reads its own weights (a shared embedding: both).
+        let encoder_weights = Subset {
+            all: weights,
+            ids: &stages.encoder_weights,
         };
-        let encoder_weights = take(&stages.encoder_weights, &shared)?;
-        let decoder_weights = take(&stages.decoder_weights, &HashSet::new())?;
+        let decoder_weights = Subset {
+            all: weights,
+            ids: &stages.decoder_weights,
+        };
         Ok(Model {
-            main: Program::new(stages.decoder, decoder_weights, engine, &comm)?,
+            main: Program::new(stages.decoder, &decoder_weights, engine, &comm)?,
             encoder: Some(Encoder {
-                program: Program::new(stages.encoder, encoder_weights, engine, &comm)?,
+                program: Program::new(stages.encoder, &encoder_weights, engine, &comm)?,
                 source_input,
                 carried: stages.carried,
             }),
@@ -267,18 +291,18 @@ impl Model {
 }
 
 impl Program {
-    /// Prepares `graph` with its bound `weights` for `engine`.
+    /// Prepares `graph` with its `weights` for `engine`.
     fn new(
         graph: Graph,
-        weights: Vec<Tensor>,
+        weights: &dyn WeightSet,
         engine: Engine,
         comm: &Arc<dyn Comm>,
     ) -> Result<Program, SessionError> {
         let prepared = match engine {
-            Engine::Interp => Prepared::Interp(weights),
+            Engine::Interp => Prepared::Interp(weights.tensors().into_owned()),
             Engine::Cpu(o) => {
                 let isa = o.isa.unwrap_or_else(MatmulIsa::host);
-                let m = CpuModel::for_isa(&graph, &weights, isa).map_err(SessionError::Backend)?;
+                let m = CpuModel::for_isa(&graph, weights, isa).map_err(SessionError::Backend)?;
                 let m = m.with_comm(comm.clone());
                 Prepared::Cpu(Box::new(match o.threads {
                     Some(t) => m.with_threads(t),
@@ -286,7 +310,8 @@ impl Program {
                 }))
             }
             Engine::Gpu(options) => Prepared::Gpu(Box::new(
-                GpuModel::new(&graph, &weights, options).map_err(SessionError::Backend)?,
+                GpuModel::new(&graph, &weights.tensors(), options)
+                    .map_err(SessionError::Backend)?,
             )),
         };
         Ok(Program { graph, prepared })
@@ -332,22 +357,45 @@ impl Program {
 }
 
 /// The weights of `graph` from the checkpoint at `weights` (a directory, a
-/// safetensors file or a sharded index), after checking that they, the KV caches
-/// at the position limit and the activations fit in the memory available (and
-/// in `max_memory` bytes, when given).
+/// safetensors file or a sharded index), all read as f32, after checking that they,
+/// the KV caches at the position limit and the activations fit in the memory
+/// available (and in `max_memory` bytes, when given).
 pub fn load_weights(
     graph: &Graph,
     weights: &Path,
     engine: Engine,
     max_memory: Option<u64>,
 ) -> Result<Vec<Tensor>, SessionError> {
+    let source = open_checkpoint(graph, weights, engine, max_memory)?;
+    bind(&graph.weights, &source).map_err(|e| SessionError::Weights(e.to_string()))
+}
+
+/// The checkpoint at `weights` opened for `graph` (nothing read yet: `weights::check`
+/// then reads tensor by tensor), after checking that `graph` fits in the memory
+/// available (and in `max_memory` bytes, when given) on `engine`.
+pub fn open_checkpoint(
+    graph: &Graph,
+    weights: &Path,
+    engine: Engine,
+    max_memory: Option<u64>,
+) -> Result<WeightSource, SessionError> {
+    check_memory(graph, engine, max_memory)?;
+    WeightSource::open(weights).map_err(|e| SessionError::Weights(e.to_string()))
+}
+
+/// Refuses `graph` on `engine` when its weights, KV caches at the position limit and
+/// activations do not fit in the memory available (or in `max_memory` bytes).
+fn check_memory(
+    graph: &Graph,
+    engine: Engine,
+    max_memory: Option<u64>,
+) -> Result<(), SessionError> {
     let positions = graph.max_positions.unwrap_or(0) as usize;
     let needs = MemoryNeeds::of(graph, engine, positions.max(1), positions);
-    if let Some(limit) = MemoryLimit::new(max_memory) {
-        needs.check_within(limit).map_err(SessionError::Memory)?;
+    match MemoryLimit::new(max_memory) {
+        Some(limit) => needs.check_within(limit).map_err(SessionError::Memory),
+        None => Ok(()),
     }
-    let source = WeightSource::open(weights).map_err(|e| SessionError::Weights(e.to_string()))?;
-    bind(&graph.weights, &source).map_err(|e| SessionError::Weights(e.to_string()))
 }
 
 /// One sequence on a model: its KV caches and how many positions they hold.

@@ -13,12 +13,13 @@ use super::{Backend, Passes, SpecArgs};
 use moec_compiler::ir::Graph;
 use moec_compiler::quant::WeightFormat;
 use moec_compiler::stats::stats;
+use moec_compiler::storage;
 use moec_compiler::tensor::Tensor;
 use moec_runtime::budget::MemoryNeeds;
 use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::gpu::GpuModel;
-use moec_runtime::random::{random_inputs, random_weights};
-use moec_runtime::weights::{bind, WeightSource};
+use moec_runtime::random::{random_inputs, RandomWeights};
+use moec_runtime::weights::{check, keep_checkpoint_bf16, WeightSet, WeightSource};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -59,8 +60,9 @@ pub struct Args {
     /// Also measure the memory read bandwidth (all cores, a 1 GiB buffer).
     #[arg(long)]
     bandwidth: bool,
-    /// Round the random weights to this dtype: bf16 makes the cpu backend stream bf16 panels.
-    #[arg(long, value_parser = super::formats(&["f32", "f16", "bf16", "q8_0", "q4_0"]), default_value = "f32")]
+    /// Round the random weights to this dtype: bf16 makes the cpu backend stream bf16 panels
+    /// (a checkpoint's weights are used as it stores them: a bf16 one's stay bf16).
+    #[arg(long, value_parser = super::formats(&["f32", "f16", "bf16", "q8_0", "q4_0"]), default_value = "f32", conflicts_with = "weights")]
     weight_dtype: WeightFormat,
     /// gpu backend: store matmul weights as f16 (rounded; needs the adapter's `shader-f16`).
     #[arg(long)]
@@ -144,16 +146,34 @@ pub fn main(args: Args) -> Result<(), String> {
         args.cpu
             .storage
             .apply(&mut g, matches!(args.backend, Backend::Gpu))?;
-        let weights = match &source {
-            Some(source) => bind(&g.weights, source).map_err(|e| e.to_string())?,
-            None => random_weights(&g.weights, args.seed),
+        if matches!(args.backend, Backend::Cpu) {
+            // What the kernels pack, and what the GB/s below count: bf16 stays bf16.
+            match &source {
+                Some(source) => keep_checkpoint_bf16(&mut g, source).map_err(|e| e.to_string())?,
+                None if args.weight_dtype == WeightFormat::Bf16 => {
+                    storage::keep_bf16(&mut g, |_| true)
+                }
+                None => {}
+            }
+        }
+        let checked;
+        let random = RandomWeights {
+            decls: &g.weights,
+            seed: args.seed,
+            format: args.weight_dtype,
         };
-        let weights = super::round_weights(args.weight_dtype, weights);
+        let weights: &dyn WeightSet = match &source {
+            Some(source) => {
+                checked = check(&g.weights, source).map_err(|e| e.to_string())?;
+                &checked
+            }
+            None => &random,
+        };
         let runner = match args.backend {
-            Backend::Interp => Runner::Interp(Box::new(g.clone()), weights),
+            Backend::Interp => Runner::Interp(Box::new(g.clone()), weights.tensors().into_owned()),
             Backend::Cpu => {
                 let isa = cpu.isa.unwrap_or_else(MatmulIsa::host);
-                let mut model = CpuModel::for_isa(&g, &weights, isa)?;
+                let mut model = CpuModel::for_isa(&g, weights, isa)?;
                 if let Some(n) = args.threads {
                     model = model.with_threads(n);
                 }
@@ -163,7 +183,7 @@ pub fn main(args: Args) -> Result<(), String> {
                 Runner::Cpu(Box::new(model))
             }
             Backend::Gpu => {
-                let model = GpuModel::new(&g, &weights, gpu_options)?;
+                let model = GpuModel::new(&g, &weights.tensors(), gpu_options)?;
                 eprintln!("gpu: {}", model.adapter());
                 Runner::Gpu(Box::new(model))
             }

@@ -17,9 +17,8 @@ use clap::{Args as ClapArgs, ValueEnum};
 use moec_compiler::driver::{Compiled, Compiler};
 use moec_compiler::lower::{Limit, Limits, ParamSource};
 use moec_compiler::passes::{self, Upto};
-use moec_compiler::quant::{dequantize, WeightFormat};
+use moec_compiler::quant::WeightFormat;
 use moec_compiler::storage::Storage;
-use moec_compiler::tensor::Tensor;
 use moec_runtime::budget::{parse_bytes, MemoryLimit, MemoryNeeds};
 use moec_runtime::session::{CpuOptions, Engine};
 use std::path::{Path, PathBuf};
@@ -54,11 +53,6 @@ pub fn formats(
 ) -> impl clap::builder::TypedValueParser<Value = WeightFormat> {
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new(allowed).try_map(|s| s.parse::<WeightFormat>())
-}
-
-/// `--weight-dtype` (`run` and `bench` with random weights): each value as `format` stores it.
-pub fn round_weights(format: WeightFormat, weights: Vec<Tensor>) -> Vec<Tensor> {
-    weights.into_iter().map(|w| dequantize(format, w)).collect()
 }
 
 /// Which matmul weights are stored in another format than they were loaded in

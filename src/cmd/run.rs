@@ -13,14 +13,15 @@ use moec_compiler::diagnostic::Diagnostic;
 use moec_compiler::interp::{self, token_count, Comm, SingleRank, State};
 use moec_compiler::ir::{Graph, Op};
 use moec_compiler::quant::WeightFormat;
+use moec_compiler::storage;
 use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
 use moec_runtime::budget::MemoryNeeds;
 use moec_runtime::cpu::{CpuModel, MatmulIsa};
 use moec_runtime::gpu::GpuModel;
 use moec_runtime::io::{read_tensors, write_tensors};
-use moec_runtime::random::{random_inputs, random_weights};
+use moec_runtime::random::{random_inputs, RandomWeights};
 use moec_runtime::session::{Engine, Model};
-use moec_runtime::weights::{bind, WeightSource};
+use moec_runtime::weights::{check, keep_checkpoint_bf16, WeightErrors, WeightSet, WeightSource};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -96,6 +97,19 @@ fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
     };
     let gpu = matches!(args.backend, Backend::Gpu);
     args.cpu.storage.apply(&mut g, gpu)?;
+    let explain = |e: WeightErrors| super::explain_weights_error(e.to_string(), &compiled);
+    let source = match &args.weights {
+        Some(path) => Some(WeightSource::open(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if matches!(args.backend, Backend::Cpu) {
+        // What the kernels pack: bf16 stays bf16.
+        match &source {
+            Some(source) => keep_checkpoint_bf16(&mut g, source).map_err(explain)?,
+            None if args.weight_dtype == WeightFormat::Bf16 => storage::keep_bf16(&mut g, |_| true),
+            None => {}
+        }
+    }
     let g = &g;
     let spec_file = args.spec.spec.display().to_string();
     let inputs = match &args.input {
@@ -132,15 +146,20 @@ fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
     // Nothing large is allocated before the plan is known to fit.
     args.memory
         .check(&MemoryNeeds::of(g, args.backend.engine(cpu), tokens, 0))?;
-    let weights = match (&args.weights, args.random_weights) {
-        (Some(path), _) => {
-            let source = WeightSource::open(path).map_err(|e| e.to_string())?;
-            bind(&g.weights, &source)
-                .map_err(|e| super::explain_weights_error(e.to_string(), &compiled))?
+    // Weights are read (or made) as the backend takes them: the cpu backend one matmul at a time.
+    let (checked, random);
+    let weights: &dyn WeightSet = match (&source, args.random_weights) {
+        (Some(source), _) => {
+            checked = check(&g.weights, source).map_err(explain)?;
+            &checked
         }
         (None, Some(seed)) => {
-            let random = random_weights(&g.weights, seed);
-            super::round_weights(args.weight_dtype, random)
+            random = RandomWeights {
+                decls: &g.weights,
+                seed,
+                format: args.weight_dtype,
+            };
+            &random
         }
         (None, None) => {
             return Err("no weights: give --weights FILE or --random-weights SEED".into())
@@ -157,16 +176,19 @@ fn run(args: &Args, world: Option<&super::ranks::World>) -> Result<(), String> {
                 Backend::Gpu => Engine::Gpu(gpu_options),
                 _ => Engine::Cpu(cpu),
             };
-            Model::new(g.clone(), weights, engine)
+            Model::with_weights(g.clone(), weights, engine)
                 .and_then(|m| Rc::new(m).session(None).run(&inputs))
                 .map_err(|e| e.to_string())
         }
-        Backend::Interp => interp::run_with_comm(g, &weights, &inputs, &mut State::new(g), &*comm),
+        Backend::Interp => {
+            let weights = weights.tensors();
+            interp::run_with_comm(g, &weights, &inputs, &mut State::new(g), &*comm)
+        }
         Backend::Cpu => {
             let isa = cpu.isa.unwrap_or_else(MatmulIsa::host);
-            CpuModel::for_isa(g, &weights, isa).and_then(|m| m.with_comm(comm).run(&inputs))
+            CpuModel::for_isa(g, weights, isa).and_then(|m| m.with_comm(comm).run(&inputs))
         }
-        Backend::Gpu => GpuModel::new(g, &weights, gpu_options).and_then(|m| {
+        Backend::Gpu => GpuModel::new(g, &weights.tensors(), gpu_options).and_then(|m| {
             eprintln!("gpu: {}", m.adapter());
             for w in m.warnings() {
                 eprintln!("{}", w.render(&spec_file, "").trim_end());

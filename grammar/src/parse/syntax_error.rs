@@ -61,6 +61,14 @@ pub(super) fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> Parse
                 )
             }
         }
+        // The parser's step budget (`parse::STEP_LIMIT`) or its stack guard ran out.
+        ErrorVariant::CustomError { message } if message.ends_with("limit reached") => (
+            format!(
+                "the spec is too deeply nested or too long to parse (the parser stopped after {} steps here)",
+                super::STEP_LIMIT
+            ),
+            "the parser stopped here".to_string(),
+        ),
         ErrorVariant::CustomError { message } => (message.clone(), message),
     };
     ParseError {
@@ -143,7 +151,7 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::let_stmt => "`let`",
         Rule::assign => "an assignment",
         Rule::output => "`output`",
-        Rule::if_stmt => "`if`",
+        Rule::if_stmt | Rule::if_word => "`if`",
         Rule::block => "`{`",
         Rule::return_stmt => "`return`",
         Rule::dtype => "a dtype (f32, f16, bf16 or i32)",

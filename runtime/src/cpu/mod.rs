@@ -1,15 +1,17 @@
 //! The CPU backend: the scheduled graph's matmuls JIT-compiled with Cranelift,
 //! everything else run by the interpreter's own op code, all in one process.
 //!
-//! Loading ([`CpuModel::new`]): weight-only values (stacked and concatenated
-//! expert weights) are computed once; the kernels of `backend::clif::lower_with`
-//! are JIT-compiled for the host (FMA when it has it), with bf16 weight panels
-//! for every matmul whose weights are all bf16 values (a bf16 checkpoint, `as
-//! bf16`, or `--weight-dtype bf16`: lossless, so the results are those of f32
-//! panels) and f32 ones otherwise, unless a `Storage` (`--weight-format`,
-//! `--expert-format`) stores them as bf16, q8_0 or q4_0; every matmul's weights and biases are packed
-//! once into the kernel's panel layout; only the weight-only values that a run
-//! still reads are kept.
+//! Loading ([`CpuModel::new`], `load.rs`): weight-only values (stacked and
+//! concatenated expert weights) are computed in order and every matmul's weights
+//! and biases packed once into its kernel's panel layout as soon as they are
+//! ready, each value dropped once nothing needs it (weights come from a
+//! `WeightSet`: a checkpoint's are read one at a time, so the model is never all
+//! in f32); bf16 panels for every matmul whose weights are all bf16 values (a
+//! bf16 checkpoint, `as bf16`, or `--weight-dtype bf16`: lossless, so the
+//! results are those of f32 panels) and f32 ones otherwise, unless
+//! `Graph::stored` (`--weight-format`, `--expert-format`) stores them as bf16,
+//! q8_0 or q4_0. Then the kernels of `backend::clif::lower_with` are
+//! JIT-compiled for the host (FMA when it has it) for the shapes decided.
 //!
 //! Running ([`CpuModel::run`], `run.rs`): the steps `program.rs` laid out at
 //! load time, in order, every computed value in one activation arena planned by
@@ -31,6 +33,7 @@ mod avx512;
 mod isa;
 mod jit;
 mod layers;
+mod load;
 mod matmul;
 mod program;
 mod rows;
@@ -43,19 +46,18 @@ pub use jit::{host_isa, target, KernelFn};
 
 pub use matmul::GEMM_ROWS_DEFAULT;
 
+use crate::weights::WeightSet;
 use avx512::Wide;
 use matmul::{Call, JitPanels, Packed, Panels, Segment};
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16};
 use moec_compiler::backend::clif::{self, MatmulShape, WeightDType};
 use moec_compiler::interp;
-use moec_compiler::ir::{Graph, NodeIndex, Op, Value};
-use moec_compiler::passes::memory::weight_only;
+use moec_compiler::ir::{Graph, NodeIndex, Op};
 use moec_compiler::quant::{dequantize, WeightFormat};
 use moec_compiler::tensor::Tensor;
 use program::{Program, Step};
 use run::Reader;
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use workers::Workers;
 
@@ -87,7 +89,7 @@ pub struct CpuModel {
 impl CpuModel {
     /// Compiles `g` and prepares its bound `weights` (one per `g.weights`) for
     /// the fastest matmul inner loops this host runs ([`MatmulIsa::host`]).
-    pub fn new(g: &Graph, weights: &[Tensor]) -> Result<CpuModel, String> {
+    pub fn new(g: &Graph, weights: &dyn WeightSet) -> Result<CpuModel, String> {
         CpuModel::for_isa(g, weights, MatmulIsa::host())
     }
 
@@ -95,7 +97,7 @@ impl CpuModel {
     /// [`MatmulIsa::available`]). Matmuls whose weights `g` stores in another
     /// format (`Graph::stored`) pack them in it: bf16 panels (the weights rounded
     /// to bf16), or q8_0 / q4_0 blocks, which need the AVX-512 matmuls.
-    pub fn for_isa(g: &Graph, weights: &[Tensor], isa: MatmulIsa) -> Result<CpuModel, String> {
+    pub fn for_isa(g: &Graph, weights: &dyn WeightSet, isa: MatmulIsa) -> Result<CpuModel, String> {
         if !MatmulIsa::available().contains(&isa) {
             return Err(format!("this CPU cannot run the {} matmuls", isa.name()));
         }
@@ -113,29 +115,16 @@ impl CpuModel {
                 _ => {}
             }
         }
-        interp::check_weights(g, weights)?;
-        let (fixed, values) = weight_values(g, weights);
+        let shapes =
+            g.g.node_indices()
+                .filter_map(|n| Some((n, clif::matmul_shape(g, n)?)))
+                .collect();
+        let loaded = load::load(g, weights, shapes, isa, load::Panels::Bf16WhenExact)?;
         let host = jit::host_isa(false)?;
-        let program = clif::lower_with(g, &jit::target(&host), |n| {
-            let mut shape = clif::matmul_shape(g, n)?;
-            let w = values.get(&g.operands(n)[1]);
-            let bf16 = match g.stored.get(&n) {
-                Some(f) => *f == WeightFormat::Bf16,
-                None => w.is_some_and(|w| w.as_f32().iter().all(|v| v.to_bits() & 0xFFFF == 0)),
-            };
-            if bf16 {
-                shape.weights = WeightDType::Bf16;
-            }
-            Some(shape)
-        });
+        let program = clif::lower_with(g, &jit::target(&host), |n| loaded.shapes.get(&n).copied());
         let jit = jit::compile(&program, host)?;
-        let shapes = program
-            .by_node
-            .iter()
-            .map(|(&n, &k)| (n, program.kernels[k].shape))
-            .collect();
         let code = (jit.kernels.clone(), jit.epilogues.clone(), Some(jit));
-        CpuModel::prepare(g, (fixed, values), program.by_node, shapes, code, isa)
+        CpuModel::prepare(g, loaded, program.by_node, code, isa)
     }
 
     /// Like [`CpuModel::new`], with kernels compiled ahead of time: `code` holds
@@ -148,11 +137,10 @@ impl CpuModel {
     /// `n`'s `MatmulShape` (the `KernelFn` ABI); the runtime cannot check machine code.
     pub unsafe fn linked(
         g: &Graph,
-        weights: &[Tensor],
+        weights: &dyn WeightSet,
         kernel_of: HashMap<NodeIndex, usize>,
         code: &[KernelFn],
     ) -> Result<CpuModel, String> {
-        interp::check_weights(g, weights)?;
         if !g.stored.is_empty() {
             return Err(
                 "an executable's kernels read f32 weights: its graph stores none in another format"
@@ -168,51 +156,27 @@ impl CpuModel {
             })
             .collect::<Result<_, String>>()?;
         let (kernels, epilogues) = jit::by_kernel(code);
-        let values = weight_values(g, weights);
-        let code = (kernels, epilogues, None);
-        CpuModel::prepare(g, values, kernel_of, shapes, code, MatmulIsa::host())
+        let isa = MatmulIsa::host();
+        let loaded = load::load(g, weights, shapes, isa, load::Panels::AsShaped)?;
+        CpuModel::prepare(g, loaded, kernel_of, (kernels, epilogues, None), isa)
     }
 
-    /// Prepares the weight-only `values` for running `g` with `code` (kernels,
-    /// epilogue kernels, the JIT module that holds them): packs every matmul's
-    /// weights for its shape, keeps the values runs read.
+    /// Lays out the runs of `g` with `code` (kernels, epilogue kernels, the JIT module that
+    /// holds them) on its `loaded` weights.
     fn prepare(
         g: &Graph,
-        (fixed, mut values): (HashSet<NodeIndex>, Values),
+        loaded: load::Loaded,
         kernel_of: HashMap<NodeIndex, usize>,
-        shapes: HashMap<NodeIndex, MatmulShape>,
         (kernels, epilogues, jit): (Vec<KernelFn>, Vec<KernelFn>, Option<jit::Jit>),
         isa: MatmulIsa,
     ) -> Result<CpuModel, String> {
-        let mut packed = HashMap::new();
-        let mut packed_operands = HashSet::new();
-        for (&n, &shape) in &shapes {
-            let ops = g.operands(n);
-            let (bias_at, _) = extra_operands(&g.node(n).op, &shape);
-            let (w, b) = (ops[1], bias_at.map(|i| ops[i]));
-            if !fixed.contains(&w.node) || b.is_some_and(|b| !fixed.contains(&b.node)) {
-                continue;
-            }
-            let format = g.stored.get(&n).copied();
-            let bias = b.map(|b| &*values[&b]);
-            let packed_weights = pack(shape, &values[&w], bias, isa, format);
-            packed.insert(n, packed_weights);
-            packed_operands.insert((n, 1));
-            packed_operands.extend(bias_at.map(|i| (n, i)));
-        }
-        let mut keep: HashSet<Value> = g.outputs.iter().map(|(_, v)| *v).collect();
-        for n in g.g.node_indices().filter(|n| !fixed.contains(n)) {
-            for (i, v) in g.operands(n).into_iter().enumerate() {
-                if fixed.contains(&v.node) && !packed_operands.contains(&(n, i)) {
-                    keep.insert(v);
-                }
-            }
-        }
-        values.retain(|v, _| keep.contains(v));
-        let values = values
-            .into_iter()
-            .map(|(v, t)| (v, t.into_owned()))
-            .collect();
+        let load::Loaded {
+            fixed,
+            packed,
+            packed_operands,
+            shapes,
+            values,
+        } = loaded;
         let matmuls = kernel_of.keys().copied().collect();
         let program = Program::new(g, &fixed, values, &packed_operands, &matmuls)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -382,30 +346,6 @@ fn grouped_segments(offsets: &[i32], experts: usize, rows: usize) -> Result<Vec<
         .collect())
 }
 
-/// The weight-only nodes of `g` and their values, computed from `weights`
-/// (which weight nodes borrow: a model's weights are not copied to be packed).
-fn weight_values<'w>(g: &Graph, weights: &'w [Tensor]) -> (HashSet<NodeIndex>, Values<'w>) {
-    let fixed = weight_only(g);
-    let mut values: Values = HashMap::new();
-    for n in g.topo_order().into_iter().filter(|n| fixed.contains(n)) {
-        let outs = match &g.node(n).op {
-            Op::Weight { id, .. } => vec![Cow::Borrowed(&weights[*id])],
-            op => {
-                let args: Vec<&Tensor> = g.operands(n).iter().map(|v| &*values[v]).collect();
-                interp::eval_op(op, &args)
-                    .into_iter()
-                    .map(Cow::Owned)
-                    .collect()
-            }
-        };
-        values.extend(Value::ports(n, outs));
-    }
-    (fixed, values)
-}
-
-/// Weight-only values: the weights themselves, borrowed, and values computed from them.
-type Values<'w> = HashMap<Value, Cow<'w, Tensor>>;
-
 /// Packs a matmul's weights (`[N, K]`, or `[E, N, K]`: experts) for `isa`,
 /// stored as `format` (None: as `shape.weights`), and its bias.
 fn pack(
@@ -419,7 +359,7 @@ fn pack(
     // Weights stored as bf16 are rounded to it first (the packers keep bf16 values' high halves).
     let rounded;
     let w = match format {
-        Some(WeightFormat::Bf16) => {
+        Some(WeightFormat::Bf16) if !load::bf16_values(w) => {
             rounded = dequantize(WeightFormat::Bf16, w.clone());
             &rounded
         }

@@ -1,9 +1,11 @@
-//! `bind`: turns a graph's weight decls into f32 tensors read from a `WeightSource`.
+//! `check` and `bind`: a graph's weight decls against a `WeightSource`, then read as f32
+//! tensors.
 //!
-//! Two phases. First every decl is checked against the file headers only (the tensor exists,
-//! its dtype is F32/F16/BF16 and the one the spec requires, its shape fits the decl) and every
-//! problem is collected, one per tensor part (the experts of one fused tensor that all mismatch
-//! make one error); nothing is read if anything is wrong. Then each tensor's bytes (one
+//! Two phases. First (`check`) every decl is checked against the file headers only (the
+//! tensor exists, its dtype is F32/F16/BF16 and the one the spec requires, its shape fits the
+//! decl) and every problem is collected, one per tensor part (the experts of one fused tensor
+//! that all mismatch make one error); nothing is read if anything is wrong. Then
+//! (`Checked::read`, one decl at a time, or `bind`: all of them) each tensor's bytes (one
 //! expert's slice of a stacked tensor, for `expert_slice`) are widened to f32, with only the
 //! `rows` and `columns` the decl reads, and transposed when the file stores `[in, out]`: one
 //! pass that decodes each value into its place. Leading axes of size 1 beyond the rank the
@@ -26,6 +28,45 @@ use crate::file::RawTensor;
 
 /// One f32 tensor per decl, in order; or every problem found.
 pub fn bind(decls: &[WeightDecl], source: &WeightSource) -> Result<Vec<Tensor>, WeightErrors> {
+    let checked = check(decls, source)?;
+    Ok((0..decls.len()).map(|id| checked.read(id)).collect())
+}
+
+/// A checkpoint's tensors for a graph's decls, every one checked and none read yet: each is
+/// read (widened to f32) when asked for, so a backend that packs weights one matmul at a time
+/// never holds the whole model in f32.
+pub struct Checked<'s> {
+    decls: &'s [WeightDecl],
+    tensors: Vec<(RawTensor<'s>, FloatDType)>,
+}
+
+impl Checked<'_> {
+    /// How many decls (weights) there are.
+    pub fn len(&self) -> usize {
+        self.decls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.decls.is_empty()
+    }
+
+    /// Weight `id` (a decl index) read from the file as f32, shaped as its decl.
+    pub fn read(&self, id: usize) -> Tensor {
+        let (raw, dtype) = &self.tensors[id];
+        read(&self.decls[id], raw, *dtype)
+    }
+
+    /// The format weight `id` is stored in in the file (f32, f16 or bf16).
+    pub fn format(&self, id: usize) -> WeightFormat {
+        storage(self.tensors[id].1)
+    }
+}
+
+/// Checks every decl against the file headers (see the module docs); reads nothing.
+pub fn check<'s>(
+    decls: &'s [WeightDecl],
+    source: &'s WeightSource,
+) -> Result<Checked<'s>, WeightErrors> {
     let mut checker = Checker {
         source,
         errors: Vec::new(),
@@ -41,11 +82,10 @@ pub fn bind(decls: &[WeightDecl], source: &WeightSource) -> Result<Vec<Tensor>, 
         return Err(WeightErrors(checker.errors));
     }
     // No errors: every decl passed its check, so `checked` lines up with `decls`.
-    Ok(decls
-        .iter()
-        .zip(checked)
-        .map(|(decl, (raw, dtype))| read(decl, &raw, dtype))
-        .collect())
+    Ok(Checked {
+        decls,
+        tensors: checked,
+    })
 }
 
 struct Checker<'s> {
