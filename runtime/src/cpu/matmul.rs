@@ -411,6 +411,8 @@ fn prepare_rows(
         .max()
         .unwrap_or(0);
     prepared.bf16.resize(bf16_rows * k, 0);
+    // The row of x each bf16 row rounds (None: a padding row, zeros), rounded over the threads.
+    let mut bf16_source = vec![None; bf16_rows];
     // (Segments that share their input rows are consecutive: copy those once.)
     let mut last = None;
     for it in items.iter().filter(|it| it.r0 == 0 && it.p0 == 0) {
@@ -418,14 +420,12 @@ fn prepare_rows(
         let x = call.x.get(s.x0 * k..(s.x0 + s.rows) * k).ok_or_else(fail)?;
         match it.how {
             How::Amx => {
-                let padded = s.rows.next_multiple_of(avx512::amx::TILE_ROWS);
-                let rows = it.xt * k..(it.xt + padded) * k;
-                let dst = prepared.bf16.get_mut(rows).ok_or_else(fail)?;
-                let (real, pad) = dst.split_at_mut(x.len());
-                for (d, v) in real.iter_mut().zip(x) {
-                    *d = avx512::amx::to_bf16(*v);
+                let dst = bf16_source
+                    .get_mut(it.xt..it.xt + s.rows)
+                    .ok_or_else(fail)?;
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = Some(s.x0 + i);
                 }
-                pad.fill(0);
             }
             _ if last.replace((s.x0, s.rows)) == Some((s.x0, s.rows)) => {}
             _ => {
@@ -433,6 +433,17 @@ fn prepare_rows(
                 avx512::tile_order(x, k, dst.ok_or_else(fail)?);
             }
         }
+    }
+    if bf16_rows > 0 {
+        // Every source row lies in x: the segments were taken from it above.
+        workers.split_mut(&mut prepared.bf16, k, |row, run| {
+            for (r, out) in run.chunks_exact_mut(k).enumerate() {
+                match bf16_source[row + r] {
+                    Some(x) => avx512::amx::round_row(&call.x[x * k..(x + 1) * k], out),
+                    None => out.fill(0),
+                }
+            }
+        });
     }
     Ok(())
 }

@@ -273,9 +273,15 @@ impl CpuModel {
                 (segs, rw(e)?)
             }
             Op::GroupedLinear { .. } => {
-                let segs = grouped_segments(r.i32s(2)?, e, dim(0))?;
-                // Rows no expert holds (dropped or padding slots) are zeros.
-                out.fill(0.0);
+                let (offsets, rows) = (r.i32s(2)?, dim(0));
+                let segs = grouped_segments(offsets, e, rows)?;
+                // The segments write every row from the first expert's to the last's (checked
+                // offsets); the rows before and after, which no expert holds (dropped or padding
+                // slots), are zeros.
+                let width = out.len() / rows.max(1);
+                let (held0, held1) = (offsets[0] as usize * width, offsets[e] as usize * width);
+                out[..held0].fill(0.0);
+                out[held1..].fill(0.0);
                 (segs, rw(1)?)
             }
             _ => return Err(format!("internal error: {} is not a matmul", op.name())),

@@ -47,18 +47,22 @@ impl Workers {
     }
 
     /// Splits `out` into one run of whole `item`-long items per thread and calls
-    /// `f(first item, its run)` for each, the caller's thread taking one.
+    /// `f(first item, its run)` for each, the caller's thread taking one (none for
+    /// no items).
     pub fn split_mut<T: Send>(
         &self,
         out: &mut [T],
         item: usize,
         f: impl Fn(usize, &mut [T]) + Sync,
     ) {
-        let items = out.len() / item.max(1);
+        if out.is_empty() || item == 0 {
+            return;
+        }
+        let items = out.len() / item;
         let per = items.div_ceil(self.threads).max(1);
         match &self.pool {
             Some(pool) if items > 1 => pool.in_place_scope(|scope| {
-                let mut runs = out.chunks_mut(per * item.max(1)).enumerate();
+                let mut runs = out.chunks_mut(per * item).enumerate();
                 let first = runs.next();
                 for (i, run) in runs {
                     let f = &f;

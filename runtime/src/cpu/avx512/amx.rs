@@ -83,6 +83,47 @@ pub fn to_bf16(v: f32) -> u16 {
     ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
 }
 
+/// `x` rounded to bf16 into `out` (as many values as both hold), each as [`to_bf16`]
+/// rounds it: 16 at a time with AVX-512 integer operations where the host has AVX-512F
+/// (every AMX host does), bit for bit the same.
+pub fn round_row(x: &[f32], out: &mut [u16]) {
+    let n = x.len().min(out.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        done = n - n % 16;
+        // SAFETY: the host has AVX-512F; both slices hold `done` values.
+        unsafe { round_vectors(&x[..done], &mut out[..done]) };
+    }
+    for (d, v) in out[done..n].iter_mut().zip(&x[done..n]) {
+        *d = to_bf16(*v);
+    }
+}
+
+/// [`round_row`] on whole vectors of 16.
+///
+/// # Safety
+/// AVX-512F; `x.len() == out.len()`, a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn round_vectors(x: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    for (xs, os) in x.chunks_exact(16).zip(out.chunks_exact_mut(16)) {
+        let bits = _mm512_loadu_si512(xs.as_ptr().cast());
+        let high = _mm512_srli_epi32::<16>(bits);
+        // Ties to even: add 0x7FFF plus the lowest kept bit, keep the high half.
+        let odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+        let sum = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd);
+        let rounded = _mm512_srli_epi32::<16>(sum);
+        // NaN stays NaN: its high half with the quiet bit set.
+        let v = _mm512_castsi512_ps(bits);
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        let quiet = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
+        let halves = _mm512_mask_mov_epi32(rounded, nan, quiet);
+        _mm256_storeu_si256(os.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(halves));
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 /// The tile configuration (`ldtilecfg`'s 64 bytes): palette 1; tmm0–3 sums
 /// (16 rows × 64 bytes), tmm4–5 activations (16 rows × 64 bytes), tmm6–7

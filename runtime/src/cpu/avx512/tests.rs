@@ -214,6 +214,41 @@ fn bf16_rounding_is_to_nearest_even() {
     assert_eq!(bf(f32::INFINITY), f32::INFINITY);
 }
 
+/// The vector bf16 rounding of activation rows (`amx::round_row`) is the scalar
+/// one bit for bit: ties both ways, NaNs of every payload, infinities,
+/// subnormals, values that round up to infinity, and a row that is not a whole
+/// number of vectors.
+#[test]
+fn bf16_rows_round_as_the_scalar_rounding_does() {
+    let mut bits: Vec<u32> = vec![
+        0x3F80_8000, // a tie to even (down)
+        0x3F81_8000, // a tie to even (up)
+        0x7F7F_FFFF, // rounds up to infinity
+        0x7F80_0000,
+        0xFF80_0000,
+        0x7FC0_0000,
+        0x7F80_0001, // a signalling NaN
+        0xFFFF_FFFF,
+        0x0000_0001, // subnormals
+        0x8000_8000,
+        0,
+        0x8000_0000,
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    bits.extend((0..1000).map(|_| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 32) as u32
+    }));
+    let x: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+    let mut out = vec![0u16; x.len()];
+    amx::round_row(&x, &mut out);
+    for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
+        assert_eq!(got, amx::to_bf16(v), "value {i}: {:#010x}", v.to_bits());
+    }
+}
+
 /// The vector quantizer gives what the interpreter's `quantize_activations`
 /// gives, bit for bit: random blocks, blocks of exact halves (rounded away
 /// from zero), a short last block, zeros.
