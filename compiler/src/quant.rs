@@ -45,7 +45,7 @@ pub fn quantize_block(format: WeightFormat, x: &[f32]) -> Block {
         WeightFormat::Q8_0 => {
             let amax = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
             let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let id = inverse_scale(d);
             for (q, x) in q.iter_mut().zip(&v) {
                 *q = (x * id).round() as i8;
             }
@@ -56,7 +56,7 @@ pub fn quantize_block(format: WeightFormat, x: &[f32]) -> Block {
                 .iter()
                 .fold(0.0f32, |m, x| if x.abs() > m.abs() { *x } else { m });
             let d = max / -8.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let id = inverse_scale(d);
             for (q, x) in q.iter_mut().zip(&v) {
                 *q = ((x * id + 8.5) as i8).min(15);
             }
@@ -121,7 +121,7 @@ pub fn dequantize(format: WeightFormat, mut t: Tensor) -> Tensor {
 
 /// A block of activations as a q8_0 / q4_0 matmul reads it: up to [`BLOCK`]
 /// values (missing ones are zeros) as 8-bit integers `q = round(x / d)` (half
-/// away from zero) with `d = max|x| / 127`, as ggml's `quantize_row_q8_0` does,
+/// away from zero) with `d = max|x| / 127` (a block too small to scale: zeros, [`inverse_scale`]), as ggml's `quantize_row_q8_0` does,
 /// except that `d` stays f32 (ggml rounds it to f16). Returns `d`, the integers
 /// and their sum (which a kernel that reads the weights' integers unsigned
 /// needs to take their offset back out).
@@ -129,12 +129,23 @@ pub fn quantize_activations(x: &[f32]) -> (f32, [i8; BLOCK], i32) {
     let n = x.len().min(BLOCK);
     let amax = x[..n].iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = inverse_scale(d);
     let mut q = [0i8; BLOCK];
     for (q, v) in q.iter_mut().zip(&x[..n]) {
         *q = round_half_away(v * id) as i8;
     }
     (d, q, q.iter().map(|&v| i32::from(v)).sum())
+}
+
+/// `1/d`, the factor that scales a block's values to integers: 0 for a block of
+/// zeros, and also for a block so small (`|d|` subnormal, its values under about
+/// 1.5e-36) that `1/d` would overflow: such a block quantizes to zeros.
+pub fn inverse_scale(d: f32) -> f32 {
+    if d.abs() >= f32::MIN_POSITIVE {
+        1.0 / d
+    } else {
+        0.0
+    }
 }
 
 /// `t` (|t| ≤ 127) rounded to the nearest integer, halves away from zero (as
@@ -239,5 +250,20 @@ mod tests {
                 d.as_f32()[33]
             );
         }
+    }
+
+    /// Activations too small to scale (`1/d` would overflow) quantize to zeros, of
+    /// either sign; a fuzzer's spec drove them there, and the integer rounding
+    /// overflowed.
+    #[test]
+    fn activations_too_small_to_scale_quantize_to_zeros() {
+        for v in [1e-38f32, -1e-38, 1e-40, -1e-45] {
+            let (d, q, s) = quantize_activations(&[v, v / 2.0, 0.0]);
+            assert_eq!((q, s), ([0; BLOCK], 0), "{v:e}: d {d:e}");
+        }
+        // The smallest block that scales keeps its values.
+        let small = 127.0 * f32::MIN_POSITIVE;
+        let (d, q, _) = quantize_activations(&[small, -small]);
+        assert_eq!((d, q[0], q[1]), (f32::MIN_POSITIVE, 127, -127));
     }
 }

@@ -269,12 +269,22 @@ fn activation_blocks_quantize_as_the_interpreter_does() {
             .collect(),
     );
     rows.push(vec![0.0; 40]);
+    // Blocks too small to scale (1/d would overflow), a subnormal one, and ones with
+    // infinities or NaNs.
+    rows.push(vec![-1e-37, 3e-38, 1e-40, -1e-45, 0.0, 2e-38]);
+    rows.push(vec![1.0, f32::INFINITY, -2.0, f32::NAN, f32::NEG_INFINITY]);
     for row in rows {
         let mut got = vec![ActBlock::default(); row.len().div_ceil(BLOCK)];
         quantize_row(&row, &mut got);
         for (chunk, block) in row.chunks(BLOCK).zip(&got) {
             let (d, q, s) = quantize_activations(chunk);
-            assert_eq!(*block, ActBlock { q, d, s }, "{chunk:?}");
+            let want = ActBlock { q, d, s };
+            // (`d` by its bits: an infinite block has d = inf.)
+            assert_eq!(
+                (block.q, block.s, block.d.to_bits()),
+                (want.q, want.s, want.d.to_bits()),
+                "{chunk:?}"
+            );
         }
     }
 }

@@ -20,7 +20,7 @@
 
 use super::pack::{Q4_0_BLOCK, Q8_0_BLOCK};
 use super::ActBlock;
-use moec_compiler::quant::BLOCK;
+use moec_compiler::quant::{inverse_scale, BLOCK};
 use std::arch::x86_64::*;
 
 /// Blocks per k slice.
@@ -221,7 +221,7 @@ pub unsafe fn quantize_block(x: &[f32; BLOCK]) -> ActBlock {
     );
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
     let d = amax / 127.0;
-    let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let id = _mm512_set1_ps(inverse_scale(d));
     let round = |v: __m512| {
         let t = _mm512_mul_ps(v, id);
         let whole = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(t);
