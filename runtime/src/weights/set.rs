@@ -34,31 +34,18 @@ pub trait WeightSet {
     }
 }
 
-impl WeightSet for &[Tensor] {
+/// Tensors in memory (a `Vec<Tensor>`, a `&[Tensor]`), lent as they are.
+impl<T: AsRef<[Tensor]>> WeightSet for T {
     fn count(&self) -> usize {
-        self.len()
+        self.as_ref().len()
     }
 
     fn tensor(&self, id: usize) -> Cow<'_, Tensor> {
-        Cow::Borrowed(&self[id])
+        Cow::Borrowed(&self.as_ref()[id])
     }
 
     fn tensors(&self) -> Cow<'_, [Tensor]> {
-        Cow::Borrowed(self)
-    }
-}
-
-impl WeightSet for Vec<Tensor> {
-    fn count(&self) -> usize {
-        self.len()
-    }
-
-    fn tensor(&self, id: usize) -> Cow<'_, Tensor> {
-        Cow::Borrowed(&self[id])
-    }
-
-    fn tensors(&self) -> Cow<'_, [Tensor]> {
-        Cow::Borrowed(self)
+        Cow::Borrowed(self.as_ref())
     }
 }
 
