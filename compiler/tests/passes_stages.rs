@@ -132,3 +132,35 @@ fn a_decoder_only_model_is_not_split() {
     let g = compile("mixtral", Upto::All);
     assert!(stages::split(&g).unwrap().is_none());
 }
+
+/// A decoder deeper than its encoder: the encoder program keeps none of the
+/// decoder's probes or stored formats, even those on nodes past the last one it
+/// keeps (the split indexed them out of bounds; found by the spec fuzzer).
+#[test]
+fn a_decoder_deeper_than_its_encoder_splits() {
+    for upto in [Upto::None, Upto::All] {
+        let mut g = Compiler::new()
+            .checkpoint(root().join("tests/fixtures/models/switch_transformers"))
+            .sets([
+                ("num_layers".to_string(), "1".to_string()),
+                ("num_decoder_layers".to_string(), "4".to_string()),
+            ])
+            .upto(upto)
+            .compile_file(&root().join("models/switch_transformers.moe"))
+            .unwrap()
+            .graph;
+        moec_compiler::storage::Storage::matmuls(moec_compiler::ir::WeightFormat::Q8_0)
+            .apply(&mut g);
+        assert!(!g.probes.is_empty() && !g.stored.is_empty());
+        let s = stages::split(&g)
+            .unwrap()
+            .expect("an encoder-decoder graph");
+        verify(&s.encoder).unwrap();
+        verify(&s.decoder).unwrap();
+        assert_eq!(
+            s.encoder.stored.len() + s.decoder.stored.len(),
+            g.stored.len(),
+            "every stored matmul is in one program"
+        );
+    }
+}

@@ -69,8 +69,11 @@ pub fn remove_dead(g: &mut Graph) -> bool {
     for n in dead {
         g.g.remove_node(n);
     }
-    g.probes.retain(|p| live[p.value.node.index()]);
-    g.stored.retain(|n, _| live[n.index()]);
+    // A probe or stored format may name a node a caller removed before (beyond the
+    // node bound now): it goes too.
+    let alive = |n: NodeIndex| live.get(n.index()).copied().unwrap_or(false);
+    g.probes.retain(|p| alive(p.value.node));
+    g.stored.retain(|n, _| alive(*n));
     compact_weights(g);
     changed
 }
