@@ -3,6 +3,7 @@
 //! count), and token ids against the vocabulary of the embedding reading them.
 //! Index values inside the graph are `check.rs`'s.
 
+use crate::ir::weight::WeightDecl;
 use crate::ir::{Graph, Op, Syms, Value};
 use crate::tensor::{ShapeDisplay, Tensor, TensorData};
 use std::collections::BTreeMap;
@@ -55,15 +56,21 @@ pub fn check_weights(g: &Graph, weights: &[Tensor]) -> Result<(), String> {
         ));
     }
     for (w, d) in weights.iter().zip(&g.weights) {
-        if w.shape != d.shape || !matches!(w.data, TensorData::F32(_)) {
-            return Err(format!(
-                "weight `{}` is {} {}, expected f32 {}",
-                d.key,
-                w.dtype_name(),
-                ShapeDisplay(&w.shape),
-                ShapeDisplay(&d.shape)
-            ));
-        }
+        check_weight(d, w)?;
+    }
+    Ok(())
+}
+
+/// Checks one bound weight against its decl (shape, f32).
+pub fn check_weight(d: &WeightDecl, w: &Tensor) -> Result<(), String> {
+    if w.shape != d.shape || !matches!(w.data, TensorData::F32(_)) {
+        return Err(format!(
+            "weight `{}` is {} {}, expected f32 {}",
+            d.key,
+            w.dtype_name(),
+            ShapeDisplay(&w.shape),
+            ShapeDisplay(&d.shape)
+        ));
     }
     Ok(())
 }

@@ -19,7 +19,9 @@ mod simulate;
 pub use attention::{inv_freq, relative_bucket, sinusoidal_freqs};
 pub use check::check_operands;
 pub use collective::{eval_collective, source_block, Comm, SingleRank};
-pub use inputs::{check_inputs, check_token_ids, check_weights, input_syms, token_count};
+pub use inputs::{
+    check_inputs, check_token_ids, check_weight, check_weights, input_syms, token_count,
+};
 pub use simulate::simulate;
 
 use crate::ir::{CapacityLimit, DropPolicy, Graph, Op, Syms, Value, WeightFormat};

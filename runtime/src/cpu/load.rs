@@ -23,7 +23,7 @@ use moec_compiler::backend::clif::{MatmulShape, WeightDType};
 use moec_compiler::interp;
 use moec_compiler::ir::{Graph, NodeIndex, Op, Value, WeightFormat};
 use moec_compiler::passes::memory::weight_only;
-use moec_compiler::tensor::{ShapeDisplay, Tensor, TensorData};
+use moec_compiler::tensor::Tensor;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
@@ -237,16 +237,7 @@ impl Uses {
 
 /// Weight `id` of `g` as bound, when it is f32 in its decl's shape.
 fn checked<'w>(g: &Graph, id: usize, t: Cow<'w, Tensor>) -> Result<Cow<'w, Tensor>, String> {
-    let decl = &g.weights[id];
-    if t.shape != decl.shape || !matches!(t.data, TensorData::F32(_)) {
-        return Err(format!(
-            "weight `{}` is {} {}, expected f32 {}",
-            decl.key,
-            t.dtype_name(),
-            ShapeDisplay(&t.shape),
-            ShapeDisplay(&decl.shape)
-        ));
-    }
+    interp::check_weight(&g.weights[id], &t)?;
     Ok(t)
 }
 
