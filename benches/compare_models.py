@@ -990,9 +990,10 @@ def main():
                   "quantize activations to q8 blocks). decode weight GB/s counts the format's bytes (q8_0: 34 "
                   "bytes per 32 weights, q4_0: 18).")
         md.append("")
-    md.append("moec reads the bf16 checkpoint widened to f32 and its CPU backend packs bf16 panels for every "
-              "matmul whose weights are all bf16 values (here all of them, lm_head and router included), so its "
-              "bf16 row streams bf16 weights; the embedding table stays f32 (one row per token).")
+    md.append("moec loads a checkpoint one matmul at a time; every matmul whose weights are all bf16 tensors of "
+              "the checkpoint (here all of them, lm_head and router included) stays bf16: its panels are packed "
+              "bf16 (each tensor is widened to f32 only while it is packed), so its bf16 row streams bf16 weights; "
+              "the embedding table and the norms are held in f32 (one embedding row per token).")
     if t_rows:
         md += ["", "Targets:", "", markdown(t_head, t_rows, left=1)]
     if p_rows:
