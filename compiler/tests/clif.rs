@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::small_dims;
+use common::{example_sources, small_dims};
 use cranelift_codegen::settings;
 use cranelift_codegen::verify_function;
 use moec_compiler::backend::clif::pack::{pack_bias, pack_weights, pack_weights_bf16, PANEL};
@@ -14,7 +14,6 @@ use moec_compiler::backend::clif::{clif_text, lower, matmul, MatmulShape, Target
 use moec_compiler::ir::{Epilogue, F32Bits, UnaryOp};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::{run_pipeline, Upto};
-use std::path::PathBuf;
 
 /// The matmul kernel and the epilogue kernel of `shape` pass the verifier.
 fn verify(shape: &MatmulShape, target: &Target) {
@@ -31,19 +30,13 @@ fn verify(shape: &MatmulShape, target: &Target) {
 
 #[test]
 fn example_kernels_verify() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut count = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "moe") {
-            continue;
-        }
-        let source = std::fs::read_to_string(&path).unwrap();
+    for (name, source) in example_sources() {
         for upto in [Upto::None, Upto::All] {
             let mut g = lower_source(&source, &small_dims(&source)).unwrap().graph;
             run_pipeline(&mut g, upto, true).unwrap();
             let program = lower(&g, &Target::default());
-            assert!(!program.kernels.is_empty(), "{}", path.display());
+            assert!(!program.kernels.is_empty(), "{name}");
             for k in &program.kernels {
                 verify(&k.shape, &Target::default());
                 count += 1;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_outputs_close, inputs, small_dims, weights};
+use common::{assert_outputs_close, inputs, small_dims, small_examples, weights};
 use moec_compiler::ir::{Graph, Op, WeightFormat};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::memory::{plan, MemoryPlan};
@@ -12,33 +12,11 @@ use moec_compiler::passes::{canonicalize, run_pipeline, Upto, PIPELINE};
 use moec_compiler::storage::{self, Storage};
 use moec_compiler::{interp, print, stats, verify};
 use proptest::prelude::*;
-use std::path::PathBuf;
 
 fn lower(source: &str, sets: &[(String, String)]) -> Graph {
     lower_source(source, sets)
         .unwrap_or_else(|d| panic!("{}", d.render("test.moe", source)))
         .graph
-}
-
-fn examples() -> Vec<(String, Graph)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "moe"))
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no examples in {}", dir.display());
-    paths
-        .into_iter()
-        .map(|p| {
-            let source = std::fs::read_to_string(&p).unwrap();
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                lower(&source, &small_dims(&source)),
-            )
-        })
-        .collect()
 }
 
 /// The IR text after each pipeline step, one snapshot per example and step.
@@ -103,7 +81,7 @@ const DENSE_BY_DESIGN: &[&str] = &[
 
 #[test]
 fn examples_optimized_equal_lowered() {
-    for (name, g) in examples() {
+    for (name, g) in small_examples() {
         for tokens in [0, 1, 7] {
             let what = format!("{name} at {tokens} tokens");
             let optimized = check_equivalent(&g, tokens, 7, &what);
@@ -229,7 +207,7 @@ fn check_plan(g: &Graph, p: &MemoryPlan, what: &str) {
 
 #[test]
 fn memory_plans_never_overlap() {
-    for (name, lowered) in examples() {
+    for (name, lowered) in small_examples() {
         let mut optimized = lowered.clone();
         run_pipeline(&mut optimized, Upto::All, true).unwrap();
         for (g, which) in [(&lowered, "lowered"), (&optimized, "optimized")] {
@@ -280,7 +258,7 @@ fn stats_count_by_hand() {
 
 #[test]
 fn stats_of_mixtral_never_exceed_dense() {
-    let (_, dense) = examples()
+    let (_, dense) = small_examples()
         .into_iter()
         .find(|(n, _)| n == "mixtral.moe")
         .expect("mixtral example");

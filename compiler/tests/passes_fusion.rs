@@ -6,12 +6,11 @@
 
 mod common;
 
-use common::{assert_outputs_close, inputs, small_dims, weights};
+use common::{assert_outputs_close, inputs, small_example, small_examples, weights};
 use moec_compiler::ir::{Dim, Epilogue, F32Bits, Graph, Op};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::{fuse_experts, fuse_router, schedule, PassFn};
 use moec_compiler::{interp, verify};
-use std::path::PathBuf;
 
 const PASSES: &[(&str, PassFn)] = &[
     ("fuse_router", fuse_router::run),
@@ -25,26 +24,6 @@ fn lower(source: &str, sets: &[(String, String)]) -> Graph {
         .graph
 }
 
-fn example(name: &str) -> Graph {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name);
-    let source = std::fs::read_to_string(&path).unwrap();
-    lower(&source, &small_dims(&source))
-}
-
-fn example_names() -> Vec<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".moe"))
-        .collect();
-    names.sort();
-    assert!(!names.is_empty());
-    names
-}
-
 fn count(g: &Graph, f: impl Fn(&Op) -> bool) -> usize {
     g.g.node_weights().filter(|n| f(&n.op)).count()
 }
@@ -52,8 +31,7 @@ fn count(g: &Graph, f: impl Fn(&Op) -> bool) -> usize {
 /// After each pass in turn: verified, and the same outputs as the lowered graph at 0, 1 and 5 tokens.
 #[test]
 fn each_pass_keeps_every_example_equal_to_the_lowered_graph() {
-    for name in example_names() {
-        let lowered = example(&name);
+    for (name, lowered) in small_examples() {
         let w = weights(&lowered, 7);
         let runs: Vec<_> = [0, 1, 5]
             .into_iter()
@@ -85,8 +63,7 @@ fn each_pass_keeps_every_example_equal_to_the_lowered_graph() {
 /// What each pass leaves in every example, so a pass that silently stops firing fails here.
 #[test]
 fn passes_fire_on_every_example() {
-    for name in example_names() {
-        let mut g = example(&name);
+    for (name, mut g) in small_examples() {
         let layers = count(&g, |o| *o == Op::DenseCombine);
         let topk = count(&g, |o| matches!(o, Op::TopK { .. }));
         let shared_gates = g
@@ -177,7 +154,7 @@ fn matmul_flops(g: &Graph, tokens: usize) -> u64 {
 
 #[test]
 fn scheduled_top2_of_8_does_a_quarter_of_the_dense_expert_flops() {
-    let lowered = example("mixtral.moe");
+    let lowered = small_example("mixtral.moe");
     let tokens = 64;
     let router = 2 * tokens as u64 * 8 * 8;
     let dense = matmul_flops(&lowered, tokens) - router;

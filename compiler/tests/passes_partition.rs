@@ -6,23 +6,15 @@
 
 mod common;
 
-use common::{inputs, small_dims, weights};
+use common::{example_sources, inputs, small_example, weights};
 use moec_compiler::interp::{self, State};
 use moec_compiler::ir::{Graph, Op};
-use moec_compiler::lower::lower_source;
 use moec_compiler::passes::partition::{self, Placement};
 use moec_compiler::passes::{run_pipeline, Upto};
 use moec_compiler::{print, verify};
-use std::path::PathBuf;
 
 fn optimized(file: &str) -> Graph {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(file);
-    let source = std::fs::read_to_string(&path).unwrap();
-    let mut g = lower_source(&source, &small_dims(&source))
-        .unwrap_or_else(|d| panic!("{}", d.render(file, &source)))
-        .graph;
+    let mut g = small_example(file);
     run_pipeline(&mut g, Upto::All, true).unwrap();
     g
 }
@@ -64,15 +56,11 @@ fn check_bit_identical(g: &Graph, ranks: &[Graph], tokens: usize, what: &str) {
 }
 
 fn examples_with_scheduled_layers() -> Vec<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut files: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|f| f.ends_with(".moe"))
+    example_sources()
+        .into_iter()
+        .map(|(file, _)| file)
         .filter(|f| !experts_of(&optimized(f)).is_empty())
-        .collect();
-    files.sort();
-    files
+        .collect()
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::small_dims;
+use common::small_examples;
 use moec_compiler::ir::{BinaryOp, Graph, NodeIndex, Op, Value};
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::memory::plan;
@@ -27,25 +27,6 @@ fn lower(source: &str, sets: &[(&str, &str)]) -> Graph {
     lower_source(source, &sets)
         .unwrap_or_else(|d| panic!("{}", d.render("test.moe", source)))
         .graph
-}
-
-/// Every bundled example, lowered with small dims.
-fn examples() -> Vec<(String, Graph)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "moe"))
-        .collect();
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|p| {
-            let source = std::fs::read_to_string(&p).unwrap();
-            let graph = lower_source(&source, &small_dims(&source)).unwrap().graph;
-            (p.file_name().unwrap().to_string_lossy().into_owned(), graph)
-        })
-        .collect()
 }
 
 fn count(g: &Graph, f: impl Fn(&Op) -> bool) -> usize {
@@ -149,7 +130,7 @@ proptest! {
 /// running it again must find nothing more, after it and after the whole pipeline.
 #[test]
 fn canonicalize_reaches_its_fixed_point_in_one_run() {
-    for (name, lowered) in examples() {
+    for (name, lowered) in small_examples() {
         for upto in [Upto::After("canonicalize"), Upto::All] {
             let mut g = lowered.clone();
             run_pipeline(&mut g, upto, true).unwrap();
@@ -195,7 +176,7 @@ fn first_fit(buffers: &[((usize, usize), u64)]) -> (Vec<u64>, u64) {
 
 #[test]
 fn buffer_plans_are_first_fit() {
-    for (name, lowered) in examples() {
+    for (name, lowered) in small_examples() {
         for (step, _) in PIPELINE {
             let mut g = lowered.clone();
             run_pipeline(&mut g, Upto::After(step), true).unwrap();

@@ -7,27 +7,11 @@
 
 mod common;
 
-use common::small_dims;
+use common::{example_sources, small_dims};
 use moec_compiler::backend::wgsl::{lower, Contents, Elem, Options, Plan, Segment, Step};
 use moec_compiler::ir::Graph;
 use moec_compiler::lower::lower_source;
 use moec_compiler::passes::{run_pipeline, Upto};
-use std::path::PathBuf;
-
-fn examples() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "moe"))
-        .map(|p| {
-            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read_to_string(&p).unwrap())
-        })
-        .collect();
-    out.sort();
-    out
-}
 
 fn graph(source: &str, params: &[(String, String)], upto: Upto) -> Graph {
     let mut g = lower_source(source, params).unwrap().graph;
@@ -37,7 +21,7 @@ fn graph(source: &str, params: &[(String, String)], upto: Upto) -> Graph {
 
 #[test]
 fn every_example_lowers_and_validates() {
-    for (name, source) in examples() {
+    for (name, source) in example_sources() {
         for params in [small_dims(&source), Vec::new()] {
             for upto in [Upto::None, Upto::All] {
                 let g = graph(&source, &params, upto);
@@ -110,9 +94,9 @@ fn kernels_snapshot() {
 
 #[test]
 fn large_weights_split_by_rows() {
-    let (_, source) = examples()
+    let (_, source) = example_sources()
         .into_iter()
-        .find(|(n, _)| n == "mixtral")
+        .find(|(n, _)| n == "mixtral.moe")
         .unwrap();
     let mut params = small_dims(&source);
     params.retain(|(k, _)| k != "hidden_size" && k != "intermediate_size");
@@ -173,9 +157,9 @@ fn flatten(segments: &[Segment]) -> Vec<(usize, u64, u64)> {
 
 #[test]
 fn f16_weights_use_the_extension() {
-    let (_, source) = examples()
+    let (_, source) = example_sources()
         .into_iter()
-        .find(|(n, _)| n == "mixtral")
+        .find(|(n, _)| n == "mixtral.moe")
         .unwrap();
     let g = graph(&source, &small_dims(&source), Upto::All);
     let p = lower(
@@ -200,7 +184,7 @@ fn f16_weights_use_the_extension() {
 
 #[test]
 fn plan_round_trips_through_json() {
-    for (_, source) in examples() {
+    for (_, source) in example_sources() {
         let g = graph(&source, &small_dims(&source), Upto::All);
         let p = lower(&g, &Options::default()).unwrap();
         let json = serde_json::to_string(&p.plan).unwrap();

@@ -1,10 +1,57 @@
-//! Helpers shared by the compiler's integration tests: small dims for the bundled
-//! examples, deterministic random weights and inputs, and a tolerance check.
+//! Helpers shared by the compiler's integration tests: the bundled examples and
+//! small dims for them, deterministic random weights and inputs, and a tolerance
+//! check.
 #![allow(dead_code)]
 
 use moec_compiler::ir::{Graph, Op};
+use moec_compiler::lower::lower_source;
 use moec_compiler::tensor::Tensor;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The bundled examples (`examples/*.moe`), sorted: (file name, source text).
+pub fn example_sources() -> Vec<(String, String)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "moe"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no examples in {}", dir.display());
+    out
+}
+
+/// The bundled example `name` (a file name under `examples/`) lowered with [`small_dims`].
+pub fn small_example(name: &str) -> Graph {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    let source = std::fs::read_to_string(&path).unwrap();
+    lower_small(name, &source)
+}
+
+/// Every bundled example lowered with [`small_dims`]: (file name, graph).
+pub fn small_examples() -> Vec<(String, Graph)> {
+    example_sources()
+        .into_iter()
+        .map(|(name, source)| {
+            let g = lower_small(&name, &source);
+            (name, g)
+        })
+        .collect()
+}
+
+/// `source` lowered with [`small_dims`]; a diagnostic is a panic naming `name`.
+fn lower_small(name: &str, source: &str) -> Graph {
+    lower_source(source, &small_dims(source))
+        .unwrap_or_else(|d| panic!("{}", d.render(name, source)))
+        .graph
+}
 
 /// Most experts an example runs with in tests: real models' hundreds would only repeat the same
 /// nodes in snapshots and the same work in the backends' dense runs.
