@@ -38,13 +38,14 @@ fn paths() -> Vec<(MatmulIsa, usize)> {
 }
 
 /// Runs `g` on both backends at each token count and compares, with 1 and 3
-/// threads, on every matmul path.
+/// threads (every call split over the 3, however small), on every matmul path.
 fn check(g: &Graph, w: &[Tensor], tokens: &[usize], what: &str) {
     for (isa, gemm_rows) in paths() {
         for threads in [1, 3] {
             let model = CpuModel::for_isa(g, &w, isa)
                 .unwrap_or_else(|e| panic!("{what}: {e}"))
                 .with_threads(threads)
+                .with_split_from(0)
                 .with_gemm_rows(gemm_rows);
             for &t in tokens {
                 let x = inputs(g, t, t as u64);
@@ -169,7 +170,8 @@ fn amx_path_stays_within_bf16_rounding() {
     for threads in [1, 3] {
         let model = CpuModel::for_isa(&g, &w, MatmulIsa::Amx)
             .unwrap()
-            .with_threads(threads);
+            .with_threads(threads)
+            .with_split_from(0);
         let got = model.run(&x).unwrap();
         for (name, want) in &want {
             let (got, want) = (got[name].as_f32(), want.as_f32());

@@ -10,7 +10,7 @@
 //! interpreter's order of positions; rotary angles come from the same
 //! `interp::inv_freq`.
 
-use super::workers::Workers;
+use super::workers::{Work, Workers};
 use moec_compiler::interp::inv_freq;
 use moec_compiler::interp::relative_bucket;
 use moec_compiler::ir::{AttentionAttrs, RopeAttrs};
@@ -51,7 +51,11 @@ pub fn rms_norm(
             out.len()
         ));
     }
-    workers.split_mut(out, g, |first, run| {
+    let work = Work {
+        bytes: x.len() * 8,
+        macs: x.len(),
+    };
+    workers.split_mut(out, g, work, |first, run| {
         for (o, v) in run.chunks_mut(g).zip(x[first * g..].chunks(g)) {
             let ms = v.iter().map(|a| (*a as f64) * (*a as f64)).sum::<f64>() / g as f64;
             let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
@@ -175,7 +179,12 @@ pub fn attention(
         group,
         scale,
     };
-    workers.split_mut(out, dv.max(1), |first, run| {
+    // Each query row's heads score (up to) every key and sum as many values.
+    let work = Work {
+        bytes: 4 * (k.len() + v.len()),
+        macs: t * heads * p * (d + dv),
+    };
+    workers.split_mut(out, dv.max(1), work, |first, run| {
         if wide {
             // SAFETY: the host has AVX-512F (checked above).
             unsafe { call.rows_avx512(first, run) }

@@ -27,7 +27,7 @@
 
 use super::avx512::{self, Wide};
 use super::jit::KernelFn;
-use super::workers::Workers;
+use super::workers::{Work, Workers};
 use moec_compiler::backend::clif::matmul::MR;
 use moec_compiler::backend::clif::pack::{position, PANEL};
 use moec_compiler::backend::clif::{MatmulShape, WeightDType};
@@ -355,9 +355,10 @@ fn run_items(
             }
         }
     };
+    let threads = workers.threads_for(cost(call, items)).min(items.len());
     match &workers.pool {
-        Some(pool) if items.len() > 1 => pool.in_place_scope(|scope| {
-            for _ in 1..workers.threads.min(items.len()) {
+        Some(pool) if threads > 1 => pool.in_place_scope(|scope| {
+            for _ in 1..threads {
                 scope.spawn(|_| work());
             }
             work();
@@ -365,6 +366,27 @@ fn run_items(
         _ => work(),
     }
     Ok(())
+}
+
+/// What `items` of `call` cost on one thread, roughly: the weights each item
+/// streams and its multiply-adds.
+fn cost(call: &Call, items: &[Item]) -> Work {
+    let k = call.packed.shape.k;
+    let format = match &call.packed.weights {
+        Panels::Wide(w) => w.format(),
+        Panels::Jit(_) => match call.packed.shape.weights {
+            WeightDType::F32 => WeightFormat::F32,
+            WeightDType::Bf16 => WeightFormat::Bf16,
+        },
+    };
+    items.iter().fold(Work::default(), |sum, it| {
+        let cols = (it.p1 - it.p0) * PANEL;
+        let bytes = format.bytes((k * cols) as u64, k as u64);
+        sum + Work {
+            bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+            macs: (it.r1 - it.r0).saturating_mul(k * cols),
+        }
+    })
 }
 
 /// The AVX-512 and AMX items' rows, prepared once per call.
@@ -395,7 +417,11 @@ fn prepare_rows(
         prepared
             .quant
             .resize(rows * per_row, avx512::ActBlock::default());
-        workers.split_mut(&mut prepared.quant, per_row, |row, run| {
+        let work = Work {
+            bytes: call.x.len() * 4,
+            macs: 0,
+        };
+        workers.split_mut(&mut prepared.quant, per_row, work, |row, run| {
             for (r, out) in run.chunks_exact_mut(per_row).enumerate() {
                 let x = &call.x[(row + r) * k..(row + r + 1) * k];
                 avx512::quantize_row(x, out);
@@ -436,7 +462,11 @@ fn prepare_rows(
     }
     if bf16_rows > 0 {
         // Every source row lies in x: the segments were taken from it above.
-        workers.split_mut(&mut prepared.bf16, k, |row, run| {
+        let work = Work {
+            bytes: bf16_rows * k * 4,
+            macs: 0,
+        };
+        workers.split_mut(&mut prepared.bf16, k, work, |row, run| {
             for (r, out) in run.chunks_exact_mut(k).enumerate() {
                 match bf16_source[row + r] {
                     Some(x) => avx512::amx::round_row(&call.x[x * k..(x + 1) * k], out),

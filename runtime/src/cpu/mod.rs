@@ -16,7 +16,8 @@
 //! Running ([`CpuModel::run`], `run.rs`): the steps `program.rs` laid out at
 //! load time, in order, every computed value in one activation arena planned by
 //! `passes::memory` (kept between calls). A matmul is split into work items on a
-//! persistent thread pool (`matmul.rs`: the JIT kernel for segments of few rows,
+//! persistent thread pool (a call estimated below `SPLIT_MIN_NS` on one thread
+//! runs on the caller's alone: waking the pool would cost more) (`matmul.rs`: the JIT kernel for segments of few rows,
 //! the `gemm` crate plus the JIT epilogue kernel for segments of many,
 //! [`CpuModel::with_gemm_rows`]); a `GroupedLinear`'s segments come from the
 //! offsets its `Dispatch` computed earlier in the same run, which are validated
@@ -45,6 +46,7 @@ pub use isa::MatmulIsa;
 pub use jit::{host_isa, target, KernelFn};
 
 pub use matmul::GEMM_ROWS_DEFAULT;
+pub use workers::SPLIT_MIN_NS;
 
 use crate::weights::WeightSet;
 use avx512::Wide;
@@ -205,8 +207,19 @@ impl CpuModel {
 
     /// Uses `threads` worker threads (at least one) instead of one per core.
     pub fn with_threads(mut self, threads: usize) -> CpuModel {
+        let split_from = self.workers.split_from;
         self.workers =
             Workers::new(threads, self.workers.gemm_rows).with_amx(self.isa == MatmulIsa::Amx);
+        self.workers.split_from = split_from;
+        self
+    }
+
+    /// Splits a matmul or layer over the threads only when it is estimated at
+    /// `nanos` or more on one thread (0: whenever it has more than one work
+    /// item); the default is [`SPLIT_MIN_NS`], below which waking the pool costs
+    /// more than it saves.
+    pub fn with_split_from(mut self, nanos: usize) -> CpuModel {
+        self.workers.split_from = nanos;
         self
     }
 
