@@ -8,9 +8,10 @@
 const AMX_ROWS: usize = 16;
 
 /// Work estimated below this many nanoseconds on one thread runs on the
-/// caller's thread alone, by default ([`Workers::split_from`]). Waking the pool for a call and waiting for it costs a
-/// futex wake and wait, tens of microseconds on a VM: a tiny model (hidden 128)
-/// decoded 10× slower on 2 threads than on 1 when every matmul woke the pool.
+/// caller's thread alone, by default ([`Workers::split_from`]). Waking the pool
+/// for a call and waiting for it costs a futex wake and wait, tens of
+/// microseconds on a VM: a tiny model (hidden 128) decoded 10× slower on 2
+/// threads than on 1 when every matmul woke the pool.
 pub const SPLIT_MIN_NS: usize = 50_000;
 
 /// A rough single-thread cost of a call, for [`Workers::threads_for`]: bytes it
