@@ -308,3 +308,55 @@ fn a_whole_model_executable_generates_and_runs_like_moec() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(read_tensors(&aot).unwrap(), read_tensors(&jit).unwrap());
 }
+
+/// Built with `--weights` of a bf16 checkpoint (models/tiny), the executable keeps its
+/// matmuls bf16 as `moec generate` does (same greedy ids as transformers), and refuses
+/// the same weights in f32, which its bf16 panels would round.
+#[test]
+fn a_bf16_checkpoint_executable_keeps_bf16_and_refuses_f32_weights() {
+    let tiny = root().join("models/tiny");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("expected.json")).unwrap())
+            .unwrap();
+    let out = scratch("bf16");
+    let exe = out.join("tiny");
+    let built = moec(
+        &[
+            "build",
+            "models/mixtral.moe",
+            "--weights",
+            tiny.to_str().unwrap(),
+            "-o",
+            exe.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(built.status.success(), "{}", text(&built));
+    let generate = |weights: &Path| {
+        Command::new(&exe)
+            .args(["--weights", weights.to_str().unwrap()])
+            .args(["--prompt", expected["prompt"].as_str().unwrap()])
+            .args(["--max-new-tokens", &expected["max_new_tokens"].to_string()])
+            .arg("--json")
+            .output()
+            .unwrap()
+    };
+    let o = generate(&tiny);
+    assert!(o.status.success(), "{}", text(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["ids"], expected["greedy_ids"]);
+
+    // The same checkpoint with every tensor widened to f32.
+    let wide = out.join("tiny_f32");
+    std::fs::create_dir_all(&wide).unwrap();
+    for file in ["config.json", "generation_config.json", "tokenizer.json"] {
+        std::fs::copy(tiny.join(file), wide.join(file)).unwrap();
+    }
+    let tensors = read_tensors(&tiny.join("model.safetensors")).unwrap();
+    write_tensors(&wide.join("model.safetensors"), &tensors).unwrap();
+    let err = assert_user_error(&generate(&wide));
+    assert!(
+        err.contains("tiny_f32") && err.contains("in bf16") && err.contains("build it again"),
+        "{err}"
+    );
+}

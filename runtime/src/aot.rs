@@ -17,15 +17,18 @@
 //! graph passes the verifier (so the interpreter semantics the CPU model falls
 //! back on cannot index out of bounds), every matmul node of the graph maps to a linked kernel, and
 //! that kernel's name (which spells out its whole `MatmulShape`) is the name of
-//! the node's shape. Every failure is a message on stderr and exit status 1.
+//! the node's shape; and every matmul built with bf16 kernels (`moec build
+//! --weights` of a bf16 checkpoint) has its weights in bf16 in the checkpoint it is
+//! given, so none is silently rounded. Every failure is a message on stderr and
+//! exit status 1.
 
 use crate::cpu::{CpuModel, KernelFn};
 use crate::generate::command::{self, Request};
 use crate::io::{read_tensors, write_tensors};
 use crate::session::{open_checkpoint, CpuOptions, Engine, Model};
-use crate::weights::check;
+use crate::weights::{check, keep_checkpoint_bf16, WeightSource};
 use moec_compiler::backend::clif::{self, Program};
-use moec_compiler::ir::{Graph, NodeIndex};
+use moec_compiler::ir::{Graph, NodeIndex, Op, WeightFormat};
 use moec_compiler::passes;
 use moec_compiler::verify::verify;
 use serde::{Deserialize, Serialize};
@@ -250,6 +253,7 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
     let open = |g: &Graph, weights: &Path| -> Result<Model, String> {
         // Read tensor by tensor as the kernels' panels are packed.
         let source = open_checkpoint(g, weights, engine, None).map_err(|e| e.to_string())?;
+        check_kept_bf16(g, &source)?;
         let checked = check(&g.weights, &source).map_err(|e| e.to_string())?;
         // SAFETY: `Artifact::load` checked that every matmul node maps to a kernel
         // whose table entries are named after its shape's functions, and `moec build`
@@ -288,6 +292,39 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Refuses `source` when a matmul `g` stores as bf16 (kept from the bf16 checkpoint
+/// it was built with) does not have all its weights in bf16 there: packing them
+/// as bf16 would round them.
+fn check_kept_bf16(g: &Graph, source: &WeightSource) -> Result<(), String> {
+    let mut held = g.clone();
+    held.stored.clear();
+    keep_checkpoint_bf16(&mut held, source).map_err(|e| e.to_string())?;
+    let rounded = g
+        .stored
+        .iter()
+        .find(|(n, f)| **f == WeightFormat::Bf16 && held.stored.get(n) != Some(f));
+    let Some((&n, _)) = rounded else {
+        return Ok(());
+    };
+    // The first weight under the matmul's weight operand, to name it.
+    let mut stack: Vec<NodeIndex> = g.operands(n).get(1).map(|v| v.node).into_iter().collect();
+    let mut key = None;
+    while let Some(m) = stack.pop() {
+        if let Op::Weight { id, .. } = g.node(m).op {
+            key = g.weights.get(id).map(|d| d.tensor.clone());
+            break;
+        }
+        stack.extend(g.operands(m).iter().map(|v| v.node));
+    }
+    Err(format!(
+        "{}: this executable was built (`moec build --weights`) for a checkpoint that holds \
+         `{}` and the other weights of its matmul in bf16, and this one does not: build it \
+         again with --weights pointing at this checkpoint",
+        source.path().display(),
+        key.as_deref().unwrap_or("the weights")
+    ))
 }
 
 /// The entry point of an executable built by `moec build` (see

@@ -8,6 +8,12 @@
 //! `libmoec_runtime.a`. The executable runs `EXE --weights W --input X --output Y`
 //! with the code of `moec run --backend cpu`, without the parser or the passes.
 //!
+//! With `--weights DIR`, the checkpoint's config.json supplies params and its
+//! weight files' headers (no tensor is read) which matmuls it holds in bf16: those
+//! keep bf16 panels and kernels (`keep_checkpoint_bf16`, as `moec generate` packs
+//! them), and the executable refuses a checkpoint that does not hold them in bf16
+//! (`aot`). A directory without weight files gives f32 kernels.
+//!
 //! The library is `--runtime-lib FILE`, else `$MOEC_RUNTIME_LIB`, else the one of
 //! `libmoec_runtime.a` and `deps/libmoec_runtime-*.a` beside the `moec` executable
 //! (where cargo puts it when it builds moec) that comes from moec's own build: it
@@ -17,8 +23,10 @@
 
 use super::{ConfigArgs, PassArgs, SpecArgs};
 use moec_compiler::backend::clif::{self, object};
+use moec_compiler::ir::Graph;
 use moec_runtime::aot::{Artifact, FORMAT};
 use moec_runtime::cpu::{host_isa, target};
+use moec_runtime::weights::{keep_checkpoint_bf16, WeightErrorKind, WeightSource};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,7 +67,10 @@ const LIB: &str = "libmoec_runtime.a";
 
 pub fn main(args: Args) -> Result<(), String> {
     let upto = super::upto(args.passes.passes, None)?;
-    let g = super::compile(&args.spec, args.config.weights.as_deref(), upto)?.graph;
+    let mut g = super::compile(&args.spec, args.config.weights.as_deref(), upto)?.graph;
+    if let Some(dir) = &args.config.weights {
+        keep_checkpoint_formats(&mut g, dir)?;
+    }
     let lib = runtime_lib(args.runtime_lib)?;
     let isa = host_isa(true)?;
     let program = clif::lower(&g, &target(&isa));
@@ -81,6 +92,16 @@ pub fn main(args: Args) -> Result<(), String> {
         size as f64 / (1 << 20) as f64
     );
     Ok(())
+}
+
+/// Stores as bf16 the matmuls whose weights the checkpoint at `dir` holds in bf16
+/// (headers only); nothing when `dir` has no weight files.
+fn keep_checkpoint_formats(g: &mut Graph, dir: &Path) -> Result<(), String> {
+    match WeightSource::open(dir) {
+        Ok(source) => keep_checkpoint_bf16(g, &source).map_err(|e| e.to_string()),
+        Err(e) if matches!(*e.kind, WeightErrorKind::NoCheckpoint) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Links `obj` and `lib` into `exe` with `$CC` (split at whitespace) or `cc`.

@@ -175,7 +175,8 @@ pub struct SpecArgs {
 /// `--weights DIR` for the commands that read only a checkpoint's config.json.
 #[derive(ClapArgs, Clone)]
 pub struct ConfigArgs {
-    /// A checkpoint directory: its config.json supplies params (its weights are not read).
+    /// A checkpoint directory: its config.json supplies params (no tensor is read; `build`
+    /// reads the weight files' headers to keep a bf16 checkpoint's matmuls bf16).
     #[arg(long, value_name = "DIR")]
     pub weights: Option<PathBuf>,
 }

@@ -103,20 +103,7 @@ impl CpuModel {
         if !MatmulIsa::available().contains(&isa) {
             return Err(format!("this CPU cannot run the {} matmuls", isa.name()));
         }
-        for format in g.stored.values() {
-            match format {
-                WeightFormat::F16 => return Err(
-                    "matmul weights stored as f16: the cpu backend stores f32, bf16, q8_0 or q4_0"
-                        .into(),
-                ),
-                f if f.is_quantized() && (isa == MatmulIsa::Portable || !isa::vnni_supported()) => {
-                    return Err(format!(
-                        "{f} matmul weights need the AVX-512 matmuls and AVX512-VNNI, which this CPU lacks"
-                    ))
-                }
-                _ => {}
-            }
-        }
+        check_stored(g, isa)?;
         let shapes =
             g.g.node_indices()
                 .filter_map(|n| Some((n, clif::matmul_shape(g, n)?)))
@@ -143,12 +130,8 @@ impl CpuModel {
         kernel_of: HashMap<NodeIndex, usize>,
         code: &[KernelFn],
     ) -> Result<CpuModel, String> {
-        if !g.stored.is_empty() {
-            return Err(
-                "an executable's kernels read f32 weights: its graph stores none in another format"
-                    .into(),
-            );
-        }
+        let isa = MatmulIsa::host();
+        check_stored(g, isa)?;
         let shapes = kernel_of
             .keys()
             .map(|&n| {
@@ -158,7 +141,6 @@ impl CpuModel {
             })
             .collect::<Result<_, String>>()?;
         let (kernels, epilogues) = jit::by_kernel(code);
-        let isa = MatmulIsa::host();
         let loaded = load::load(g, weights, shapes, isa, load::Panels::AsShaped)?;
         CpuModel::prepare(g, loaded, kernel_of, (kernels, epilogues, None), isa)
     }
@@ -367,6 +349,27 @@ fn grouped_segments(offsets: &[i32], experts: usize, rows: usize) -> Result<Vec<
 
 /// Packs a matmul's weights (`[N, K]`, or `[E, N, K]`: experts) for `isa`,
 /// stored as `format` (None: as `shape.weights`), and its bias.
+/// Refuses stored formats (`Graph::stored`) the matmuls of `isa` cannot hold.
+fn check_stored(g: &Graph, isa: MatmulIsa) -> Result<(), String> {
+    for format in g.stored.values() {
+        match format {
+            WeightFormat::F16 => {
+                return Err(
+                    "matmul weights stored as f16: the cpu backend stores f32, bf16, q8_0 or q4_0"
+                        .into(),
+                )
+            }
+            f if f.is_quantized() && (isa == MatmulIsa::Portable || !isa::vnni_supported()) => {
+                return Err(format!(
+                    "{f} matmul weights need the AVX-512 matmuls and AVX512-VNNI, which this CPU lacks"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn pack(
     shape: MatmulShape,
     w: &Tensor,
