@@ -203,7 +203,7 @@ fn build_refuses_a_runtime_library_of_another_build() {
     let exe = dir.join("mixtral");
     // An archive without this build's artifact format (as one of an older moec would be).
     let other = dir.join("libmoec_runtime.a");
-    std::fs::write(&other, b"!<arch>\nmoec-aot 0.0.1 abi 0000000000000000\n").unwrap();
+    std::fs::write(&other, b"!<arch>\nmoec-aot 0.0.1 src 0000000000000000\n").unwrap();
     let mut args = build_args(&exe);
     args.extend(["--runtime-lib".into(), other.display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -12,8 +12,8 @@
 //! runs [`CpuModel`] on the linked kernels, so its outputs are those of
 //! `moec run --backend cpu`.
 //!
-//! The agreement check, before any kernel runs: the artifact was written by this
-//! version of moec with the same kernel ABI and weight packing ([`FORMAT`]), its
+//! The agreement check, before any kernel runs: the artifact was written by a moec
+//! built from the same sources as this runtime ([`FORMAT`]), its
 //! graph passes the verifier (so the interpreter semantics the CPU model falls
 //! back on cannot index out of bounds), every matmul node of the graph maps to a linked kernel, and
 //! that kernel's name (which spells out its whole `MatmulShape`) is the name of
@@ -37,13 +37,14 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 /// What an artifact's `format` must be for this runtime to read it: the version,
-/// and the hash of the kernel ABI and weight packing sources (`build.rs`). `moec
-/// build` also looks for it in a runtime library before linking that library.
+/// and the hash of the sources the runtime library is built from (`build.rs`:
+/// kernel ABI, weight packing and everything else). `moec build` also looks for
+/// it in a runtime library before linking that library.
 pub const FORMAT: &str = concat!(
     "moec-aot ",
     env!("CARGO_PKG_VERSION"),
-    " abi ",
-    env!("MOEC_ABI_HASH")
+    " src ",
+    env!("MOEC_SOURCE_HASH")
 );
 
 /// The scheduled graph an executable runs, and which linked kernel each matmul calls.

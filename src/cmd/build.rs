@@ -17,9 +17,11 @@
 //! The library is `--runtime-lib FILE`, else `$MOEC_RUNTIME_LIB`, else the one of
 //! `libmoec_runtime.a` and `deps/libmoec_runtime-*.a` beside the `moec` executable
 //! (where cargo puts it when it builds moec) that comes from moec's own build: it
-//! must hold this moec's artifact format string (`aot::FORMAT`: version and kernel
-//! ABI hash), so it reads the artifact it is linked with. A library from another
-//! build is refused by name, not linked to fail at run time.
+//! must hold this moec's artifact format string (`aot::FORMAT`: the version and a
+//! hash of every source of the runtime library), so it is built from the same
+//! sources as this moec: it reads the artifact it is linked with and runs the same
+//! code as `moec run`. A library from another build (an older checkout's, say) is
+//! refused by name, not linked.
 
 use super::{ConfigArgs, PassArgs, SpecArgs};
 use moec_compiler::backend::clif::{self, object};
