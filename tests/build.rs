@@ -215,6 +215,20 @@ fn build_refuses_a_runtime_library_of_another_build() {
     assert!(!exe.exists());
 }
 
+/// Builds `models/mixtral.moe` with the params (and bf16 matmuls) of checkpoint `ckpt` into `exe`.
+fn build_mixtral_model(ckpt: &Path, exe: &Path) {
+    let args = [
+        "build",
+        "models/mixtral.moe",
+        "--weights",
+        ckpt.to_str().unwrap(),
+        "-o",
+        exe.to_str().unwrap(),
+    ];
+    let built = moec(&args, &[]);
+    assert!(built.status.success(), "{}", text(&built));
+}
+
 /// A whole model built into an executable generates transformers' greedy ids and
 /// writes the logits `moec run --backend cpu` writes, with no spec and no moec.
 #[test]
@@ -235,18 +249,7 @@ fn a_whole_model_executable_generates_and_runs_like_moec() {
     let prompt = prompt.join(",");
     let out = scratch("model");
     let exe = out.join("mixtral_model");
-    let built = moec(
-        &[
-            "build",
-            "models/mixtral.moe",
-            "--weights",
-            ckpt,
-            "-o",
-            exe.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(built.status.success(), "{}", text(&built));
+    build_mixtral_model(&dir, &exe);
 
     let run = |cmd: &mut Command| {
         let o = cmd.current_dir(root()).output().unwrap();
@@ -320,18 +323,7 @@ fn a_bf16_checkpoint_executable_keeps_bf16_and_refuses_f32_weights() {
             .unwrap();
     let out = scratch("bf16");
     let exe = out.join("tiny");
-    let built = moec(
-        &[
-            "build",
-            "models/mixtral.moe",
-            "--weights",
-            tiny.to_str().unwrap(),
-            "-o",
-            exe.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(built.status.success(), "{}", text(&built));
+    build_mixtral_model(&tiny, &exe);
     let generate = |weights: &Path| {
         Command::new(&exe)
             .args(["--weights", weights.to_str().unwrap()])
