@@ -121,8 +121,9 @@ pub fn dequantize(format: WeightFormat, mut t: Tensor) -> Tensor {
 
 /// A block of activations as a q8_0 / q4_0 matmul reads it: up to [`BLOCK`]
 /// values (missing ones are zeros) as 8-bit integers `q = round(x / d)` (half
-/// away from zero) with `d = max|x| / 127` (a block too small to scale: zeros, [`inverse_scale`]), as ggml's `quantize_row_q8_0` does,
-/// except that `d` stays f32 (ggml rounds it to f16). Returns `d`, the integers
+/// away from zero) with `d = max|x| / 127` (a block too small to scale: zeros,
+/// [`inverse_scale`]), as ggml's `quantize_row_q8_0` does, except that `d`
+/// stays f32 (ggml rounds it to f16). Returns `d`, the integers
 /// and their sum (which a kernel that reads the weights' integers unsigned
 /// needs to take their offset back out).
 pub fn quantize_activations(x: &[f32]) -> (f32, [i8; BLOCK], i32) {

@@ -26,10 +26,11 @@ use crate::cpu::{CpuModel, KernelFn};
 use crate::generate::command::{self, Request};
 use crate::io::{read_tensors, write_tensors};
 use crate::session::{open_checkpoint, CpuOptions, Engine, Model};
-use crate::weights::{check, keep_checkpoint_bf16, WeightSource};
+use crate::weights::{check, Checked};
 use moec_compiler::backend::clif::{self, Program};
 use moec_compiler::ir::{Graph, NodeIndex, Op, WeightFormat};
 use moec_compiler::passes;
+use moec_compiler::storage;
 use moec_compiler::verify::verify;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -254,8 +255,8 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
     let open = |g: &Graph, weights: &Path| -> Result<Model, String> {
         // Read tensor by tensor as the kernels' panels are packed.
         let source = open_checkpoint(g, weights, engine, None).map_err(|e| e.to_string())?;
-        check_kept_bf16(g, &source)?;
         let checked = check(&g.weights, &source).map_err(|e| e.to_string())?;
+        check_kept_bf16(g, &checked, source.path())?;
         // SAFETY: `Artifact::load` checked that every matmul node maps to a kernel
         // whose table entries are named after its shape's functions, and `moec build`
         // emitted the table and the names from the same `Program`, in the same order.
@@ -295,13 +296,13 @@ fn run(code: &[KernelFn], names: &str, artifact: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Refuses `source` when a matmul `g` stores as bf16 (kept from the bf16 checkpoint
-/// it was built with) does not have all its weights in bf16 there: packing them
-/// as bf16 would round them.
-fn check_kept_bf16(g: &Graph, source: &WeightSource) -> Result<(), String> {
+/// Refuses the `checked` checkpoint (at `path`) when a matmul `g` stores as bf16 (kept from the
+/// bf16 checkpoint it was built with) does not have all its weights in bf16 there:
+/// packing them as bf16 would round them.
+fn check_kept_bf16(g: &Graph, checked: &Checked, path: &Path) -> Result<(), String> {
     let mut held = g.clone();
     held.stored.clear();
-    keep_checkpoint_bf16(&mut held, source).map_err(|e| e.to_string())?;
+    storage::keep_bf16(&mut held, |id| checked.format(id) == WeightFormat::Bf16);
     let rounded = g
         .stored
         .iter()
@@ -323,7 +324,7 @@ fn check_kept_bf16(g: &Graph, source: &WeightSource) -> Result<(), String> {
         "{}: this executable was built (`moec build --weights`) for a checkpoint that holds \
          `{}` and the other weights of its matmul in bf16, and this one does not: build it \
          again with --weights pointing at this checkpoint",
-        source.path().display(),
+        path.display(),
         key.as_deref().unwrap_or("the weights")
     ))
 }

@@ -374,10 +374,7 @@ fn cost(call: &Call, items: &[Item]) -> Work {
     let k = call.packed.shape.k;
     let format = match &call.packed.weights {
         Panels::Wide(w) => w.format(),
-        Panels::Jit(_) => match call.packed.shape.weights {
-            WeightDType::F32 => WeightFormat::F32,
-            WeightDType::Bf16 => WeightFormat::Bf16,
-        },
+        Panels::Jit(_) => call.packed.shape.weights.into(),
     };
     items.iter().fold(Work::default(), |sum, it| {
         let cols = (it.p1 - it.p0) * PANEL;

@@ -16,10 +16,10 @@
 //! Running ([`CpuModel::run`], `run.rs`): the steps `program.rs` laid out at
 //! load time, in order, every computed value in one activation arena planned by
 //! `passes::memory` (kept between calls). A matmul is split into work items on a
-//! persistent thread pool (a call estimated below `SPLIT_MIN_NS` on one thread
-//! runs on the caller's alone: waking the pool would cost more) (`matmul.rs`: the JIT kernel for segments of few rows,
+//! persistent thread pool (`matmul.rs`: the JIT kernel for segments of few rows,
 //! the `gemm` crate plus the JIT epilogue kernel for segments of many,
-//! [`CpuModel::with_gemm_rows`]); a `GroupedLinear`'s segments come from the
+//! [`CpuModel::with_gemm_rows`]); a call estimated below [`SPLIT_MIN_NS`] on one
+//! thread runs on the caller's alone, as waking the pool would cost more; a `GroupedLinear`'s segments come from the
 //! offsets its `Dispatch` computed earlier in the same run, which are validated
 //! first. The layers around the matmuls (`layers.rs`) and the schedule's data
 //! movement (`rows.rs`) are native; routing, dispatch and the rarer ops run
@@ -347,8 +347,6 @@ fn grouped_segments(offsets: &[i32], experts: usize, rows: usize) -> Result<Vec<
         .collect())
 }
 
-/// Packs a matmul's weights (`[N, K]`, or `[E, N, K]`: experts) for `isa`,
-/// stored as `format` (None: as `shape.weights`), and its bias.
 /// Refuses stored formats (`Graph::stored`) the matmuls of `isa` cannot hold.
 fn check_stored(g: &Graph, isa: MatmulIsa) -> Result<(), String> {
     for format in g.stored.values() {
@@ -370,6 +368,8 @@ fn check_stored(g: &Graph, isa: MatmulIsa) -> Result<(), String> {
     Ok(())
 }
 
+/// Packs a matmul's weights (`[N, K]`, or `[E, N, K]`: experts) for `isa`,
+/// stored as `format` (None: as `shape.weights`), and its bias.
 fn pack(
     shape: MatmulShape,
     w: &Tensor,
